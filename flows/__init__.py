@@ -1,0 +1,1 @@
+"""flows: Prefect flows and the ``seg2change`` command line, thin layers over ``pipeline``."""

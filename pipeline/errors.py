@@ -1,0 +1,38 @@
+"""Errors of the large-area pipeline, all rooted in :class:`seg2change_core.errors.Seg2ChangeError`."""
+
+from __future__ import annotations
+
+from seg2change_core.errors import Seg2ChangeError
+
+__all__ = [
+    "CatalogError",
+    "CubeError",
+    "JobSpecError",
+    "NothingFoundError",
+    "OutputExistsError",
+    "ServerError",
+]
+
+
+class JobSpecError(Seg2ChangeError, ValueError):
+    """A job specification is invalid; the message names the field and the fix."""
+
+
+class CatalogError(Seg2ChangeError):
+    """A STAC catalog cannot be reached or answers something unusable."""
+
+
+class NothingFoundError(CatalogError):
+    """A search found no usable item for a time window."""
+
+
+class OutputExistsError(Seg2ChangeError):
+    """The output already exists and the job was not told to overwrite it."""
+
+
+class CubeError(Seg2ChangeError):
+    """The input cube cannot be assembled from the items found (bands, CRS, grid)."""
+
+
+class ServerError(Seg2ChangeError):
+    """A local STAC server could not be started or did not become ready."""
