@@ -1,0 +1,186 @@
+"""The ``seg2change`` command line: one entry point in front of the models, the pipeline and the flows.
+
+It sits in ``flows`` because it is the top of the import graph: commands import what they need
+lazily, so ``seg2change --help`` stays fast and a command never pays for another's imports.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from seg2change_core.errors import Seg2ChangeError
+
+app = typer.Typer(
+    name="seg2change",
+    help=(
+        "Open-vocabulary change detection over large areas (Seg2Change).\n\n"
+        "Finds bi-temporal scenes in a STAC catalog, builds a cloud-free cube, and maps change over it."
+    ),
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console(stderr=True)
+out = Console()
+
+
+@app.callback()
+def _main(
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More log detail (-v info, -vv debug).")] = 0,
+) -> None:
+    level = logging.WARNING - 10 * min(verbose, 2) if verbose else logging.INFO
+    logging.basicConfig(
+        level=logging.WARNING,
+        format="%(message)s",
+        handlers=[RichHandler(console=console, show_path=False, show_time=False)],
+        force=True,
+    )
+    for name in ("pipeline", "flows", "seg2change_core"):
+        logging.getLogger(name).setLevel(level)
+
+
+def _fail(exc: Seg2ChangeError) -> None:
+    console.print(f"[bold red]error:[/] {exc}")
+    raise typer.Exit(code=2)
+
+
+@app.command()
+def prepare(
+    job_file: Annotated[Path, typer.Argument(help="Job YAML (see README for its fields).")],
+    output: Annotated[str | None, typer.Option(help="Output folder; replaces the job's 'output'.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing cube.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Discover the job's scenes and write its cloud-free bi-temporal input cube (Zarr)."""
+    from pipeline.cube import prepare_cube
+    from pipeline.discover import discover
+    from pipeline.spec import load_job
+
+    try:
+        job = load_job(job_file, output=output, overwrite=overwrite or None)
+        found = discover(job)
+        _print_discovery(found.provenance())
+        cube = prepare_cube(job, found, progress=progress)
+    except Seg2ChangeError as exc:
+        _fail(exc)
+        return
+    _print_cube(cube)
+
+
+@app.command()
+def discover(
+    job_file: Annotated[Path, typer.Argument(help="Job YAML.")],
+) -> None:
+    """List the scenes the job would use in each time window, and where the cloud filter ran."""
+    from pipeline.discover import discover as run_discovery
+    from pipeline.spec import load_job
+
+    try:
+        found = run_discovery(load_job(job_file))
+    except Seg2ChangeError as exc:
+        _fail(exc)
+        return
+    _print_discovery(found.provenance())
+
+
+@app.command()
+def generate(
+    output: Annotated[Path, typer.Argument(help="Folder for the scene's COGs, STAC and ground truth.")],
+    size: Annotated[int, typer.Option(help="Side of the square scene in pixels (>= 256).")] = 1024,
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same bytes.")] = 0,
+    acquisitions: Annotated[int, typer.Option(help="Acquisitions per epoch.")] = 3,
+    epsg: Annotated[int, typer.Option(help="UTM EPSG code of the grid.")] = 32633,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing scene.")] = False,
+) -> None:
+    """Generate a synthetic bi-temporal multispectral scene with clouds and known change."""
+    from pipeline.synthetic import SceneSpec, generate_scene
+
+    try:
+        spec = SceneSpec(size=size, seed=seed, acquisitions_per_epoch=acquisitions, epsg=epsg)
+        scene = generate_scene(spec, output, overwrite=overwrite)
+    except Seg2ChangeError as exc:
+        _fail(exc)
+        return
+    out.print(f"scene written to [bold]{output}[/]: {len(scene.items)} items")
+    out.print(f"  collection: {scene.collection_path}")
+    out.print(f"  items:      {scene.items_path}")
+    out.print(f"  truth:      {scene.truth_change.parent}")
+
+
+@app.command()
+def serve(
+    collection: Annotated[Path, typer.Argument(help="Collection JSON.")],
+    items: Annotated[Path, typer.Argument(help="Items as newline-delimited JSON.")],
+    kind: Annotated[str, typer.Option(help="Server: 'rustac' (in-memory) or 'pgstac' (PostgreSQL).")] = "rustac",
+) -> None:
+    """Serve a collection from a local STAC API until interrupted (Ctrl-C stops and cleans up)."""
+    import time
+
+    from pipeline.stac_servers import serve_collection
+
+    try:
+        with serve_collection(collection, items, kind=kind) as server:  # type: ignore[arg-type]
+            out.print(f"STAC API at [bold]{server.url}[/] (Ctrl-C to stop)")
+            while True:
+                time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    except Seg2ChangeError as exc:
+        _fail(exc)
+
+
+@app.command()
+def demo(
+    workdir: Annotated[Path, typer.Option(help="Folder for the generated scene and the outputs.")] = Path(
+        "seg2change-demo"
+    ),
+    size: Annotated[int, typer.Option(help="Scene side in pixels.")] = 1024,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Start again in an existing folder.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Run the main job on the embedded default: generated scenes, embedded STAC server, local compute."""
+    from pipeline.demo import run_demo
+
+    try:
+        result = run_demo(workdir, size=size, overwrite=overwrite, progress=progress)
+    except Seg2ChangeError as exc:
+        _fail(exc)
+        return
+    _print_discovery(result.discovery.provenance())
+    _print_cube(result.cube)
+    out.print(f"job file: [bold]{result.job_file}[/]")
+
+
+def _print_discovery(provenance: dict[str, object]) -> None:
+    items = provenance["items"]
+    assert isinstance(items, dict)
+    table = Table(title=f"scenes found ({provenance['filter_mode']} cloud filter)")
+    for column in ("epoch", "item", "datetime", "cloud %"):
+        table.add_column(column)
+    for epoch, rows in items.items():
+        for row in rows:
+            cloud = row.get("eo:cloud_cover")
+            table.add_row(epoch, row["id"], str(row["datetime"]), "-" if cloud is None else f"{cloud:.1f}")
+    out.print(table)
+
+
+def _print_cube(cube: object) -> None:
+    from pipeline.cube import PreparedCube
+
+    assert isinstance(cube, PreparedCube)
+    out.print(f"input cube: [bold]{cube.path}[/]")
+    out.print(f"  shape (epoch, band, y, x): {cube.shape}, bands {', '.join(cube.bands)}")
+    out.print(f"  grid: {cube.crs}, transform {cube.transform}")
+    clear = ", ".join(f"{k} {v:.1%}" for k, v in cube.clear_fraction.items())
+    out.print(f"  composite pixels with a clear observation: {clear}")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,109 @@
+"""Band common names and how each sensor's assets spell them.
+
+A job names bands by their STAC ``eo`` common name (``blue``, ``nir``, ``swir16``...). Catalogs key
+their assets differently: Earth Search uses the common names, Planetary Computer uses the Sentinel-2
+band ids (``B02``) or Landsat's (``SR_B2``). :func:`resolve_asset_key` finds the asset of an item
+that carries a common name, looking at the asset keys first, then at the sensor aliases below, then
+at the ``eo:bands``/``bands`` metadata of each asset.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = [
+    "COMMON_NAMES",
+    "SENSOR_ALIASES",
+    "DEFAULT_BANDS",
+    "resolve_asset_key",
+    "asset_common_names",
+]
+
+#: The common names a job may ask for, in spectral order (STAC eo extension vocabulary).
+COMMON_NAMES: tuple[str, ...] = (
+    "coastal",
+    "blue",
+    "green",
+    "red",
+    "rededge071",
+    "rededge075",
+    "rededge078",
+    "nir",
+    "nir08",
+    "nir09",
+    "cirrus",
+    "swir16",
+    "swir22",
+    "lwir11",
+)
+
+#: The bands the spectral segmenter and the demo models read.
+DEFAULT_BANDS: tuple[str, ...] = ("blue", "green", "red", "nir", "swir16", "swir22")
+
+#: Asset keys under which well-known sensors publish each common name.
+SENSOR_ALIASES: Mapping[str, tuple[str, ...]] = {
+    "coastal": ("B01", "SR_B1", "coastal"),
+    "blue": ("B02", "SR_B2", "B2", "blue"),
+    "green": ("B03", "SR_B3", "B3", "green"),
+    "red": ("B04", "SR_B4", "B4", "red"),
+    "rededge071": ("B05", "rededge1"),
+    "rededge075": ("B06", "rededge2"),
+    "rededge078": ("B07", "rededge3"),
+    "nir": ("B08", "SR_B5", "B5", "nir"),
+    "nir08": ("B8A", "nir08"),
+    "nir09": ("B09", "nir09"),
+    "cirrus": ("B10", "cirrus"),
+    "swir16": ("B11", "SR_B6", "B6", "swir16", "swir1"),
+    "swir22": ("B12", "SR_B7", "B7", "swir22", "swir2"),
+    "lwir11": ("ST_B10", "lwir11", "lwir"),
+}
+
+
+def asset_common_names(asset: Mapping[str, Any]) -> list[str]:
+    """Return the common names an asset declares in its ``eo:bands`` or ``bands`` metadata.
+
+    Parameters
+    ----------
+    asset
+        One asset of a STAC item, as a JSON dictionary.
+
+    Returns
+    -------
+    list of str
+        The declared common names, possibly empty.
+    """
+    names: list[str] = []
+    for key in ("eo:bands", "bands"):
+        for band in asset.get(key) or ():
+            name = band.get("common_name") or band.get("eo:common_name")
+            if name:
+                names.append(str(name))
+    return names
+
+
+def resolve_asset_key(assets: Mapping[str, Mapping[str, Any]], common_name: str) -> str | None:
+    """Find the key of the asset that holds a band with the given common name.
+
+    Parameters
+    ----------
+    assets
+        The ``assets`` mapping of a STAC item.
+    common_name
+        A name from :data:`COMMON_NAMES`, or a literal asset key.
+
+    Returns
+    -------
+    str or None
+        The asset key, or ``None`` when the item has no such band.
+    """
+    if common_name in assets:
+        return common_name
+    for alias in SENSOR_ALIASES.get(common_name, ()):
+        if alias in assets:
+            return alias
+    for key, asset in assets.items():
+        declared = asset_common_names(asset)
+        if len(declared) == 1 and declared[0] == common_name:
+            return key
+    return None

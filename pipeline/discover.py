@@ -1,0 +1,252 @@
+"""Discovery: find, per time window, the scenes that cover the AOI within the cloud limit.
+
+STAC APIs are searched with pystac-client. The cloud-cover filter runs on the server when the API
+conforms to the *filter* (CQL2) or *query* extension, and on the client otherwise (the log says
+which). Local ItemCollections, ``.ndjson`` files and static catalogs are filtered on the client with
+the same rules, so a job gives the same items whatever the catalog is.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import pystac
+import shapely
+import shapely.geometry
+from pystac_client import Client
+from pystac_client.conformance import ConformanceClasses
+from pystac_client.exceptions import APIError
+
+from pipeline.errors import CatalogError, NothingFoundError
+from pipeline.spec import CatalogSpec, JobSpec, TimeWindow
+
+__all__ = ["Discovery", "FilterMode", "discover", "discover_window", "open_catalog_items"]
+
+log = logging.getLogger(__name__)
+
+FilterMode = Literal["server-filter", "server-query", "client"]
+
+
+@dataclass(frozen=True)
+class Discovery:
+    """The items chosen for each window, and how they were filtered.
+
+    Attributes
+    ----------
+    items
+        STAC item dictionaries per epoch (``before``, ``after``), sorted by datetime.
+    filter_mode
+        Where the cloud filter ran: on the server (CQL2 ``filter`` or ``query``) or on the client.
+    catalog
+        The catalog URL or file searched.
+    """
+
+    items: dict[str, list[dict[str, Any]]]
+    filter_mode: FilterMode
+    catalog: str
+    cloud_limit: float
+    collections: tuple[str, ...]
+    searched_at: str = field(default_factory=lambda: datetime.now().astimezone().isoformat())
+
+    def provenance(self) -> dict[str, Any]:
+        """Return a JSON-ready record of what was searched and which items were chosen."""
+        return {
+            "catalog": self.catalog,
+            "collections": list(self.collections),
+            "cloud_limit": self.cloud_limit,
+            "filter_mode": self.filter_mode,
+            "searched_at": self.searched_at,
+            "items": {
+                epoch: [
+                    {
+                        "id": item["id"],
+                        "collection": item.get("collection"),
+                        "datetime": item["properties"].get("datetime"),
+                        "eo:cloud_cover": item["properties"].get("eo:cloud_cover"),
+                        "href": _self_href(item),
+                    }
+                    for item in items
+                ]
+                for epoch, items in self.items.items()
+            },
+        }
+
+
+def _self_href(item: dict[str, Any]) -> str | None:
+    for link in item.get("links", ()):
+        if link.get("rel") == "self":
+            return str(link.get("href"))
+    return None
+
+
+def discover(job: JobSpec) -> Discovery:
+    """Search the job's catalog for both windows.
+
+    Raises
+    ------
+    CatalogError
+        The catalog cannot be reached or read.
+    NothingFoundError
+        A window has no item within the cloud limit; the message names the window, the
+        collections and the cloud limit.
+    """
+    found: dict[str, list[dict[str, Any]]] = {}
+    mode: FilterMode = "client"
+    for epoch, window in job.windows().items():
+        items, mode = discover_window(job, window)
+        if not items:
+            raise NothingFoundError(
+                f"no {epoch} scene found between {window.start.date()} and {window.end.date()} in "
+                f"collections {', '.join(job.collections)} of {job.catalog.url} with eo:cloud_cover <= "
+                f"{job.cloud_limit:g}% over the AOI; widen the {epoch} window, raise cloud_limit, or check "
+                "the collection ids"
+            )
+        log.info("%s window %s: %d item(s) (%s filter)", epoch, window.interval(), len(items), mode)
+        found[epoch] = items
+    return Discovery(
+        items=found,
+        filter_mode=mode,
+        catalog=job.catalog.url,
+        cloud_limit=job.cloud_limit,
+        collections=job.collections,
+    )
+
+
+def discover_window(job: JobSpec, window: TimeWindow) -> tuple[list[dict[str, Any]], FilterMode]:
+    """Return the items of one window and where the cloud filter ran."""
+    aoi = job.aoi.wgs84()
+    if job.catalog.is_api:
+        items, mode = _search_api(job.catalog.url, job.collections, aoi, window, job.cloud_limit)
+    else:
+        items = list(open_catalog_items(job.catalog))
+        mode = "client"
+    kept = [_with_epsg(it) for it in items if _matches(it, job.collections, aoi, window, job.cloud_limit)]
+    return sorted(kept, key=lambda it: (it["properties"].get("datetime") or "", it["id"])), mode
+
+
+def _search_api(
+    url: str,
+    collections: tuple[str, ...],
+    aoi: shapely.Geometry,
+    window: TimeWindow,
+    cloud_limit: float,
+) -> tuple[list[dict[str, Any]], FilterMode]:
+    try:
+        client = Client.open(url)
+    except (APIError, OSError, pystac.STACError, ValueError) as exc:
+        raise CatalogError(
+            f"could not reach the STAC API at {url} ({exc}); check the URL, that the server is running "
+            "and that this machine can reach it"
+        ) from None
+    kwargs: dict[str, Any] = {
+        "collections": list(collections),
+        "intersects": shapely.geometry.mapping(aoi),
+        "datetime": window.interval(),
+    }
+    mode: FilterMode
+    if client.conforms_to(ConformanceClasses.FILTER):
+        mode = "server-filter"
+        kwargs["filter"] = {"op": "<=", "args": [{"property": "eo:cloud_cover"}, cloud_limit]}
+        kwargs["filter_lang"] = "cql2-json"
+    elif client.conforms_to(ConformanceClasses.QUERY):
+        mode = "server-query"
+        kwargs["query"] = {"eo:cloud_cover": {"lte": cloud_limit}}
+    else:
+        mode = "client"
+    log.info("searching %s (%s): cloud filter runs %s", url, window.interval(), _describe(mode))
+    try:
+        search = client.search(**kwargs)
+        return [dict(item) for item in search.items_as_dicts()], mode
+    except (APIError, OSError) as exc:
+        raise CatalogError(f"the STAC search at {url} failed ({exc}); retry, or check the server's logs") from None
+
+
+def _describe(mode: FilterMode) -> str:
+    return {
+        "server-filter": "on the server (CQL2 filter)",
+        "server-query": "on the server (query extension)",
+        "client": "on the client (the API conforms to neither filter nor query)",
+    }[mode]
+
+
+def _matches(
+    item: dict[str, Any],
+    collections: tuple[str, ...],
+    aoi: shapely.Geometry,
+    window: TimeWindow,
+    cloud_limit: float,
+) -> bool:
+    props = item.get("properties", {})
+    if item.get("collection") not in collections:
+        return False
+    moment = props.get("datetime") or props.get("start_datetime")
+    if moment is None or not window.contains(datetime.fromisoformat(moment.replace("Z", "+00:00"))):
+        return False
+    cloud = props.get("eo:cloud_cover")
+    if cloud_limit < 100 and (cloud is None or float(cloud) > cloud_limit):
+        return False
+    geometry = item.get("geometry")
+    return geometry is not None and shapely.geometry.shape(geometry).intersects(aoi)
+
+
+def open_catalog_items(catalog: CatalogSpec | str | Path) -> Iterator[dict[str, Any]]:
+    """Yield every item of a local catalog file as a dictionary with absolute asset hrefs.
+
+    Parameters
+    ----------
+    catalog
+        An ItemCollection JSON, an ``.ndjson`` file of items, or a static Catalog/Collection JSON.
+    """
+    path = Path(catalog.url if isinstance(catalog, CatalogSpec) else catalog)
+    try:
+        if path.suffix == ".ndjson":
+            yield from (_absolute(json.loads(line), path) for line in path.read_text().splitlines() if line.strip())
+            return
+        doc = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CatalogError(f"could not read the catalog file {path} ({exc}); check it is STAC JSON") from None
+    kind = doc.get("type")
+    if kind == "FeatureCollection":
+        yield from (_absolute(item, path) for item in doc.get("features", []))
+    elif kind == "Feature":
+        yield _absolute(doc, path)
+    elif kind in {"Catalog", "Collection"}:
+        root = pystac.read_file(str(path))
+        if not isinstance(root, pystac.Catalog):
+            raise CatalogError(f"{path} is not a STAC Catalog or Collection")
+        for item in root.get_items(recursive=True):
+            item.make_asset_hrefs_absolute()
+            yield _with_epsg(item.to_dict(transform_hrefs=False))
+    else:
+        raise CatalogError(
+            f"{path} is not an ItemCollection, item, catalog or collection (type {kind!r}); "
+            "give STAC JSON or newline-delimited items (.ndjson)"
+        )
+
+
+def _absolute(item: dict[str, Any], source: Path) -> dict[str, Any]:
+    for asset in item.get("assets", {}).values():
+        href = asset.get("href", "")
+        if href and "://" not in href and not href.startswith("/"):
+            asset["href"] = str((source.parent / href).resolve())
+    return _with_epsg(item)
+
+
+def _with_epsg(item: dict[str, Any]) -> dict[str, Any]:
+    """Give an item ``proj:epsg`` when it only has ``proj:code`` (stackstac reads only the former)."""
+    for holder in (item.get("properties", {}), *item.get("assets", {}).values()):
+        code = holder.get("proj:code")
+        if isinstance(code, str) and code.upper().startswith("EPSG:") and "proj:epsg" not in holder:
+            holder["proj:epsg"] = int(code.split(":", 1)[1])
+    return item
+
+
+def with_epsg(items: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Return the items with ``proj:epsg`` filled in from ``proj:code`` where missing."""
+    return [_with_epsg(dict(item)) for item in items]
