@@ -29,6 +29,7 @@ import stackstac
 import xarray as xr
 import zarr
 from affine import Affine
+from pyproj import CRS
 
 from pipeline import __version__
 from pipeline.bands import resolve_asset_key
@@ -37,7 +38,17 @@ from pipeline.errors import CubeError, OutputExistsError
 from pipeline.progress import DaskProgress
 from pipeline.spec import JobSpec
 
-__all__ = ["CUBE_NAME", "PreparedCube", "assemble_cube", "cube_path", "open_cube", "prepare_cube", "write_cube"]
+__all__ = [
+    "CUBE_NAME",
+    "PreparedCube",
+    "assemble_cube",
+    "cube_path",
+    "describe_cube",
+    "gdal_crs_attribute",
+    "open_cube",
+    "prepare_cube",
+    "write_cube",
+]
 
 log = logging.getLogger(__name__)
 
@@ -90,15 +101,30 @@ def _normalise_assets(item: dict[str, Any], job: JobSpec) -> dict[str, Any]:
     return out
 
 
+def _scales(items: Sequence[dict[str, Any]], bands: Sequence[str]) -> tuple[xr.DataArray, xr.DataArray]:
+    scale = np.ones((len(items), len(bands)), dtype="float32")
+    offset = np.zeros((len(items), len(bands)), dtype="float32")
+    for i, item in enumerate(items):
+        for j, band in enumerate(bands):
+            raster = (item["assets"][band].get("raster:bands") or [{}])[0]
+            scale[i, j] = raster.get("scale", 1.0)
+            offset[i, j] = raster.get("offset", 0.0)
+    dims = ("time", "band")
+    return xr.DataArray(scale, dims=dims), xr.DataArray(offset, dims=dims)
+
+
 def _composite(items: Sequence[dict[str, Any]], job: JobSpec) -> tuple[xr.DataArray, xr.DataArray]:
     crs = job.target_crs()
     epsg = crs.to_epsg()
     if epsg is None:
-        raise CubeError(f"grid CRS {crs.name} has no EPSG code; stackstac needs one, give grid.crs as 'EPSG:n'")
+        raise CubeError(
+            f"grid CRS {crs.name} has no EPSG code; stackstac needs one, give grid.crs as 'EPSG:n'"
+        )
     assets = list(job.bands) + ([_QUALITY] if job.quality.asset else [])
+    normalised = [_normalise_assets(item, job) for item in items]
     try:
         stack = stackstac.stack(
-            [_normalise_assets(item, job) for item in items],
+            normalised,
             assets=assets,
             epsg=epsg,
             resolution=job.grid.resolution,
@@ -106,15 +132,21 @@ def _composite(items: Sequence[dict[str, Any]], job: JobSpec) -> tuple[xr.DataAr
             chunksize=job.block_size,
             dtype=np.dtype("float32"),
             fill_value=np.float32("nan"),
-            rescale=True,
+            rescale=False,
             xy_coords="center",
             properties=False,
             band_coords=False,
             snap_bounds=False,
         )
     except (ValueError, KeyError) as exc:
-        raise CubeError(f"stackstac could not stack the items ({exc}); check their proj:* and assets") from None
-    reflectance = stack.sel(band=list(job.bands))
+        raise CubeError(
+            f"stackstac could not stack the items ({exc}); check their proj:* and assets"
+        ) from None
+    # Scale and offset are applied here, per item and band, rather than by stackstac: its safe-cast
+    # check refuses float32 output for scales like 1e-4, and items of one window may differ
+    # (Sentinel-2 processing baselines changed the offset).
+    scale, offset = _scales(normalised, job.bands)
+    reflectance = stack.sel(band=list(job.bands)) * scale + offset
     invalid = reflectance.isnull().any("band")
     if job.quality.asset:
         quality = stack.sel(band=_QUALITY)
@@ -123,6 +155,15 @@ def _composite(items: Sequence[dict[str, Any]], job: JobSpec) -> tuple[xr.DataAr
     composite = clear.median("time", skipna=True).astype("float32")
     count = (~invalid).sum("time").astype("uint8")
     return composite, count
+
+
+def gdal_crs_attribute(crs: CRS) -> dict[str, str]:
+    """Return GDAL's own ``_CRS`` Zarr attribute, which GDAL before 3.7 reads instead of CF ``grid_mapping``."""
+    attribute = {"wkt": crs.to_wkt()}
+    epsg = crs.to_epsg()
+    if epsg is not None:
+        attribute["url"] = f"http://www.opengis.net/def/crs/EPSG/0/{epsg}"
+    return attribute
 
 
 def assemble_cube(job: JobSpec, discovery: Discovery) -> xr.Dataset:
@@ -142,6 +183,8 @@ def assemble_cube(job: JobSpec, discovery: Discovery) -> xr.Dataset:
     epoch_index = pd.Index(["before", "after"], name="epoch")
     reflectance = xr.concat(composites, dim=epoch_index).transpose("epoch", "band", "y", "x")
     clear_count = xr.concat(counts, dim=epoch_index).transpose("epoch", "y", "x")
+    reflectance.attrs.clear()  # stackstac's RasterSpec attrs are not JSON and do not describe the composite
+    clear_count.attrs.clear()
     keep = {"epoch", "band", "y", "x"}
     reflectance = reflectance.drop_vars([c for c in reflectance.coords if c not in keep])
     clear_count = clear_count.drop_vars([c for c in clear_count.coords if c not in keep])
@@ -152,12 +195,17 @@ def assemble_cube(job: JobSpec, discovery: Discovery) -> xr.Dataset:
             "clear_count": clear_count.chunk({"epoch": 1, "y": block, "x": block}),
         }
     )
-    ds = ds.assign_coords(band=list(job.bands))
+    # Fixed-width strings: GDAL's Zarr driver cannot read variable-length string coordinates.
+    ds = ds.assign_coords(
+        epoch=np.array(["before", "after"], dtype="U6"), band=np.array(job.bands, dtype="U")
+    )
     ds["reflectance"].attrs.update(
         long_name="median clear-sky surface reflectance", units="1", _FillValue=np.float32("nan")
     )
     ds["clear_count"].attrs.update(long_name="number of clear observations in the composite", units="1")
     crs = job.target_crs()
+    for variable in ds.data_vars.values():
+        variable.attrs["_CRS"] = gdal_crs_attribute(crs)
     ds = ds.rio.write_crs(crs.to_wkt()).rio.write_coordinate_system()
     ds = ds.rio.write_transform(ds.rio.transform(recalc=True))
     ds.attrs.update(
@@ -170,23 +218,26 @@ def assemble_cube(job: JobSpec, discovery: Discovery) -> xr.Dataset:
     return ds
 
 
-def write_cube(ds: xr.Dataset, path: Path, *, overwrite: bool = False, progress: bool = True) -> Path:
+def write_cube(
+    ds: xr.Dataset, path: Path, *, overwrite: bool = False, progress: bool = True, zarr_format: int = 3
+) -> Path:
     """Write a lazy cube to Zarr v3, block by block, without ever replacing a good output by a broken one.
 
     The cube is written next to its destination and moved into place only when complete; an
     existing cube is replaced only with ``overwrite=True``.
     """
     if path.exists() and not overwrite:
-        raise OutputExistsError(f"{path} already exists; pass --overwrite to replace it, or choose another output")
+        raise OutputExistsError(
+            f"{path} already exists; pass --overwrite to replace it, or choose another output"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial-{uuid.uuid4().hex[:8]}")
-    encoding = {
-        "reflectance": {"chunks": ds["reflectance"].data.chunksize},
-        "clear_count": {"chunks": ds["clear_count"].data.chunksize},
-    }
+    for name, variable in ds.data_vars.items():
+        if variable.chunks:
+            ds[name].encoding["chunks"] = variable.data.chunksize
     try:
         delayed = ds.to_zarr(
-            str(partial), mode="w-", zarr_format=3, consolidated=True, compute=False, encoding=encoding
+            str(partial), mode="w-", zarr_format=zarr_format, consolidated=True, compute=False
         )
         with DaskProgress("writing cube", enabled=progress):
             dask.compute(delayed)
@@ -217,11 +268,18 @@ def prepare_cube(
     """
     path = cube_path(job)
     if path.exists() and not job.overwrite:
-        raise OutputExistsError(f"{path} already exists; pass --overwrite to replace it, or choose another output")
+        raise OutputExistsError(
+            f"{path} already exists; pass --overwrite to replace it, or choose another output"
+        )
     ds = assemble_cube(job, discovery)
     with dask.config.set(scheduler=scheduler or "threads"):
-        write_cube(ds, path, overwrite=job.overwrite, progress=progress)
+        write_cube(ds, path, overwrite=job.overwrite, progress=progress, zarr_format=job.zarr_format)
     (path.parent / "provenance.json").write_text(json.dumps(discovery.provenance(), indent=2))
+    return describe_cube(path, discovery)
+
+
+def describe_cube(path: Path, discovery: Discovery) -> PreparedCube:
+    """Summarise a written input cube: shape, bands, grid and clear fraction per epoch."""
     written = open_cube(path)
     clear = {
         str(epoch): float(da.isfinite(written["reflectance"].sel(epoch=epoch).data[0]).mean().compute())

@@ -164,7 +164,9 @@ def _search_api(
         search = client.search(**kwargs)
         return [dict(item) for item in search.items_as_dicts()], mode
     except (APIError, OSError) as exc:
-        raise CatalogError(f"the STAC search at {url} failed ({exc}); retry, or check the server's logs") from None
+        raise CatalogError(
+            f"the STAC search at {url} failed ({exc}); retry, or check the server's logs"
+        ) from None
 
 
 def _describe(mode: FilterMode) -> str:
@@ -206,7 +208,9 @@ def open_catalog_items(catalog: CatalogSpec | str | Path) -> Iterator[dict[str, 
     path = Path(catalog.url if isinstance(catalog, CatalogSpec) else catalog)
     try:
         if path.suffix == ".ndjson":
-            yield from (_absolute(json.loads(line), path) for line in path.read_text().splitlines() if line.strip())
+            yield from (
+                _absolute(json.loads(line), path) for line in path.read_text().splitlines() if line.strip()
+            )
             return
         doc = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:

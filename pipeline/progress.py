@@ -29,7 +29,7 @@ def make_progress(*, enabled: bool = True) -> Progress:
     )
 
 
-class DaskProgress(Callback):  # type: ignore[misc]
+class DaskProgress(Callback):
     """Show a rich progress bar for the dask tasks computed inside the ``with`` block."""
 
     def __init__(self, description: str, *, enabled: bool = True) -> None:

@@ -150,7 +150,9 @@ class AreaOfInterest(BaseModel):
         try:
             geom = shapely.geometry.shape(self.geometry)
         except Exception as exc:
-            raise ValueError(f"AOI geometry is not valid GeoJSON ({exc}); check its 'type' and 'coordinates'") from exc
+            raise ValueError(
+                f"AOI geometry is not valid GeoJSON ({exc}); check its 'type' and 'coordinates'"
+            ) from exc
         if geom.is_empty:
             raise ValueError("AOI geometry is empty or has no area; give a polygon that encloses the area")
         if not geom.is_valid:
@@ -161,7 +163,9 @@ class AreaOfInterest(BaseModel):
                     "e.g. with shapely.make_valid(), or drawn again without crossing edges"
                 )
             if geom.area == 0:
-                raise ValueError("AOI geometry is empty or has no area; give a polygon that encloses the area")
+                raise ValueError(
+                    "AOI geometry is empty or has no area; give a polygon that encloses the area"
+                )
             raise ValueError(f"AOI geometry is invalid ({reason}); repair it, e.g. with shapely.make_valid()")
         if geom.area == 0:
             raise ValueError("AOI geometry is empty or has no area; give a polygon that encloses the area")
@@ -346,6 +350,9 @@ class JobSpec(BaseModel):
         Output folder URI (local path or ``s3://``).
     block_size
         Side of the square spatial blocks of the cube, in pixels.
+    zarr_format
+        3 (default) or 2. GDAL reads Zarr v3 as zarr-python writes it only from GDAL 3.11; readers
+        on older GDAL (QGIS LTR, rasterio 1.4 wheels) need 2.
     overwrite
         Replace an existing output. Without it an existing output is an error.
     """
@@ -364,6 +371,7 @@ class JobSpec(BaseModel):
     cloud_limit: float = 50.0
     output: str
     block_size: int = 1024
+    zarr_format: Literal[2, 3] = 3
     overwrite: bool = False
 
     @field_validator("collections", "bands", mode="before")

@@ -52,7 +52,11 @@ def test_errors_share_one_root() -> None:
         ({"before": "2024-08-01/2024-08-31"}, "'before' must end before 'after' starts"),
         ({"aoi": {"bbox": [13.0, 52.0, 13.0, 52.1]}}, "empty or reversed"),
         (
-            {"aoi": {"geometry": {"type": "Polygon", "coordinates": [[[13, 52], [13, 52], [13, 52], [13, 52]]]}}},
+            {
+                "aoi": {
+                    "geometry": {"type": "Polygon", "coordinates": [[[13, 52], [13, 52], [13, 52], [13, 52]]]}
+                }
+            },
             "empty or has no area",
         ),
         (
@@ -60,7 +64,9 @@ def test_errors_share_one_root() -> None:
                 "aoi": {
                     "geometry": {
                         "type": "Polygon",
-                        "coordinates": [[[13.0, 52.0], [13.1, 52.1], [13.1, 52.0], [13.0, 52.1], [13.0, 52.0]]],
+                        "coordinates": [
+                            [[13.0, 52.0], [13.1, 52.1], [13.1, 52.0], [13.0, 52.1], [13.0, 52.0]]
+                        ],
                     }
                 }
             },
