@@ -126,9 +126,11 @@ def test_nothing_found_names_window_collections_and_limit(
 def test_rustac_filters_on_the_client_and_says_so(
     catalog_files: tuple[Path, Path, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with serve_collection(catalog_files[0], catalog_files[1], kind="rustac") as server:
-        with caplog.at_level(logging.INFO, logger="pipeline.discover"):
-            found = discover(_job(server.url, tmp_path))
+    with (
+        serve_collection(catalog_files[0], catalog_files[1], kind="rustac") as server,
+        caplog.at_level(logging.INFO, logger="pipeline.discover"),
+    ):
+        found = discover(_job(server.url, tmp_path))
     assert found.filter_mode == "client"
     assert _ids(found.items) == EXPECTED
     assert "cloud filter runs on the client" in caplog.text
