@@ -9,8 +9,10 @@ from __future__ import annotations
 __all__ = [
     "CheckpointError",
     "DatasetError",
+    "MissingBandError",
     "ModelError",
     "PromptError",
+    "SegmenterError",
     "Seg2ChangeError",
 ]
 
@@ -33,3 +35,11 @@ class DatasetError(Seg2ChangeError):
 
 class PromptError(Seg2ChangeError):
     """Class prompts are empty, duplicated, or name targets that are not among the classes."""
+
+
+class SegmenterError(ModelError):
+    """A segmenter cannot segment what it was asked for (unknown segmenter, prompt or input range)."""
+
+
+class MissingBandError(SegmenterError):
+    """The image lacks a band that a segmenter needs for a requested class."""
