@@ -36,3 +36,25 @@ class CubeError(Seg2ChangeError):
 
 class ServerError(Seg2ChangeError):
     """A local STAC server could not be started or did not become ready."""
+
+
+class SceneError(Seg2ChangeError, ValueError):
+    """A synthetic scene was asked for with parameters it cannot take; the message names the fix."""
+
+
+__all__ += ["SceneError"]
+
+
+class InferenceError(Seg2ChangeError):
+    """Tiled inference failed: a block could not be computed or written (the message names it)."""
+
+
+class ChangeCubeMismatchError(InferenceError):
+    """An existing change cube was made by a different job; it is never overwritten silently."""
+
+
+class ClusterError(Seg2ChangeError):
+    """A Dask cluster cannot be started or reached, or lacks the workers the job needs."""
+
+
+__all__ += ["ChangeCubeMismatchError", "ClusterError", "InferenceError"]
