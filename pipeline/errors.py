@@ -58,3 +58,10 @@ class ClusterError(Seg2ChangeError):
 
 
 __all__ += ["ChangeCubeMismatchError", "ClusterError", "InferenceError"]
+
+
+class QuicklookError(Seg2ChangeError, ValueError):
+    """A quick-look cannot be drawn from the arrays given; the message names the fix."""
+
+
+__all__ += ["QuicklookError"]
