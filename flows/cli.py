@@ -33,9 +33,11 @@ out = Console()
 
 @app.callback()
 def _main(
-    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More log detail (-v info, -vv debug).")] = 0,
+    verbose: Annotated[
+        int, typer.Option("--verbose", "-v", count=True, help="More log detail (-v info, -vv debug).")
+    ] = 0,
 ) -> None:
-    level = logging.WARNING - 10 * min(verbose, 2) if verbose else logging.INFO
+    level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
     logging.basicConfig(
         level=logging.WARNING,
         format="%(message)s",
@@ -118,7 +120,9 @@ def generate(
 def serve(
     collection: Annotated[Path, typer.Argument(help="Collection JSON.")],
     items: Annotated[Path, typer.Argument(help="Items as newline-delimited JSON.")],
-    kind: Annotated[str, typer.Option(help="Server: 'rustac' (in-memory) or 'pgstac' (PostgreSQL).")] = "rustac",
+    kind: Annotated[
+        str, typer.Option(help="Server: 'rustac' (in-memory) or 'pgstac' (PostgreSQL).")
+    ] = "rustac",
 ) -> None:
     """Serve a collection from a local STAC API until interrupted (Ctrl-C stops and cleans up)."""
     import time
@@ -142,7 +146,9 @@ def demo(
         "seg2change-demo"
     ),
     size: Annotated[int, typer.Option(help="Scene side in pixels.")] = 1024,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Start again in an existing folder.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Start again in an existing folder.")
+    ] = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Run the main job on the embedded default: generated scenes, embedded STAC server, local compute."""

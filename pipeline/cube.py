@@ -15,7 +15,8 @@ import json
 import logging
 import shutil
 import uuid
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ from pipeline import __version__
 from pipeline.bands import resolve_asset_key
 from pipeline.discover import Discovery
 from pipeline.errors import CubeError, OutputExistsError
-from pipeline.progress import DaskProgress
+from pipeline.progress import make_progress
 from pipeline.spec import JobSpec
 
 __all__ = [
@@ -46,6 +47,7 @@ __all__ = [
     "describe_cube",
     "gdal_crs_attribute",
     "open_cube",
+    "region_bounds",
     "prepare_cube",
     "write_cube",
 ]
@@ -101,19 +103,38 @@ def _normalise_assets(item: dict[str, Any], job: JobSpec) -> dict[str, Any]:
     return out
 
 
-def _scales(items: Sequence[dict[str, Any]], bands: Sequence[str]) -> tuple[xr.DataArray, xr.DataArray]:
-    scale = np.ones((len(items), len(bands)), dtype="float32")
-    offset = np.zeros((len(items), len(bands)), dtype="float32")
-    for i, item in enumerate(items):
+def _scales(
+    items: Sequence[dict[str, Any]], bands: Sequence[str], ids: Sequence[str]
+) -> tuple[xr.DataArray, xr.DataArray]:
+    """Per (time, band) scale and offset of the stacked items, in the order of their ``ids``."""
+    by_id = {item["id"]: item for item in items}
+    scale = np.ones((len(ids), len(bands)), dtype="float32")
+    offset = np.zeros((len(ids), len(bands)), dtype="float32")
+    for i, item_id in enumerate(ids):
         for j, band in enumerate(bands):
-            raster = (item["assets"][band].get("raster:bands") or [{}])[0]
+            raster = (by_id[item_id]["assets"][band].get("raster:bands") or [{}])[0]
             scale[i, j] = raster.get("scale", 1.0)
             offset[i, j] = raster.get("offset", 0.0)
     dims = ("time", "band")
     return xr.DataArray(scale, dims=dims), xr.DataArray(offset, dims=dims)
 
 
-def _composite(items: Sequence[dict[str, Any]], job: JobSpec) -> tuple[xr.DataArray, xr.DataArray]:
+def _empty_composite(job: JobSpec, stack: xr.DataArray) -> tuple[xr.DataArray, xr.DataArray]:
+    """The composite of a region no item of the window covers: all nodata, no clear observation."""
+    rows, cols = stack.sizes["y"], stack.sizes["x"]
+    coords = {"y": stack["y"].values, "x": stack["x"].values}
+    composite = xr.DataArray(
+        da.full((len(job.bands), rows, cols), np.nan, dtype="float32"),
+        dims=("band", "y", "x"),
+        coords={"band": list(job.bands), **coords},
+    )
+    count = xr.DataArray(da.zeros((rows, cols), dtype="uint8"), dims=("y", "x"), coords=coords)
+    return composite, count
+
+
+def _composite(
+    items: Sequence[dict[str, Any]], job: JobSpec, bounds: tuple[float, float, float, float]
+) -> tuple[xr.DataArray, xr.DataArray]:
     crs = job.target_crs()
     epsg = crs.to_epsg()
     if epsg is None:
@@ -128,7 +149,7 @@ def _composite(items: Sequence[dict[str, Any]], job: JobSpec) -> tuple[xr.DataAr
             assets=assets,
             epsg=epsg,
             resolution=job.grid.resolution,
-            bounds=job.target_bounds(),
+            bounds=bounds,
             chunksize=job.block_size,
             dtype=np.dtype("float32"),
             fill_value=np.float32("nan"),
@@ -142,10 +163,12 @@ def _composite(items: Sequence[dict[str, Any]], job: JobSpec) -> tuple[xr.DataAr
         raise CubeError(
             f"stackstac could not stack the items ({exc}); check their proj:* and assets"
         ) from None
+    if stack.sizes["time"] == 0:
+        return _empty_composite(job, stack)
     # Scale and offset are applied here, per item and band, rather than by stackstac: its safe-cast
     # check refuses float32 output for scales like 1e-4, and items of one window may differ
     # (Sentinel-2 processing baselines changed the offset).
-    scale, offset = _scales(normalised, job.bands)
+    scale, offset = _scales(normalised, job.bands, [str(i) for i in stack["id"].values])
     reflectance = stack.sel(band=list(job.bands)) * scale + offset
     invalid = reflectance.isnull().any("band")
     if job.quality.asset:
@@ -157,6 +180,12 @@ def _composite(items: Sequence[dict[str, Any]], job: JobSpec) -> tuple[xr.DataAr
     return composite, count
 
 
+def _labels(values: Sequence[str], zarr_format: int) -> np.ndarray:
+    """String coordinate values: fixed-width for Zarr v2, which GDAL's driver reads (it cannot read
+    variable-length strings there); variable-length for v3, whose fixed-width type has no spec yet."""
+    return np.array(values, dtype="U" if zarr_format == 2 else object)
+
+
 def gdal_crs_attribute(crs: CRS) -> dict[str, str]:
     """Return GDAL's own ``_CRS`` Zarr attribute, which GDAL before 3.7 reads instead of CF ``grid_mapping``."""
     attribute = {"wkt": crs.to_wkt()}
@@ -164,6 +193,13 @@ def gdal_crs_attribute(crs: CRS) -> dict[str, str]:
     if epsg is not None:
         attribute["url"] = f"http://www.opengis.net/def/crs/EPSG/0/{epsg}"
     return attribute
+
+
+def region_bounds(job: JobSpec, rows: slice, cols: slice) -> tuple[float, float, float, float]:
+    """Return the bounds of a pixel region (rows and columns of the job's grid) in the grid's CRS."""
+    xmin, _, _, ymax = job.target_bounds()
+    res = job.grid.resolution
+    return (xmin + cols.start * res, ymax - rows.stop * res, xmin + cols.stop * res, ymax - rows.start * res)
 
 
 def assemble_cube(job: JobSpec, discovery: Discovery) -> xr.Dataset:
@@ -175,9 +211,13 @@ def assemble_cube(job: JobSpec, discovery: Discovery) -> xr.Dataset:
         ``reflectance(epoch, band, y, x)`` float32 and ``clear_count(epoch, y, x)`` uint8, with the
         grid's CRS as a CF ``spatial_ref`` variable, chunked in ``job.block_size`` spatial blocks.
     """
+    return _assemble(job, discovery, job.target_bounds())
+
+
+def _assemble(job: JobSpec, discovery: Discovery, bounds: tuple[float, float, float, float]) -> xr.Dataset:
     composites, counts = [], []
     for epoch in ("before", "after"):
-        composite, count = _composite(discovery.items[epoch], job)
+        composite, count = _composite(discovery.items[epoch], job, bounds)
         composites.append(composite)
         counts.append(count)
     epoch_index = pd.Index(["before", "after"], name="epoch")
@@ -195,13 +235,11 @@ def assemble_cube(job: JobSpec, discovery: Discovery) -> xr.Dataset:
             "clear_count": clear_count.chunk({"epoch": 1, "y": block, "x": block}),
         }
     )
-    # Fixed-width strings: GDAL's Zarr driver cannot read variable-length string coordinates.
     ds = ds.assign_coords(
-        epoch=np.array(["before", "after"], dtype="U6"), band=np.array(job.bands, dtype="U")
+        epoch=_labels(["before", "after"], job.zarr_format), band=_labels(job.bands, job.zarr_format)
     )
-    ds["reflectance"].attrs.update(
-        long_name="median clear-sky surface reflectance", units="1", _FillValue=np.float32("nan")
-    )
+    ds["reflectance"].attrs.update(long_name="median clear-sky surface reflectance", units="1")
+    ds["reflectance"].encoding["_FillValue"] = np.float32("nan")
     ds["clear_count"].attrs.update(long_name="number of clear observations in the composite", units="1")
     crs = job.target_crs()
     for variable in ds.data_vars.values():
@@ -218,13 +256,33 @@ def assemble_cube(job: JobSpec, discovery: Discovery) -> xr.Dataset:
     return ds
 
 
-def write_cube(
-    ds: xr.Dataset, path: Path, *, overwrite: bool = False, progress: bool = True, zarr_format: int = 3
-) -> Path:
-    """Write a lazy cube to Zarr v3, block by block, without ever replacing a good output by a broken one.
+BlockSource = Callable[[slice, slice], xr.Dataset]
 
-    The cube is written next to its destination and moved into place only when complete; an
-    existing cube is replaced only with ``overwrite=True``.
+
+def write_cube(
+    ds: xr.Dataset,
+    path: Path,
+    *,
+    overwrite: bool = False,
+    progress: bool = True,
+    zarr_format: int = 3,
+    blocks: BlockSource | None = None,
+) -> Path:
+    """Write a lazy cube to Zarr, one spatial block at a time, never replacing a good output by a broken one.
+
+    The array metadata is written first; then each block of ``ds``'s spatial chunks is computed
+    on its own and written into its region. Computing block by block, rather than handing dask the
+    whole graph, is what keeps memory bounded by the block size: on one big graph dask's ordering
+    starts reads of many blocks at once and memory grows with the area (measured: 8x the memory
+    for 16x the area). The cube is written next to its destination and moved into place only when
+    complete; an existing cube is replaced only with ``overwrite=True``.
+
+    Parameters
+    ----------
+    blocks
+        Builds the lazy dataset of one ``(rows, cols)`` region. Default: slices of ``ds``. Building
+        each block's graph afresh keeps the cost per block independent of the area, where slicing
+        one huge graph costs time in proportion to the whole graph for every block.
     """
     if path.exists() and not overwrite:
         raise OutputExistsError(
@@ -235,13 +293,24 @@ def write_cube(
     for name, variable in ds.data_vars.items():
         if variable.chunks:
             ds[name].encoding["chunks"] = variable.data.chunksize
+    spatial = [name for name, v in ds.data_vars.items() if {"y", "x"} <= set(v.dims)]
+    regions = list(_block_regions(ds))
     try:
-        delayed = ds.to_zarr(
-            str(partial), mode="w-", zarr_format=zarr_format, consolidated=True, compute=False
-        )
-        with DaskProgress("writing cube", enabled=progress):
-            dask.compute(delayed)
-        zarr.consolidate_metadata(str(partial))
+        with warnings.catch_warnings():
+            # Consolidated metadata is a zarr-python extension for v3; it is what makes opening fast.
+            warnings.filterwarnings("ignore", "Consolidated metadata", UserWarning)
+            # Pixels with no clear observation are expected; they become NaN in the composite.
+            warnings.filterwarnings("ignore", "All-NaN slice encountered", RuntimeWarning)
+            ds.to_zarr(str(partial), mode="w-", zarr_format=zarr_format, consolidated=False, compute=False)
+            display = make_progress(enabled=progress)
+            with display:
+                task = display.add_task("writing cube blocks", total=len(regions))
+                for ys, xs in regions:
+                    block = blocks(ys, xs) if blocks else ds.isel(y=ys, x=xs)
+                    block = block[spatial].drop_vars(list(block[spatial].coords))
+                    block.to_zarr(str(partial), region={"y": ys, "x": xs}, mode="r+", consolidated=False)
+                    display.advance(task)
+            zarr.consolidate_metadata(str(partial))
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
@@ -249,6 +318,19 @@ def write_cube(
         shutil.rmtree(path)
     partial.rename(path)
     return path
+
+
+def _block_regions(ds: xr.Dataset) -> Iterator[tuple[slice, slice]]:
+    """Yield the ``(y, x)`` slices of the dataset's spatial chunks, row by row."""
+    y_chunks = ds.chunks["y"]
+    x_chunks = ds.chunks["x"]
+    y0 = 0
+    for height in y_chunks:
+        x0 = 0
+        for width in x_chunks:
+            yield slice(y0, y0 + height), slice(x0, x0 + width)
+            x0 += width
+        y0 += height
 
 
 def open_cube(path: str | Path) -> xr.Dataset:
@@ -273,7 +355,14 @@ def prepare_cube(
         )
     ds = assemble_cube(job, discovery)
     with dask.config.set(scheduler=scheduler or "threads"):
-        write_cube(ds, path, overwrite=job.overwrite, progress=progress, zarr_format=job.zarr_format)
+        write_cube(
+            ds,
+            path,
+            overwrite=job.overwrite,
+            progress=progress,
+            zarr_format=job.zarr_format,
+            blocks=lambda rows, cols: _assemble(job, discovery, region_bounds(job, rows, cols)),
+        )
     (path.parent / "provenance.json").write_text(json.dumps(discovery.provenance(), indent=2))
     return describe_cube(path, discovery)
 

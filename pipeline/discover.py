@@ -126,6 +126,11 @@ def discover_window(job: JobSpec, window: TimeWindow) -> tuple[list[dict[str, An
     else:
         items = list(open_catalog_items(job.catalog))
         mode = "client"
+        if not items:
+            raise CatalogError(
+                f"the catalog file {job.catalog.url} holds no items (a Collection without item links?); "
+                "give its items as an ItemCollection or .ndjson file, or a catalog that links them"
+            )
     kept = [_with_epsg(it) for it in items if _matches(it, job.collections, aoi, window, job.cloud_limit)]
     return sorted(kept, key=lambda it: (it["properties"].get("datetime") or "", it["id"])), mode
 

@@ -8,13 +8,15 @@ that does not sit well beside rich's log lines.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from types import TracebackType
 from typing import Any
 
 from dask.callbacks import Callback
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-__all__ = ["DaskProgress", "make_progress"]
+__all__ = ["DaskProgress", "make_progress", "staged_progress"]
 
 
 def make_progress(*, enabled: bool = True) -> Progress:
@@ -59,3 +61,18 @@ class DaskProgress(Callback):
     def _posttask(self, key: Any, result: Any, dsk: Any, state: dict[str, Any], worker_id: Any) -> None:
         if self._task is not None:
             self._progress.advance(self._task)
+
+
+@contextmanager
+def staged_progress(*, enabled: bool = True) -> Iterator[Callable[[str, int, int], None]]:
+    """Yield a ``progress(stage, done, total)`` callback that draws one bar per stage."""
+    display = make_progress(enabled=enabled)
+    tasks: dict[str, Any] = {}
+
+    def update(stage: str, done: int, total: int) -> None:
+        if stage not in tasks:
+            tasks[stage] = display.add_task(stage, total=total)
+        display.update(tasks[stage], completed=done, total=total)
+
+    with display:
+        yield update

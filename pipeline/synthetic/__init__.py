@@ -32,7 +32,7 @@ from pipeline.synthetic.landscape import (
 )
 from pipeline.synthetic.spec import Acquisition, Epoch, SceneSpec, acquisitions
 from pipeline.synthetic.spectra import BAND_NAMES, BANDS, NODATA, OFFSET, SCALE, Band, surface_reflectance
-from pipeline.synthetic.writer import GeneratedScene, generate_scene, iter_blocks
+from pipeline.synthetic.writer import GeneratedScene, ensure_scene, generate_scene, iter_blocks, open_scene
 
 __all__ = [
     "BANDS",
@@ -55,9 +55,11 @@ __all__ = [
     "change_map",
     "class_map",
     "cloud_cover",
+    "ensure_scene",
     "generate_scene",
     "iter_blocks",
     "landscape_window",
+    "open_scene",
     "surface_reflectance",
     "truth_window",
 ]

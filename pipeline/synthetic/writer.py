@@ -377,22 +377,64 @@ def generate_scene(
     write_items_ndjson(items, items_path)
     write_catalog(collection, items, catalog_dir)
     _write_marker(root, spec, complete=True)
+    return _scene(spec, root, items)
+
+
+def _scene(spec: SceneSpec, root: Path, items: list[dict[str, Any]]) -> GeneratedScene:
     _, bbox = footprint(spec)
+    truth_dir = root / "truth"
     return GeneratedScene(
         spec=spec,
         root=root,
-        collection_path=collection_path,
-        items_path=items_path,
-        catalog_dir=catalog_dir,
-        truth_class_before=truth["class_before"].dst,
-        truth_class_after=truth["class_after"].dst,
-        truth_change=truth["change"].dst,
+        collection_path=root / "collection.json",
+        items_path=root / "items.ndjson",
+        catalog_dir=root / "catalog",
+        truth_class_before=truth_dir / TRUTH_ASSETS["class_before"][0],
+        truth_class_after=truth_dir / TRUTH_ASSETS["class_after"][0],
+        truth_change=truth_dir / TRUTH_ASSETS["change"][0],
         items=items,
         bbox_wgs84=(bbox[0], bbox[1], bbox[2], bbox[3]),
         bbox_utm=spec.bounds_utm,
         before_window=spec.epoch_window(Epoch.BEFORE),
         after_window=spec.epoch_window(Epoch.AFTER),
     )
+
+
+def open_scene(out_dir: Path | str) -> GeneratedScene:
+    """Open a scene generated earlier in ``out_dir``.
+
+    Raises
+    ------
+    OutputExistsError
+        If the folder holds no complete generated scene (generate it again with ``overwrite=True``).
+    """
+    root = Path(out_dir).expanduser().resolve()
+    try:
+        marker = json.loads((root / MARKER).read_text())
+    except (OSError, ValueError):
+        raise OutputExistsError(f"{root} holds no generated scene ({MARKER} missing or unreadable)") from None
+    if marker.get("generator") != _GENERATOR or not marker.get("complete"):
+        raise OutputExistsError(
+            f"the scene in {root} is incomplete (its generation was interrupted): generate it again with overwrite"
+        )
+    items_path = root / "items.ndjson"
+    items = [json.loads(line) for line in items_path.read_text().splitlines() if line.strip()]
+    return _scene(SceneSpec.from_dict(marker["spec"]), root, items)
+
+
+def ensure_scene(spec: SceneSpec, out_dir: Path | str, progress: Progress | None = None) -> GeneratedScene:
+    """Return the scene of ``spec`` in ``out_dir``, generating it only when it is missing or differs.
+
+    A folder that holds a complete scene of the same spec is reused as it is; a scene of another
+    spec (or an interrupted one) is replaced; a folder with anything else is refused.
+    """
+    try:
+        existing = open_scene(out_dir)
+    except OutputExistsError:
+        existing = None
+    if existing is not None and existing.spec == spec:
+        return existing
+    return generate_scene(spec, out_dir, progress, overwrite=True)
 
 
 def _write_blocks(

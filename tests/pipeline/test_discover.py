@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from pipeline.discover import discover, discover_window, open_catalog_items
-from pipeline.errors import NothingFoundError
+from pipeline.errors import CatalogError, NothingFoundError
 from pipeline.spec import JobSpec
 from pipeline.stac_servers import find_pg_bindir, find_pgstac_python, serve_collection
 
@@ -158,3 +158,8 @@ def test_pgstac_filters_on_the_server(catalog_files: tuple[Path, Path, Path], tm
         # The server really filtered: the raw answer holds no item over the limit.
         raw, _ = discover_window(job, job.before)
         assert all(item["properties"]["eo:cloud_cover"] <= 20 for item in raw)
+
+
+def test_a_catalog_file_without_items_says_so(catalog_files: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    with pytest.raises(CatalogError, match="holds no items"):
+        discover(_job(str(catalog_files[0]), tmp_path))
