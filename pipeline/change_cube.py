@@ -1,0 +1,427 @@
+"""The change cube: the Zarr store the inference engine fills block by block, and how it is restarted.
+
+Layout
+------
+All spatial variables share the input cube's ``y``/``x`` grid, CRS (CF ``spatial_ref`` plus GDAL's
+``_CRS`` attribute) and transform; they are chunked in square ``block_size`` blocks, one chunk per
+block and per variable, so no two tasks ever write the same chunk.
+
+==========================  ========  =======  ==================================================
+variable                    dtype     nodata   meaning
+==========================  ========  =======  ==================================================
+``change_probability``      float32   NaN      blended probability of change (agnostic head)
+``change``                  uint8     255      1 where ``change_probability > 0.5``, else 0
+``class_before``            uint8     255      class channel on the before date (argmax)
+``class_after``             uint8     255      class channel on the after date (argmax)
+``transition``              uint16    65535    ``class_before * K + class_after`` where changed,
+                                               65534 (:data:`TRANSITION_NO_CHANGE`) where not
+``target_change``           uint8     255      per target class (``target`` dimension): 1 where
+                                               changed and either date is that class, else 0
+``block_done``              uint8     (0)      1 once a block is completely written
+==========================  ========  =======  ==================================================
+
+Class channels follow the :class:`~seg2change_core.prompts.PromptSet` order (background first when
+there is one); ``K`` is their number and the labels are in the ``classes`` attribute and in CF
+``flag_values``/``flag_meanings`` of the class maps. A pixel is nodata in every layer when any band
+the models read is NaN on either date. Class maps, transition and binary change are derived
+*after* blending, through :func:`seg2change_core.fusion.fuse`, so nothing is thresholded per tile.
+
+Root attributes: ``format`` (:data:`FORMAT`), ``job`` (the job, JSON), ``inference`` (the
+inference-relevant fields the fingerprint hashes, JSON), ``fingerprint``, ``models`` (name, source,
+checkpoint SHA-256 or ``"none"``, JSON), ``model_fit`` (values fitted once per job, JSON),
+``software``, ``block_size``, ``complete`` (true once every block is done). Metadata is
+consolidated at creation and again on completion.
+
+Restarting
+----------
+``block_done`` has one chunk per block. A task writes all of its block's chunks and only then
+sets its ``block_done`` element. Each chunk is stored as one object: on a local disk zarr writes a
+temporary file and renames it over the chunk (atomic within one file system), on object stores a
+PUT is atomic. A run killed at any moment therefore leaves every block either marked done with all
+of its chunks in place, or unmarked; unmarked blocks are recomputed in full by the next run, which
+overwrites whatever partial chunks they left, so the finished cube has the same bytes as an
+uninterrupted run. An unreadable marker (never expected, given atomic writes) counts as not done.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import warnings
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import dask.array as da
+import numpy as np
+import rioxarray  # noqa: F401  (registers the .rio accessor)
+import xarray as xr
+import zarr
+from affine import Affine
+from numpy.typing import NDArray
+from pyproj import CRS
+
+from pipeline import __version__
+from pipeline.cube import gdal_crs_attribute
+from pipeline.errors import ChangeCubeMismatchError, OutputExistsError
+from pipeline.tiling import Window
+
+__all__ = [
+    "DONE",
+    "FORMAT",
+    "LAYERS",
+    "TRANSITION_NODATA",
+    "TRANSITION_NO_CHANGE",
+    "UINT8_NODATA",
+    "BlockGrid",
+    "BlockLayers",
+    "ChangeCubeLayout",
+    "CubeState",
+    "check_reusable",
+    "create_change_cube",
+    "finalise_change_cube",
+    "inspect_change_cube",
+    "open_change_cube",
+    "read_done",
+    "remove_change_cube",
+    "write_block",
+]
+
+log = logging.getLogger(__name__)
+
+#: Value of the ``format`` root attribute of a change cube.
+FORMAT = "seg2change-change-cube/1"
+#: Nodata of the uint8 layers.
+UINT8_NODATA = 255
+#: Transition code of valid pixels that did not change.
+TRANSITION_NO_CHANGE = 65534
+#: Transition code of nodata pixels.
+TRANSITION_NODATA = 65535
+#: Name of the per-block completion marker array.
+DONE = "block_done"
+#: The spatial layers, in writing order.
+LAYERS = ("change_probability", "change", "class_before", "class_after", "transition", "target_change")
+
+_NODATA: dict[str, Any] = {
+    "change_probability": np.float32("nan"),
+    "change": np.uint8(UINT8_NODATA),
+    "class_before": np.uint8(UINT8_NODATA),
+    "class_after": np.uint8(UINT8_NODATA),
+    "transition": np.uint16(TRANSITION_NODATA),
+    "target_change": np.uint8(UINT8_NODATA),
+}
+
+
+@dataclass(frozen=True)
+class BlockGrid:
+    """Square blocks of ``block_size`` pixels covering a ``height x width`` cube from its origin."""
+
+    height: int
+    width: int
+    block_size: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """Number of blocks ``(rows, cols)``."""
+        return -(-self.height // self.block_size), -(-self.width // self.block_size)
+
+    def __len__(self) -> int:
+        rows, cols = self.shape
+        return rows * cols
+
+    def window(self, row: int, col: int) -> Window:
+        """Pixels of block ``(row, col)`` (edge blocks are clipped to the cube)."""
+        b = self.block_size
+        return Window(row * b, min((row + 1) * b, self.height), col * b, min((col + 1) * b, self.width))
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        rows, cols = self.shape
+        for row in range(rows):
+            for col in range(cols):
+                yield row, col
+
+
+@dataclass(frozen=True)
+class ChangeCubeLayout:
+    """What fixes the shape of a change cube.
+
+    Attributes
+    ----------
+    blocks
+        The block grid (also the chunk grid).
+    classes
+        Class labels in channel order.
+    targets
+        Target class labels (the ``target`` dimension).
+    zarr_format
+        2 or 3.
+    """
+
+    blocks: BlockGrid
+    classes: tuple[str, ...]
+    targets: tuple[str, ...]
+    zarr_format: Literal[2, 3] = 3
+
+
+@dataclass(frozen=True)
+class BlockLayers:
+    """The output layers of one block, each ``(rows, cols)`` except ``target_change`` ``(T, rows, cols)``."""
+
+    change_probability: NDArray[np.float32]
+    change: NDArray[np.uint8]
+    class_before: NDArray[np.uint8]
+    class_after: NDArray[np.uint8]
+    transition: NDArray[np.uint16]
+    target_change: NDArray[np.uint8]
+
+    def items(self) -> Iterator[tuple[str, NDArray[Any]]]:
+        """``(name, array)`` pairs in :data:`LAYERS` order."""
+        for name in LAYERS:
+            yield name, getattr(self, name)
+
+
+@dataclass(frozen=True)
+class CubeState:
+    """What an existing output path holds.
+
+    Attributes
+    ----------
+    exists
+        Something is at the path.
+    is_change_cube
+        It is a change cube (has the :data:`FORMAT` attribute).
+    fingerprint
+        Its job fingerprint, or None.
+    complete
+        Every block is done.
+    attrs
+        Its root attributes.
+    """
+
+    exists: bool
+    is_change_cube: bool = False
+    fingerprint: str | None = None
+    complete: bool = False
+    attrs: Mapping[str, Any] | None = None
+
+
+def inspect_change_cube(path: Path) -> CubeState:
+    """Say what ``path`` holds: nothing, something else, or a (partial or complete) change cube."""
+    if not path.exists():
+        return CubeState(exists=False)
+    try:
+        group = zarr.open_group(str(path), mode="r")
+        attrs = dict(group.attrs)
+    except Exception:
+        return CubeState(exists=True)
+    if attrs.get("format") != FORMAT:
+        return CubeState(exists=True, attrs=attrs)
+    fingerprint = attrs.get("fingerprint")
+    return CubeState(
+        exists=True,
+        is_change_cube=True,
+        fingerprint=None if fingerprint is None else str(fingerprint),
+        complete=bool(attrs.get("complete", False)),
+        attrs=attrs,
+    )
+
+
+def check_reusable(path: Path, state: CubeState, fingerprint: str, inference: Mapping[str, Any]) -> None:
+    """Refuse an existing output that this job must not write into.
+
+    Raises
+    ------
+    OutputExistsError
+        When ``path`` holds something that is not a change cube.
+    ChangeCubeMismatchError
+        When it is a change cube of a different job; the message names the differing fields.
+    """
+    if not state.exists:
+        return
+    if not state.is_change_cube:
+        raise OutputExistsError(
+            f"{path} exists and is not a seg2change change cube; choose another output path, "
+            "or pass force=True (--force) to replace it"
+        )
+    if state.fingerprint == fingerprint:
+        return
+    previous: dict[str, Any] = {}
+    if state.attrs is not None:
+        try:
+            previous = json.loads(state.attrs.get("inference", "{}"))
+        except (TypeError, json.JSONDecodeError):
+            previous = {}
+    differing = sorted(k for k in set(previous) | set(inference) if previous.get(k) != inference.get(k))
+    detail = f" (differs in: {', '.join(differing)})" if differing else ""
+    raise ChangeCubeMismatchError(
+        f"{path} holds the change cube of a different job{detail}; it is kept as it is. "
+        "Pass force=True (--force) to replace it, or choose another output path"
+    )
+
+
+def remove_change_cube(path: Path) -> None:
+    """Delete an output path (a change cube or what else lies there)."""
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+
+
+def create_change_cube(
+    path: Path,
+    layout: ChangeCubeLayout,
+    *,
+    y: NDArray[np.floating],
+    x: NDArray[np.floating],
+    crs: CRS,
+    transform: Affine,
+    attrs: Mapping[str, Any],
+) -> None:
+    """Write the empty change cube: metadata, coordinates, no data chunks, no block marked done.
+
+    Parameters
+    ----------
+    path
+        Where to create it; must not exist.
+    layout
+        Block grid, classes, targets and Zarr format.
+    y, x
+        Pixel-centre coordinates of the input grid.
+    crs, transform
+        The input grid's CRS and affine transform.
+    attrs
+        Root attributes (JSON-ready values) to record (job, fingerprint, models...).
+    """
+    blocks = layout.blocks
+    h, w, b = blocks.height, blocks.width, blocks.block_size
+    n_targets = len(layout.targets)
+    spatial = (b, b)
+    data: dict[str, tuple[tuple[str, ...], Any]] = {}
+    for name in LAYERS:
+        fill = _NODATA[name]
+        if name == "target_change":
+            data[name] = (
+                ("target", "y", "x"),
+                da.full((n_targets, h, w), fill, dtype=fill.dtype, chunks=(n_targets, *spatial)),
+            )
+        else:
+            data[name] = (("y", "x"), da.full((h, w), fill, dtype=fill.dtype, chunks=spatial))
+    rows, cols = blocks.shape
+    data[DONE] = (("block_row", "block_col"), da.zeros((rows, cols), dtype="uint8", chunks=1))
+    ds = xr.Dataset(
+        data,
+        coords={"y": np.asarray(y), "x": np.asarray(x), "target": np.array(layout.targets, dtype="U")},
+    )
+    ds = ds.rio.write_crs(crs.to_wkt()).rio.write_transform(transform).rio.write_coordinate_system()
+    classes = layout.classes
+    flags = {
+        "flag_values": list(range(len(classes))),
+        "flag_meanings": " ".join(c.replace(" ", "_") for c in classes),
+    }
+    described: dict[str, dict[str, Any]] = {
+        "change_probability": {"long_name": "probability of change (blended)", "units": "1"},
+        "change": {
+            "long_name": "binary change (probability > 0.5)",
+            "flag_values": [0, 1],
+            "flag_meanings": "unchanged changed",
+        },
+        "class_before": {"long_name": "class on the before date", **flags},
+        "class_after": {"long_name": "class on the after date", **flags},
+        "transition": {
+            "long_name": "class transition code: class_before * K + class_after where changed",
+            "num_classes": len(classes),
+            "no_change_value": TRANSITION_NO_CHANGE,
+        },
+        "target_change": {
+            "long_name": "change into or out of each target class",
+            "flag_values": [0, 1],
+            "flag_meanings": "no_target_change target_change",
+        },
+    }
+    crs_attribute = gdal_crs_attribute(crs)
+    for name in LAYERS:
+        var = ds[name]
+        var.attrs.update(described[name])
+        var.attrs["_CRS"] = crs_attribute
+        chunks = (n_targets, *spatial) if name == "target_change" else spatial
+        fill = _NODATA[name]
+        var.encoding.update({"chunks": chunks, "_FillValue": fill})
+        if layout.zarr_format == 3:
+            var.encoding["fill_value"] = fill
+    done = ds[DONE]
+    done.attrs.update(
+        long_name="block completely written",
+        flag_values=[0, 1],
+        flag_meanings="pending done",
+        block_size=b,
+    )
+    done.encoding = {"chunks": (1, 1), "_FillValue": np.uint8(0)}
+    if layout.zarr_format == 3:
+        done.encoding["fill_value"] = np.uint8(0)
+    ds.attrs.update(
+        {
+            "title": "seg2change change cube",
+            "Conventions": "CF-1.8",
+            "format": FORMAT,
+            "software": f"seg2change {__version__}",
+            "block_size": b,
+            "classes": json.dumps(list(classes)),
+            "complete": False,
+            **attrs,
+        }
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        # The class names are fixed-width strings on purpose (GDAL cannot read variable-length
+        # ones); zarr warns that v3 has no spec for them yet, as for the input cube's band names.
+        warnings.filterwarnings("ignore", message="The data type .* does not have a Zarr V3 specification")
+        ds.to_zarr(str(path), mode="w-", compute=False, zarr_format=layout.zarr_format, consolidated=True)
+
+
+def read_done(path: Path, blocks: BlockGrid) -> NDArray[np.bool_]:
+    """Which blocks are marked done, as a ``blocks.shape`` boolean array.
+
+    A marker chunk that cannot be read counts as not done.
+    """
+    array = _array(path, DONE, "r")
+    try:
+        return np.asarray(array[...]) == 1
+    except Exception:
+        log.warning("some completion markers of %s are unreadable; checking them one by one", path)
+    done = np.zeros(blocks.shape, dtype=bool)
+    for row, col in blocks:
+        try:
+            done[row, col] = array[row, col] == 1
+        except Exception:
+            done[row, col] = False
+    return done
+
+
+def _array(path: Path, name: str, mode: Literal["r", "r+"]) -> zarr.Array:
+    return zarr.open_array(str(path), path=name, mode=mode)
+
+
+def write_block(path: Path, window: Window, block: tuple[int, int], layers: BlockLayers) -> None:
+    """Write one block's layers into their chunks, then mark the block done."""
+    rows, cols = window.slices
+    for name, data in layers.items():
+        array = _array(path, name, "r+")
+        if data.ndim == 3:
+            array[:, rows, cols] = data
+        else:
+            array[rows, cols] = data
+    _array(path, DONE, "r+")[block] = 1
+
+
+def finalise_change_cube(path: Path) -> None:
+    """Record that every block is done and consolidate the metadata again."""
+    group = zarr.open_group(str(path), mode="r+")
+    group.attrs["complete"] = True
+    zarr.consolidate_metadata(str(path))
+
+
+def open_change_cube(path: str | Path) -> xr.Dataset:
+    """Open a change cube with its CRS decoded and nodata masked (uint8 layers become float)."""
+    return xr.open_zarr(str(path), consolidated=True, decode_coords="all")

@@ -1,0 +1,189 @@
+"""Dask clusters for inference: a local one by default, an existing scheduler, or GPU workers.
+
+:func:`connect` turns a :class:`~pipeline.engine_spec.ClusterSpec` (or a ready ``Client``) into a
+:class:`ClusterSession` and closes what it started on exit. GPU work uses Dask's *resources*:
+GPU workers advertise ``GPU=1`` and every inference task asks for ``GPU=1``
+(:meth:`ClusterSession.task_resources`), so a worker never runs more model tasks than it has GPUs
+and CPU-only workers of a mixed cluster never get one. Locally, GPU workers come from dask-cuda's
+``LocalCUDACluster`` (one worker per GPU) when it is installed (optional import), else from one
+``LocalCluster`` worker holding the ``GPU`` resource.
+
+Torch uses its own intra-op threads; unless told otherwise, each worker gets the cores of its host
+divided among the worker threads there, so workers do not oversubscribe the CPUs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from distributed import Client, LocalCluster
+
+from pipeline.engine_spec import ClusterSpec
+from pipeline.errors import ClusterError
+
+__all__ = ["GPU_RESOURCE", "ClusterSession", "connect", "start_local_cluster", "torch_threads_for"]
+
+log = logging.getLogger(__name__)
+
+#: Name of the Dask worker resource that GPU workers advertise and inference tasks request.
+GPU_RESOURCE = "GPU"
+
+
+@dataclass(frozen=True)
+class ClusterSession:
+    """A connected client and how to use its workers.
+
+    Attributes
+    ----------
+    client
+        The Dask client.
+    gpu
+        Inference tasks request the ``GPU`` resource.
+    torch_threads
+        Intra-op torch threads per worker process, or None to leave torch's default.
+    """
+
+    client: Client
+    gpu: bool
+    torch_threads: int | None
+
+    def task_resources(self) -> dict[str, float] | None:
+        """Resources each inference task asks for: ``{"GPU": 1}`` on GPU clusters, else None."""
+        return {GPU_RESOURCE: 1} if self.gpu else None
+
+    @property
+    def n_workers(self) -> int:
+        """Workers connected now."""
+        return len(self.client.scheduler_info(n_workers=-1)["workers"])
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _cuda_devices() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def start_local_cluster(spec: ClusterSpec) -> LocalCluster:
+    """Start the local cluster a spec describes (CPU, or GPU workers with ``spec.gpu``).
+
+    Raises
+    ------
+    ClusterError
+        When GPU workers are wanted but no CUDA device is visible.
+    """
+    common: dict[str, Any] = {
+        "threads_per_worker": spec.threads_per_worker,
+        "memory_limit": spec.memory_limit,
+        "dashboard_address": None,
+    }
+    if not spec.gpu:
+        n_workers = spec.n_workers or max(1, _cpu_count() // spec.threads_per_worker)
+        return LocalCluster(n_workers=n_workers, processes=spec.processes, **common)
+    gpus = _cuda_devices()
+    if gpus == 0:
+        raise ClusterError(
+            "cluster.gpu is true but no CUDA device is visible on this machine; set cluster.gpu to "
+            "false, or give cluster.address of a scheduler whose workers have GPUs"
+        )
+    try:
+        from dask_cuda import LocalCUDACluster
+    except ImportError:
+        if gpus > 1:
+            log.warning(
+                "%d GPUs but dask-cuda is not installed: one worker uses one GPU; install dask-cuda "
+                "for a worker per GPU",
+                gpus,
+            )
+        return LocalCluster(n_workers=1, processes=spec.processes, resources={GPU_RESOURCE: 1}, **common)
+    cluster: LocalCluster = LocalCUDACluster(
+        n_workers=spec.n_workers or gpus, resources={GPU_RESOURCE: 1}, **common
+    )
+    return cluster
+
+
+def torch_threads_for(client: Client) -> int:
+    """Cores per worker thread, taking the smallest over the cluster's hosts (at least 1)."""
+    cores: dict[str, int] = client.run(_cpu_count)
+    info = client.scheduler_info(n_workers=-1)["workers"]
+    per_host: Counter[str] = Counter()
+    host_cores: dict[str, int] = {}
+    for address, worker in info.items():
+        host = worker.get("host", address)
+        per_host[host] += int(worker.get("nthreads", 1))
+        if address in cores:
+            host_cores[host] = cores[address]
+    if not per_host:
+        return 1
+    return max(1, min(host_cores.get(host, 1) // threads for host, threads in per_host.items()))
+
+
+def _check_gpu_workers(client: Client) -> None:
+    workers = client.scheduler_info(n_workers=-1)["workers"].values()
+    if not any(w.get("resources", {}).get(GPU_RESOURCE, 0) >= 1 for w in workers):
+        raise ClusterError(
+            f"the job wants GPU workers but no worker of {client.scheduler_info()['address']} advertises a "
+            f"'{GPU_RESOURCE}' resource; start the workers with '--resources {GPU_RESOURCE}=1' "
+            "(dask-cuda does with resources set), or run on CPU (cluster.gpu: false, models.device "
+            "'auto' or 'cpu')"
+        )
+
+
+@contextmanager
+def connect(cluster: ClusterSpec | Client | None, *, gpu: bool = False) -> Iterator[ClusterSession]:
+    """Connect to the cluster for one run; what is started here is closed on exit.
+
+    Parameters
+    ----------
+    cluster
+        A spec (local cluster or ``address``), a ready ``Client`` (left open), or None for the
+        default local cluster.
+    gpu
+        The job wants GPU workers (besides ``cluster.gpu``): tasks then request ``GPU=1``.
+
+    Yields
+    ------
+    ClusterSession
+
+    Raises
+    ------
+    ClusterError
+        When the scheduler cannot be reached, or GPU workers are wanted and none exist.
+    """
+    with ExitStack() as stack:
+        if isinstance(cluster, Client):
+            client = cluster
+            wants_gpu = gpu
+            threads: int | None = None
+        else:
+            spec = cluster or ClusterSpec()
+            wants_gpu = gpu or spec.gpu
+            threads = spec.torch_threads
+            if spec.address is not None:
+                try:
+                    client = stack.enter_context(Client(spec.address, timeout="30s"))
+                except OSError as exc:
+                    raise ClusterError(
+                        f"cannot reach the Dask scheduler at {spec.address} ({exc}); start it, check "
+                        "the address, or leave cluster.address out for a local cluster"
+                    ) from exc
+            else:
+                local = stack.enter_context(start_local_cluster(spec.model_copy(update={"gpu": wants_gpu})))
+                client = stack.enter_context(Client(local))
+        if wants_gpu:
+            _check_gpu_workers(client)
+        if threads is None:
+            threads = torch_threads_for(client)
+        yield ClusterSession(client=client, gpu=wants_gpu, torch_threads=threads)

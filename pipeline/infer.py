@@ -1,0 +1,729 @@
+"""Tiled, distributed, restartable inference: from the input cube to the change cube.
+
+The cube is split into square blocks (the output's chunks). Each block is one Dask task whose
+arguments are a few hundred bytes (paths, the tile grid, the model description and the block's
+index), never arrays: the worker reads the block *with its halo* lazily from the input Zarr, cuts
+it into the tiles of the global grid (:mod:`pipeline.tiling`), runs them in batches through the
+change model and the segmenter (built once per worker, :mod:`pipeline.models`), blends the
+probabilities, derives the class maps, transition and binary change from the blended
+probabilities through :func:`seg2change_core.fusion.fuse`, and writes the block's chunks into the
+change cube followed by the block's completion marker (:mod:`pipeline.change_cube`).
+
+The halo is the union of the grid tiles that intersect the block (clipped to the cube), so every
+tile that contributes to a block pixel is computed whole, and each pixel always receives the same
+tiles, added in the same order: the result does not depend on the block size or on the number of
+workers, and equals :func:`infer_array` on the whole array in memory.
+
+:func:`run_inference` is the entry point: it validates, fingerprints the job, resumes or refuses an
+existing output, fits what must be fitted once per job, starts or joins the cluster, submits one
+task per unfinished block and follows them with a progress bar.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import zarr
+from distributed import Client, as_completed
+from numpy.typing import NDArray
+from pyproj import CRS
+
+from pipeline import __version__
+from pipeline.change_cube import (
+    FORMAT,
+    TRANSITION_NO_CHANGE,
+    TRANSITION_NODATA,
+    UINT8_NODATA,
+    BlockGrid,
+    BlockLayers,
+    ChangeCubeLayout,
+    CubeState,
+    check_reusable,
+    create_change_cube,
+    finalise_change_cube,
+    inspect_change_cube,
+    read_done,
+    remove_change_cube,
+    write_block,
+)
+from pipeline.cluster import connect
+from pipeline.cube import open_cube
+from pipeline.engine_spec import ClusterSpec, ModelSpec, PromptSpec, TilingSpec
+from pipeline.errors import CubeError, InferenceError, JobSpecError
+from pipeline.models import (
+    LoadedModels,
+    ModelRuntime,
+    change_model_info,
+    fit_change_model,
+    get_models,
+    model_identities,
+)
+from pipeline.progress import make_progress
+from pipeline.spec import JobSpec
+from pipeline.tiling import BlendAccumulator, Blender, RampBlender, TileGrid, Window, batched
+from seg2change_core.errors import Seg2ChangeError
+from seg2change_core.fusion import fuse
+from seg2change_core.prompts import PromptSet
+
+__all__ = [
+    "BlockContext",
+    "BlockReport",
+    "InferenceResult",
+    "InputCube",
+    "compute_window",
+    "describe_input",
+    "infer_array",
+    "process_block",
+    "run_inference",
+    "sample_pixels",
+]
+
+log = logging.getLogger(__name__)
+
+#: Side of the windows sampled to fit a baseline once per job (independent of the block size).
+FIT_WINDOW = 512
+
+#: Job fields that do not change the inference result (the block size counts through the tiling).
+_NOT_INFERENCE = {"output", "overwrite", "cluster", "models", "tiling", "prompts", "block_size"}
+
+F32 = NDArray[np.float32]
+
+
+# --------------------------------------------------------------------------- the input cube
+
+
+@dataclass(frozen=True)
+class InputCube:
+    """What the engine needs to know of an input cube.
+
+    Attributes
+    ----------
+    path
+        Where it lies.
+    height, width
+        Pixels.
+    bands
+        Band names in cube order.
+    chunk
+        Spatial chunk side of ``reflectance``.
+    crs, transform
+        The grid.
+    y, x
+        Pixel-centre coordinates.
+    identity
+        Its shape, bands, grid and provenance attributes (JSON-ready), for the job fingerprint.
+    """
+
+    path: Path
+    height: int
+    width: int
+    bands: tuple[str, ...]
+    chunk: int
+    crs: CRS
+    transform: Any
+    y: NDArray[np.floating]
+    x: NDArray[np.floating]
+    identity: Mapping[str, Any]
+
+
+def describe_input(path: Path) -> InputCube:
+    """Read the input cube's metadata (no pixels) and check that the engine can read it raw.
+
+    Raises
+    ------
+    CubeError
+        When the cube is missing, lacks ``reflectance(epoch, band, y, x)`` with epochs
+        ``before, after``, has no CRS, or stores reflectance scaled.
+    """
+    if not path.exists():
+        raise CubeError(f"input cube {path} does not exist; build it first (seg2change cube / prepare_cube)")
+    try:
+        ds = open_cube(path)
+    except Exception as exc:
+        raise CubeError(f"cannot open the input cube {path} ({exc}); rebuild it with pipeline.cube") from exc
+    if "reflectance" not in ds or ds["reflectance"].dims != ("epoch", "band", "y", "x"):
+        raise CubeError(
+            f"{path} has no reflectance(epoch, band, y, x) variable; rebuild it with pipeline.cube"
+        )
+    refl = ds["reflectance"]
+    epochs = [str(e) for e in ds["epoch"].values]
+    if epochs != ["before", "after"]:
+        raise CubeError(
+            f"{path} has epochs {epochs}, expected ['before', 'after']; rebuild it with pipeline.cube"
+        )
+    scaled = {"scale_factor", "add_offset"} & (set(refl.encoding) | set(refl.attrs))
+    if scaled or np.dtype(refl.encoding.get("dtype", refl.dtype)).kind != "f":
+        raise CubeError(
+            f"{path} stores reflectance as scaled integers; the engine reads raw float reflectance: "
+            "rebuild the cube with pipeline.cube (float32, NaN nodata)"
+        )
+    crs = ds.rio.crs
+    if crs is None:
+        raise CubeError(f"{path} has no CRS (spatial_ref); rebuild it with pipeline.cube")
+    transform = ds.rio.transform()
+    chunks = refl.encoding.get("chunks") or refl.data.chunksize
+    height, width = int(refl.shape[2]), int(refl.shape[3])
+    bands = tuple(str(b) for b in ds["band"].values)
+    provenance = {
+        key: _without_output_fields(ds.attrs[key]) if key == "job" else ds.attrs[key]
+        for key in ("job", "provenance")
+        if key in ds.attrs
+    }
+    identity = {
+        "shape": [height, width],
+        "bands": list(bands),
+        "crs": CRS.from_user_input(crs).to_wkt(),
+        "transform": list(transform)[:6],
+        **provenance,
+    }
+    return InputCube(
+        path=path,
+        height=height,
+        width=width,
+        bands=bands,
+        chunk=int(chunks[-1]),
+        crs=CRS.from_user_input(crs),
+        transform=transform,
+        y=np.asarray(ds["y"].values),
+        x=np.asarray(ds["x"].values),
+        identity=identity,
+    )
+
+
+def _without_output_fields(job_json: Any) -> Any:
+    try:
+        doc = json.loads(job_json)
+    except (TypeError, json.JSONDecodeError):
+        return job_json
+    return {k: v for k, v in doc.items() if k not in _NOT_INFERENCE} if isinstance(doc, dict) else doc
+
+
+def _read_window(path: str, window: Window) -> F32:
+    reflectance = zarr.open_array(path, path="reflectance", mode="r")
+    rows, cols = window.slices
+    return np.asarray(reflectance[:, :, rows, cols], dtype=np.float32)
+
+
+def sample_pixels(
+    cube: InputCube, *, windows: int, max_pixels: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A deterministic sample of valid pixels of the cube, to fit a model once per job.
+
+    ``windows`` windows of :data:`FIT_WINDOW` pixels, spread evenly over a fixed grid of the cube
+    (so the sample does not depend on the block size), are read; their valid pixels (every band
+    finite on both dates) are subsampled (seeded) to ``max_pixels`` in total.
+
+    Returns
+    -------
+    tuple of torch.Tensor
+        ``before, after`` as ``(1, bands, 1, N)`` float32.
+
+    Raises
+    ------
+    InferenceError
+        When the sampled windows hold no valid pixel.
+    """
+    grid = BlockGrid(cube.height, cube.width, FIT_WINDOW)
+    cells = list(grid)
+    picks = sorted({int(round(i)) for i in np.linspace(0, len(cells) - 1, min(windows, len(cells)))})
+    per_window = max(1, max_pixels // len(picks))
+    rng = np.random.default_rng(seed)
+    parts: list[F32] = []
+    for index in picks:
+        data = _read_window(str(cube.path), grid.window(*cells[index]))
+        flat = data.reshape(2, data.shape[1], -1)
+        valid = np.isfinite(flat).all(axis=(0, 1))
+        pixels = flat[:, :, valid]
+        if pixels.shape[2] > per_window:
+            keep = np.sort(rng.choice(pixels.shape[2], per_window, replace=False))
+            pixels = pixels[:, :, keep]
+        parts.append(pixels)
+    sample = np.concatenate(parts, axis=2)
+    if sample.shape[2] < 2:
+        raise InferenceError(
+            f"the input cube {cube.path} has no valid pixels where it was sampled (every band finite "
+            "on both dates); check the cube's clear fraction, loosen the cloud limit or widen the windows"
+        )
+    tensor = torch.from_numpy(sample)
+    return tensor[0][None, :, None, :], tensor[1][None, :, None, :]
+
+
+# --------------------------------------------------------------------------- one window
+
+
+def compute_window(
+    data: F32,
+    halo: Window,
+    target: Window,
+    *,
+    models: LoadedModels,
+    prompts: PromptSet,
+    grid: TileGrid,
+    blender: Blender,
+    batch_size: int,
+) -> tuple[BlockLayers, float, int]:
+    """Compute the output layers of ``target`` from the input ``data`` that covers ``halo``.
+
+    Parameters
+    ----------
+    data
+        ``(2, bands, rows, cols)`` reflectance of ``halo`` (cube band order, NaN nodata).
+    halo
+        The window ``data`` holds; must contain every grid tile intersecting ``target``.
+    target
+        The window to produce.
+    models, prompts
+        Built models and the classes.
+    grid, blender, batch_size
+        Tile grid, blending windows and tiles per model call.
+
+    Returns
+    -------
+    tuple
+        The layers, seconds spent in model calls, and the number of tiles computed.
+    """
+    tiles = grid.tiles_intersecting(target)
+    k = prompts.num_classes
+    accumulator = BlendAccumulator(target, 1 + 2 * k, blender)
+    n_bands = data.shape[1]
+    change_bands = _band_selector(models.change_bands, n_bands)
+    seg_bands = _band_selector(models.segmenter_bands, n_bands)
+    model_seconds = 0.0
+    for batch in batched(tiles, batch_size):
+        crops = [t.window.relative_to(halo) for t in batch]
+        # One (2 * n, bands, rows, cols) stack: the n tiles before, then the same n tiles after.
+        pair = torch.from_numpy(np.stack([data[(epoch, slice(None), *c)] for epoch in (0, 1) for c in crops]))
+        pair = pair.to(models.device)
+        n = len(batch)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            for_change = pair[:, change_bands]
+            change = models.change.predict(for_change[:n], for_change[n:])
+            classes = models.segmenter.segment(pair[:, seg_bands], prompts)
+            out = torch.cat([change, classes[:n], classes[n:]], dim=1).to(torch.float32).cpu().numpy()
+        model_seconds += time.perf_counter() - start
+        for i, tile in enumerate(batch):
+            accumulator.add(tile, out[i])
+    blended = accumulator.result()
+
+    inside = target.relative_to(halo)
+    used = sorted(set(models.change_bands) | set(models.segmenter_bands))
+    valid = np.asarray(np.isfinite(data[(slice(None), used, *inside)]).all(axis=(0, 1)), dtype=bool)
+    fused = fuse(
+        torch.from_numpy(blended[None, :1]),
+        torch.from_numpy(blended[None, 1 : 1 + k]),
+        torch.from_numpy(blended[None, 1 + k :]),
+        prompts,
+    )
+    transition = fused.transition[0, 0].numpy()
+    transition = np.where(transition < 0, TRANSITION_NO_CHANGE, transition)
+    layers = BlockLayers(
+        change_probability=np.where(valid, blended[0], np.float32("nan")).astype(np.float32),
+        change=_masked(fused.change[0, 0].numpy(), valid, UINT8_NODATA, np.uint8),
+        class_before=_masked(fused.class_before[0, 0].numpy(), valid, UINT8_NODATA, np.uint8),
+        class_after=_masked(fused.class_after[0, 0].numpy(), valid, UINT8_NODATA, np.uint8),
+        transition=_masked(transition, valid, TRANSITION_NODATA, np.uint16),
+        target_change=_masked(fused.per_target[0].numpy(), valid[None], UINT8_NODATA, np.uint8),
+    )
+    return layers, model_seconds, len(tiles)
+
+
+def _band_selector(indices: tuple[int, ...], n_bands: int) -> slice | list[int]:
+    """Index of the bands a model reads: a view (no copy) when it reads all bands in cube order."""
+    return slice(None) if indices == tuple(range(n_bands)) else list(indices)
+
+
+def _masked(values: NDArray[Any], valid: NDArray[np.bool_], nodata: int, dtype: type[np.generic]) -> Any:
+    return np.where(valid, values, nodata).astype(dtype)
+
+
+def infer_array(
+    reflectance: F32,
+    *,
+    models: LoadedModels,
+    prompts: PromptSet,
+    grid: TileGrid,
+    blender: Blender,
+    batch_size: int = 8,
+) -> BlockLayers:
+    """Run the whole tiled inference on an in-memory ``(2, bands, rows, cols)`` array in one go.
+
+    The single-process reference of the distributed engine (and a convenience for small scenes and
+    notebooks): the whole array is one block.
+    """
+    height, width = reflectance.shape[2], reflectance.shape[3]
+    if (grid.height, grid.width) != (height, width):
+        raise InferenceError(
+            f"the tile grid is for {grid.height} x {grid.width} pixels but the array has "
+            f"{height} x {width}; build the grid for the array"
+        )
+    whole = Window(0, height, 0, width)
+    layers, _, _ = compute_window(
+        reflectance,
+        whole,
+        whole,
+        models=models,
+        prompts=prompts,
+        grid=grid,
+        blender=blender,
+        batch_size=batch_size,
+    )
+    return layers
+
+
+# --------------------------------------------------------------------------- one block task
+
+
+@dataclass(frozen=True)
+class BlockContext:
+    """What every block task of a run shares (small and picklable).
+
+    Attributes
+    ----------
+    cube_path, out_path
+        Input and output Zarr stores.
+    grid, blocks
+        Tile grid and block grid.
+    blender
+        Blending windows.
+    batch_size
+        Tiles per model call.
+    runtime
+        How to build the models.
+    prompts
+        The classes.
+    """
+
+    cube_path: str
+    out_path: str
+    grid: TileGrid
+    blocks: BlockGrid
+    blender: Blender
+    batch_size: int
+    runtime: ModelRuntime
+    prompts: PromptSet
+
+
+@dataclass(frozen=True)
+class BlockReport:
+    """What one block task did.
+
+    Attributes
+    ----------
+    block
+        ``(row, col)`` of the block.
+    tiles
+        Tiles computed.
+    model_seconds
+        Time in model calls.
+    seconds
+        Time of the whole task (building models the first time, reading, blending, writing).
+    pid
+        Worker process id.
+    """
+
+    block: tuple[int, int]
+    tiles: int
+    model_seconds: float
+    seconds: float
+    pid: int
+
+
+def process_block(context: BlockContext, row: int, col: int) -> BlockReport:
+    """Compute one block and write it (then its completion marker) into the change cube."""
+    start = time.perf_counter()
+    models = get_models(context.runtime)
+    window = context.blocks.window(row, col)
+    halo = context.grid.halo(window)
+    data = _read_window(context.cube_path, halo)
+    layers, model_seconds, tiles = compute_window(
+        data,
+        halo,
+        window,
+        models=models,
+        prompts=context.prompts,
+        grid=context.grid,
+        blender=context.blender,
+        batch_size=context.batch_size,
+    )
+    del data
+    write_block(Path(context.out_path), window, (row, col), layers)
+    return BlockReport((row, col), tiles, model_seconds, time.perf_counter() - start, os.getpid())
+
+
+# --------------------------------------------------------------------------- the entry point
+
+
+@dataclass(frozen=True)
+class InferenceResult:
+    """What a run did.
+
+    Attributes
+    ----------
+    path
+        The change cube.
+    fingerprint
+        The job fingerprint recorded in it.
+    blocks
+        Blocks in the cube.
+    computed
+        Blocks computed by this run, in completion order.
+    skipped
+        Blocks already done before this run.
+    wall_seconds
+        Duration of the run.
+    model_seconds
+        Time spent in model calls, summed over the blocks computed.
+    task_seconds
+        Duration of the block tasks, summed.
+    tiles
+        Tile computations (tiles straddling blocks count once per block).
+    """
+
+    path: Path
+    fingerprint: str
+    blocks: int
+    computed: tuple[tuple[int, int], ...]
+    skipped: tuple[tuple[int, int], ...]
+    wall_seconds: float
+    model_seconds: float
+    task_seconds: float
+    tiles: int
+
+
+def _from_job(value: Any, job: JobSpec, field: str, default: Any) -> Any:
+    if value is not None:
+        return value
+    from_job = getattr(job, field, None)
+    return from_job if from_job is not None else default
+
+
+def _fingerprint(doc: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def run_inference(
+    job: JobSpec,
+    cube_path: Path,
+    out_path: Path,
+    *,
+    models: ModelSpec | None = None,
+    tiling: TilingSpec | None = None,
+    cluster: ClusterSpec | Client | None = None,
+    prompts: PromptSpec | PromptSet | None = None,
+    force: bool = False,
+    progress: bool = True,
+) -> InferenceResult:
+    """Compute the change cube of a job from its input cube, block by block on a Dask cluster.
+
+    Parameters
+    ----------
+    job
+        The job (recorded in the output; its inference-relevant fields enter the fingerprint).
+    cube_path
+        The input cube (:func:`pipeline.cube.write_cube`).
+    out_path
+        The change cube to write (a local Zarr path).
+    models, tiling, cluster, prompts
+        Engine specs; each defaults to the job's field of that name when it has one, else to the
+        spec's defaults (``prompts`` has no default and must be given one way or the other).
+        ``cluster`` may be a ready ``Client``, which is used and left open.
+    force
+        Recompute everything, replacing whatever is at ``out_path``.
+    progress
+        Show a progress bar over the blocks.
+
+    Returns
+    -------
+    InferenceResult
+
+    Raises
+    ------
+    ChangeCubeMismatchError
+        When ``out_path`` holds the change cube of a different job (and not ``force``).
+    OutputExistsError
+        When ``out_path`` holds something else (and not ``force``).
+    InferenceError
+        When a block fails; blocks finished before stay done, so a rerun resumes.
+    """
+    started = time.perf_counter()
+    models = _from_job(models, job, "models", ModelSpec())
+    tiling = _from_job(tiling, job, "tiling", TilingSpec())
+    cluster = _from_job(cluster, job, "cluster", None)
+    prompts = _from_job(prompts, job, "prompts", None)
+    if prompts is None:
+        raise JobSpecError(
+            "no classes to look for: pass prompts=PromptSpec(classes='building;water') or set the job's prompts"
+        )
+    prompt_set = prompts.prompt_set() if isinstance(prompts, PromptSpec) else prompts
+    out_path = Path(out_path)
+    cube = describe_input(Path(cube_path))
+
+    info = change_model_info(models, cube.bands)
+    tile_size = tiling.resolve_tile_size(info.tile_size)
+    block_size = tiling.block_size or cube.chunk
+    grid = TileGrid(cube.height, cube.width, tile_size, tiling.overlap)
+    blocks = BlockGrid(cube.height, cube.width, block_size)
+    blender = RampBlender(tiling.overlap, tiling.window)
+    identities = model_identities(models, cube.bands)
+    prompt_doc = PromptSpec.from_prompt_set(prompt_set).model_dump(mode="json")
+    inference = {
+        "format": FORMAT,
+        "job": job.model_dump(mode="json", exclude=_NOT_INFERENCE),
+        "input_cube": cube.identity,
+        "models": [{"role": m.role, "name": m.name, "sha256": m.sha256} for m in identities],
+        "model_options": models.model_dump(mode="json", exclude={"checkpoint", "backbone_weights", "device"}),
+        "tiling": {
+            "tile_size": tile_size,
+            "overlap": tiling.overlap,
+            "window": tiling.window,
+            "block_size": block_size,
+        },
+        "prompts": prompt_doc,
+        "zarr_format": job.zarr_format,
+    }
+    fingerprint = _fingerprint(inference)
+
+    state = inspect_change_cube(out_path)
+    if force and state.exists:
+        log.info("force: replacing %s", out_path)
+        remove_change_cube(out_path)
+        state = CubeState(exists=False)
+    check_reusable(out_path, state, fingerprint, inference)
+    all_blocks = tuple(blocks)
+    if state.complete:
+        log.info("%s is already complete for this job; nothing to do (force=True recomputes it)", out_path)
+        return InferenceResult(
+            out_path, fingerprint, len(blocks), (), all_blocks, time.perf_counter() - started, 0.0, 0.0, 0
+        )
+
+    runtime = ModelRuntime(models, cube.bands)
+    if state.exists and state.attrs is not None:
+        fit = json.loads(state.attrs.get("model_fit", "null"))
+        runtime = replace(runtime, fit=None if fit is None else (float(fit[0]), float(fit[1])))
+        done = read_done(out_path, blocks)
+        log.info("resuming %s: %d of %d blocks already done", out_path, int(done.sum()), len(blocks))
+    else:
+        if info.needs_fit:
+            before, after = sample_pixels(
+                cube, windows=models.fit_blocks, max_pixels=models.fit_pixels, seed=models.seed
+            )
+            runtime = fit_change_model(runtime, before, after)
+            del before, after
+        layout = ChangeCubeLayout(blocks, prompt_set.labels, prompt_set.targets, job.zarr_format)
+        attrs = {
+            "job": job.model_dump_json(),
+            "inference": json.dumps(inference, sort_keys=True, default=str),
+            "fingerprint": fingerprint,
+            "models": json.dumps([m.as_dict() for m in identities]),
+            "model_fit": json.dumps(runtime.fit),
+            "tiling": json.dumps(inference["tiling"]),
+            "prompts": json.dumps(prompt_doc),
+            "software_version": __version__,
+        }
+        create_change_cube(
+            out_path, layout, y=cube.y, x=cube.x, crs=cube.crs, transform=cube.transform, attrs=attrs
+        )
+        done = np.zeros(blocks.shape, dtype=bool)
+    skipped = tuple(b for b in all_blocks if done[b])
+    pending = [b for b in all_blocks if not done[b]]
+    log.info(
+        "inference: %d blocks of %d px (%d to compute), tiles %d px overlap %d (%d tiles, %.2fx "
+        "recomputed at block edges), models %s",
+        len(blocks),
+        block_size,
+        len(pending),
+        tile_size,
+        tiling.overlap,
+        len(grid),
+        grid.redundancy(block_size),
+        ", ".join(m.name for m in identities),
+    )
+
+    wants_gpu = models.device == "cuda"
+    with connect(cluster, gpu=wants_gpu) as session:
+        context = BlockContext(
+            cube_path=str(cube.path),
+            out_path=str(out_path),
+            grid=grid,
+            blocks=blocks,
+            blender=blender,
+            batch_size=tiling.batch_size,
+            runtime=replace(runtime, torch_threads=session.torch_threads),
+            prompts=prompt_set,
+        )
+        reports = _run_blocks(session.client, context, pending, session.task_resources(), progress)
+    finalise_change_cube(out_path)
+    wall = time.perf_counter() - started
+    result = InferenceResult(
+        path=out_path,
+        fingerprint=fingerprint,
+        blocks=len(blocks),
+        computed=tuple(r.block for r in reports),
+        skipped=skipped,
+        wall_seconds=wall,
+        model_seconds=sum(r.model_seconds for r in reports),
+        task_seconds=sum(r.seconds for r in reports),
+        tiles=sum(r.tiles for r in reports),
+    )
+    log.info(
+        "inference done: %d blocks computed, %d skipped, %.1f s wall, %.1f s in models, %.1f s in tasks",
+        len(result.computed),
+        len(skipped),
+        wall,
+        result.model_seconds,
+        result.task_seconds,
+    )
+    return result
+
+
+def _run_blocks(
+    client: Client,
+    context: BlockContext,
+    pending: Sequence[tuple[int, int]],
+    resources: dict[str, float] | None,
+    progress: bool,
+) -> list[BlockReport]:
+    run = uuid.uuid4().hex[:8]
+    # One graph update for all blocks; the context is serialised once, with the function.
+    futures = client.map(
+        functools.partial(process_block, context),
+        [row for row, _ in pending],
+        [col for _, col in pending],
+        key=[f"infer-block-{row}-{col}-{run}" for row, col in pending],
+        pure=False,
+        resources=resources,
+    )
+    by_key = {f.key: block for f, block in zip(futures, pending, strict=True)}
+    reports: list[BlockReport] = []
+    with make_progress(enabled=progress) as bar:
+        task = bar.add_task("inference", total=len(futures))
+        try:
+            for future in as_completed(futures):
+                if future.status != "finished":
+                    block = by_key[future.key]
+                    exc = future.exception()
+                    if isinstance(exc, Seg2ChangeError):
+                        log.error("block %s failed: %s", block, exc)
+                        raise exc
+                    raise InferenceError(
+                        f"block {block} failed ({type(exc).__name__}: {exc}); blocks finished so far "
+                        "are kept: fix the cause and run the same job again to resume"
+                    ) from exc
+                reports.append(future.result())
+                bar.advance(task)
+        finally:
+            client.cancel([f for f in futures if not f.done()])
+    return reports

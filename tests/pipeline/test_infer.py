@@ -1,0 +1,526 @@
+"""Tiled distributed inference: chunking invariance, nodata, the change cube layout, refusals, GPU resources.
+
+Every test makes its own small input cube (classes with typical Sentinel-2 reflectances, some of
+them changed, clouds on each date, a nodata row) and runs the classical CVA baseline with the
+spectral segmenter, which need no weights.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+import rasterio
+import torch
+import xarray as xr
+import zarr
+from affine import Affine
+from dask.typing import Key
+from distributed import Client, LocalCluster, Scheduler
+from distributed.diagnostics.plugin import SchedulerPlugin
+
+import pipeline.models
+from pipeline.change_cube import TRANSITION_NO_CHANGE, TRANSITION_NODATA, open_change_cube
+from pipeline.cluster import connect
+from pipeline.cube import open_cube, write_cube
+from pipeline.engine_spec import ClusterSpec, ModelSpec, PromptSpec, TilingSpec
+from pipeline.errors import (
+    ChangeCubeMismatchError,
+    ClusterError,
+    InferenceError,
+    JobSpecError,
+    OutputExistsError,
+)
+from pipeline.infer import describe_input, infer_array, run_inference, sample_pixels
+from pipeline.models import LoadedModels, ModelRuntime, build_models, fit_change_model
+from pipeline.spec import JobSpec
+from pipeline.tiling import BlendAccumulator, RampBlender, TileGrid, Window
+from seg2change_core.baselines import CVABaseline
+from seg2change_core.fusion import fuse
+
+BANDS = ("blue", "green", "red", "nir", "swir16", "swir22")
+SPECTRA = np.array(
+    [
+        [0.06, 0.07, 0.05, 0.03, 0.01, 0.005],  # water
+        [0.03, 0.05, 0.03, 0.35, 0.17, 0.08],  # forest
+        [0.16, 0.17, 0.18, 0.20, 0.26, 0.24],  # building
+        [0.10, 0.14, 0.19, 0.24, 0.32, 0.28],  # bare soil
+    ],
+    dtype=np.float32,
+)
+PROMPTS = PromptSpec.build(
+    classes="water;forest;building,roof;bare soil", background="background", targets=("building", "water")
+)
+
+
+def make_cube(path: Path, height: int, width: int, *, chunk: int, seed: int = 0) -> Path:
+    """Write a two-date cube of ``height x width`` pixels with changes, clouds and nodata."""
+    rng = np.random.default_rng(seed)
+    cell = 23
+    coarse = rng.integers(0, 4, (height // cell + 1, width // cell + 1))
+    changed = rng.random(coarse.shape) < 0.2
+    coarse_after = np.where(changed, (coarse + rng.integers(1, 4, coarse.shape)) % 4, coarse)
+
+    def up(c: np.ndarray) -> np.ndarray:
+        return np.kron(c, np.ones((cell, cell), dtype=c.dtype))[:height, :width]
+
+    refl = np.empty((2, len(BANDS), height, width), dtype=np.float32)
+    for epoch, classes in enumerate((up(coarse), up(coarse_after))):
+        brightness = rng.uniform(0.9, 1.1, (1, height, width)).astype(np.float32)
+        refl[epoch] = SPECTRA[classes].transpose(2, 0, 1) * brightness
+        refl[epoch] += rng.normal(0, 0.004, refl[epoch].shape).astype(np.float32)
+    refl[0, :, height // 3 : height // 3 + 40, width // 4 : width // 4 + 60] = np.nan  # cloud before
+    refl[1, :, height // 2 : height // 2 + 30, width // 2 : width // 2 + 90] = np.nan  # cloud after
+    refl[:, :, -1, :] = np.nan  # a nodata row along the bottom edge
+    refl[1, 2, 0, 0] = np.nan  # one band missing at a corner pixel
+    ds = xr.Dataset(
+        {
+            "reflectance": (
+                ("epoch", "band", "y", "x"),
+                da.from_array(refl, chunks=(1, len(BANDS), chunk, chunk)),
+            )
+        },
+        coords={
+            "epoch": np.array(["before", "after"], dtype="U6"),
+            "band": np.array(BANDS, dtype="U"),
+            "y": 5_000_000.0 - 10 * np.arange(height) - 5,
+            "x": 400_000.0 + 10 * np.arange(width) + 5,
+        },
+    )
+    ds = ds.rio.write_crs("EPSG:32633").rio.write_transform(Affine(10, 0, 400_000, 0, -10, 5_000_000))
+    with dask.config.set(scheduler="threads"):  # not the tests' distributed clients
+        return write_cube(ds, path, progress=False)
+
+
+def make_job(tmp: Path, **fields: object) -> JobSpec:
+    return JobSpec.build(
+        aoi={"bbox": (400_000, 4_980_000, 420_000, 5_000_000), "crs": "EPSG:32633"},
+        before="2023-06-01/2023-06-30",
+        after="2024-06-01/2024-06-30",
+        catalog="https://stac.example.com/v1",
+        collections="sentinel-2-l2a",
+        grid={"crs": "EPSG:32633"},
+        output=str(tmp),
+        **fields,
+    )
+
+
+def reference(
+    cube_path: Path, tiling: TilingSpec, models: ModelSpec | None = None, prompts: PromptSpec = PROMPTS
+) -> dict[str, np.ndarray]:
+    """Single-process run on the whole array in memory (the baseline fitted once, as the engine does)."""
+    models = models or ModelSpec()
+    cube = describe_input(cube_path)
+    runtime = ModelRuntime(models, cube.bands)
+    before, after = sample_pixels(
+        cube, windows=models.fit_blocks, max_pixels=models.fit_pixels, seed=models.seed
+    )
+    loaded = build_models(fit_change_model(runtime, before, after))
+    reflectance = open_cube(cube_path)["reflectance"].values
+    assert tiling.tile_size is not None
+    grid = TileGrid(cube.height, cube.width, tiling.tile_size, tiling.overlap)
+    layers = infer_array(
+        reflectance,
+        models=loaded,
+        prompts=prompts.prompt_set(),
+        grid=grid,
+        blender=RampBlender(tiling.overlap, tiling.window),
+        batch_size=tiling.batch_size,
+    )
+    return dict(layers.items())
+
+
+LAYERS = ("change_probability", "change", "class_before", "class_after", "transition", "target_change")
+
+
+def array(path: Path, name: str) -> zarr.Array:
+    return zarr.open_array(str(path), path=name, mode="r")
+
+
+def read_layers(path: Path) -> dict[str, np.ndarray]:
+    return {name: np.asarray(array(path, name)[...]) for name in LAYERS}
+
+
+def assert_same(result: dict[str, np.ndarray], expected: dict[str, np.ndarray]) -> None:
+    np.testing.assert_allclose(
+        result["change_probability"], expected["change_probability"], rtol=0, atol=1e-6, equal_nan=True
+    )
+    for name in ("change", "class_before", "class_after", "transition", "target_change"):
+        assert result[name].dtype == expected[name].dtype, name
+        np.testing.assert_array_equal(result[name], expected[name], err_msg=name)
+
+
+@pytest.fixture(scope="module")
+def cube(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_cube(tmp_path_factory.mktemp("cube") / "input_cube.zarr", 1100, 900, chunk=256)
+
+
+SMALL_TILING = TilingSpec(tile_size=128, overlap=32, batch_size=4)
+
+
+@pytest.fixture(scope="module")
+def small_reference(cube: Path) -> dict[str, np.ndarray]:
+    return reference(cube, SMALL_TILING)
+
+
+@pytest.fixture(scope="module")
+def clients() -> Iterator[dict[int, ClusterSpec]]:
+    """Running clusters of one and two worker processes, joined by address (one torch thread each:
+    the test machines' two cores are shared)."""
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None) as one,
+        LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as two,
+    ):
+        yield {
+            n: ClusterSpec(address=cluster.scheduler_address, torch_threads=1)
+            for n, cluster in ((1, one), (2, two))
+        }
+
+
+@pytest.mark.parametrize(("block", "workers"), [(256, 2), (512, 1), (1024, 2), (1024, 1)])
+def test_chunking_invariance_blocks_and_workers_match_the_in_memory_reference(
+    tmp_path: Path,
+    cube: Path,
+    small_reference: dict[str, np.ndarray],
+    clients: dict[int, ClusterSpec],
+    block: int,
+    workers: int,
+) -> None:
+    out = tmp_path / "change.zarr"
+    tiling = SMALL_TILING.model_copy(update={"block_size": block})
+    result = run_inference(
+        make_job(tmp_path),
+        cube,
+        out,
+        tiling=tiling,
+        cluster=clients[workers],
+        prompts=PROMPTS,
+        progress=False,
+    )
+    n_blocks = -(-1100 // block) * -(-900 // block)
+    assert result.blocks == n_blocks and len(result.computed) == n_blocks and result.skipped == ()
+    assert array(out, "change_probability").chunks == (block, block)
+    assert_same(read_layers(out), small_reference)
+
+
+def test_reference_equals_a_naive_whole_array_blend(
+    cube: Path, small_reference: dict[str, np.ndarray]
+) -> None:
+    """An independent check of the engine's blending: tile the whole array, blend, fuse."""
+    refl = open_cube(cube)["reflectance"].values
+    info = describe_input(cube)
+    models = ModelSpec()
+    before, after = sample_pixels(info, windows=models.fit_blocks, max_pixels=models.fit_pixels, seed=0)
+    loaded = build_models(fit_change_model(ModelRuntime(models, info.bands), before, after))
+    assert isinstance(loaded.change, CVABaseline) and loaded.change.fitted is not None
+    prompts = PROMPTS.prompt_set()
+    grid = TileGrid(1100, 900, 128, 32)
+    whole = Window(0, 1100, 0, 900)
+    acc = BlendAccumulator(whole, 1 + 2 * prompts.num_classes, RampBlender(32))
+    for tile in grid:
+        b = torch.from_numpy(refl[(0, slice(None), *tile.window.slices)])[None]
+        a = torch.from_numpy(refl[(1, slice(None), *tile.window.slices)])[None]
+        p = loaded.change.predict(b, a)
+        cb, ca = loaded.segmenter.segment(b, prompts), loaded.segmenter.segment(a, prompts)
+        acc.add(tile, torch.cat([p, cb, ca], dim=1)[0].numpy())
+    blended = acc.result()
+    valid = np.isfinite(refl).all(axis=(0, 1))
+    expected = np.where(valid, blended[0], np.nan)
+    np.testing.assert_allclose(
+        small_reference["change_probability"], expected, rtol=0, atol=1e-6, equal_nan=True
+    )
+    k = prompts.num_classes
+    fused = fuse(
+        torch.from_numpy(blended[None, :1]),
+        torch.from_numpy(blended[None, 1 : 1 + k]),
+        torch.from_numpy(blended[None, 1 + k :]),
+        prompts,
+    )
+    np.testing.assert_array_equal(
+        small_reference["class_after"][valid], fused.class_after[0, 0].numpy()[valid]
+    )
+    # The classes are found and changes detected, so the comparison is not vacuous.
+    assert len(np.unique(small_reference["class_before"][valid])) >= 4
+    assert 0.05 < small_reference["change"][valid].mean() < 0.5
+
+
+def test_nodata_on_either_date_gives_nodata_in_every_layer(
+    cube: Path, small_reference: dict[str, np.ndarray]
+) -> None:
+    refl = open_cube(cube)["reflectance"].values
+    invalid = ~np.isfinite(refl).all(axis=(0, 1))
+    assert invalid[-1].all() and invalid[0, 0] and invalid[1100 // 3 + 5, 900 // 4 + 5] and invalid[560, 460]
+    layers = small_reference
+    assert np.isnan(layers["change_probability"][invalid]).all()
+    assert np.isfinite(layers["change_probability"][~invalid]).all()
+    for name in ("change", "class_before", "class_after"):
+        assert (layers[name][invalid] == 255).all() and (layers[name][~invalid] != 255).all()
+    assert (layers["transition"][invalid] == TRANSITION_NODATA).all()
+    assert (layers["target_change"][:, invalid] == 255).all()
+    unchanged = ~invalid & (layers["change"] == 0)
+    assert (layers["transition"][unchanged] == TRANSITION_NO_CHANGE).all()
+    changed = ~invalid & (layers["change"] == 1)
+    k = PROMPTS.prompt_set().num_classes
+    np.testing.assert_array_equal(
+        layers["transition"][changed], layers["class_before"][changed] * k + layers["class_after"][changed]
+    )
+
+
+def test_change_cube_is_georeferenced_consolidated_and_records_the_job(
+    tmp_path: Path, cube: Path, clients: dict[int, ClusterSpec]
+) -> None:
+    out = tmp_path / "change.zarr"
+    job = make_job(tmp_path)
+    with Client(clients[2].address) as client:  # a ready client is used and left open
+        run_inference(job, cube, out, tiling=SMALL_TILING, cluster=client, prompts=PROMPTS, progress=False)
+        assert client.status == "running"
+    ds = open_change_cube(out)
+    source = open_cube(cube)
+    assert ds.rio.crs == source.rio.crs
+    assert ds.rio.transform() == source.rio.transform()
+    np.testing.assert_array_equal(ds["y"].values, source["y"].values)
+    assert list(ds["target"].values) == ["water", "building"]
+    assert "wkt" in dict(array(out, "change").attrs["_CRS"])  # type: ignore[arg-type]
+    assert array(out, "class_before").attrs["flag_meanings"] == "background water forest building bare_soil"
+    attrs = dict(zarr.open_group(str(out), mode="r").attrs)
+    assert attrs["complete"] is True
+    assert JobSpec.model_validate_json(str(attrs["job"])) == job
+    models = json.loads(str(attrs["models"]))
+    assert models[0]["name"] == "cva-otsu-baseline" and models[0]["sha256"] == "none"
+    assert models[1]["name"] == "spectral"
+    assert attrs["software_version"] == "0.1.0"
+    assert zarr.open_consolidated(str(out), mode="r").attrs["complete"] is True
+    assert array(out, "transition").dtype == np.uint16
+    assert array(out, "target_change").shape == (2, 1100, 900)
+
+
+def test_zarr_v2_output_when_the_job_asks(
+    tmp_path: Path, cube: Path, clients: dict[int, ClusterSpec], small_reference: dict[str, np.ndarray]
+) -> None:
+    out = tmp_path / "change.zarr"
+    run_inference(
+        make_job(tmp_path, zarr_format=2),
+        cube,
+        out,
+        tiling=SMALL_TILING.model_copy(update={"block_size": 512}),
+        cluster=clients[2],
+        prompts=PROMPTS,
+        progress=False,
+    )
+    assert (out / ".zmetadata").is_file() and not (out / "zarr.json").exists()
+    assert_same(read_layers(out), small_reference)
+    assert open_change_cube(out).rio.crs is not None
+    # GDAL (rasterio's own, older than 3.11) reads v2 cubes in the right place, with their nodata.
+    for name, nodata in (("change_probability", None), ("class_before", 255), ("transition", 65535)):
+        with rasterio.open(f'ZARR:"{out}":/{name}') as src:
+            assert src.crs.to_epsg() == 32633
+            assert src.transform == Affine(10, 0, 400_000, 0, -10, 5_000_000)
+            assert np.isnan(src.nodata) if nodata is None else src.nodata == nodata
+            np.testing.assert_array_equal(src.read(1), small_reference[name])
+
+
+def test_finished_job_is_not_recomputed_and_other_jobs_are_refused(
+    tmp_path: Path, cube: Path, clients: dict[int, ClusterSpec]
+) -> None:
+    out = tmp_path / "change.zarr"
+    job = make_job(tmp_path)
+    tiling = SMALL_TILING.model_copy(update={"block_size": 512})
+    first = run_inference(job, cube, out, tiling=tiling, cluster=clients[2], prompts=PROMPTS, progress=False)
+    stamp = (out / "change_probability" / "c" / "0" / "0").stat().st_mtime_ns
+
+    again = run_inference(job, cube, out, tiling=tiling, cluster=clients[2], prompts=PROMPTS, progress=False)
+    assert again.computed == () and len(again.skipped) == first.blocks
+    assert (out / "change_probability" / "c" / "0" / "0").stat().st_mtime_ns == stamp
+
+    other = PromptSpec.build(classes="water;forest")
+    with pytest.raises(ChangeCubeMismatchError, match=r"differs in: prompts.*force=True"):
+        run_inference(job, cube, out, tiling=tiling, cluster=clients[2], prompts=other, progress=False)
+    with pytest.raises(ChangeCubeMismatchError, match="tiling"):
+        run_inference(
+            job,
+            cube,
+            out,
+            tiling=tiling.model_copy(update={"overlap": 16}),
+            cluster=clients[2],
+            prompts=PROMPTS,
+            progress=False,
+        )
+    assert (out / "change_probability" / "c" / "0" / "0").stat().st_mtime_ns == stamp
+
+    forced = run_inference(
+        job, cube, out, tiling=tiling, cluster=clients[2], prompts=other, force=True, progress=False
+    )
+    assert len(forced.computed) == forced.blocks
+    assert list(open_change_cube(out)["target"].values) == ["water", "forest"]
+
+
+def test_a_foreign_output_is_refused_and_kept(
+    tmp_path: Path, cube: Path, clients: dict[int, ClusterSpec]
+) -> None:
+    out = tmp_path / "change.zarr"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep me")
+    with pytest.raises(OutputExistsError, match="not a seg2change change cube"):
+        run_inference(
+            make_job(tmp_path),
+            cube,
+            out,
+            tiling=SMALL_TILING,
+            cluster=clients[1],
+            prompts=PROMPTS,
+            progress=False,
+        )
+    assert (out / "precious.txt").read_text() == "keep me"
+
+
+def test_block_errors_name_the_block_and_model_errors_keep_their_message(
+    tmp_path: Path, cube: Path, clients: dict[int, ClusterSpec]
+) -> None:
+    with pytest.raises(JobSpecError, match="no classes to look for"):
+        run_inference(
+            make_job(tmp_path),
+            cube,
+            tmp_path / "a.zarr",
+            tiling=SMALL_TILING,
+            cluster=clients[1],
+            progress=False,
+        )
+    # The spectral segmenter lacks evidence for 'lava': its own message reaches the caller.
+    with pytest.raises(Exception, match="no evidence for class 'lava'"):
+        run_inference(
+            make_job(tmp_path),
+            cube,
+            tmp_path / "b.zarr",
+            tiling=SMALL_TILING,
+            cluster=clients[1],
+            prompts=PromptSpec.build(classes="water;lava"),
+            progress=False,
+        )
+    models = ModelSpec(change_bands=("red", "rededge071"))
+    with pytest.raises(InferenceError, match="add rededge071 to the job's bands"):
+        run_inference(
+            make_job(tmp_path),
+            cube,
+            tmp_path / "c.zarr",
+            models=models,
+            tiling=SMALL_TILING,
+            cluster=clients[1],
+            prompts=PROMPTS,
+            progress=False,
+        )
+
+
+def test_models_are_built_once_per_worker_process(
+    tmp_path: Path, cube: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    builds: list[str] = []
+    real = pipeline.models.build_models
+
+    def counting(runtime: ModelRuntime) -> LoadedModels:
+        builds.append(runtime.key())
+        return real(runtime)
+
+    monkeypatch.setattr(pipeline.models, "build_models", counting)
+    pipeline.models.clear_model_cache()
+    # Two worker threads in this process: both share the one process-wide cache.
+    cluster = ClusterSpec(n_workers=1, threads_per_worker=2, processes=False)
+    tiling = SMALL_TILING.model_copy(update={"block_size": 256})
+    kwargs: dict[str, Any] = {"tiling": tiling, "cluster": cluster, "prompts": PROMPTS, "progress": False}
+    first = run_inference(make_job(tmp_path), cube, tmp_path / "a.zarr", **kwargs)
+    second = run_inference(make_job(tmp_path), cube, tmp_path / "b.zarr", **kwargs)
+    assert len(first.computed) == len(second.computed) == 20
+    assert len(builds) == 1
+    pipeline.models.clear_model_cache()
+
+
+def test_specs_name_the_fix() -> None:
+    with pytest.raises(JobSpecError, match="overlap 100 exceeds half the tile"):
+        TilingSpec.build(tile_size=128, overlap=100)
+    with pytest.raises(JobSpecError, match="unknown segmenter 'sam'; use one of"):
+        ModelSpec.build(segmenter="sam")
+    with pytest.raises(JobSpecError, match="is not an existing file"):
+        ModelSpec.build(checkpoint="/nonexistent/model.safetensors")
+    with pytest.raises(JobSpecError, match="drop n_workers or the address"):
+        ClusterSpec.build(address="tcp://127.0.0.1:8786", n_workers=2)
+    with pytest.raises(JobSpecError, match="not among the classes"):
+        PromptSpec.build(classes="water;forest", targets="building")
+    with pytest.raises(JobSpecError, match="block_size must be at least 64"):
+        TilingSpec.build(block_size=32)
+    assert PromptSpec.build(classes=["water", ["tree", "forest"]]).classes == ("water", "tree,forest")
+
+
+def test_gpu_jobs_request_the_gpu_resource(
+    tmp_path: Path, cube: Path, small_reference: dict[str, np.ndarray]
+) -> None:
+    """Tasks ask for GPU=1: they run on workers advertising it and are refused where none does."""
+    with (
+        LocalCluster(n_workers=1, processes=False, dashboard_address=None) as plain,
+        pytest.raises(ClusterError, match="--resources GPU=1"),
+        connect(ClusterSpec(address=plain.scheduler_address, gpu=True)),
+    ):
+        pass
+    with LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None, resources={"GPU": 1}
+    ) as gpu_like:
+        out = tmp_path / "change.zarr"
+        seen: list[object] = []
+        gpu_like.scheduler.add_plugin(_RecordResources(seen))
+        run_inference(
+            make_job(tmp_path),
+            cube,
+            out,
+            models=ModelSpec(device="cuda" if torch.cuda.is_available() else "auto"),
+            tiling=SMALL_TILING.model_copy(update={"block_size": 512}),
+            cluster=ClusterSpec(address=gpu_like.scheduler_address, gpu=True),
+            prompts=PROMPTS,
+            progress=False,
+        )
+        assert seen and all(r == {"GPU": 1} for r in seen)
+        assert_same(read_layers(out), small_reference)
+    if not torch.cuda.is_available():
+        with pytest.raises(ClusterError, match="no CUDA device is visible"), connect(ClusterSpec(gpu=True)):
+            pass
+
+
+class _RecordResources(SchedulerPlugin):
+    """Scheduler plugin recording the resource restrictions of inference tasks."""
+
+    name = "record-resources"
+
+    def __init__(self, seen: list[object]) -> None:
+        self.seen = seen
+
+    def update_graph(self, scheduler: Scheduler, *, keys: set[Key], **kwargs: object) -> None:
+        for key in keys:
+            if str(key).startswith("infer-block-"):
+                self.seen.append(scheduler.tasks[key].resource_restrictions)
+
+
+@pytest.mark.slow
+def test_chunking_invariance_at_real_block_sizes(tmp_path: Path, clients: dict[int, ClusterSpec]) -> None:
+    """Blocks of 512, 1024 and 2048 px on a 2100 px cube: one result, the in-memory one."""
+    cube = make_cube(tmp_path / "cube.zarr", 2100, 2100, chunk=1024, seed=3)
+    tiling = TilingSpec(tile_size=256, overlap=32, batch_size=4)
+    prompts = PromptSpec.build(classes="water;building", background="background")
+    expected = reference(cube, tiling, prompts=prompts)
+    for block, workers in ((512, 2), (1024, 2), (2048, 1)):
+        out = tmp_path / f"change-{block}.zarr"
+        start = time.perf_counter()
+        run_inference(
+            make_job(tmp_path),
+            cube,
+            out,
+            tiling=tiling.model_copy(update={"block_size": block}),
+            cluster=clients[workers],
+            prompts=prompts,
+            progress=False,
+        )
+        print(f"block {block}, {workers} worker(s): {time.perf_counter() - start:.1f} s")
+        assert_same(read_layers(out), expected)
