@@ -11,6 +11,7 @@ so memory depends on the block size and not on the area.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -338,8 +339,33 @@ def open_cube(path: str | Path) -> xr.Dataset:
     return xr.open_zarr(str(path), consolidated=True, decode_coords="all")
 
 
+#: Job fields that decide the input cube's pixels; the rest (models, tiling...) do not.
+_INPUT_FIELDS = (
+    "aoi",
+    "before",
+    "after",
+    "collections",
+    "bands",
+    "band_map",
+    "quality",
+    "grid",
+    "cloud_limit",
+    "block_size",
+    "zarr_format",
+)
+
+
+def input_fingerprint(job: JobSpec, discovery: Discovery) -> str:
+    """Hash of what determines an input cube: the data-plane fields of the job and the items used."""
+    doc = {
+        "job": job.model_dump(mode="json", include=set(_INPUT_FIELDS)),
+        "items": {epoch: sorted(item["id"] for item in items) for epoch, items in discovery.items.items()},
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
 def prepare_cube(
-    job: JobSpec, discovery: Discovery, *, progress: bool = True, scheduler: Any = None
+    job: JobSpec, discovery: Discovery, *, progress: bool = True, scheduler: Any = None, reuse: bool = False
 ) -> PreparedCube:
     """Assemble and write the job's input cube; see :func:`assemble_cube` and :func:`write_cube`.
 
@@ -347,13 +373,26 @@ def prepare_cube(
     ----------
     scheduler
         A dask scheduler (``"threads"``, ``"synchronous"`` or a distributed ``Client``). Default: threads.
+    reuse
+        Keep an existing cube made from the same job fields and the same items, instead of
+        refusing it (``job.overwrite`` rebuilds it whatever it holds).
+
+    Raises
+    ------
+    OutputExistsError
+        The cube exists, was not made by this job and these items (or ``reuse`` is false), and the
+        job does not say ``overwrite``.
     """
     path = cube_path(job)
+    fingerprint = input_fingerprint(job, discovery)
     if path.exists() and not job.overwrite:
-        raise OutputExistsError(
-            f"{path} already exists; pass --overwrite to replace it, or choose another output"
-        )
+        if reuse and _stored_fingerprint(path) == fingerprint:
+            log.info("reusing the input cube %s (same job fields and items)", path)
+            return describe_cube(path, discovery)
+        reason = "was made by another job or from other scenes" if reuse else "already exists"
+        raise OutputExistsError(f"{path} {reason}; pass --overwrite to replace it, or choose another output")
     ds = assemble_cube(job, discovery)
+    ds.attrs["input_fingerprint"] = fingerprint
     with dask.config.set(scheduler=scheduler or "threads"):
         write_cube(
             ds,
@@ -365,6 +404,13 @@ def prepare_cube(
         )
     (path.parent / "provenance.json").write_text(json.dumps(discovery.provenance(), indent=2))
     return describe_cube(path, discovery)
+
+
+def _stored_fingerprint(path: Path) -> str | None:
+    try:
+        return str(zarr.open_group(str(path), mode="r").attrs.get("input_fingerprint"))
+    except (OSError, ValueError, KeyError, zarr.errors.GroupNotFoundError):
+        return None
 
 
 def describe_cube(path: Path, discovery: Discovery) -> PreparedCube:

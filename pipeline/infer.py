@@ -96,7 +96,19 @@ log = logging.getLogger(__name__)
 FIT_WINDOW = 512
 
 #: Job fields that do not change the inference result (the block size counts through the tiling).
-_NOT_INFERENCE = {"output", "overwrite", "cluster", "models", "tiling", "prompts", "block_size"}
+# The catalog URL is not inference-relevant: the input cube's identity records which items it holds,
+# and the same items served from another endpoint (the demo's server takes a new port) give the same cube.
+_NOT_INFERENCE = {
+    "output",
+    "overwrite",
+    "cluster",
+    "models",
+    "tiling",
+    "prompts",
+    "block_size",
+    "catalog",
+    "zones",
+}
 
 F32 = NDArray[np.float32]
 
@@ -176,11 +188,15 @@ def describe_input(path: Path) -> InputCube:
     chunks = refl.encoding.get("chunks") or refl.data.chunksize
     height, width = int(refl.shape[2]), int(refl.shape[3])
     bands = tuple(str(b) for b in ds["band"].values)
-    provenance = {
-        key: _without_output_fields(ds.attrs[key]) if key == "job" else ds.attrs[key]
-        for key in ("job", "provenance")
-        if key in ds.attrs
-    }
+    if "input_fingerprint" in ds.attrs:
+        # The job's data-plane fields and the items used; unlike the provenance it has no search time.
+        provenance: dict[str, Any] = {"input_fingerprint": ds.attrs["input_fingerprint"]}
+    else:
+        provenance = {
+            key: _without_output_fields(ds.attrs[key]) if key == "job" else ds.attrs[key]
+            for key in ("job", "provenance")
+            if key in ds.attrs
+        }
     identity = {
         "shape": [height, width],
         "bands": list(bands),

@@ -24,6 +24,7 @@ from pyproj.aoi import AreaOfInterest as ProjAreaOfInterest
 from pyproj.database import query_utm_crs_info
 
 from pipeline.bands import COMMON_NAMES, DEFAULT_BANDS
+from pipeline.engine_spec import ClusterSpec, ModelSpec, PromptSpec, TilingSpec
 from pipeline.errors import JobSpecError
 
 __all__ = [
@@ -353,6 +354,13 @@ class JobSpec(BaseModel):
     zarr_format
         3 (default) or 2. GDAL reads Zarr v3 as zarr-python writes it only from GDAL 3.11; readers
         on older GDAL (QGIS LTR, rasterio 1.4 wheels) need 2.
+    prompts
+        The classes to find and the targets of binary change (see :class:`PromptSpec`); required
+        by ``run``, not by ``prepare``.
+    models, tiling, cluster
+        Change model and segmenter, tile grid and blending, and where to compute.
+    zones
+        Optional GeoJSON file of polygons for per-zone statistics.
     overwrite
         Replace an existing output. Without it an existing output is an error.
     """
@@ -372,6 +380,11 @@ class JobSpec(BaseModel):
     output: str
     block_size: int = 1024
     zarr_format: Literal[2, 3] = 3
+    prompts: PromptSpec | None = None
+    models: ModelSpec = ModelSpec()
+    tiling: TilingSpec = TilingSpec()
+    cluster: ClusterSpec = ClusterSpec()
+    zones: str | None = None
     overwrite: bool = False
 
     @field_validator("collections", "bands", mode="before")
@@ -405,6 +418,13 @@ class JobSpec(BaseModel):
     def _block(cls, value: int) -> int:
         if value < 64:
             raise ValueError(f"block_size must be at least 64 pixels, got {value}; 1024 is a good default")
+        return value
+
+    @field_validator("zones")
+    @classmethod
+    def _zones(cls, value: str | None) -> str | None:
+        if value is not None and not Path(value).expanduser().is_file():
+            raise ValueError(f"zones file {value} does not exist; give a GeoJSON FeatureCollection of polygons")
         return value
 
     @field_validator("output")
@@ -491,6 +511,17 @@ def _resolve_relative(doc: dict[str, Any], base: Path) -> dict[str, Any]:
         aoi = dict(aoi)
         aoi["geometry"] = str((base / aoi["geometry"]).resolve())
         out["aoi"] = aoi
+    zones = out.get("zones")
+    if isinstance(zones, str) and "://" not in zones and not zones.startswith("/"):
+        out["zones"] = str((base / zones).resolve())
+    models = out.get("models")
+    if isinstance(models, dict):
+        models = dict(models)
+        for key in ("checkpoint", "backbone_weights"):
+            value = models.get(key)
+            if isinstance(value, str) and "://" not in value and not value.startswith("/"):
+                models[key] = str((base / value).resolve())
+        out["models"] = models
     output = out.get("output")
     if isinstance(output, str) and "://" not in output and not output.startswith("/"):
         out["output"] = str((base / output).resolve())
