@@ -141,17 +141,45 @@ def serve(
 
 
 @app.command()
+def run(
+    job_file: Annotated[Path, typer.Argument(help="Job YAML with prompts (see README).")],
+    output: Annotated[str | None, typer.Option(help="Output folder; replaces the job's 'output'.")] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Recompute everything, even finished outputs.")
+    ] = False,
+    scheduler: Annotated[
+        str | None, typer.Option(help="Address of a running Dask scheduler (default: the job's cluster).")
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Run the main job: discover -> prepare -> infer -> publish (restartable; finished work is kept)."""
+    from pipeline.run import run_job
+    from pipeline.spec import load_job
+
+    try:
+        job = load_job(job_file, output=output)
+        if scheduler:
+            job = job.model_copy(update={"cluster": job.cluster.model_copy(update={"address": scheduler})})
+        result = run_job(job, force=force, progress=progress)
+    except Seg2ChangeError as exc:
+        _fail(exc)
+        return
+    _print_discovery(result.discovery.provenance())
+    _print_run(result)
+
+
+@app.command()
 def demo(
     workdir: Annotated[Path, typer.Option(help="Folder for the generated scene and the outputs.")] = Path(
         "seg2change-demo"
     ),
     size: Annotated[int, typer.Option(help="Scene side in pixels.")] = 1024,
     overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Start again in an existing folder.")
+        bool, typer.Option("--overwrite", help="Regenerate and recompute everything.")
     ] = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
-    """Run the main job on the embedded default: generated scenes, embedded STAC server, local compute."""
+    """Run the main job on the embedded default: generated scene, embedded STAC API, local Dask cluster."""
     from pipeline.demo import run_demo
 
     try:
@@ -159,9 +187,39 @@ def demo(
     except Seg2ChangeError as exc:
         _fail(exc)
         return
-    _print_discovery(result.discovery.provenance())
+    _print_discovery(result.run.discovery.provenance())
+    _print_run(result.run)
+    acc = result.accuracy
+    out.print(
+        f"change map against the generated truth: IoU {acc.iou:.3f}, F1 {acc.f1:.3f}, "
+        f"precision {acc.precision:.3f}, recall {acc.recall:.3f}, OA {acc.oa:.3f}"
+    )
+    out.print(f"job file (runs again without a server): [bold]seg2change run {result.job_file}[/]")
+
+
+def _print_run(result: object) -> None:
+    from pipeline.publish import statistics_table
+    from pipeline.run import RunResult
+
+    assert isinstance(result, RunResult)
     _print_cube(result.cube)
-    out.print(f"job file: [bold]{result.job_file}[/]")
+    inference = result.inference
+    out.print(
+        f"change cube: [bold]{inference.path}[/] ({len(inference.computed)} block(s) computed, "
+        f"{len(inference.skipped)} already done, {inference.wall_seconds:.1f} s)"
+    )
+    publication = result.publication
+    out.print(statistics_table(publication.statistics, limit=12))
+    out.print(f"published in [bold]{result.job.output}[/]:")
+    outputs = {
+        "change cube": inference.path,
+        **{f"COG {layer}": path for layer, path in publication.cogs.items()},
+        "STAC item": publication.stac_item,
+        "statistics": publication.statistics_parquet,
+        "quick-look": publication.quicklook,
+    }
+    for label, path in outputs.items():
+        out.print(f"  {label:<24} {path}")
 
 
 def _print_discovery(provenance: dict[str, object]) -> None:

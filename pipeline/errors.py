@@ -65,3 +65,14 @@ class QuicklookError(Seg2ChangeError, ValueError):
 
 
 __all__ += ["QuicklookError"]
+
+
+class PublishError(Seg2ChangeError):
+    """Outputs (COGs, STAC, statistics, quick-look) cannot be published; the message names the fix."""
+
+
+class StacValidationError(PublishError, ValueError):
+    """A STAC document is invalid against its JSON schemas, or a schema it needs is not available."""
+
+
+__all__ += ["PublishError", "StacValidationError"]

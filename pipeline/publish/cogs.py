@@ -1,0 +1,386 @@
+"""Cloud-optimized GeoTIFFs of the change cube's main layers, read back from the Zarr block by block.
+
+Why not ``rioxarray``'s ``to_raster(driver="COG")``: on a distributed cluster with a lock it was
+seen to leave an all-zero file that still validates as a COG (see the field notes). Each layer is
+therefore read from the *finished* change cube with plain zarr, one window at a time, written into
+a tiled (512 px), DEFLATE-compressed staging GeoTIFF, and converted with rio-cogeo's
+:func:`~rio_cogeo.cogeo.cog_translate`, which adds the overviews (nearest for class maps and codes,
+average for the probability) and lays the file out as a COG. The result is checked with
+:func:`~rio_cogeo.cogeo.cog_validate` before it replaces an earlier file of the same name, so a
+reader never sees a half-written COG. Memory is bounded by one window (the Zarr chunk side rounded
+up to whole 512-px tiles), whatever the size of the area; rio-cogeo stages big layers on disk.
+
+This module also holds what the other publishing steps share: :func:`describe_change_cube` (the
+grid, classes and attributes of a finished change cube), :func:`block_windows` and
+:func:`replace_atomically`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+import rioxarray  # noqa: F401  (registers the .rio accessor)
+import xarray as xr
+import zarr
+from affine import Affine
+from pyproj import CRS
+from rasterio.windows import Window as RasterioWindow
+from rio_cogeo.cogeo import cog_translate, cog_validate
+from rio_cogeo.profiles import cog_profiles
+
+from pipeline.change_cube import FORMAT, TRANSITION_NO_CHANGE, TRANSITION_NODATA, UINT8_NODATA
+from pipeline.errors import PublishError
+
+__all__ = [
+    "COG_LAYERS",
+    "COG_MEDIA_TYPE",
+    "TILE_SIZE",
+    "ChangeCubeInfo",
+    "CogLayer",
+    "CogSpec",
+    "block_windows",
+    "describe_change_cube",
+    "replace_atomically",
+    "write_cog",
+    "write_cogs",
+]
+
+log = logging.getLogger(__name__)
+
+#: Side of the COG tiles (and of the staging GeoTIFF's tiles).
+TILE_SIZE = 512
+#: STAC media type of a COG.
+COG_MEDIA_TYPE = "image/tiff; application=geotiff; profile=cloud-optimized"
+
+
+@dataclass(frozen=True)
+class CogSpec:
+    """How one layer is encoded.
+
+    Attributes
+    ----------
+    dtype
+        Pixel type (the Zarr's).
+    nodata
+        Nodata value (NaN for the probability).
+    predictor
+        TIFF predictor: 2 (horizontal differencing) for integers, 3 (floating point) for floats.
+    resampling
+        Overview resampling: ``average`` for the probability, ``nearest`` for classes and codes.
+    description
+        Band description written into the file.
+    """
+
+    dtype: str
+    nodata: float
+    predictor: int
+    resampling: str
+    description: str
+
+
+#: The layers published as COGs, and how each is encoded.
+COG_LAYERS: Mapping[str, CogSpec] = {
+    "change_probability": CogSpec("float32", float("nan"), 3, "average", "probability of change"),
+    "change": CogSpec("uint8", UINT8_NODATA, 2, "nearest", "binary change (1 changed, 0 unchanged)"),
+    "class_before": CogSpec("uint8", UINT8_NODATA, 2, "nearest", "class on the before date"),
+    "class_after": CogSpec("uint8", UINT8_NODATA, 2, "nearest", "class on the after date"),
+    "transition": CogSpec(
+        "uint16",
+        TRANSITION_NODATA,
+        2,
+        "nearest",
+        f"class_before * K + class_after where changed, {TRANSITION_NO_CHANGE} unchanged",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class ChangeCubeInfo:
+    """What publishing needs to know of a finished change cube (no pixels).
+
+    Attributes
+    ----------
+    path
+        The Zarr store.
+    height, width
+        Pixels.
+    chunk
+        Spatial chunk side of the layers (the engine's block size).
+    crs, transform
+        The grid.
+    classes
+        Class labels in channel order (``K = len(classes)``).
+    targets
+        Target class labels (the ``target`` dimension of ``target_change``).
+    fingerprint
+        The job fingerprint recorded by the engine.
+    attrs
+        The root attributes.
+    """
+
+    path: Path
+    height: int
+    width: int
+    chunk: int
+    crs: CRS
+    transform: Affine
+    classes: tuple[str, ...]
+    targets: tuple[str, ...]
+    fingerprint: str
+    attrs: Mapping[str, Any] = field(repr=False)
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        """``(xmin, ymin, xmax, ymax)`` of the grid in its CRS."""
+        west, south, east, north = rasterio.transform.array_bounds(self.height, self.width, self.transform)
+        return float(west), float(south), float(east), float(north)
+
+    @property
+    def pixel_area_m2(self) -> float:
+        """Area of one pixel in square metres (the CRS's linear unit converted to metres)."""
+        if self.crs.is_geographic:
+            raise PublishError(
+                f"the change cube's CRS {self.crs.name} is geographic (degrees), so pixel areas are not "
+                "constant; compute the job on a projected grid (grid.crs, e.g. the UTM zone)"
+            )
+        factor = self.crs.axis_info[0].unit_conversion_factor if self.crs.axis_info else 1.0
+        return abs(self.transform.a * self.transform.e - self.transform.b * self.transform.d) * factor**2
+
+
+def describe_change_cube(path: Path) -> ChangeCubeInfo:
+    """Read a change cube's grid, classes and attributes, and check that it can be published.
+
+    Raises
+    ------
+    PublishError
+        When ``path`` is missing, is not a seg2change change cube, is incomplete (inference has not
+        finished), or has no CRS.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise PublishError(f"change cube {path} does not exist; run the inference first (seg2change run)")
+    try:
+        group = zarr.open_group(str(path), mode="r")
+        attrs = dict(group.attrs)
+    except Exception as exc:
+        raise PublishError(f"cannot open {path} as Zarr ({exc}); give the change cube's path") from None
+    if attrs.get("format") != FORMAT:
+        raise PublishError(
+            f"{path} is not a seg2change change cube (format {attrs.get('format')!r}, expected {FORMAT!r}); "
+            "give the change cube written by the inference"
+        )
+    if not attrs.get("complete", False):
+        raise PublishError(
+            f"the change cube {path} is incomplete (some blocks were never computed); run the same job "
+            "again to finish the inference, then publish"
+        )
+    ds = xr.open_zarr(str(path), consolidated=True, decode_coords="all", mask_and_scale=False)
+    crs = ds.rio.crs
+    if crs is None:
+        raise PublishError(f"the change cube {path} has no CRS (spatial_ref); recompute it with the engine")
+    layer = ds["transition"]
+    chunks = layer.encoding.get("chunks") or zarr.open_array(str(path), path="transition", mode="r").chunks
+    return ChangeCubeInfo(
+        path=path,
+        height=int(layer.shape[0]),
+        width=int(layer.shape[1]),
+        chunk=int(chunks[-1]),
+        crs=CRS.from_user_input(crs),
+        transform=ds.rio.transform(),
+        classes=tuple(json.loads(str(attrs.get("classes", "[]")))),
+        targets=tuple(str(t) for t in ds["target"].values),
+        fingerprint=str(attrs.get("fingerprint", "")),
+        attrs=attrs,
+    )
+
+
+def block_windows(height: int, width: int, side: int) -> Iterator[tuple[slice, slice]]:
+    """Yield ``(rows, cols)`` slices of square windows of ``side`` pixels covering the grid, row by row."""
+    for r0 in range(0, height, side):
+        for c0 in range(0, width, side):
+            yield slice(r0, min(r0 + side, height)), slice(c0, min(c0 + side, width))
+
+
+@contextmanager
+def replace_atomically(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename.
+
+    A failure removes the temporary file and leaves any earlier ``path`` as it was.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class CogLayer:
+    """A written COG.
+
+    Attributes
+    ----------
+    layer
+        The change cube variable.
+    path
+        The file.
+    spec
+        How it is encoded.
+    overviews
+        Overview decimation factors in the file.
+    """
+
+    layer: str
+    path: Path
+    spec: CogSpec
+    overviews: tuple[int, ...]
+
+
+def _window_side(chunk: int) -> int:
+    """Read/write window: the Zarr chunk rounded up to whole COG tiles (aligned to both grids)."""
+    return TILE_SIZE * max(1, -(-chunk // TILE_SIZE))
+
+
+def _spot_check(written: Any, source: zarr.Array, info: ChangeCubeInfo, layer: str) -> None:
+    """Compare the first and the central tile of the COG with the Zarr (cheap; catches empty files)."""
+    side = min(TILE_SIZE, info.height, info.width)
+    for r0, c0 in ((0, 0), ((info.height - side) // 2, (info.width - side) // 2)):
+        window = RasterioWindow(c0, r0, side, side)
+        cog = written.read(1, window=window)
+        expected = np.asarray(source[r0 : r0 + side, c0 : c0 + side])
+        if not np.array_equal(cog, expected, equal_nan=expected.dtype.kind == "f"):
+            raise PublishError(
+                f"the COG written for {layer} differs from the change cube at rows {r0}-{r0 + side}, "
+                f"columns {c0}-{c0 + side}; the earlier file is kept. Check the disk and publish again"
+            )
+
+
+def write_cog(
+    info: ChangeCubeInfo,
+    layer: str,
+    path: Path,
+    *,
+    overview_level: int | None = None,
+) -> CogLayer:
+    """Write one layer of a change cube as a validated COG.
+
+    Parameters
+    ----------
+    info
+        The change cube (:func:`describe_change_cube`).
+    layer
+        One of :data:`COG_LAYERS`.
+    path
+        The COG to write; an existing file is replaced only once the new one is valid.
+    overview_level
+        Number of overview levels; default: rio-cogeo's choice (halve until a level fits a tile).
+
+    Returns
+    -------
+    CogLayer
+
+    Raises
+    ------
+    PublishError
+        When the layer is unknown or the written file is not a valid COG.
+    """
+    if layer not in COG_LAYERS:
+        raise PublishError(f"layer {layer!r} is not published as a COG; choose from {', '.join(COG_LAYERS)}")
+    spec = COG_LAYERS[layer]
+    source = zarr.open_array(str(info.path), path=layer, mode="r")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(f".{path.stem}.staging-{uuid.uuid4().hex[:8]}.tif")
+    tags = {"layer": layer, "seg2change_fingerprint": info.fingerprint}
+    if layer in ("class_before", "class_after"):
+        tags["classes"] = json.dumps(list(info.classes))
+    if layer == "transition":
+        tags.update(classes=json.dumps(list(info.classes)), num_classes=str(len(info.classes)))
+    profile: dict[str, Any] = {
+        "driver": "GTiff",
+        "width": info.width,
+        "height": info.height,
+        "count": 1,
+        "dtype": spec.dtype,
+        "crs": info.crs.to_wkt(),
+        "transform": info.transform,
+        "nodata": spec.nodata,
+        "tiled": True,
+        "blockxsize": TILE_SIZE,
+        "blockysize": TILE_SIZE,
+        "compress": "deflate",
+        "predictor": spec.predictor,
+        "BIGTIFF": "IF_SAFER",
+    }
+    try:
+        with rasterio.open(staging, "w", **profile) as dst:
+            dst.set_band_description(1, spec.description)
+            dst.update_tags(**tags)
+            for rows, cols in block_windows(info.height, info.width, _window_side(info.chunk)):
+                data = np.asarray(source[rows, cols], dtype=spec.dtype)
+                window = RasterioWindow(
+                    cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start
+                )
+                dst.write(data, 1, window=window)
+        cog_profile = dict(cog_profiles.get("deflate"))
+        cog_profile.update(
+            blockxsize=TILE_SIZE, blockysize=TILE_SIZE, predictor=spec.predictor, BIGTIFF="IF_SAFER"
+        )
+        with replace_atomically(path) as tmp:
+            cog_translate(
+                str(staging),
+                str(tmp),
+                cog_profile,
+                overview_level=overview_level,
+                overview_resampling=spec.resampling,  # type: ignore[arg-type]
+                allow_intermediate_compression=True,
+                forward_band_tags=True,
+                quiet=True,
+            )
+            valid, errors, _ = cog_validate(str(tmp), quiet=True)
+            if not valid:
+                raise PublishError(
+                    f"the COG written for {layer} is not valid ({'; '.join(errors)}); this is a bug, "
+                    "please report it with the GDAL and rio-cogeo versions"
+                )
+            with rasterio.open(tmp) as written:
+                overviews = tuple(written.overviews(1))
+                _spot_check(written, source, info, layer)
+    finally:
+        staging.unlink(missing_ok=True)
+    return CogLayer(layer=layer, path=path, spec=spec, overviews=overviews)
+
+
+def write_cogs(
+    info: ChangeCubeInfo,
+    folder: Path,
+    *,
+    layers: Sequence[str] = tuple(COG_LAYERS),
+    overview_level: int | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> dict[str, CogLayer]:
+    """Write ``<folder>/<layer>.tif`` for each layer (see :func:`write_cog`).
+
+    Parameters
+    ----------
+    progress
+        Called as ``progress("COGs", done, total)`` after each layer.
+    """
+    written: dict[str, CogLayer] = {}
+    for n, layer in enumerate(layers):
+        written[layer] = write_cog(info, layer, folder / f"{layer}.tif", overview_level=overview_level)
+        log.info("COG %s: %s (overviews %s)", layer, written[layer].path, written[layer].overviews)
+        if progress is not None:
+            progress("COGs", n + 1, len(layers))
+    return written

@@ -1,0 +1,282 @@
+"""Publish a finished change cube: COGs, statistics, quick-look and the STAC that describes them.
+
+Everything is read back from the change cube on disk (never from the engine's memory), block by
+block, so publishing can run again at any time, on any machine that sees the outputs. Each file
+is written under a temporary name and renamed into place, so publishing again replaces exactly
+its own files (``cogs/*.tif``, ``statistics.parquet``, ``statistics.json``, ``quicklook.png``,
+``stac/collection.json``, ``stac/item.json``) and a failure leaves the earlier ones as they were.
+The STAC is written last, once the files it checksums exist, and validated before ``publish``
+returns (offline: STAC core; see :mod:`pipeline.publish.stac` for the extensions).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import zarr
+
+from pipeline.discover import Discovery
+from pipeline.errors import PublishError
+from pipeline.progress import staged_progress
+from pipeline.publish.cogs import COG_MEDIA_TYPE, describe_change_cube, write_cogs
+from pipeline.publish.quicklooks import write_quicklook
+from pipeline.publish.stac import (
+    ZARR_MEDIA_TYPE,
+    AssetFile,
+    StacValidation,
+    build_collection,
+    build_item,
+    validate_stac,
+    write_stac,
+)
+from pipeline.publish.statistics import (
+    ALL_ZONE,
+    ChangeStatistics,
+    compute_statistics,
+    load_zones,
+    write_statistics,
+)
+from pipeline.spec import JobSpec
+
+__all__ = ["PublishResult", "publish"]
+
+log = logging.getLogger(__name__)
+
+PARQUET_MEDIA_TYPE = "application/vnd.apache.parquet"
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    """What :func:`publish` wrote.
+
+    Attributes
+    ----------
+    cogs
+        COG path per layer.
+    stac_collection, stac_item
+        The STAC documents.
+    statistics_parquet, statistics_json
+        The statistics files.
+    quicklook
+        The quick-look PNG.
+    statistics
+        The statistics (print them with :func:`pipeline.publish.statistics_table`).
+    validation
+        What the STAC validation checked (collection, item).
+    """
+
+    cogs: Mapping[str, Path]
+    stac_collection: Path
+    stac_item: Path
+    statistics_parquet: Path
+    statistics_json: Path
+    quicklook: Path
+    statistics: ChangeStatistics
+    validation: tuple[StacValidation, ...]
+
+
+def _job_doc(job: JobSpec | Mapping[str, Any] | None, attrs: Mapping[str, Any]) -> dict[str, Any]:
+    if isinstance(job, JobSpec):
+        return job.model_dump(mode="json")
+    if job is not None:
+        return dict(job)
+    try:
+        return dict(json.loads(str(attrs["job"])))
+    except (KeyError, json.JSONDecodeError, TypeError):
+        raise PublishError("no job given and the change cube records none; pass the job to publish") from None
+
+
+def _provenance(discovery: Discovery | Mapping[str, Any] | None, input_cube: Path) -> dict[str, Any]:
+    if isinstance(discovery, Discovery):
+        return discovery.provenance()
+    if discovery is not None:
+        return dict(discovery)
+    recorded = zarr.open_group(str(input_cube), mode="r").attrs.get("provenance")
+    if recorded is None:
+        raise PublishError(
+            f"no discovery given and the input cube {input_cube} records no provenance; pass the Discovery "
+            "(or its provenance() dict) so the STAC can link the input items"
+        )
+    return dict(json.loads(str(recorded)))
+
+
+def _lineage(job: Mapping[str, Any], provenance: Mapping[str, Any], models: list[dict[str, Any]]) -> str:
+    items = provenance.get("items") or {}
+    names = {m.get("role"): m.get("name") for m in models}
+    prompts = job.get("prompts") or {}
+    classes = "; ".join(prompts.get("classes", [])) or "the job's classes"
+    return (
+        f"Median clear-sky composites of {len(items.get('before', []))} scene(s) in "
+        f"{job['before']['start']}/{job['before']['end']} and {len(items.get('after', []))} scene(s) in "
+        f"{job['after']['start']}/{job['after']['end']} from {', '.join(provenance.get('collections', []))} "
+        f"of {provenance.get('catalog')}; per-pixel change probability from the {names.get('change', '?')} "
+        f"change model and class maps from the {names.get('segmenter', '?')} open-vocabulary segmenter "
+        f"({classes}), computed tile by tile, blended, and gated into class transitions by seg2change."
+    )
+
+
+def _period(start: str, end: str) -> str:
+    """A time window as a short title: ``jun 2023``, ``jun-aug 2023`` or ``dec 2022-jan 2023``."""
+    s, e = datetime.fromisoformat(start), datetime.fromisoformat(end)
+    if (s.year, s.month) == (e.year, e.month):
+        return f"{s:%b %Y}"
+    if s.year == e.year:
+        return f"{s:%b}-{e:%b %Y}"
+    return f"{s:%b %Y}-{e:%b %Y}"
+
+
+def publish(
+    job: JobSpec | Mapping[str, Any] | None,
+    change_cube: Path,
+    input_cube: Path,
+    discovery: Discovery | Mapping[str, Any] | None,
+    out_dir: Path,
+    *,
+    zones: Path | None = None,
+    progress: bool = True,
+) -> PublishResult:
+    """Publish a finished change cube: COGs, statistics, quick-look PNG and STAC.
+
+    Parameters
+    ----------
+    job
+        The job (its windows date the outputs); None reads the job recorded in the change cube.
+    change_cube
+        The finished change cube (Zarr).
+    input_cube
+        The input cube it was computed from (for the quick-look's true-colour panels).
+    discovery
+        The discovery (or its ``provenance()`` record) whose items the STAC links as
+        ``derived_from``; None reads the provenance recorded in the input cube.
+    out_dir
+        Output folder: ``cogs/``, ``stac/``, ``statistics.parquet``, ``statistics.json`` and
+        ``quicklook.png`` are written there; nothing else in it is touched.
+    zones
+        GeoJSON FeatureCollection of polygons for per-zone statistics; default: the job's
+        ``zones``, if any.
+    progress
+        Show progress bars.
+
+    Returns
+    -------
+    PublishResult
+
+    Raises
+    ------
+    PublishError
+        When the change cube is missing or incomplete, the zones are unusable, or a file cannot be
+        written; earlier published files are kept.
+    StacValidationError
+        When the STAC written is invalid (a bug: please report it).
+    """
+    out_dir = Path(out_dir)
+    info = describe_change_cube(Path(change_cube))
+    job_doc = _job_doc(job, info.attrs)
+    provenance = _provenance(discovery, Path(input_cube))
+    zones_path = zones if zones is not None else (Path(job_doc["zones"]) if job_doc.get("zones") else None)
+    zone_list = load_zones(zones_path, info.crs) if zones_path is not None else []
+    stac_dir = out_dir / "stac"
+
+    with staged_progress(enabled=progress) as update:
+        cogs = write_cogs(info, out_dir / "cogs", progress=update)
+        stats = compute_statistics(info, zones=zone_list, progress=update)
+        parquet, stats_json = write_statistics(
+            stats, out_dir / "statistics.parquet", out_dir / "statistics.json"
+        )
+        k = len(info.classes)
+        code = {c: i for i, c in enumerate(info.classes)}
+        pixels = {
+            code[r.class_from] * k + code[r.class_to]: r.pixels
+            for r in stats.zone_rows(ALL_ZONE)
+            if r.kind == "transition" and r.class_to is not None
+        }
+        before, after = job_doc["before"], job_doc["after"]
+        titles = (
+            f"before {_period(before['start'], before['end'])}",
+            f"after {_period(after['start'], after['end'])}",
+            "change by transition",
+        )
+        quicklook, _ = write_quicklook(
+            info, Path(input_cube), out_dir / "quicklook.png", transition_pixels=pixels, titles=titles
+        )
+        update("quick-look", 1, 1)
+
+        assets = [
+            AssetFile("change_cube", info.path, ZARR_MEDIA_TYPE, ("data",), "change cube (Zarr)"),
+            *(
+                AssetFile(
+                    layer,
+                    written.path,
+                    COG_MEDIA_TYPE,
+                    ("data",),
+                    f"{layer.replace('_', ' ')} (COG)",
+                    {
+                        "description": written.spec.description,
+                        "data_type": written.spec.dtype,
+                        "nodata": "nan" if layer == "change_probability" else int(written.spec.nodata),
+                    },
+                )
+                for layer, written in cogs.items()
+            ),
+            AssetFile(
+                "statistics_parquet",
+                parquet,
+                PARQUET_MEDIA_TYPE,
+                ("metadata",),
+                "changed area statistics (Parquet)",
+            ),
+            AssetFile(
+                "statistics_json",
+                stats_json,
+                "application/json",
+                ("metadata",),
+                "changed area statistics (JSON)",
+            ),
+            AssetFile(
+                "quicklook", quicklook, "image/png", ("overview",), "quick-look: before, after, change"
+            ),
+        ]
+        fingerprint = info.fingerprint[:16] or "unknown"
+        collection_id = f"seg2change-{fingerprint}"
+        item_id = (
+            f"{collection_id}-{datetime.fromisoformat(before['start']):%Y%m%d}"
+            f"-{datetime.fromisoformat(after['end']):%Y%m%d}"
+        )
+        item = build_item(
+            info,
+            item_id=item_id,
+            collection_id=collection_id,
+            start=before["start"],
+            end=after["end"],
+            provenance=provenance,
+            lineage=_lineage(job_doc, provenance, json.loads(str(info.attrs.get("models", "[]")))),
+            assets=assets,
+            item_dir=stac_dir,
+        )
+        collection = build_collection(item)
+        validation = (validate_stac(collection), validate_stac(item))
+        collection_path, item_path = write_stac(collection, item, stac_dir)
+        update("STAC", 1, 1)
+    log.info(
+        "published %s: %d COGs, statistics (%d zone(s)), quick-look, STAC %s",
+        out_dir,
+        len(cogs),
+        len(stats.totals),
+        collection_path,
+    )
+    return PublishResult(
+        cogs={layer: c.path for layer, c in cogs.items()},
+        stac_collection=collection_path,
+        stac_item=item_path,
+        statistics_parquet=parquet,
+        statistics_json=stats_json,
+        quicklook=quicklook,
+        statistics=stats,
+        validation=validation,
+    )

@@ -1,0 +1,530 @@
+"""STAC description of a run's outputs, and its validation against the STAC JSON schemas.
+
+Each run is described by one Collection and one Item, written as ``<out>/stac/collection.json``
+and ``<out>/stac/item.json`` with relative links and asset hrefs (a self-contained catalog: the
+output folder can be moved or uploaded as a whole). The Item describes the change cube (Zarr,
+``application/vnd+zarr``), the COGs, the statistics files and the quick-look, with
+
+- the *projection* extension (v2.0.0): ``proj:code`` (or ``proj:wkt2`` when the CRS has no EPSG
+  code), ``proj:shape``, ``proj:transform``, ``proj:bbox`` of the grid;
+- the *file* extension (v2.1.0): ``file:size`` and ``file:checksum`` (SHA-256 multihash, hex
+  ``1220...``) of every file asset (not of the Zarr, which is a folder of many objects);
+- the *processing* extension (v1.2.0): ``processing:lineage``, ``processing:software`` (versions of
+  seg2change, torch, dask, xarray, zarr, rasterio, stackstac, rio-cogeo and GDAL) and
+  ``processing:version``;
+- ``derived_from`` links to every input item: its ``self`` link when the catalog gave one, else
+  ``<api>/collections/<collection>/items/<id>`` for a STAC API, else the local catalog file.
+
+The documents are built as plain dictionaries rather than with pystac's object model because
+they must be written to temporary names and renamed into place (pystac's ``save`` writes in place
+and rewrites hrefs depending on the catalog type), and because the processing extension has no
+pystac class; pystac reads them back in the tests.
+
+Validation
+----------
+:func:`validate_stac` validates with :mod:`jsonschema` and a :mod:`referencing` registry.
+*Offline* (the default) it uses the STAC 1.1.0 core schemas (item, collection, catalog, their
+common/basics/datetime/... parts) and the GeoJSON Feature/Geometry schemas that **pystac bundles**
+(``pystac/validation/jsonschemas``); nothing is fetched. The *extension* schemas (projection,
+file, processing) are **not** bundled by pystac nor by anything else in the environment, so offline
+they are validated only when ``schema_dir`` points at a local mirror laid out like their URLs
+(``<schema_dir>/stac-extensions.github.io/projection/v2.0.0/schema.json``); otherwise they are
+reported in :attr:`StacValidation.skipped`, never silently passed. With ``online=True``, schemas
+missing locally (extensions, other STAC versions) are downloaded from their URLs, so core *and*
+extensions are validated; this is what ``seg2change validate-stac --online`` is meant to call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import jsonschema.exceptions
+import numpy as np
+import rasterio
+import referencing.exceptions
+import shapely
+import shapely.geometry
+from pyproj import Transformer
+from referencing import Registry, Resource
+
+from pipeline import __version__
+from pipeline.errors import StacValidationError
+from pipeline.publish.cogs import ChangeCubeInfo, replace_atomically
+
+__all__ = [
+    "FILE_EXTENSION",
+    "PROCESSING_EXTENSION",
+    "PROJECTION_EXTENSION",
+    "STAC_VERSION",
+    "ZARR_MEDIA_TYPE",
+    "AssetFile",
+    "StacValidation",
+    "build_collection",
+    "build_item",
+    "derived_from",
+    "multihash_sha256",
+    "software_versions",
+    "validate_published",
+    "validate_stac",
+    "write_stac",
+]
+
+STAC_VERSION = "1.1.0"
+PROJECTION_EXTENSION = "https://stac-extensions.github.io/projection/v2.0.0/schema.json"
+FILE_EXTENSION = "https://stac-extensions.github.io/file/v2.1.0/schema.json"
+PROCESSING_EXTENSION = "https://stac-extensions.github.io/processing/v1.2.0/schema.json"
+ZARR_MEDIA_TYPE = "application/vnd+zarr"
+#: Packages whose versions ``processing:software`` records (distribution names).
+SOFTWARE = ("torch", "dask", "xarray", "zarr", "rasterio", "stackstac", "rio-cogeo")
+_CORE_SCHEMA = "https://schemas.stacspec.org/v{version}/{kind}-spec/json-schema/{kind}.json"
+_KINDS = {"Feature": "item", "Collection": "collection", "Catalog": "catalog"}
+
+
+# --------------------------------------------------------------------------- building
+
+
+@dataclass(frozen=True)
+class AssetFile:
+    """A file (or Zarr folder) to describe as an asset of the Item.
+
+    Attributes
+    ----------
+    key
+        Asset key.
+    path
+        Where it lies.
+    media_type
+        Its media type.
+    roles
+        STAC roles (``data``, ``overview``, ``metadata``...).
+    title
+        Short title.
+    fields
+        More asset fields (``nodata``, ``data_type``...).
+    """
+
+    key: str
+    path: Path
+    media_type: str
+    roles: tuple[str, ...]
+    title: str
+    fields: Mapping[str, Any] = field(default_factory=dict)
+
+
+def multihash_sha256(path: Path) -> str:
+    """SHA-256 of a file as a hex multihash (``1220`` + the digest), as ``file:checksum`` wants."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return "1220" + digest.hexdigest()
+
+
+def software_versions() -> dict[str, str]:
+    """Versions of seg2change and the libraries that shaped the outputs (``not installed`` if absent)."""
+    versions = {"seg2change": __version__}
+    for name in SOFTWARE:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    versions["GDAL"] = str(rasterio.__gdal_version__)
+    return versions
+
+
+def derived_from(provenance: Mapping[str, Any]) -> list[dict[str, str]]:
+    """``derived_from`` links to the input items of a discovery record (see ``Discovery.provenance``)."""
+    catalog = str(provenance.get("catalog", ""))
+    is_api = catalog.startswith(("http://", "https://"))
+    links: list[dict[str, str]] = []
+    seen: set[str] = set()
+    for epoch, items in (provenance.get("items") or {}).items():
+        for item in items:
+            href = item.get("href")
+            if not href:
+                if is_api and item.get("collection"):
+                    href = f"{catalog.rstrip('/')}/collections/{item['collection']}/items/{item['id']}"
+                else:
+                    href = catalog
+            key = f"{href}#{item['id']}"
+            if key in seen:
+                continue
+            seen.add(key)
+            links.append(
+                {
+                    "rel": "derived_from",
+                    "href": str(href),
+                    "type": "application/geo+json",
+                    "title": f"{epoch}: {item['id']}",
+                }
+            )
+    return links
+
+
+def _iso(value: str | datetime) -> str:
+    moment = datetime.fromisoformat(value) if isinstance(value, str) else value
+    moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+def _footprint(info: ChangeCubeInfo) -> tuple[dict[str, Any], list[float]]:
+    """The grid's outline in WGS84 (edges densified so the reprojected outline stays faithful)."""
+    box = shapely.box(*info.bounds)
+    xmin, ymin, xmax, ymax = info.bounds
+    dense = shapely.segmentize(box, max_segment_length=max(xmax - xmin, ymax - ymin) / 4)
+    to_wgs84 = Transformer.from_crs(info.crs, "EPSG:4326", always_xy=True)
+    outline = shapely.transform(dense, lambda xy: np.column_stack(to_wgs84.transform(xy[:, 0], xy[:, 1])))
+    # Nanodegree precision (0.1 mm) keeps the JSON short; tuples become lists, as JSON reads them.
+    geometry = json.loads(json.dumps(shapely.geometry.mapping(shapely.set_precision(outline, 1e-9))))
+    west, south, east, north = outline.bounds
+    # Rounded outwards, so the bbox contains the grid's outline.
+    bbox = [math.floor(west * 1e9) / 1e9, math.floor(south * 1e9) / 1e9]
+    return geometry, [*bbox, math.ceil(east * 1e9) / 1e9, math.ceil(north * 1e9) / 1e9]
+
+
+def _relative(path: Path, start: Path) -> str:
+    rel = os.path.relpath(Path(path).resolve(), Path(start).resolve())
+    return rel if rel.startswith("..") else f"./{rel}"
+
+
+def build_item(
+    info: ChangeCubeInfo,
+    *,
+    item_id: str,
+    collection_id: str,
+    start: str | datetime,
+    end: str | datetime,
+    provenance: Mapping[str, Any],
+    lineage: str,
+    assets: Sequence[AssetFile],
+    item_dir: Path,
+    title: str | None = None,
+) -> dict[str, Any]:
+    """Build the Item of a run.
+
+    Parameters
+    ----------
+    info
+        The change cube (grid and attributes).
+    item_id, collection_id
+        Ids.
+    start, end
+        Start of the before window and end of the after window.
+    provenance
+        The discovery record (input items).
+    lineage
+        ``processing:lineage`` text.
+    assets
+        The assets; files get ``file:size`` and ``file:checksum``.
+    item_dir
+        The folder the Item JSON will be written to (hrefs are made relative to it).
+    title
+        Item title.
+
+    Returns
+    -------
+    dict
+        The Item as JSON-ready data.
+    """
+    geometry, bbox = _footprint(info)
+    epsg = info.crs.to_epsg()
+    projection: dict[str, Any] = (
+        {"proj:code": f"EPSG:{epsg}"} if epsg else {"proj:code": None, "proj:wkt2": info.crs.to_wkt()}
+    )
+    projection.update(
+        {
+            "proj:shape": [info.height, info.width],
+            "proj:transform": [float(v) for v in list(info.transform)[:6]],
+            "proj:bbox": [float(v) for v in info.bounds],
+        }
+    )
+    asset_docs: dict[str, dict[str, Any]] = {}
+    for asset in assets:
+        doc: dict[str, Any] = {
+            "href": _relative(asset.path, item_dir),
+            "type": asset.media_type,
+            "title": asset.title,
+            "roles": list(asset.roles),
+            **asset.fields,
+        }
+        if asset.path.is_file():
+            doc["file:size"] = asset.path.stat().st_size
+            doc["file:checksum"] = multihash_sha256(asset.path)
+        asset_docs[asset.key] = doc
+    models = json.loads(str(info.attrs.get("models", "[]")))
+    return {
+        "type": "Feature",
+        "stac_version": STAC_VERSION,
+        "stac_extensions": [PROJECTION_EXTENSION, FILE_EXTENSION, PROCESSING_EXTENSION],
+        "id": item_id,
+        "collection": collection_id,
+        "geometry": geometry,
+        "bbox": bbox,
+        "properties": {
+            "title": title or f"seg2change change {item_id}",
+            "datetime": None,
+            "start_datetime": _iso(start),
+            "end_datetime": _iso(end),
+            **projection,
+            "processing:lineage": lineage,
+            "processing:software": software_versions(),
+            "processing:version": __version__,
+            "seg2change:fingerprint": info.fingerprint,
+            "seg2change:classes": list(info.classes),
+            "seg2change:targets": list(info.targets),
+            "seg2change:models": models,
+        },
+        "links": [
+            {"rel": "root", "href": "./collection.json", "type": "application/json"},
+            {"rel": "parent", "href": "./collection.json", "type": "application/json"},
+            {"rel": "collection", "href": "./collection.json", "type": "application/json"},
+            *derived_from(provenance),
+        ],
+        "assets": asset_docs,
+    }
+
+
+def build_collection(
+    item: Mapping[str, Any], *, item_href: str = "./item.json", description: str = ""
+) -> dict[str, Any]:
+    """Build the Collection holding one Item (extent and id from the Item)."""
+    props = item["properties"]
+    return {
+        "type": "Collection",
+        "stac_version": STAC_VERSION,
+        "stac_extensions": [],
+        "id": item["collection"],
+        "title": f"seg2change change detection {item['collection']}",
+        "description": description
+        or "Open-vocabulary change detection by seg2change: change probability, class maps before and "
+        "after, class transitions, per-target change, statistics and a quick-look.",
+        "license": "other",
+        "keywords": ["change detection", "seg2change", *props.get("seg2change:targets", [])],
+        "providers": [{"name": "seg2change", "roles": ["processor", "producer"]}],
+        "extent": {
+            "spatial": {"bbox": [item["bbox"]]},
+            "temporal": {"interval": [[props["start_datetime"], props["end_datetime"]]]},
+        },
+        "links": [
+            {"rel": "root", "href": "./collection.json", "type": "application/json"},
+            {"rel": "item", "href": item_href, "type": "application/geo+json", "title": item["id"]},
+        ],
+    }
+
+
+def write_stac(collection: Mapping[str, Any], item: Mapping[str, Any], stac_dir: Path) -> tuple[Path, Path]:
+    """Write ``collection.json`` and ``item.json`` into ``stac_dir`` (each replaced atomically)."""
+    paths = (stac_dir / "collection.json", stac_dir / "item.json")
+    for doc, path in zip((collection, item), paths, strict=True):
+        with replace_atomically(path) as tmp:
+            tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    return paths
+
+
+# --------------------------------------------------------------------------- validation
+
+
+@dataclass(frozen=True)
+class StacValidation:
+    """What a validation checked.
+
+    Attributes
+    ----------
+    id
+        The document's id.
+    validated
+        URIs of the schemas the document was validated against (core first).
+    skipped
+        Extension schema URIs that could not be validated (offline, not mirrored in ``schema_dir``).
+    """
+
+    id: str
+    validated: tuple[str, ...]
+    skipped: tuple[str, ...]
+
+    @property
+    def complete(self) -> bool:
+        """True when every schema the document declares was validated."""
+        return not self.skipped
+
+
+def _bundled_schemas() -> dict[str, dict[str, Any]]:
+    from pystac.validation.local_validator import get_local_schema_cache
+
+    return get_local_schema_cache()
+
+
+def _mirror_path(schema_dir: Path, uri: str) -> Path:
+    return schema_dir / uri.split("://", 1)[-1].split("#", 1)[0]
+
+
+class _Schemas:
+    """Schema lookup: pystac's bundled core schemas, a local mirror, and (online) the web."""
+
+    def __init__(self, *, online: bool, schema_dir: Path | None) -> None:
+        self.online = online
+        self.schema_dir = schema_dir
+        self.cache = _bundled_schemas()
+
+    def find(self, uri: str) -> dict[str, Any] | None:
+        uri = uri.split("#", 1)[0]
+        if uri in self.cache:
+            return self.cache[uri]
+        if self.schema_dir is not None and _mirror_path(self.schema_dir, uri).is_file():
+            schema = json.loads(_mirror_path(self.schema_dir, uri).read_text())
+        elif self.online:
+            import pystac
+
+            try:
+                schema = json.loads(pystac.StacIO.default().read_text(uri))
+            except Exception as exc:
+                raise StacValidationError(
+                    f"could not download the schema {uri} ({exc}); check the network"
+                ) from None
+        else:
+            return None
+        self.cache[uri] = schema
+        return schema
+
+    def retrieve(self, uri: str) -> Resource[Any]:
+        schema = self.find(uri)
+        if schema is None:
+            raise referencing.exceptions.NoSuchResource(ref=uri)  # type: ignore[call-arg]
+        return Resource.from_contents(schema)
+
+    def registry(self) -> Registry[Any]:
+        return Registry(retrieve=self.retrieve).with_resources(  # type: ignore[call-arg]
+            [(k, Resource.from_contents(v)) for k, v in self.cache.items()]
+        )
+
+
+def _check(doc: Mapping[str, Any], schema: Mapping[str, Any], uri: str, schemas: _Schemas) -> None:
+    cls = jsonschema.validators.validator_for(schema)
+    validator = cls(schema, registry=schemas.registry(), format_checker=cls.FORMAT_CHECKER)
+    try:
+        errors = list(validator.iter_errors(doc))
+    except referencing.exceptions.Unresolvable as exc:
+        raise StacValidationError(
+            f"the schema {uri} refers to {getattr(exc, 'ref', exc)}, which is not available offline; "
+            "validate with online=True, or mirror it in schema_dir"
+        ) from None
+    if errors:
+        best = jsonschema.exceptions.best_match(errors)
+        where = "/".join(str(p) for p in best.absolute_path) or "(document)"
+        raise StacValidationError(
+            f"{doc.get('type')} {doc.get('id')!r} is invalid against {uri} at {where}: {best.message} "
+            f"({len(errors)} error(s) in all)"
+        )
+
+
+def validate_stac(
+    document: Mapping[str, Any] | Path, *, online: bool = False, schema_dir: Path | None = None
+) -> StacValidation:
+    """Validate one STAC Item, Collection or Catalog against its core and extension schemas.
+
+    Parameters
+    ----------
+    document
+        The JSON document, or the path of its file.
+    online
+        Download schemas that are not available locally (extensions, other STAC versions).
+    schema_dir
+        A local mirror of schemas laid out like their URLs without the scheme, e.g.
+        ``<schema_dir>/stac-extensions.github.io/file/v2.1.0/schema.json``.
+
+    Returns
+    -------
+    StacValidation
+        Which schemas were validated and which extension schemas were skipped (offline only).
+
+    Raises
+    ------
+    StacValidationError
+        When the document is invalid, or its core schema is not available (offline, a STAC
+        version other than the bundled one).
+    """
+    # A JSON round trip validates exactly what is written (tuples become arrays, as in the file).
+    doc = json.loads(Path(document).read_text() if isinstance(document, Path) else json.dumps(document))
+    kind = _KINDS.get(str(doc.get("type")))
+    if kind is None:
+        raise StacValidationError(f"type {doc.get('type')!r} is not a STAC Item, Collection or Catalog")
+    schemas = _Schemas(online=online, schema_dir=schema_dir)
+    core_uri = _CORE_SCHEMA.format(version=doc.get("stac_version"), kind=kind)
+    core = schemas.find(core_uri)
+    if core is None:
+        raise StacValidationError(
+            f"no offline schema for STAC {doc.get('stac_version')} {kind}s (pystac bundles {STAC_VERSION}); "
+            "validate with online=True"
+        )
+    _check(doc, core, core_uri, schemas)
+    validated, skipped = [core_uri], []
+    for uri in doc.get("stac_extensions") or ():
+        schema = schemas.find(uri)
+        if schema is None:
+            skipped.append(uri)
+            continue
+        _check(doc, schema, uri, schemas)
+        validated.append(uri)
+    return StacValidation(str(doc.get("id")), tuple(validated), tuple(skipped))
+
+
+def _asset_problems(item: Mapping[str, Any], item_path: Path) -> Iterable[str]:
+    for key, asset in item.get("assets", {}).items():
+        target = (item_path.parent / asset["href"]).resolve()
+        if not target.exists():
+            yield f"asset {key}: {asset['href']} does not exist"
+            continue
+        if "file:size" in asset and target.stat().st_size != asset["file:size"]:
+            yield f"asset {key}: size {target.stat().st_size} != file:size {asset['file:size']}"
+        if "file:checksum" in asset and multihash_sha256(target) != asset["file:checksum"]:
+            yield f"asset {key}: the file's SHA-256 differs from file:checksum"
+
+
+def validate_published(
+    collection: Path, *, online: bool = False, schema_dir: Path | None = None, check_files: bool = True
+) -> list[StacValidation]:
+    """Validate a published Collection and its Items, and check their asset files.
+
+    Parameters
+    ----------
+    collection
+        ``<out>/stac/collection.json``.
+    online, schema_dir
+        See :func:`validate_stac`.
+    check_files
+        Check that every asset exists and matches its ``file:size`` and ``file:checksum``.
+
+    Returns
+    -------
+    list of StacValidation
+        The collection's, then each item's.
+
+    Raises
+    ------
+    StacValidationError
+        On an invalid document, a missing item, or an asset that is missing or differs.
+    """
+    results = [validate_stac(collection, online=online, schema_dir=schema_dir)]
+    doc = json.loads(collection.read_text())
+    for link in doc.get("links", ()):
+        if link.get("rel") != "item":
+            continue
+        item_path = (collection.parent / link["href"]).resolve()
+        if not item_path.is_file():
+            raise StacValidationError(f"{collection} links to the item {link['href']}, which does not exist")
+        results.append(validate_stac(item_path, online=online, schema_dir=schema_dir))
+        if check_files:
+            problems = list(_asset_problems(json.loads(item_path.read_text()), item_path))
+            if problems:
+                raise StacValidationError(f"{item_path}: " + "; ".join(problems) + "; publish again")
+    return results

@@ -1,0 +1,444 @@
+"""Summary statistics of a change cube: changed area per target class and per transition, per zone.
+
+Counts are made block by block from the finished change cube (one Zarr chunk of ``change``,
+``transition`` and ``target_change`` in memory at a time), so memory does not grow with the area.
+For the whole area and for each zone of an optional GeoJSON FeatureCollection, every block adds:
+
+- pixels, valid pixels (data on both dates), nodata pixels and changed pixels (``change == 1``);
+- per target class, the pixels where ``target_change`` is 1 (a change into or out of the class);
+- per transition code ``before * K + after`` (``K`` classes), the changed pixels, decoded to the
+  class names ``class_from -> class_to`` (a code whose two classes are equal is a change the
+  agnostic head found where the segmenter saw the same class on both dates).
+
+Areas are pixel counts times the pixel area (square metres from the grid's transform and CRS
+unit). Zones may be in any CRS (a GeoJSON ``crs`` member names it; default WGS84 longitude/
+latitude); each zone is reprojected to the grid (densified first) and rasterized onto each block
+with :func:`rasterio.features.rasterize` (``all_touched=False``: a pixel belongs to a zone when its
+centre lies inside), zone by zone, so overlapping zones each count their own pixels.
+
+The long table (one row per zone, kind, class pair) is written as Parquet and, with the per-zone
+totals, as JSON; :func:`statistics_table` renders it for a terminal with rich.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import rasterio.features
+import rasterio.windows
+import shapely
+import shapely.geometry
+import zarr
+from numpy.typing import NDArray
+from pyproj import CRS, Transformer
+from rich.table import Table
+
+from pipeline.change_cube import TRANSITION_NO_CHANGE, UINT8_NODATA
+from pipeline.errors import PublishError
+from pipeline.publish.cogs import ChangeCubeInfo, block_windows, replace_atomically
+
+__all__ = [
+    "ALL_ZONE",
+    "ChangeStatistics",
+    "StatisticsRow",
+    "Zone",
+    "ZoneTotals",
+    "compute_statistics",
+    "load_zones",
+    "statistics_table",
+    "write_statistics",
+]
+
+#: Zone name of the whole area.
+ALL_ZONE = "all"
+#: Square metres in a hectare.
+M2_PER_HA = 10_000.0
+
+Kind = Literal["target", "transition"]
+
+
+@dataclass(frozen=True)
+class Zone:
+    """A zone for statistics: its id and its polygon(s) in the grid's CRS."""
+
+    id: str
+    geometry: shapely.Geometry
+
+
+@dataclass(frozen=True)
+class StatisticsRow:
+    """One row of the long statistics table.
+
+    Attributes
+    ----------
+    zone
+        Zone id (:data:`ALL_ZONE` for the whole area).
+    kind
+        ``"target"``: change into or out of a target class (``class_from`` is the target,
+        ``class_to`` is None); ``"transition"``: changed pixels going from ``class_from`` on the
+        before date to ``class_to`` on the after date.
+    class_from, class_to
+        Class names.
+    pixels, area_m2, area_ha
+        Changed pixels and their area.
+    """
+
+    zone: str
+    kind: Kind
+    class_from: str
+    class_to: str | None
+    pixels: int
+    area_m2: float
+    area_ha: float
+
+
+@dataclass(frozen=True)
+class ZoneTotals:
+    """Totals of one zone: pixels inside it, valid and nodata among them, and changed pixels/area."""
+
+    zone: str
+    pixels: int
+    valid_pixels: int
+    nodata_pixels: int
+    changed_pixels: int
+    changed_area_m2: float
+    changed_area_ha: float
+
+
+@dataclass(frozen=True)
+class ChangeStatistics:
+    """The statistics of one change cube.
+
+    Attributes
+    ----------
+    rows
+        The long table: per zone, the target rows (every target, in target order) and then the
+        transition rows (transitions present, most pixels first).
+    totals
+        Per zone totals, the whole area first.
+    pixel_area_m2
+        Area of one pixel.
+    classes, targets
+        Class and target labels.
+    crs
+        The grid's CRS (WKT).
+    """
+
+    rows: tuple[StatisticsRow, ...]
+    totals: tuple[ZoneTotals, ...]
+    pixel_area_m2: float
+    classes: tuple[str, ...]
+    targets: tuple[str, ...]
+    crs: str
+
+    COLUMNS = ("zone", "kind", "class_from", "class_to", "pixels", "area_m2", "area_ha")
+
+    def to_frame(self) -> pd.DataFrame:
+        """The long table as a DataFrame with :attr:`COLUMNS`."""
+        frame = pd.DataFrame([asdict(r) for r in self.rows], columns=list(self.COLUMNS))
+        return frame.astype(
+            {
+                "zone": "string",
+                "kind": "string",
+                "class_from": "string",
+                "class_to": "string",
+                "pixels": "int64",
+                "area_m2": "float64",
+                "area_ha": "float64",
+            }
+        )
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """The JSON document: pixel area, classes, targets, per-zone totals and the rows."""
+        return {
+            "pixel_area_m2": self.pixel_area_m2,
+            "classes": list(self.classes),
+            "targets": list(self.targets),
+            "crs": self.crs,
+            "zones": {t.zone: {k: v for k, v in asdict(t).items() if k != "zone"} for t in self.totals},
+            "rows": [asdict(r) for r in self.rows],
+        }
+
+    def zone_rows(self, zone: str) -> list[StatisticsRow]:
+        """The rows of one zone."""
+        return [r for r in self.rows if r.zone == zone]
+
+
+# --------------------------------------------------------------------------- zones
+
+
+def _zone_crs(doc: Mapping[str, Any]) -> CRS:
+    named = (doc.get("crs") or {}).get("properties", {}).get("name")
+    try:
+        return CRS.from_user_input(named) if named else CRS.from_user_input("OGC:CRS84")
+    except Exception as exc:
+        raise PublishError(
+            f"the zones' crs {named!r} is unknown to pyproj; name it like 'EPSG:32633' or "
+            "'urn:ogc:def:crs:EPSG::32633', or give the zones in WGS84 without a crs member"
+        ) from exc
+
+
+def load_zones(path: Path, crs: CRS) -> list[Zone]:
+    """Read a GeoJSON FeatureCollection of polygons and reproject it to ``crs``.
+
+    A zone's id is its ``id`` property, else its ``name`` property, else the feature's ``id``
+    member, else its index in the collection.
+
+    Raises
+    ------
+    PublishError
+        When the file is unreadable, holds no polygon features, has a non-polygon geometry,
+        repeats an id, or uses the reserved id :data:`ALL_ZONE`.
+    """
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise PublishError(
+            f"cannot read the zones file {path} ({exc}); give a GeoJSON FeatureCollection"
+        ) from None
+    features = doc.get("features") if doc.get("type") == "FeatureCollection" else None
+    if doc.get("type") == "Feature":
+        features = [doc]
+    if not features:
+        raise PublishError(
+            f"the zones file {path} holds no features; give a GeoJSON FeatureCollection of polygons"
+        )
+    transformer = Transformer.from_crs(_zone_crs(doc), crs, always_xy=True)
+    zones: list[Zone] = []
+    for index, feature in enumerate(features):
+        props = feature.get("properties") or {}
+        raw_id = next(
+            (v for v in (props.get("id"), props.get("name"), feature.get("id")) if v is not None), index
+        )
+        zone_id = str(raw_id)
+        geometry = shapely.geometry.shape(
+            feature.get("geometry") or {"type": "GeometryCollection", "geometries": []}
+        )
+        if geometry.geom_type not in ("Polygon", "MultiPolygon"):
+            raise PublishError(
+                f"zone {zone_id!r} in {path} is a {geometry.geom_type}, not a polygon; give polygon zones"
+            )
+        xmin, ymin, xmax, ymax = geometry.bounds
+        step = max(xmax - xmin, ymax - ymin) / 256 or 1.0
+        dense = shapely.segmentize(geometry, max_segment_length=step)
+        projected = shapely.transform(
+            dense, lambda xy: np.column_stack(transformer.transform(xy[:, 0], xy[:, 1]))
+        )
+        zones.append(Zone(zone_id, shapely.make_valid(projected)))
+    ids = [z.id for z in zones]
+    duplicated = sorted({i for i in ids if ids.count(i) > 1})
+    if duplicated:
+        raise PublishError(
+            f"zone ids {duplicated} appear more than once in {path}; give each zone a unique id or name"
+        )
+    if ALL_ZONE in ids:
+        raise PublishError(f"zone id {ALL_ZONE!r} is reserved for the whole area; rename that zone in {path}")
+    return zones
+
+
+# --------------------------------------------------------------------------- counting
+
+
+@dataclass
+class _Counts:
+    pixels: int
+    valid: int
+    changed: int
+    transitions: NDArray[np.int64]
+    targets: NDArray[np.int64]
+
+    @classmethod
+    def empty(cls, n_codes: int, n_targets: int) -> _Counts:
+        return cls(0, 0, 0, np.zeros(n_codes, np.int64), np.zeros(n_targets, np.int64))
+
+    def add(
+        self,
+        inside: NDArray[np.bool_] | None,
+        change: NDArray[np.uint8],
+        transition: NDArray[np.uint16],
+        target_change: NDArray[np.uint8],
+    ) -> None:
+        valid = change != UINT8_NODATA
+        if inside is not None:
+            valid &= inside
+            self.pixels += int(inside.sum())
+        else:
+            self.pixels += change.size
+        self.valid += int(valid.sum())
+        self.changed += int((valid & (change == 1)).sum())
+        codes = transition[valid & (transition < TRANSITION_NO_CHANGE)]
+        if codes.size:
+            if int(codes.max()) >= self.transitions.size:
+                raise PublishError(
+                    f"transition code {int(codes.max())} exceeds the {self.transitions.size} codes of "
+                    f"{math.isqrt(self.transitions.size)} classes; the change cube is inconsistent, recompute it"
+                )
+            self.transitions += np.bincount(codes, minlength=self.transitions.size).astype(np.int64)
+        self.targets += ((target_change == 1) & valid[None]).reshape(len(self.targets), -1).sum(axis=1)
+
+
+def compute_statistics(
+    info: ChangeCubeInfo,
+    *,
+    zones: Sequence[Zone] = (),
+    progress: Callable[[str, int, int], None] | None = None,
+) -> ChangeStatistics:
+    """Count changed pixels and areas per target class and per transition, for the area and each zone.
+
+    Parameters
+    ----------
+    info
+        The change cube (:func:`~pipeline.publish.cogs.describe_change_cube`).
+    zones
+        Zones in the grid's CRS (:func:`load_zones`).
+    progress
+        Called as ``progress("statistics", done, total)`` after each block.
+
+    Returns
+    -------
+    ChangeStatistics
+    """
+    k = len(info.classes)
+    n_targets = len(info.targets)
+    arrays = {
+        name: zarr.open_array(str(info.path), path=name, mode="r")
+        for name in ("change", "transition", "target_change")
+    }
+    counts = {z: _Counts.empty(k * k, n_targets) for z in [ALL_ZONE, *(z.id for z in zones)]}
+    windows = list(block_windows(info.height, info.width, info.chunk))
+    for n, (rows, cols) in enumerate(windows):
+        change = np.asarray(arrays["change"][rows, cols])
+        transition = np.asarray(arrays["transition"][rows, cols])
+        target_change = np.asarray(arrays["target_change"][:, rows, cols])
+        counts[ALL_ZONE].add(None, change, transition, target_change)
+        window = rasterio.windows.Window(
+            cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start
+        )
+        box = shapely.box(*rasterio.windows.bounds(window, info.transform))
+        for zone in zones:
+            if not zone.geometry.intersects(box):
+                continue
+            inside = rasterio.features.rasterize(
+                [(zone.geometry, 1)],
+                out_shape=change.shape,
+                transform=rasterio.windows.transform(window, info.transform),
+                all_touched=False,
+                dtype="uint8",
+            ).astype(bool)
+            counts[zone.id].add(inside, change, transition, target_change)
+        if progress is not None:
+            progress("statistics", n + 1, len(windows))
+
+    area = info.pixel_area_m2
+    rows_out: list[StatisticsRow] = []
+    totals: list[ZoneTotals] = []
+    for zone_id, c in counts.items():
+        totals.append(
+            ZoneTotals(
+                zone=zone_id,
+                pixels=c.pixels,
+                valid_pixels=c.valid,
+                nodata_pixels=c.pixels - c.valid,
+                changed_pixels=c.changed,
+                changed_area_m2=c.changed * area,
+                changed_area_ha=c.changed * area / M2_PER_HA,
+            )
+        )
+        for target, pixels in zip(info.targets, c.targets.tolist(), strict=True):
+            rows_out.append(
+                StatisticsRow(
+                    zone_id, "target", target, None, pixels, pixels * area, pixels * area / M2_PER_HA
+                )
+            )
+        order = sorted(
+            np.flatnonzero(c.transitions).tolist(), key=lambda code: (-int(c.transitions[code]), code)
+        )
+        for code in order:
+            pixels = int(c.transitions[code])
+            rows_out.append(
+                StatisticsRow(
+                    zone_id,
+                    "transition",
+                    info.classes[code // k],
+                    info.classes[code % k],
+                    pixels,
+                    pixels * area,
+                    pixels * area / M2_PER_HA,
+                )
+            )
+    return ChangeStatistics(
+        rows=tuple(rows_out),
+        totals=tuple(totals),
+        pixel_area_m2=area,
+        classes=info.classes,
+        targets=info.targets,
+        crs=info.crs.to_wkt(),
+    )
+
+
+# --------------------------------------------------------------------------- output
+
+
+def write_statistics(stats: ChangeStatistics, parquet: Path, json_path: Path) -> tuple[Path, Path]:
+    """Write the long table as Parquet and the whole document as JSON (each replaced atomically)."""
+    with replace_atomically(parquet) as tmp:
+        stats.to_frame().to_parquet(tmp, index=False)
+    with replace_atomically(json_path) as tmp:
+        tmp.write_text(json.dumps(stats.to_json_dict(), indent=2) + "\n")
+    return parquet, json_path
+
+
+def statistics_table(stats: ChangeStatistics, *, zone: str | None = None, limit: int | None = None) -> Table:
+    """Render the statistics as a rich table.
+
+    Parameters
+    ----------
+    stats
+        The statistics.
+    zone
+        Show one zone only; default: every zone.
+    limit
+        Show at most this many transition rows per zone (the largest).
+
+    Returns
+    -------
+    rich.table.Table
+    """
+    table = Table(title="changed area", show_lines=False)
+    for name, justify in (
+        ("zone", "left"),
+        ("kind", "left"),
+        ("from", "left"),
+        ("to", "left"),
+        ("pixels", "right"),
+        ("area (ha)", "right"),
+    ):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    zones = [t.zone for t in stats.totals if zone is None or t.zone == zone]
+    totals = {t.zone: t for t in stats.totals}
+    for z in zones:
+        t = totals[z]
+        table.add_row(z, "[bold]changed", "", "", f"{t.changed_pixels:,}", f"{t.changed_area_ha:,.2f}")
+        shown = 0
+        for row in stats.zone_rows(z):
+            if row.kind == "transition":
+                if limit is not None and shown >= limit:
+                    continue
+                shown += 1
+            table.add_row(
+                z,
+                row.kind,
+                row.class_from,
+                row.class_to or "",
+                f"{row.pixels:,}",
+                f"{row.area_ha:,.2f}",
+            )
+        table.add_section()
+    return table

@@ -1,0 +1,94 @@
+"""The main job: discover -> prepare -> infer -> publish, restartable at every stage.
+
+Running the same job again reuses what is done: the input cube when it was made from the same job
+fields and the same scenes, the change cube's finished blocks, and the published files are simply
+written again from the finished change cube. ``force`` recomputes everything.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from distributed import Client
+
+from pipeline.cube import PreparedCube, prepare_cube
+from pipeline.discover import Discovery, discover
+from pipeline.errors import JobSpecError
+from pipeline.infer import InferenceResult, run_inference
+from pipeline.publish import PublishResult, publish
+from pipeline.spec import JobSpec
+
+__all__ = ["CHANGE_CUBE_NAME", "RunResult", "change_cube_path", "run_job"]
+
+log = logging.getLogger(__name__)
+
+#: Name of the change cube inside a job's output folder.
+CHANGE_CUBE_NAME = "change_cube.zarr"
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """Everything one run produced."""
+
+    job: JobSpec
+    discovery: Discovery
+    cube: PreparedCube
+    inference: InferenceResult
+    publication: PublishResult
+
+
+def change_cube_path(job: JobSpec) -> Path:
+    """Return the path of the job's change cube."""
+    return Path(job.output) / CHANGE_CUBE_NAME
+
+
+def run_job(
+    job: JobSpec, *, force: bool = False, progress: bool = True, client: Client | None = None
+) -> RunResult:
+    """Run a job end to end.
+
+    Parameters
+    ----------
+    job
+        The job; it must name ``prompts``.
+    force
+        Rebuild the input cube and recompute the change cube even when they are complete.
+    progress
+        Show progress bars.
+    client
+        A ready Dask client to compute on (left open); default: the job's ``cluster``.
+
+    Returns
+    -------
+    RunResult
+    """
+    if job.prompts is None:
+        raise JobSpecError(
+            "the job names no prompts; add e.g. 'prompts: {classes: [water, \"building,roof,house\"]}' "
+            "(prepare alone needs none)"
+        )
+    if force and not job.overwrite:
+        job = job.model_copy(update={"overwrite": True})
+    found = discover(job)
+    cube = prepare_cube(job, found, progress=progress, reuse=True)
+    inference = run_inference(
+        job, cube.path, change_cube_path(job), cluster=client, force=force, progress=progress
+    )
+    log.info(
+        "change cube %s: %d block(s) computed, %d already done",
+        inference.path,
+        len(inference.computed),
+        len(inference.skipped),
+    )
+    publication = publish(
+        job,
+        inference.path,
+        cube.path,
+        found,
+        Path(job.output),
+        zones=Path(job.zones) if job.zones else None,
+        progress=progress,
+    )
+    return RunResult(job, found, cube, inference, publication)

@@ -1,0 +1,303 @@
+"""COGs of the change cube: valid, pixel-for-pixel equal to the Zarr, georeferenced as GDAL sees it.
+
+A small input cube (changes, clouds, a nodata row) goes through the real engine (classical CVA
+baseline + spectral segmenter, no weights, one in-process worker); its change cube has 128-px
+chunks, so the 512-px COG tiles span several chunks and the edge tiles are partial.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+import rasterio
+import xarray as xr
+import zarr
+from affine import Affine
+from distributed import LocalCluster
+from pyproj import CRS
+from rio_cogeo.cogeo import cog_validate
+
+from pipeline.change_cube import BlockGrid, ChangeCubeLayout, create_change_cube
+from pipeline.cube import write_cube
+from pipeline.engine_spec import ClusterSpec, PromptSpec, TilingSpec
+from pipeline.errors import PublishError
+from pipeline.infer import run_inference
+from pipeline.publish import COG_LAYERS, ChangeCubeInfo, describe_change_cube, write_cog, write_cogs
+from pipeline.spec import JobSpec
+
+# The input cube's band/epoch names are fixed-width strings on purpose (see pipeline.cube).
+pytestmark = pytest.mark.filterwarnings("ignore:The data type .* does not have a Zarr V3 specification")
+
+HEIGHT, WIDTH = 300, 260
+ORIGIN = (400_000.0, 5_000_000.0)
+BANDS = ("blue", "green", "red", "nir", "swir16", "swir22")
+SPECTRA = np.array(
+    [
+        [0.06, 0.07, 0.05, 0.03, 0.01, 0.005],  # water
+        [0.03, 0.05, 0.03, 0.35, 0.17, 0.08],  # forest
+        [0.16, 0.17, 0.18, 0.20, 0.26, 0.24],  # building
+        [0.10, 0.14, 0.19, 0.24, 0.32, 0.28],  # bare soil
+    ],
+    dtype=np.float32,
+)
+PROMPTS = PromptSpec.build(
+    classes="water;forest;building,roof;bare soil", background="background", targets=("building", "water")
+)
+
+
+def make_cube(path: Path, height: int, width: int, *, chunk: int, seed: int = 0) -> Path:
+    """A two-date cube with class patches (some changed), a cloud on each date and a nodata row."""
+    rng = np.random.default_rng(seed)
+    cell = 23
+    coarse = rng.integers(0, 4, (height // cell + 1, width // cell + 1))
+    changed = rng.random(coarse.shape) < 0.25
+    after = np.where(changed, (coarse + rng.integers(1, 4, coarse.shape)) % 4, coarse)
+    refl = np.empty((2, len(BANDS), height, width), dtype=np.float32)
+    for epoch, classes in enumerate((coarse, after)):
+        up = np.kron(classes, np.ones((cell, cell), dtype=classes.dtype))[:height, :width]
+        refl[epoch] = SPECTRA[up].transpose(2, 0, 1) * rng.uniform(0.9, 1.1, (1, height, width))
+        refl[epoch] += rng.normal(0, 0.004, refl[epoch].shape)
+    refl[0, :, 90:130, 60:120] = np.nan
+    refl[1, :, 150:180, 130:220] = np.nan
+    refl[:, :, -1, :] = np.nan
+    ds = xr.Dataset(
+        {
+            "reflectance": (
+                ("epoch", "band", "y", "x"),
+                da.from_array(refl, chunks=(1, len(BANDS), chunk, chunk)),
+            )
+        },
+        coords={
+            "epoch": np.array(["before", "after"], dtype="U6"),
+            "band": np.array(BANDS, dtype="U"),
+            "y": ORIGIN[1] - 10 * np.arange(height) - 5,
+            "x": ORIGIN[0] + 10 * np.arange(width) + 5,
+        },
+    )
+    ds = ds.rio.write_crs("EPSG:32633").rio.write_transform(Affine(10, 0, ORIGIN[0], 0, -10, ORIGIN[1]))
+    with dask.config.set(scheduler="threads"):
+        return write_cube(ds, path, progress=False)
+
+
+def make_job(out: Path) -> JobSpec:
+    return JobSpec.build(
+        aoi={"bbox": (400_000, 4_997_000, 402_600, 5_000_000), "crs": "EPSG:32633"},
+        before="2023-06-01/2023-06-30",
+        after="2024-06-01/2024-06-30",
+        catalog="https://stac.example.com/v1",
+        collections="sentinel-2-l2a",
+        grid={"crs": "EPSG:32633"},
+        output=str(out),
+    )
+
+
+@pytest.fixture(scope="module")
+def change_cube(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("engine")
+    cube = make_cube(tmp / "input_cube.zarr", HEIGHT, WIDTH, chunk=128)
+    # One in-process worker, no dashboards (quick to start, no ports taken), one torch thread.
+    with LocalCluster(
+        n_workers=1,
+        processes=False,
+        threads_per_worker=1,
+        dashboard_address=None,
+        worker_dashboard_address=None,
+    ) as cluster:
+        result = run_inference(
+            make_job(tmp),
+            cube,
+            tmp / "change_cube.zarr",
+            tiling=TilingSpec(tile_size=128, overlap=32, batch_size=8, block_size=128),
+            cluster=ClusterSpec(address=cluster.scheduler_address, torch_threads=1),
+            prompts=PROMPTS,
+            progress=False,
+        )
+    return result.path
+
+
+@pytest.fixture(scope="module")
+def info(change_cube: Path) -> ChangeCubeInfo:
+    return describe_change_cube(change_cube)
+
+
+@pytest.fixture(scope="module")
+def cogs(info: ChangeCubeInfo, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("cogs")
+    return {layer: c.path for layer, c in write_cogs(info, folder).items()}
+
+
+def zarr_layer(info: ChangeCubeInfo, layer: str) -> np.ndarray:
+    return np.asarray(zarr.open_array(str(info.path), path=layer, mode="r")[...])
+
+
+def assert_cog_equals_zarr(path: Path, info: ChangeCubeInfo, layer: str) -> None:
+    expected = zarr_layer(info, layer)
+    with rasterio.open(path) as src:
+        data = src.read(1)
+        assert src.dtypes[0] == str(expected.dtype), layer
+    if expected.dtype.kind == "f":
+        np.testing.assert_array_equal(np.isnan(data), np.isnan(expected), err_msg=layer)
+    np.testing.assert_array_equal(data, expected, err_msg=layer)  # NaNs compare equal here
+
+
+def test_the_engine_cube_is_not_trivial(info: ChangeCubeInfo) -> None:
+    """The pixel comparisons below mean something only if the layers vary and hold nodata."""
+    assert (info.height, info.width, info.chunk) == (HEIGHT, WIDTH, 128)
+    change = zarr_layer(info, "change")
+    assert {0, 1, 255} <= set(np.unique(change).tolist())
+    assert len(np.unique(zarr_layer(info, "class_before"))) >= 4
+    transition = zarr_layer(info, "transition")
+    assert (transition < 65534).sum() > 1000 and (transition == 65535).sum() >= WIDTH
+
+
+def test_cogs_are_valid_and_equal_the_zarr_pixel_for_pixel(
+    cogs: dict[str, Path], info: ChangeCubeInfo
+) -> None:
+    assert set(cogs) == set(COG_LAYERS)
+    for layer, path in cogs.items():
+        valid, errors, _ = cog_validate(str(path), quiet=True)
+        assert valid, (layer, errors)
+        assert_cog_equals_zarr(path, info, layer)
+
+
+def test_cogs_carry_grid_nodata_tiling_compression_and_tags(
+    cogs: dict[str, Path], info: ChangeCubeInfo
+) -> None:
+    for layer, path in cogs.items():
+        spec = COG_LAYERS[layer]
+        with rasterio.open(path) as src:
+            assert CRS.from_user_input(src.crs).to_epsg() == 32633
+            assert src.transform == Affine(10, 0, ORIGIN[0], 0, -10, ORIGIN[1])
+            assert (src.height, src.width) == (HEIGHT, WIDTH)
+            if np.isnan(spec.nodata):
+                assert src.nodata is not None and np.isnan(src.nodata)
+            else:
+                assert src.nodata == spec.nodata
+            assert src.block_shapes == [(512, 512)]
+            structure = src.tags(ns="IMAGE_STRUCTURE")
+            assert structure["COMPRESSION"] == "DEFLATE" and structure["LAYOUT"] == "COG"
+            assert structure["PREDICTOR"] == ("3" if layer == "change_probability" else "2")
+            tags = src.tags()
+            assert tags["layer"] == layer and tags["seg2change_fingerprint"] == info.fingerprint
+            assert tags["OVERVIEW_RESAMPLING"] == spec.resampling.upper()
+    with rasterio.open(cogs["transition"]) as src:
+        assert json.loads(src.tags()["classes"]) == list(info.classes)
+
+
+def test_an_all_zero_cog_is_valid_but_fails_the_pixel_check(
+    cogs: dict[str, Path], info: ChangeCubeInfo, tmp_path: Path
+) -> None:
+    """The field notes' trap: cog_validate alone passes an empty file; the pixel check does not."""
+    with rasterio.open(cogs["class_before"]) as src:
+        profile = src.profile
+    staged = tmp_path / "zeros.tif"
+    with rasterio.open(staged, "w", **profile) as dst:
+        dst.write(np.zeros((1, HEIGHT, WIDTH), dtype="uint8"))
+    from rio_cogeo.cogeo import cog_translate
+    from rio_cogeo.profiles import cog_profiles
+
+    empty = tmp_path / "empty_cog.tif"
+    cog_translate(str(staged), str(empty), cog_profiles.get("deflate"), quiet=True)
+    assert cog_validate(str(empty), quiet=True)[0]
+    with pytest.raises(AssertionError):
+        assert_cog_equals_zarr(empty, info, "class_before")
+
+
+def test_a_cog_that_comes_out_empty_is_refused_and_the_earlier_file_kept(
+    info: ChangeCubeInfo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pipeline.publish.cogs as cogs_module
+
+    good = write_cog(info, "class_after", tmp_path / "class_after.tif").path.read_bytes()
+    real = cogs_module.cog_translate
+
+    def empty_translate(source: str, dst: str, profile: dict[str, object], **kwargs: object) -> None:
+        zeros = Path(dst).with_name("zeros.tif")
+        with rasterio.open(source) as src:
+            meta = src.profile
+        with rasterio.open(zeros, "w", **meta) as out:
+            out.write(np.zeros((1, meta["height"], meta["width"]), dtype=meta["dtype"]))
+        real(str(zeros), dst, profile, **kwargs)  # type: ignore[arg-type]
+        zeros.unlink()
+
+    monkeypatch.setattr(cogs_module, "cog_translate", empty_translate)
+    with pytest.raises(PublishError, match="differs from the change cube"):
+        write_cog(info, "class_after", tmp_path / "class_after.tif")
+    assert (tmp_path / "class_after.tif").read_bytes() == good
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["class_after.tif"]
+
+
+def test_overviews_average_the_probability_and_pick_classes(info: ChangeCubeInfo, tmp_path: Path) -> None:
+    probability = write_cog(info, "change_probability", tmp_path / "p.tif", overview_level=2)
+    classes = write_cog(info, "class_before", tmp_path / "c.tif", overview_level=2)
+    assert probability.overviews == classes.overviews == (2, 4)
+    with rasterio.open(probability.path) as src:
+        level = src.read(1, out_shape=(HEIGHT // 2, WIDTH // 2))
+    blocks = zarr_layer(info, "change_probability").reshape(HEIGHT // 2, 2, WIDTH // 2, 2)
+    with np.errstate(invalid="ignore"), pytest.warns(RuntimeWarning, match="Mean of empty slice"):
+        mean = np.nanmean(blocks, axis=(1, 3))
+    np.testing.assert_allclose(level, mean, rtol=0, atol=1e-6, equal_nan=True)
+    with rasterio.open(classes.path) as src:
+        level = src.read(1, out_shape=(HEIGHT // 2, WIDTH // 2))
+    blocks = zarr_layer(info, "class_before").reshape(HEIGHT // 2, 2, WIDTH // 2, 2)
+    # Nearest never invents a value: each overview pixel is one of its 2x2 source pixels.
+    assert ((blocks == level[:, None, :, None]).any(axis=(1, 3))).all()
+
+
+def test_gdalinfo_reads_crs_and_extent(cogs: dict[str, Path]) -> None:
+    gdalinfo = shutil.which("gdalinfo")
+    if gdalinfo is None:
+        pytest.skip("the GDAL command-line tools are not installed (apt-get install gdal-bin)")
+    for layer in ("change_probability", "transition"):
+        doc = json.loads(
+            subprocess.run([gdalinfo, "-json", str(cogs[layer])], check=True, capture_output=True).stdout
+        )
+        assert CRS.from_wkt(doc["coordinateSystem"]["wkt"]).to_epsg() == 32633
+        assert doc["size"] == [WIDTH, HEIGHT]
+        corners = doc["cornerCoordinates"]
+        assert corners["upperLeft"] == pytest.approx([ORIGIN[0], ORIGIN[1]])
+        assert corners["lowerRight"] == pytest.approx([ORIGIN[0] + 10 * WIDTH, ORIGIN[1] - 10 * HEIGHT])
+        assert doc["geoTransform"] == pytest.approx([ORIGIN[0], 10, 0, ORIGIN[1], 0, -10])
+        band = doc["bands"][0]
+        assert band["block"] == [512, 512]
+        if layer == "transition":
+            assert band["noDataValue"] == 65535 and band["type"] == "UInt16"
+        else:
+            assert band["noDataValue"] == "NaN" and band["type"] == "Float32"
+
+
+def test_writing_again_replaces_only_that_file(info: ChangeCubeInfo, tmp_path: Path) -> None:
+    neighbour = tmp_path / "notes.txt"
+    neighbour.write_text("kept")
+    first = write_cog(info, "change", tmp_path / "change.tif")
+    before = first.path.read_bytes()
+    second = write_cog(info, "change", tmp_path / "change.tif")
+    assert second.path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["change.tif", "notes.txt"]
+    assert neighbour.read_text() == "kept"
+
+
+def test_refusals_name_the_fix(info: ChangeCubeInfo, tmp_path: Path) -> None:
+    with pytest.raises(PublishError, match="not published as a COG"):
+        write_cog(info, "target_change", tmp_path / "t.tif")
+    with pytest.raises(PublishError, match="does not exist; run the inference"):
+        describe_change_cube(tmp_path / "missing.zarr")
+    partial = tmp_path / "partial.zarr"
+    create_change_cube(
+        partial,
+        ChangeCubeLayout(BlockGrid(64, 64, 64), ("a", "b"), ("b",)),
+        y=np.arange(64.0),
+        x=np.arange(64.0),
+        crs=CRS.from_epsg(32633),
+        transform=Affine(10, 0, 0, 0, -10, 640),
+        attrs={"fingerprint": "x"},
+    )
+    with pytest.raises(PublishError, match="incomplete"):
+        describe_change_cube(partial)
