@@ -1,0 +1,97 @@
+"""The notebooks in ``notebooks/``: they run against a fresh demo run, and are committed clean.
+
+Each notebook is executed with nbmake in a child pytest, with ``SEG2CHANGE_OUTPUT`` and
+``SEG2CHANGE_TRUTH`` pointing at the outputs of a small demo run made once for this module. The
+committed notebooks must carry no outputs or execution counts and must equal what
+``notebooks/make_notebooks.py`` writes, so that they are only ever changed through the script.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import nbformat
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+NOTEBOOKS = REPO / "notebooks"
+NAMES = ("01_open_change_cube.ipynb", "02_stac_item.ipynb", "03_evaluate_against_truth.ipynb")
+
+
+def _maker() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("make_notebooks", NOTEBOOKS / "make_notebooks.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def demo_outputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Run the demo once on a small scene; return the notebooks' environment variables."""
+    from pipeline.demo import run_demo
+
+    workdir = tmp_path_factory.mktemp("notebooks") / "demo"
+    result = run_demo(workdir, size=256, progress=False)
+    return {
+        "SEG2CHANGE_OUTPUT": str(result.run.inference.path.parent),
+        "SEG2CHANGE_TRUTH": str(result.scene.truth_change),
+        "IPYTHONDIR": str(workdir.parent / "ipython"),  # keep the kernel's history out of $HOME
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NAMES)
+def test_notebook_runs(name: str, demo_outputs: dict[str, str]) -> None:
+    pytest.importorskip("nbmake")
+    env = {**os.environ, **demo_outputs}
+    env.pop("SEG2CHANGE_S3_URI", None)  # the object-storage cell stays off: tests never touch the network
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "--nbmake",
+            "--nbmake-timeout=300",
+            "-p",
+            "no:cacheprovider",
+            "-q",
+            str(NOTEBOOKS / name),
+        ],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"{name} failed (rc={proc.returncode}):\n{output[-6000:]}"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_committed_notebook_is_clean(name: str) -> None:
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    nbformat.validate(nb)
+    for index, cell in enumerate(nb.cells):
+        if cell.cell_type == "code":
+            assert cell.outputs == [], f"{name} cell {index} has outputs: clear them (make_notebooks.py)"
+            assert cell.execution_count is None, f"{name} cell {index} has an execution count"
+    assert nb.metadata.get("kernelspec", {}).get("name") == "python3"
+    assert "widgets" not in nb.metadata
+
+
+def test_committed_notebooks_match_the_script(tmp_path: Path) -> None:
+    written = _maker().write_notebooks(tmp_path)
+    assert sorted(p.name for p in written) == sorted(NAMES)
+    for path in written:
+        committed = (NOTEBOOKS / path.name).read_text()
+        assert committed == path.read_text(), (
+            f"notebooks/{path.name} differs from what notebooks/make_notebooks.py writes; "
+            "edit the script and run `python notebooks/make_notebooks.py`"
+        )
