@@ -246,5 +246,20 @@ def _print_cube(cube: object) -> None:
     out.print(f"  composite pixels with a clear observation: {clear}")
 
 
+def _register_commands() -> None:
+    """Add the commands defined beside this module (models, flows) to the app."""
+    from flows.commands_flows import monitor, respond
+    from flows.commands_model import evaluate, make_demo_checkpoint, train
+
+    app.command()(train)
+    app.command()(evaluate)
+    app.command(name="make-demo-checkpoint")(make_demo_checkpoint)
+    app.command()(respond)
+    app.command()(monitor)
+
+
+_register_commands()
+
+
 if __name__ == "__main__":
     app()

@@ -1,0 +1,131 @@
+"""Command-line front of the flows: ``seg2change respond`` and ``seg2change monitor``.
+
+Plain typer command functions; :mod:`flows.cli` registers them (``app.command()(respond)``).
+Each runs its flow in this process (against ``PREFECT_API_URL`` when set, else a temporary local
+Prefect server) and prints the result as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import date, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from seg2change_core.errors import Seg2ChangeError
+
+__all__ = ["monitor", "respond"]
+
+
+def _parse_date(value: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not a date; write it as YYYY-MM-DD") from None
+
+
+def _json_option(value: str | None, what: str) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    text = Path(value).read_text() if Path(value).is_file() else value
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise typer.BadParameter(f"{what} is neither a JSON file nor JSON text ({exc})") from None
+    if not isinstance(doc, dict):
+        raise typer.BadParameter(f"{what} must be a JSON object")
+    return doc
+
+
+def _run(flow: Any, scheduler: str | None, **parameters: Any) -> None:
+    from flows.tasks import task_runner
+
+    runner = flow.with_options(task_runner=task_runner(scheduler)) if scheduler else flow
+    try:
+        result = runner(**parameters)
+    except Seg2ChangeError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=2) from None
+    typer.echo(json.dumps(result, indent=2, default=str))
+
+
+def respond(
+    area: Annotated[str, typer.Option(help="GeoJSON file or text, or bbox 'xmin,ymin,xmax,ymax'.")],
+    event_date: Annotated[str, typer.Option(help="Day of the event, YYYY-MM-DD.")],
+    hazard: Annotated[str, typer.Option(help="flood, fire, storm or earthquake.")],
+    catalog: Annotated[str, typer.Option(help="STAC API URL or local catalog file.")],
+    collections: Annotated[str, typer.Option(help="Collection ids, comma-separated.")],
+    output: Annotated[str, typer.Option(help="Output folder.")],
+    area_crs: Annotated[str, typer.Option(help="CRS of the area's coordinates.")] = "EPSG:4326",
+    before_days: Annotated[int, typer.Option(help="Days before the event in the before window.")] = 60,
+    after_days: Annotated[int, typer.Option(help="Days after the event in the after window.")] = 14,
+    prompts: Annotated[
+        str | None, typer.Option(help="Classes and targets as JSON (default: the hazard's prompts).")
+    ] = None,
+    block_size: Annotated[int, typer.Option(help="Block side in pixels.")] = 512,
+    tile_size: Annotated[int, typer.Option(help="Model tile side in pixels.")] = 256,
+    priority: Annotated[int, typer.Option(help="Priority recorded on the run (1 highest).")] = 1,
+    job_options: Annotated[
+        str | None, typer.Option(help="Further job fields as JSON text or file (bands, quality, models...).")
+    ] = None,
+    scheduler: Annotated[
+        str | None, typer.Option(help="Dask scheduler address for the tasks, or 'local' (default: threads).")
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Recompute outputs that exist.")] = False,
+) -> None:
+    """Map the change around a reported event (flood, fire, storm, earthquake) and print its statistics."""
+    from flows.response import response_flow
+
+    _run(
+        response_flow,
+        scheduler,
+        area=area,
+        event_date=_parse_date(event_date),
+        hazard=hazard,
+        catalog=catalog,
+        collections=collections,
+        output=output,
+        area_crs=area_crs,
+        before_days=before_days,
+        after_days=after_days,
+        prompts=_json_option(prompts, "--prompts"),
+        block_size=block_size,
+        tile_size=tile_size,
+        priority=priority,
+        job_options=_json_option(job_options, "--job-options"),
+        force=force,
+    )
+
+
+def monitor(
+    job_files: Annotated[list[Path] | None, typer.Argument(help="One job file per region.")] = None,
+    zones: Annotated[Path | None, typer.Option(help="GeoJSON FeatureCollection of regions.")] = None,
+    base_job: Annotated[Path | None, typer.Option(help="Job template applied to each zone.")] = None,
+    output: Annotated[
+        str | None, typer.Option(help="Base output folder: <output>/<region>/<period>.")
+    ] = None,
+    cadence: Annotated[str, typer.Option(help="monthly, quarterly or yearly.")] = "monthly",
+    run_date: Annotated[str | None, typer.Option(help="Day of the run, YYYY-MM-DD (default: today).")] = None,
+    zones_crs: Annotated[str, typer.Option(help="CRS of the zone coordinates.")] = "EPSG:4326",
+    scheduler: Annotated[
+        str | None, typer.Option(help="Dask scheduler address for the tasks, or 'local' (default: threads).")
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Recompute regions whose outputs exist.")] = False,
+) -> None:
+    """Compute, per region, the change of the period just ended against the one before it."""
+    from flows.monitoring import monitoring_flow
+
+    _run(
+        monitoring_flow,
+        scheduler,
+        zones=str(zones) if zones else None,
+        base_job=str(base_job) if base_job else None,
+        job_files=[str(f) for f in job_files] if job_files else None,
+        output=output,
+        cadence=cadence,
+        run_date=_parse_date(run_date) if run_date else datetime.now().date(),
+        zones_crs=zones_crs,
+        force=force,
+    )

@@ -1,0 +1,331 @@
+"""Disaster response: change around a reported event, on demand and at high priority.
+
+An event is an area (GeoJSON file or document, or a bbox), a date and a hazard (``flood``,
+``fire``, ``storm``, ``earthquake``). The *before* window runs from 60 days before the event to
+the day before it, the *after* window from the event date to 14 days after it (both
+configurable). Each hazard has default prompts (flood: water, with vegetation, built-up and bare
+soil as the other classes and water as the target); the job uses small blocks and tiles (block
+512, tile 256) so that the first results come quickly, and the flow run is tagged with its
+priority. The flow returns the change statistics in the same flow run, with the area that became
+the hazard's target class (for a flood: the newly flooded area) and publishes them as artifacts.
+
+It is started from the command line (``seg2change respond``), from ``run_deployment`` or by a
+Prefect event ``seg2change.event.reported`` through the deployment trigger of ``prefect.yaml``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+from prefect import flow, get_run_logger, tags
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from flows.tasks import submit_job, task_runner
+from pipeline.errors import JobSpecError
+from pipeline.spec import JobSpec
+
+__all__ = [
+    "HAZARD_PROMPTS",
+    "RESPONSE_ARTIFACT_KEY",
+    "Hazard",
+    "event_job",
+    "event_windows",
+    "parse_area",
+    "response_flow",
+]
+
+Hazard = Literal["flood", "fire", "storm", "earthquake"]
+
+#: Default prompts per hazard: the classes to map and the target whose gain is the affected area.
+HAZARD_PROMPTS: dict[str, dict[str, list[str]]] = {
+    "flood": {"classes": ["water", "vegetation", "built-up", "bare soil"], "targets": ["water"]},
+    "fire": {
+        "classes": ["burned area", "vegetation", "bare soil", "water", "built-up"],
+        "targets": ["burned area"],
+    },
+    "storm": {
+        "classes": ["building,roof,house", "vegetation", "bare soil", "water"],
+        "targets": ["building"],
+    },
+    "earthquake": {
+        "classes": ["building,roof,house", "vegetation", "bare soil", "water"],
+        "targets": ["building"],
+    },
+}
+
+#: Key of the response artifacts (the table has ``-table`` appended).
+RESPONSE_ARTIFACT_KEY = "seg2change-response"
+
+
+def event_windows(event_date: date, before_days: int = 60, after_days: int = 14) -> tuple[str, str]:
+    """Return the (before, after) windows of an event as ``START/END`` strings.
+
+    ``before`` is ``[event - before_days, event - 1 day]``; ``after`` is
+    ``[event, event + after_days]``, both ends included.
+
+    Examples
+    --------
+    >>> event_windows(date(2024, 6, 1))
+    ('2024-04-02/2024-05-31', '2024-06-01/2024-06-15')
+    """
+    if before_days < 1 or after_days < 0:
+        raise JobSpecError(
+            f"before_days must be >= 1 and after_days >= 0, got {before_days} and {after_days}; "
+            "e.g. 60 and 14"
+        )
+    before = f"{event_date - timedelta(days=before_days)}/{event_date - timedelta(days=1)}"
+    after_end = event_date + timedelta(days=max(after_days, 1))
+    return before, f"{event_date}/{after_end}"
+
+
+def parse_area(area: str | Sequence[float] | Mapping[str, Any], crs: str = "EPSG:4326") -> dict[str, Any]:
+    """Turn an event area into the job's ``aoi`` field.
+
+    Parameters
+    ----------
+    area
+        A GeoJSON file path, a GeoJSON document (mapping or JSON text), a bbox
+        ``[xmin, ymin, xmax, ymax]`` or the text ``"xmin,ymin,xmax,ymax"``.
+    crs
+        CRS of the bbox or geometry coordinates.
+    """
+    if isinstance(area, Mapping):
+        return {"geometry": _geometry(dict(area)), "crs": crs}
+    if isinstance(area, str):
+        text = area.strip()
+        if text.startswith("{"):
+            try:
+                return {"geometry": _geometry(json.loads(text)), "crs": crs}
+            except json.JSONDecodeError as exc:
+                raise JobSpecError(f"area looks like JSON but is not ({exc}); give valid GeoJSON") from None
+        if text.startswith("["):
+            return parse_area(json.loads(text), crs)
+        parts = [p for p in text.replace(" ", ",").split(",") if p]
+        if len(parts) == 4:
+            try:
+                return {"bbox": [float(p) for p in parts], "crs": crs}
+            except ValueError:
+                pass
+        if Path(text).expanduser().is_file():
+            return {"geometry": str(Path(text).expanduser().resolve()), "crs": crs}
+        raise JobSpecError(
+            f"area {area!r} is neither a GeoJSON file, GeoJSON text nor a bbox 'xmin,ymin,xmax,ymax'; "
+            "give one of those"
+        )
+    values = list(area)
+    if len(values) != 4:
+        raise JobSpecError(f"area bbox {values} must have four numbers: xmin, ymin, xmax, ymax")
+    return {"bbox": [float(v) for v in values], "crs": crs}
+
+
+def _geometry(doc: dict[str, Any]) -> dict[str, Any]:
+    if doc.get("type") == "FeatureCollection":
+        return doc  # AreaOfInterest unions the features
+    return doc.get("geometry", doc) if doc.get("type") == "Feature" else doc
+
+
+def event_job(
+    area: str | Sequence[float] | Mapping[str, Any],
+    event_date: date,
+    hazard: Hazard,
+    catalog: str,
+    collections: str | Sequence[str],
+    output: str,
+    *,
+    area_crs: str = "EPSG:4326",
+    before_days: int = 60,
+    after_days: int = 14,
+    prompts: Mapping[str, Any] | None = None,
+    block_size: int = 512,
+    tile_size: int = 256,
+    job_options: Mapping[str, Any] | None = None,
+) -> JobSpec:
+    """Build and validate the job of an event (see :func:`response_flow` for the parameters).
+
+    Raises
+    ------
+    JobSpecError
+        Any invalid field, with the fix in the message.
+    """
+    if hazard not in HAZARD_PROMPTS:
+        raise JobSpecError(f"hazard {hazard!r} is unknown; use one of {', '.join(HAZARD_PROMPTS)}")
+    before, after = event_windows(event_date, before_days, after_days)
+    options = dict(job_options or {})
+    tiling = {"tile_size": tile_size, "block_size": block_size, "overlap": min(64, tile_size // 4)}
+    tiling.update(options.pop("tiling", None) or {})
+    fields: dict[str, Any] = {
+        "aoi": parse_area(area, area_crs),
+        "before": before,
+        "after": after,
+        "catalog": catalog,
+        "collections": collections,
+        "output": output,
+        "block_size": block_size,
+        "prompts": dict(prompts) if prompts is not None else HAZARD_PROMPTS[hazard],
+        "tiling": tiling,
+    }
+    fields.update(options)
+    return JobSpec.build(**fields)
+
+
+def _affected(summary: Mapping[str, Any], job: JobSpec) -> tuple[str, float]:
+    assert job.prompts is not None
+    targets = summary["targets"]
+    name = next(iter(targets)) if targets else (job.prompts.targets or ("",))[0]
+    return name, float(targets.get(name, {}).get("gained_m2", 0.0))
+
+
+@flow(
+    name="seg2change-response",
+    flow_run_name="response-{hazard}-{event_date}",
+    task_runner=task_runner(),
+    log_prints=True,
+)
+def response_flow(
+    area: str | list[float] | dict[str, Any],
+    event_date: date,
+    hazard: Hazard,
+    catalog: str,
+    collections: str | list[str],
+    output: str,
+    area_crs: str = "EPSG:4326",
+    before_days: int = 60,
+    after_days: int = 14,
+    prompts: dict[str, Any] | None = None,
+    block_size: int = 512,
+    tile_size: int = 256,
+    priority: int = 1,
+    job_options: dict[str, Any] | None = None,
+    force: bool = False,
+) -> dict[str, Any]:
+    """Map the change around an event and return its statistics in the same flow run.
+
+    Parameters
+    ----------
+    area
+        GeoJSON file path, GeoJSON document, or bbox (``[xmin, ymin, xmax, ymax]`` or
+        ``"xmin,ymin,xmax,ymax"``) in ``area_crs``.
+    event_date
+        Day of the event: the first day of the *after* window.
+    hazard
+        ``flood``, ``fire``, ``storm`` or ``earthquake``: picks the default prompts.
+    catalog, collections
+        STAC API URL (or local catalog file) and collection ids (list or comma-separated).
+    output
+        Output folder.
+    area_crs
+        CRS of the area's coordinates.
+    before_days, after_days
+        Window lengths around the event (60 and 14 days).
+    prompts
+        Classes and targets (``{"classes": [...], "targets": [...]}``); default: the hazard's.
+    block_size, tile_size
+        Input/output block side and model tile side, small for fast first results.
+    priority
+        Priority of the run (1 highest), recorded as the tag ``priority:<n>`` of its task runs and
+        in the result; the work queue's priority orders runs (see ``prefect.yaml``).
+    job_options
+        Further job fields (``bands``, ``quality``, ``grid``, ``cloud_limit``, ``models``,
+        ``cluster``, ``tiling``...).
+    force
+        Recompute outputs that exist.
+
+    Returns
+    -------
+    dict
+        ``event`` (area, date, hazard, windows), ``priority``, ``output``, ``inference`` (block
+        counts), ``outputs`` (paths of COGs, STAC, statistics, quick-look), ``statistics`` (the
+        whole area's summary: changed area, per target gained/lost area), and ``affected_class``
+        / ``affected_area_m2`` / ``affected_area_ha``: the area that became the hazard's target
+        class (for a flood: the newly flooded area).
+
+    Raises
+    ------
+    JobSpecError
+        Invalid parameters, at once and without retries.
+    """
+    logger = get_run_logger()
+    job = event_job(
+        area,
+        event_date,
+        hazard,
+        catalog,
+        collections,
+        output,
+        area_crs=area_crs,
+        before_days=before_days,
+        after_days=after_days,
+        prompts=prompts,
+        block_size=block_size,
+        tile_size=tile_size,
+        job_options=job_options,
+    )
+    logger.info(
+        "%s on %s, priority %d: before %s, after %s", hazard, event_date, priority, job.before, job.after
+    )
+    with tags("seg2change", "response", f"hazard:{hazard}", f"priority:{priority}"):
+        infer, published = submit_job(job, f"{hazard}-{event_date}", force=force)
+        outputs = published.result()
+        inference = infer.result()
+    summary = outputs.pop("summary")
+    affected_class, affected_m2 = _affected(summary, job)
+    result = {
+        "event": {
+            "area": job.aoi.model_dump(mode="json"),
+            "event_date": event_date.isoformat(),
+            "hazard": hazard,
+            "before": job.before.interval(),
+            "after": job.after.interval(),
+        },
+        "priority": priority,
+        "output": job.output,
+        "inference": inference,
+        "outputs": outputs,
+        "statistics": summary,
+        "affected_class": affected_class,
+        "affected_area_m2": affected_m2,
+        "affected_area_ha": affected_m2 / 10_000.0,
+    }
+    _publish_artifacts(result)
+    return result
+
+
+def _publish_artifacts(result: Mapping[str, Any]) -> None:
+    event, stats, outputs = result["event"], result["statistics"], result["outputs"]
+    rows = [
+        {
+            "target": name,
+            "gained_ha": round(v["gained_m2"] / 10_000.0, 4),
+            "lost_ha": round(v["lost_m2"] / 10_000.0, 4),
+            "changed_ha": round(v["changed_m2"] / 10_000.0, 4),
+        }
+        for name, v in stats["targets"].items()
+    ]
+    create_table_artifact(
+        key=f"{RESPONSE_ARTIFACT_KEY}-table",
+        table=rows,
+        description=f"{event['hazard']} on {event['event_date']}: change per target class",
+    )
+    markdown = "\n".join(
+        [
+            f"# seg2change response: {event['hazard']} on {event['event_date']}",
+            "",
+            f"- priority: {result['priority']}",
+            f"- before: {event['before']}",
+            f"- after: {event['after']}",
+            f"- **{result['affected_class']} gained: {result['affected_area_ha']:.2f} ha** "
+            f"({result['affected_area_m2']:.0f} m²)",
+            f"- changed in total: {stats['changed_area_ha']:.2f} ha",
+            f"- STAC item: [item.json](file://{outputs['stac_item']})",
+            f"- statistics: [statistics.json](file://{outputs['statistics_json']})",
+            f"- quick-look: [quicklook.png](file://{outputs['quicklook']})",
+            "",
+        ]
+    )
+    create_markdown_artifact(
+        key=RESPONSE_ARTIFACT_KEY, markdown=markdown, description="seg2change disaster response summary"
+    )

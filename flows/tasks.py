@@ -1,0 +1,458 @@
+"""Prefect tasks of the flows: thin wrappers around :mod:`pipeline`, with retries, caching and URIs.
+
+Every task calls one stage of the pipeline (discover, prepare, infer, publish) and returns paths or
+small JSON-ready dictionaries, never arrays: the heavy data stays in the Zarr stores and files the
+stages write under the job's output folder, and only their locations travel between tasks.
+
+Retries
+    The stages that talk to the network (the catalog search and the asset reads of ``prepare``)
+    retry three times with exponential backoff (2, 4, 8 s) -- but only on network errors
+    (:class:`~pipeline.errors.CatalogError`, connection and time-out errors). Bad input
+    (:class:`~pipeline.errors.JobSpecError`, :class:`~pipeline.errors.NothingFoundError`, any other
+    error) fails at once, with the pipeline's message naming the fix.
+Caching
+    The inference task is cached on the job's inputs: its key hashes the job JSON and the period
+    (:func:`job_cache_key`), and only while the job's change cube is complete, so a cached result
+    never names outputs that were deleted or never finished.
+Dask
+    :func:`task_runner` picks the flow's task runner: a ``DaskTaskRunner`` on a running scheduler
+    (``address``), a local ``DaskTaskRunner`` (``"local"``), or Prefect's thread pool. When the tasks
+    run on Dask workers, the inference task computes its blocks on the same cluster
+    (``prefect_dask.get_dask_client``); otherwise on the job's ``cluster``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.client.schemas.objects import TaskRun
+from prefect.context import TaskRunContext
+from prefect.states import State
+from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.tasks import Task, exponential_backoff
+
+from pipeline.discover import Discovery, discover
+from pipeline.errors import CatalogError, NothingFoundError
+from pipeline.spec import JobSpec
+
+__all__ = [
+    "DASK_ADDRESS_ENV",
+    "DISCOVERY_NAME",
+    "NETWORK_RETRIES",
+    "change_cube_complete",
+    "discover_task",
+    "infer_task",
+    "is_network_error",
+    "job_cache_key",
+    "load_discovery",
+    "prepare_task",
+    "publish_task",
+    "published_outputs",
+    "retry_on_network_error",
+    "submit_job",
+    "summarise_statistics",
+    "task_runner",
+]
+
+#: Environment variable naming the Dask scheduler of the flows (an address, or ``local``).
+DASK_ADDRESS_ENV = "SEG2CHANGE_DASK_ADDRESS"
+#: File (in the job's output folder) holding the items a discovery chose.
+DISCOVERY_NAME = "discovery.json"
+#: Retries of the network stages.
+NETWORK_RETRIES = 3
+#: Base delay of the exponential backoff, in seconds (2, 4, 8 s).
+BACKOFF_FACTOR = 2.0
+
+
+# --------------------------------------------------------------------------- retry policy
+
+
+def is_network_error(exc: BaseException) -> bool:
+    """Tell whether an error is worth retrying: the catalog or a remote file could not be reached.
+
+    ``NothingFoundError`` is a ``CatalogError`` too, but the catalog answered: nothing to retry.
+    """
+    if isinstance(exc, NothingFoundError):
+        return False
+    if isinstance(exc, CatalogError | ConnectionError | TimeoutError):
+        return True
+    try:
+        from rasterio.errors import RasterioIOError
+    except ImportError:  # pragma: no cover - rasterio is a dependency
+        return False
+    return isinstance(exc, RasterioIOError) and _looks_remote(str(exc))
+
+
+def _looks_remote(message: str) -> bool:
+    lowered = message.lower()
+    return any(word in lowered for word in ("http", "curl", "timed out", "connection", "s3://", "/vsis3"))
+
+
+def retry_on_network_error(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
+    """Prefect ``retry_condition_fn``: retry a failed task run only when it failed on the network."""
+    try:
+        state.result()
+    except BaseException as exc:  # the run's own exception, re-raised by result()
+        return is_network_error(exc)
+    return False
+
+
+# --------------------------------------------------------------------------- caching
+
+
+def job_cache_key(context: TaskRunContext, parameters: Mapping[str, Any]) -> str | None:
+    """Cache key of a task on a job: the task's name, the job JSON and the period.
+
+    A cached result is only worth reusing while the outputs it names exist: when the job's change
+    cube is not complete (never computed, interrupted, or deleted since), there is no key (None),
+    so the task runs and nothing stale is ever returned.
+
+    Parameters
+    ----------
+    context
+        The task run context (its task's name enters the key).
+    parameters
+        The task's parameters; ``job`` (a :class:`JobSpec`) and ``period`` (a label such as
+        ``"2024-06"``, optional) are hashed, the others are not.
+
+    Returns
+    -------
+    str or None
+        The SHA-256 of the job JSON and period, or None while the change cube is incomplete.
+    """
+    from pipeline.run import change_cube_path
+
+    job = parameters["job"]
+    if not isinstance(job, JobSpec) or not change_cube_complete(change_cube_path(job)):
+        return None
+    doc = {"task": context.task.name, "job": job.model_dump(mode="json"), "period": parameters.get("period")}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------- task runners
+
+
+def task_runner(scheduler: str | None = None) -> Any:
+    """Return the task runner for a flow.
+
+    Parameters
+    ----------
+    scheduler
+        ``None``: the environment variable ``SEG2CHANGE_DASK_ADDRESS`` if set, else Prefect's
+        thread pool (each job computes on its own ``cluster``); ``"local"``: a local Dask cluster
+        started by prefect-dask; an address (``tcp://host:8786``): that running Dask scheduler.
+
+    Notes
+    -----
+    Tasks on Dask workers report to the Prefect API named by ``PREFECT_API_URL``; without one each
+    worker starts its own temporary server, so set it (or run under ``prefect server start``).
+    """
+    scheduler = scheduler if scheduler is not None else os.environ.get(DASK_ADDRESS_ENV) or None
+    if scheduler is None or scheduler in {"threads", "none"}:
+        return ThreadPoolTaskRunner(max_workers=8)
+    from prefect_dask import DaskTaskRunner
+
+    if scheduler == "local":
+        return DaskTaskRunner(cluster_kwargs={"processes": True, "threads_per_worker": 1})
+    return DaskTaskRunner(address=scheduler)
+
+
+@contextlib.contextmanager
+def _dask_client_of_runner() -> Iterator[Any]:
+    """Yield a client of the Dask cluster running this task, or None outside a Dask worker."""
+    try:
+        from distributed import get_worker
+
+        get_worker()
+    except (ImportError, ValueError):
+        yield None
+        return
+    from prefect_dask import get_dask_client
+
+    with get_dask_client() as client:
+        yield client
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def load_discovery(path: str | Path) -> Discovery:
+    """Read a discovery written by :func:`discover_task`."""
+    doc = json.loads(Path(path).read_text())
+    return Discovery(
+        items=doc["items"],
+        filter_mode=doc["filter_mode"],
+        catalog=doc["catalog"],
+        cloud_limit=float(doc["cloud_limit"]),
+        collections=tuple(doc["collections"]),
+        searched_at=doc["searched_at"],
+    )
+
+
+def change_cube_complete(path: str | Path) -> bool:
+    """Tell whether a change cube exists and every block of it is done."""
+    from pipeline.change_cube import inspect_change_cube
+
+    state = inspect_change_cube(Path(path))
+    return state.is_change_cube and state.complete
+
+
+# --------------------------------------------------------------------------- tasks
+
+_NETWORK = {
+    "retries": NETWORK_RETRIES,
+    "retry_delay_seconds": exponential_backoff(backoff_factor=BACKOFF_FACTOR),
+    "retry_condition_fn": retry_on_network_error,
+}
+
+
+@task(name="discover", task_run_name="discover-{period}", **_NETWORK)  # type: ignore[call-overload]
+def discover_task(job: JobSpec, period: str = "event") -> str:
+    """Search the catalog for the job's scenes and write the items chosen to the output folder.
+
+    Parameters
+    ----------
+    job
+        The job.
+    period
+        Label of the period (used in the task run's name).
+
+    Returns
+    -------
+    str
+        Path of the discovery JSON (``<output>/discovery.json``).
+
+    Raises
+    ------
+    CatalogError
+        The catalog cannot be reached (retried).
+    NothingFoundError
+        A window has no usable scene (not retried).
+    """
+    found = discover(job)
+    out = Path(job.output)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / DISCOVERY_NAME
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(asdict(found), indent=1))
+    tmp.replace(path)
+    return str(path)
+
+
+@task(name="prepare", task_run_name="prepare-{period}", **_NETWORK)  # type: ignore[call-overload]
+def prepare_task(job: JobSpec, discovery: str, period: str = "event") -> str:
+    """Build (or reuse) the job's input cube from the scenes found.
+
+    Parameters
+    ----------
+    job
+        The job.
+    discovery
+        Path written by :func:`discover_task`.
+    period
+        Label of the period.
+
+    Returns
+    -------
+    str
+        Path of the input cube (Zarr).
+    """
+    from pipeline.cube import prepare_cube
+
+    cube = prepare_cube(job, load_discovery(discovery), progress=False, reuse=True)
+    return str(cube.path)
+
+
+@task(name="infer", task_run_name="infer-{period}", cache_key_fn=job_cache_key)
+def infer_task(job: JobSpec, cube: str, period: str = "event", force: bool = False) -> dict[str, Any]:
+    """Compute the job's change cube from its input cube, block by block on Dask.
+
+    Cached on the job's JSON and the period (:func:`job_cache_key`).
+
+    Parameters
+    ----------
+    job
+        The job.
+    cube
+        Path of the input cube.
+    period
+        Label of the period (part of the cache key).
+    force
+        Recompute every block.
+
+    Returns
+    -------
+    dict
+        ``path`` (the change cube), ``blocks``, ``computed`` and ``skipped`` (block counts),
+        ``wall_seconds``.
+    """
+    from pipeline.infer import run_inference
+    from pipeline.run import change_cube_path
+
+    with _dask_client_of_runner() as client:
+        result = run_inference(
+            job, Path(cube), change_cube_path(job), cluster=client, force=force, progress=False
+        )
+    return {
+        "path": str(result.path),
+        "blocks": int(result.blocks),
+        "computed": len(result.computed),
+        "skipped": len(result.skipped),
+        "wall_seconds": round(float(result.wall_seconds), 3),
+    }
+
+
+@task(name="publish", task_run_name="publish-{period}")
+def publish_task(
+    job: JobSpec, change_cube: str | Mapping[str, Any], cube: str, discovery: str, period: str = "event"
+) -> dict[str, Any]:
+    """Publish the change cube: COGs, STAC item, statistics and quick-look.
+
+    Parameters
+    ----------
+    job
+        The job.
+    change_cube
+        Path of the change cube, or the result of :func:`infer_task` (its ``path``).
+    cube, discovery
+        Paths of the input cube and of the discovery JSON.
+    period
+        Label of the period.
+
+    Returns
+    -------
+    dict
+        Paths (as strings) of ``cogs`` (per layer), ``stac_collection``, ``stac_item``,
+        ``statistics_parquet``, ``statistics_json``, ``quicklook``, and ``summary``
+        (:func:`summarise_statistics` of the whole area).
+    """
+    from pipeline.publish import publish
+
+    if isinstance(change_cube, Mapping):
+        change_cube = str(change_cube["path"])
+    result = publish(
+        job,
+        Path(change_cube),
+        Path(cube),
+        load_discovery(discovery),
+        Path(job.output),
+        zones=Path(job.zones) if job.zones else None,
+        progress=False,
+    )
+    return {
+        "cogs": {layer: str(path) for layer, path in result.cogs.items()},
+        "stac_collection": str(result.stac_collection),
+        "stac_item": str(result.stac_item),
+        "statistics_parquet": str(result.statistics_parquet),
+        "statistics_json": str(result.statistics_json),
+        "quicklook": str(result.quicklook),
+        "summary": summarise_statistics(result.statistics_json),
+    }
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def summarise_statistics(statistics_json: str | Path, zone: str = "all") -> dict[str, Any]:
+    """Summarise a published statistics JSON for one zone: changed area and change per target.
+
+    Parameters
+    ----------
+    statistics_json
+        The ``statistics.json`` written by :func:`pipeline.publish.publish`.
+    zone
+        Zone id; ``"all"`` is the whole area.
+
+    Returns
+    -------
+    dict
+        ``zone``, ``pixel_area_m2``, ``valid_pixels``, ``changed_area_m2``, ``changed_area_ha``
+        and ``targets``: per target class, ``changed_m2`` (change into or out of it), ``gained_m2``
+        (transitions from another class into it: e.g. newly flooded land for ``water``) and
+        ``lost_m2`` (transitions out of it).
+    """
+    doc = json.loads(Path(statistics_json).read_text())
+    totals = doc["zones"].get(zone)
+    if totals is None:
+        raise KeyError(f"zone {zone!r} is not in {statistics_json}; it has {sorted(doc['zones'])}")
+    rows = [r for r in doc["rows"] if r["zone"] == zone]
+    targets: dict[str, dict[str, float]] = {}
+    for target in doc["targets"]:
+        changed = sum(r["area_m2"] for r in rows if r["kind"] == "target" and r["class_from"] == target)
+        moves = [r for r in rows if r["kind"] == "transition" and r["class_from"] != r["class_to"]]
+        targets[target] = {
+            "changed_m2": float(changed),
+            "gained_m2": float(sum(r["area_m2"] for r in moves if r["class_to"] == target)),
+            "lost_m2": float(sum(r["area_m2"] for r in moves if r["class_from"] == target)),
+        }
+    return {
+        "zone": zone,
+        "pixel_area_m2": float(doc["pixel_area_m2"]),
+        "valid_pixels": int(totals["valid_pixels"]),
+        "changed_area_m2": float(totals["changed_area_m2"]),
+        "changed_area_ha": float(totals["changed_area_ha"]),
+        "targets": targets,
+    }
+
+
+def published_outputs(output: str | Path) -> dict[str, str] | None:
+    """Return the published outputs of a finished job folder, or None when it is not finished.
+
+    A folder is finished when its change cube is complete and its STAC item and statistics have
+    been published (the STAC item is written last).
+    """
+    from pipeline.run import CHANGE_CUBE_NAME
+
+    out = Path(output)
+    paths = {
+        "change_cube": out / CHANGE_CUBE_NAME,
+        "stac_item": out / "stac" / "item.json",
+        "stac_collection": out / "stac" / "collection.json",
+        "statistics_json": out / "statistics.json",
+        "statistics_parquet": out / "statistics.parquet",
+        "quicklook": out / "quicklook.png",
+    }
+    if not change_cube_complete(paths["change_cube"]):
+        return None
+    if not all(p.is_file() for name, p in paths.items() if name != "change_cube"):
+        return None
+    return {name: str(p) for name, p in paths.items()}
+
+
+# --------------------------------------------------------------------------- one job
+
+
+def submit_job(job: JobSpec, period: str, *, force: bool = False) -> tuple[Any, Any]:
+    """Submit the four stages of one job to the flow's task runner, chained by their futures.
+
+    Must be called inside a flow. Jobs submitted one after another run concurrently.
+
+    Parameters
+    ----------
+    job
+        The job.
+    period
+        Label of the period (task run names, cache key).
+    force
+        Recompute the change cube (and skip the inference cache).
+
+    Returns
+    -------
+    infer, publish
+        The futures of the inference task (its dict) and of the publish task (its dict).
+    """
+    # Futures stand in for the values they resolve to; Prefect waits for them before each stage.
+    found: Any = discover_task.submit(job, period=period)
+    cube: Any = prepare_task.submit(job, found, period=period)
+    infer_runner = infer_task.with_options(refresh_cache=True) if force else infer_task
+    infer: Any = infer_runner.submit(job, cube, period=period, force=force)
+    published = publish_task.submit(job, infer, cube, found, period=period)
+    return infer, published
