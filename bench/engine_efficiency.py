@@ -1,0 +1,438 @@
+"""Pipeline efficiency of the inference engine: time in model forward passes / wall time.
+
+On one generated scene (the demo's generator, 10 m pixels) and the demo models (the demo job's
+fields: the demo CACH checkpoint when :func:`pipeline.demo.demo_checkpoint` finds it, else the
+CVA baseline; the spectral segmenter), the input cube is prepared once and cached under
+``--workdir``. Then, for each block size / tile size / batch size / worker count asked for, the
+infer stage (:func:`pipeline.infer.run_inference`, ``force=True``) runs on a fresh local cluster
+and the script prints::
+
+    efficiency = model seconds (summed over blocks) / (infer wall seconds x workers)
+
+the share of the workers' wall time spent inside the change model and segmenter calls (1.0 would
+be a pipeline that never waits on reading, blending, fusing, writing or scheduling). One whole run
+(:func:`pipeline.run.run_job` into a fresh output: discover, prepare, infer, publish) is timed
+too, with the demo's own settings, for the whole-run efficiency.
+
+Finally one block is profiled in this process, stage by stage (read with halo, model calls,
+blend, fuse, write), with the same code path as :func:`pipeline.infer.compute_window`, to show
+where the time that is not model time goes.
+
+The other engine benches import :func:`prepare_inputs` and :func:`machine_header` from here.
+
+Usage::
+
+    .venv/bin/python bench/engine_efficiency.py --size 2048 --workdir /tmp/seg2change-bench-engine
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import shutil
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline.change_cube import (
+    TRANSITION_NO_CHANGE,
+    TRANSITION_NODATA,
+    UINT8_NODATA,
+    BlockGrid,
+    BlockLayers,
+    ChangeCubeLayout,
+    create_change_cube,
+    write_block,
+)
+from pipeline.cluster import connect
+from pipeline.cube import prepare_cube
+from pipeline.demo import demo_checkpoint, demo_job_fields
+from pipeline.discover import discover
+from pipeline.engine_spec import ClusterSpec, ModelSpec, TilingSpec
+from pipeline.infer import (
+    _band_selector,
+    _masked,
+    _read_window,
+    describe_input,
+    run_inference,
+    sample_pixels,
+)
+from pipeline.models import ModelRuntime, build_models, change_model_info, fit_change_model
+from pipeline.run import run_job
+from pipeline.spec import JobSpec
+from pipeline.synthetic import GeneratedScene, SceneSpec, ensure_scene
+from pipeline.tiling import BlendAccumulator, RampBlender, TileGrid, batched
+from seg2change_core.fusion import fuse
+
+DEFAULT_WORKDIR = Path("/tmp/seg2change-bench-engine")
+
+#: Stages of a block, as profiled by :func:`profile_block`.
+STAGES = {
+    "read": "read block + halo (zarr)",
+    "stack": "cut + stack tiles",
+    "change": "model: change (CVA/CACH)",
+    "segment": "model: segmenter",
+    "concat": "model: concat + to numpy",
+    "blend": "blend (w*p, w, divide)",
+    "fuse": "fuse",
+    "mask": "mask + cast layers",
+    "write": "write block (zarr)",
+}
+
+
+# --------------------------------------------------------------------------- shared helpers
+
+
+def machine_header(title: str) -> str:
+    """A header naming the bench, the machine, its cores and its load now."""
+    try:
+        load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        load = "n/a"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return (
+        f"== {title}\n"
+        f"machine: {platform.platform()} | {platform.processor() or platform.machine()} | "
+        f"{cores} cores | python {platform.python_version()} | torch {torch.__version__}\n"
+        f"load average (1/5/15 min) at start: {load}\n"
+        f"models: change {'demo CACH checkpoint' if demo_checkpoint() else 'CVA baseline'} "
+        "(demo_checkpoint() is " + ("present" if demo_checkpoint() else "absent") + "), segmenter spectral"
+    )
+
+
+def load_now() -> str:
+    """The 1-minute load average, for printing next to a timing."""
+    try:
+        return f"{os.getloadavg()[0]:.2f}"
+    except OSError:
+        return "n/a"
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """A generated scene, the demo job fields for it, and its prepared input cube."""
+
+    size: int
+    scene: GeneratedScene
+    fields: dict[str, Any]
+    cube: Path
+    prepare_seconds: float
+
+    def job(self, output: Path, **update: Any) -> JobSpec:
+        """The demo job on this scene, writing to ``output``."""
+        return JobSpec.build(**{**self.fields, "output": str(output), **update})
+
+    @property
+    def area_km2(self) -> float:
+        """Area of the scene in square kilometres."""
+        side_m = self.size * float(self.scene.spec.resolution)
+        return side_m * side_m / 1e6
+
+
+def prepare_inputs(size: int, workdir: Path, *, seed: int = 0, chunk: int = 512) -> Inputs:
+    """Generate (or reuse) a scene of ``size`` px and its input cube (chunked ``chunk`` px) under ``workdir``.
+
+    The scene's items file is the catalog (no server); a cube made from the same fields and items
+    is reused.
+    """
+    folder = workdir / f"scene-{size}"
+    scene = ensure_scene(SceneSpec(size=size, seed=seed), folder / "scene")
+    fields = demo_job_fields(scene, str(scene.items_path), folder / "prepared")
+    fields["block_size"] = chunk
+    job = JobSpec.build(**fields)
+    start = time.perf_counter()
+    cube = prepare_cube(job, discover(job), progress=False, reuse=True)
+    return Inputs(size, scene, fields, cube.path, time.perf_counter() - start)
+
+
+def models_spec(inputs: Inputs) -> ModelSpec:
+    """The demo job's model spec."""
+    return ModelSpec.model_validate(inputs.fields["models"])
+
+
+# --------------------------------------------------------------------------- efficiency runs
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One engine configuration to time."""
+
+    block: int
+    tile: int | None
+    batch: int
+    workers: int
+
+
+def time_inference(inputs: Inputs, setting: Setting, out: Path, *, warm: bool = False) -> dict[str, Any]:
+    """Run the infer stage once with ``setting``; return its figures.
+
+    ``warm``: the local cluster is started (and its workers' models built by a first run) before
+    the timed run, which gets the ready ``Client`` -- the engine without cluster start-up.
+    """
+    job = inputs.job(out.parent)
+    tiling = TilingSpec(tile_size=setting.tile, block_size=setting.block, batch_size=setting.batch)
+    spec = ClusterSpec(n_workers=setting.workers, threads_per_worker=1)
+    if warm:
+        with connect(spec) as session:
+            session.client.run(lambda: None)
+            result = run_inference(
+                job, inputs.cube, out, tiling=tiling, cluster=session.client, force=True, progress=False
+            )
+    else:
+        result = run_inference(job, inputs.cube, out, tiling=tiling, cluster=spec, force=True, progress=False)
+    workers = setting.workers
+    cube = describe_input(inputs.cube)
+    tile_size = tiling.resolve_tile_size(change_model_info(models_spec(inputs), cube.bands).tile_size)
+    unique = len(TileGrid(cube.height, cube.width, tile_size, tiling.overlap))
+    return {
+        "redundancy": result.tiles / unique,
+        "useful_eff": result.model_seconds * unique / result.tiles / (result.wall_seconds * workers),
+        "wall": result.wall_seconds,
+        "model": result.model_seconds,
+        "task": result.task_seconds,
+        "tiles": result.tiles,
+        "blocks": len(result.computed),
+        "eff": result.model_seconds / (result.wall_seconds * workers),
+        "task_eff": result.model_seconds / result.task_seconds,
+        "load": load_now(),
+    }
+
+
+def time_whole_run(inputs: Inputs, workdir: Path) -> tuple[float, float, float]:
+    """One demo run from scratch into a fresh output; return (whole wall, infer wall, model seconds)."""
+    out = workdir / "whole-run"
+    shutil.rmtree(out, ignore_errors=True)
+    job = inputs.job(out, block_size=inputs.fields["block_size"])
+    start = time.perf_counter()
+    result = run_job(job, progress=False)
+    wall = time.perf_counter() - start
+    return wall, result.inference.wall_seconds, result.inference.model_seconds
+
+
+def fixed_overheads(inputs: Inputs, workers: int) -> tuple[float, float]:
+    """Seconds of the per-run work outside block tasks: the baseline fit, and a cluster start + close."""
+    cube = describe_input(inputs.cube)
+    spec = models_spec(inputs)
+    start = time.perf_counter()
+    if change_model_info(spec, cube.bands).needs_fit:
+        before, after = sample_pixels(
+            cube, windows=spec.fit_blocks, max_pixels=spec.fit_pixels, seed=spec.seed
+        )
+        fit_change_model(ModelRuntime(spec, cube.bands), before, after)
+    fit = time.perf_counter() - start
+    start = time.perf_counter()
+    with connect(ClusterSpec(n_workers=workers, threads_per_worker=1)) as session:
+        session.client.run(lambda: None)
+    return fit, time.perf_counter() - start
+
+
+# --------------------------------------------------------------------------- one block, stage by stage
+
+
+def profile_block(inputs: Inputs, *, block: int, tile: int | None, batch: int, out: Path) -> dict[str, float]:
+    """Time the stages of one interior block in this process (same steps as ``compute_window``)."""
+    cube = describe_input(inputs.cube)
+    spec = models_spec(inputs)
+    info = change_model_info(spec, cube.bands)
+    tiling = TilingSpec(tile_size=tile, block_size=block, batch_size=batch)
+    tile_size = tiling.resolve_tile_size(info.tile_size)
+    grid = TileGrid(cube.height, cube.width, tile_size, tiling.overlap)
+    blocks = BlockGrid(cube.height, cube.width, block)
+    blender = RampBlender(tiling.overlap, tiling.window)
+    runtime = ModelRuntime(spec, cube.bands, torch_threads=None)
+    if info.needs_fit:
+        before, after = sample_pixels(
+            cube, windows=spec.fit_blocks, max_pixels=spec.fit_pixels, seed=spec.seed
+        )
+        runtime = fit_change_model(runtime, before, after)
+    models = build_models(runtime)
+    prompts = inputs.job(out.parent).prompts
+    assert prompts is not None
+    prompt_set = prompts.prompt_set()
+    shutil.rmtree(out, ignore_errors=True)
+    layout = ChangeCubeLayout(
+        blocks, prompt_set.labels, prompt_set.targets, inputs.job(out.parent).zarr_format
+    )
+    create_change_cube(out, layout, y=cube.y, x=cube.x, crs=cube.crs, transform=cube.transform, attrs={})
+    row, col = blocks.shape[0] // 2, blocks.shape[1] // 2
+    t: dict[str, float] = {}
+    # Warm the models once (first calls allocate), then time.
+    window = blocks.window(row, col)
+    halo = grid.halo(window)
+    for _ in range(2):
+        t = dict.fromkeys(STAGES, 0.0)
+        s = time.perf_counter()
+        data = _read_window(str(cube.path), halo)
+        t["read"] = time.perf_counter() - s
+        tiles = grid.tiles_intersecting(window)
+        k = prompt_set.num_classes
+        acc = BlendAccumulator(window, 1 + 2 * k, blender)
+        cb = _band_selector(models.change_bands, data.shape[1])
+        sb = _band_selector(models.segmenter_bands, data.shape[1])
+        for group in batched(tiles, batch):
+            s = time.perf_counter()
+            crops = [x.window.relative_to(halo) for x in group]
+            pair = torch.from_numpy(np.stack([data[(e, slice(None), *c)] for e in (0, 1) for c in crops]))
+            t["stack"] += time.perf_counter() - s
+            s = time.perf_counter()
+            n = len(group)
+            with torch.inference_mode():
+                fc = pair[:, cb]
+                change = models.change.predict(fc[:n], fc[n:])
+                m = time.perf_counter()
+                classes = models.segmenter.segment(pair[:, sb], prompt_set)
+                g = time.perf_counter()
+                res = torch.cat([change, classes[:n], classes[n:]], dim=1).to(torch.float32).cpu().numpy()
+            t["change"] += m - s
+            t["segment"] += g - m
+            t["concat"] += time.perf_counter() - g
+            s = time.perf_counter()
+            for i, x in enumerate(group):
+                acc.add(x, res[i])
+            t["blend"] += time.perf_counter() - s
+        s = time.perf_counter()
+        blended = acc.result()
+        t["blend"] += time.perf_counter() - s
+        s = time.perf_counter()
+        fused = fuse(
+            torch.from_numpy(blended[None, :1]),
+            torch.from_numpy(blended[None, 1 : 1 + k]),
+            torch.from_numpy(blended[None, 1 + k :]),
+            prompt_set,
+        )
+        t["fuse"] = time.perf_counter() - s
+        s = time.perf_counter()
+        inside = window.relative_to(halo)
+        used = sorted(set(models.change_bands) | set(models.segmenter_bands))
+        valid = np.asarray(np.isfinite(data[(slice(None), used, *inside)]).all(axis=(0, 1)), dtype=bool)
+        transition = fused.transition[0, 0].numpy()
+        transition = np.where(transition < 0, TRANSITION_NO_CHANGE, transition)
+        layers = BlockLayers(
+            change_probability=np.where(valid, blended[0], np.float32("nan")).astype(np.float32),
+            change=_masked(fused.change[0, 0].numpy(), valid, UINT8_NODATA, np.uint8),
+            class_before=_masked(fused.class_before[0, 0].numpy(), valid, UINT8_NODATA, np.uint8),
+            class_after=_masked(fused.class_after[0, 0].numpy(), valid, UINT8_NODATA, np.uint8),
+            transition=_masked(transition, valid, TRANSITION_NODATA, np.uint16),
+            target_change=_masked(fused.per_target[0].numpy(), valid[None], UINT8_NODATA, np.uint8),
+        )
+        t["mask"] = time.perf_counter() - s
+        s = time.perf_counter()
+        write_block(out, window, (row, col), layers)
+        t["write"] = time.perf_counter() - s
+        t["tiles"] = float(len(tiles))
+    return t
+
+
+# --------------------------------------------------------------------------- main
+
+
+def quiet() -> None:
+    """Silence library warnings and Dask's shutdown chatter in the printed tables."""
+    warnings.filterwarnings("ignore")
+    logging.getLogger("distributed").setLevel(logging.CRITICAL)
+
+
+def main() -> None:
+    quiet()
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--size", type=int, default=2048, help="scene side in pixels (10 m)")
+    parser.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR)
+    parser.add_argument("--blocks", type=int, nargs="+", default=[1024, 2048], help="block sizes to try")
+    parser.add_argument("--tiles", type=int, nargs="+", default=[512], help="tile sizes to try")
+    parser.add_argument("--batches", type=int, nargs="+", default=[8], help="tiles per model call to try")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1], help="worker processes to try")
+    parser.add_argument(
+        "--warm",
+        choices=["no", "also", "only"],
+        default="also",
+        help="time on an already started cluster too",
+    )
+    parser.add_argument("--no-whole-run", action="store_true", help="skip the timed whole run")
+    parser.add_argument("--target", type=float, default=0.8)
+    args = parser.parse_args()
+
+    print(machine_header("engine efficiency: model time / wall time"), flush=True)
+    inputs = prepare_inputs(args.size, args.workdir)
+    print(
+        f"scene {args.size} x {args.size} px at 10 m ({inputs.area_km2:.1f} km^2), cube {inputs.cube} "
+        f"(prepare {inputs.prepare_seconds:.1f} s, reused if ~0)\n",
+        flush=True,
+    )
+    settings = [
+        Setting(b, t, n, w)
+        for b in args.blocks
+        for t in args.tiles
+        for n in args.batches
+        for w in args.workers
+    ]
+    modes = {"no": [False], "also": [False, True], "only": [True]}[args.warm]
+    header = (
+        f"{'block':>6} {'tile':>5} {'batch':>5} {'wrk':>4} {'blocks':>6} {'tiles':>6} {'wall s':>7} "
+        f"{'model s':>8} {'task s':>7} {'eff':>6} {'model/task':>10} {'redund':>6} {'useful':>6} {'cluster':>7} "
+        f"{'load1':>6}  >= target"
+    )
+    print(header)
+    rows = []
+    for setting, warm in ((x, w) for x in settings for w in modes):
+        r = time_inference(inputs, setting, args.workdir / "efficiency" / "change_cube.zarr", warm=warm)
+        rows.append((setting, r))
+        print(
+            f"{setting.block:>6} {setting.tile or 512:>5} {setting.batch:>5} {setting.workers:>4} "
+            f"{r['blocks']:>6} {r['tiles']:>6} {r['wall']:>7.2f} {r['model']:>8.2f} {r['task']:>7.2f} "
+            f"{r['eff']:>6.2f} {r['task_eff']:>10.2f} {r['redundancy']:>6.2f} {r['useful_eff']:>6.2f} "
+            f"{'warm' if warm else 'cold':>7} {r['load']:>6}  {'yes' if r['eff'] >= args.target else 'no'}",
+            flush=True,
+        )
+    print(
+        "eff = model s / (wall s x workers); model/task = model s / block-task s (excludes scheduling);\n"
+        "redund = tiles computed / tiles in the grid (tiles straddling blocks are computed once per block);\n"
+        "useful = eff / redund (model time on distinct tiles only);\n"
+        "cold = run_inference starts and closes its LocalCluster inside the timed wall; warm = it gets a "
+        "Client started before the timing"
+    )
+
+    if not args.no_whole_run:
+        wall, infer_wall, model = time_whole_run(inputs, args.workdir)
+        print(
+            f"\nwhole run (discover+prepare+infer+publish, demo settings: block {inputs.fields['block_size']}, "
+            f"2 workers): {wall:.1f} s, infer {infer_wall:.1f} s, model {model:.1f} s -> "
+            f"model / (whole wall x 2) = {model / (wall * 2):.2f}, model / (infer wall x 2) = "
+            f"{model / (infer_wall * 2):.2f} (load1 {load_now()})",
+            flush=True,
+        )
+
+    fit, start_cluster = fixed_overheads(inputs, max(args.workers))
+    print(
+        f"\nfixed per-run costs outside the block tasks (measured apart, load1 {load_now()}): fit of the CVA "
+        f"baseline (sample + fit, in the client) {fit:.2f} s; start + close a LocalCluster of "
+        f"{max(args.workers)} worker process(es) {start_cluster:.2f} s",
+        flush=True,
+    )
+
+    best = max(rows, key=lambda x: x[1]["eff"])[0]
+    prof = profile_block(
+        inputs, block=best.block, tile=best.tile, batch=best.batch, out=args.workdir / "profile" / "cube.zarr"
+    )
+    total = sum(v for k, v in prof.items() if k != "tiles")
+    print(
+        f"\none interior block profiled in-process (block {best.block}, tile {best.tile or 512}, "
+        f"batch {best.batch}, {int(prof['tiles'])} tiles, torch threads {torch.get_num_threads()}, "
+        f"load1 {load_now()}):"
+    )
+    print(f"{'stage':>28} {'s':>7} {'share':>6}")
+    for key, name in STAGES.items():
+        print(f"{name:>28} {prof[key]:>7.3f} {prof[key] / total:>6.1%}")
+    print(f"{'total':>28} {total:>7.3f} {1:>6.1%}")
+
+
+if __name__ == "__main__":
+    main()
