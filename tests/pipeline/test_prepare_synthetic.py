@@ -1,4 +1,6 @@
-"""`prepare` on a generated scene through the embedded STAC server: clouds never reach the composite.
+"""`seg2change prepare` on a generated 2048 px scene through the embedded STAC server.
+
+Clouds never reach the composite.
 
 Every composite pixel must be the median of exactly the clear observations of its window (checked
 against the generated qa masks and COGs), finite wherever one clear acquisition exists, and NaN
@@ -7,12 +9,17 @@ where none does. The grid must sit exactly on the scene's, as GDAL and rioxarray
 
 from __future__ import annotations
 
+import json
+import shutil
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import rasterio
+import yaml
 
 from pipeline.cube import open_cube, prepare_cube
 from pipeline.demo import demo_job_fields
@@ -21,20 +28,27 @@ from pipeline.spec import JobSpec
 from pipeline.stac_servers import serve_collection
 from pipeline.synthetic import BAND_NAMES, QA, SCALE, SceneSpec, generate_scene
 
-SIZE = 512
+SIZE = 2048
 
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory: pytest.TempPathFactory) -> tuple[object, Path]:
+    """`seg2change prepare` on a generated 2048 px scene served by the embedded STAC API."""
     root = tmp_path_factory.mktemp("prepare")
     scene = generate_scene(SceneSpec(size=SIZE, seed=3, cloud_fraction=0.5), root / "scene")
     with serve_collection(scene.collection_path, scene.items_path, kind="rustac") as server:
         fields = demo_job_fields(scene, server.url, root / "out")
-        fields["block_size"] = 256
-        job = JobSpec.build(**fields)
-        found = discover(job)
-    cube = prepare_cube(job, found, progress=False)
-    return scene, cube.path
+        fields.update(block_size=512, zarr_format=2)  # v2 so that the system's GDAL 3.6 reads it too
+        job_file = root / "job.yaml"
+        job_file.write_text(yaml.safe_dump(fields))
+        done = subprocess.run(
+            [str(Path(sys.executable).with_name("seg2change")), "prepare", str(job_file), "--no-progress"],
+            capture_output=True,
+            text=True,
+        )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "client cloud filter" in done.stdout
+    return scene, root / "out" / "input_cube.zarr"
 
 
 def _read(path: Path) -> np.ndarray:
@@ -88,14 +102,33 @@ def test_grid_sits_on_the_scene_grid(prepared: tuple) -> None:
     assert counts.max() <= len(scene.items_of("before"))
 
 
+@pytest.mark.skipif(
+    shutil.which("gdalinfo") is None, reason="gdalinfo (gdal-bin) is not installed; .ci/setup installs it"
+)
+def test_gdalinfo_and_rioxarray_agree_on_the_grid(prepared: tuple) -> None:
+    _, cube_path = prepared
+    info = subprocess.run(
+        ["gdalinfo", "-json", f'ZARR:"{cube_path}":/reflectance:0:0'],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    doc = json.loads(info.stdout)
+    ds = open_cube(cube_path)
+    assert tuple(doc["geoTransform"]) == pytest.approx(ds.rio.transform().to_gdal())
+    assert doc["size"] == [ds.sizes["x"], ds.sizes["y"]]
+    assert doc["coordinateSystem"]["wkt"].rstrip().endswith('ID["EPSG",32633]]')
+    assert ds.rio.crs.to_epsg() == 32633
+
+
 def test_block_size_does_not_change_the_cube(prepared: tuple, tmp_path: Path) -> None:
     scene, cube_path = prepared
     fields = demo_job_fields(scene, str(scene.items_path), tmp_path / "out")
-    fields["block_size"] = 192  # blocks that do not divide the scene, so edge blocks are partial
+    fields["block_size"] = 768  # blocks that do not divide the scene, so edge blocks are partial
     job = JobSpec.build(**fields)
     other = prepare_cube(job, discover(job), progress=False)
     a = open_cube(cube_path)
     b = open_cube(other.path)
-    assert b["reflectance"].data.chunksize == (1, 6, 192, 192)
+    assert b["reflectance"].data.chunksize == (1, 6, 768, 768)
     np.testing.assert_array_equal(a["reflectance"].values, b["reflectance"].values)
     np.testing.assert_array_equal(a["clear_count"].values, b["clear_count"].values)
