@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Iterator
 from pathlib import Path
 
+import dask
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -17,3 +20,18 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data folder {SHARED_DATA} is absent (it sits beside the checkout in CI)")
     return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def _restore_dask_config() -> Iterator[None]:
+    """Give every test the dask configuration it started with.
+
+    A distributed ``Client`` made the default sets dask's global scheduler to
+    ``dask.distributed`` and resets it on close; one closed from another thread (Prefect runs
+    tasks in worker threads) can leave it set, and a later test computing with the local
+    schedulers then fails with "no Client active". Tests must not depend on each other's order.
+    """
+    saved = copy.deepcopy(dask.config.config)
+    yield
+    dask.config.config.clear()
+    dask.config.config.update(saved)
