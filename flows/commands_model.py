@@ -387,7 +387,8 @@ def make_demo_checkpoint(
     scene_size: Annotated[int | None, typer.Option(help="Side of each generated training scene.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the initialisation and the augmentation.")] = 0,
     workdir: Annotated[
-        Path | None, typer.Option(help="Folder for the training state and log (default <out>.work/).")
+        Path | None,
+        typer.Option(help="Folder to keep the training state and log in (default: a temporary one)."),
     ] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -250,7 +251,8 @@ def make_demo_checkpoint(
     spec
         How to make it; default :class:`DemoCheckpointSpec`.
     workdir
-        Folder for the training state and log; default beside ``out`` (``<out>.work/``).
+        Folder kept for the training state, log and held-out scores; default a temporary folder
+        that is removed afterwards (so nothing but the checkpoint lands beside ``out``).
     observer
         Training progress receiver.
     log
@@ -262,9 +264,21 @@ def make_demo_checkpoint(
     """
     spec = spec or DemoCheckpointSpec()
     say = log or (lambda _message: None)
-    out = Path(out)
-    work = Path(workdir) if workdir is not None else out.with_name(out.name + ".work")
+    if workdir is None:
+        with tempfile.TemporaryDirectory(prefix="seg2change-demo-checkpoint-") as tmp:
+            return _make(Path(out), spec, Path(tmp), observer, say)
+    work = Path(workdir)
     work.mkdir(parents=True, exist_ok=True)
+    return _make(Path(out), spec, work, observer, say)
+
+
+def _make(
+    out: Path,
+    spec: DemoCheckpointSpec,
+    work: Path,
+    observer: TrainingObserver | None,
+    say: Callable[[str], None],
+) -> DemoCheckpointResult:
 
     say(f"generating {len(spec.train_seeds)} training scenes of {spec.scene_size} px")
     pairs = [demo_scene_pair(seed, spec.scene_size, spec.acquisitions) for seed in spec.train_seeds]

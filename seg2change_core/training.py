@@ -612,7 +612,6 @@ def train(
     history: list[dict[str, Any]] = []
     observer.on_start(config.epochs, steps_per_epoch, start_epoch)
     stopped_early = False
-    epoch = start_epoch
     for epoch in range(start_epoch, config.epochs):
         epoch_started = time.monotonic()
         train_data.set_epoch(epoch)
@@ -658,6 +657,7 @@ def train(
             )
         record["best"] = improved
         record["seconds"] = round(time.monotonic() - epoch_started, 3)
+        partial = state_file.with_name(state_file.name + ".partial")
         torch.save(
             {
                 "format": STATE_FORMAT,
@@ -671,8 +671,9 @@ def train(
                 "best_epoch": best_epoch,
                 "rng": _rng_state(),
             },
-            state_file,
+            partial,
         )
+        partial.replace(state_file)  # a run killed while saving keeps the previous state
         with log_file.open("a") as log:
             log.write(json.dumps(record) + "\n")
         history.append(record)

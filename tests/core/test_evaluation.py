@@ -38,18 +38,30 @@ class AfterBandModel:
     """A change model whose probability of change is band 0 of the 'after' image."""
 
     name = "after-band"
-    tile_size = None
+    tile_size: int | None = None
     normalisation = InputNormalisation(("x",), (0.0,), (1.0,), 1.0)
-    bands = ("x",)
-    in_channels = 1
+
+    @property
+    def bands(self) -> tuple[str, ...]:
+        return ("x",)
+
+    @property
+    def in_channels(self) -> int:
+        return 1
 
     def predict(self, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
         return after[:, :1].clamp(0, 1)
 
 
-def pair(name: str, prediction: np.ndarray, label: np.ndarray, **classes: np.ndarray) -> ChangePair:
+def pair(
+    name: str,
+    prediction: np.ndarray,
+    label: np.ndarray,
+    class_before: np.ndarray | None = None,
+    class_after: np.ndarray | None = None,
+) -> ChangePair:
     image = prediction.astype(np.float32)[None]
-    return ChangePair(name, "hand", np.zeros_like(image), image, label, **classes)
+    return ChangePair(name, "hand", np.zeros_like(image), image, label, class_before, class_after)
 
 
 def test_dataset_level_scores_by_hand() -> None:

@@ -236,3 +236,37 @@ def test_train_command_splits_trains_and_fails_cleanly(tmp_path: Path) -> None:
         app, [str(root), "--out", str(tmp_path / "d.safetensors"), "--backbone", "dinov2_vits14"]
     )
     assert dino.exit_code == 2 and "pretrained weights" in " ".join(dino.output.split())
+
+
+def test_frozen_dinov2_backbone_from_a_weights_file(tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from seg2change_core.backbones import build_dinov2
+
+    torch.manual_seed(0)
+    weights = tmp_path / "dinov2_vits14.safetensors"
+    save_file(
+        {k: v.contiguous() for k, v in build_dinov2("dinov2_vits14").state_dict().items()}, str(weights)
+    )
+    train_data, val_data = tiny_data()
+    model_config = ModelConfig(backbone="dinov2_vits14", backbone_weights=str(weights), hidden_dim=8)
+    result = train(
+        train_data,
+        val_data,
+        tmp_path / "head.safetensors",
+        model_config=model_config,
+        config=TrainConfig(epochs=1, batch_size=1, seed=0),
+        normalisation=InputNormalisation.imagenet_rgb(),
+    )
+    info = read_checkpoint_info(result.checkpoint)
+    assert info.backbone == "dinov2_vits14" and info.backbone_weights == "external"
+    state = torch.load(result.state, weights_only=True)
+    assert state["model"] and not any(k.startswith("backbone.") for k in state["model"])
+    with pytest.raises(CheckpointError, match="without backbone weights"):
+        load_change_model(result.checkpoint)
+    model = load_change_model(result.checkpoint, backbone_weights=weights)
+    assert isinstance(model, CACHChangeModel)
+    original = build_dinov2("dinov2_vits14")
+    original.load_state_dict(load_file(str(weights)))
+    for name, tensor in original.state_dict().items():  # frozen: the backbone did not move
+        assert torch.equal(model.backbone.state_dict()[name], tensor), name

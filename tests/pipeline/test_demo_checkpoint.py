@@ -45,6 +45,7 @@ def test_committed_demo_checkpoint_loads_and_predicts() -> None:
     assert held["seed"] not in made["spec"]["train_seeds"]
     # How it compares with the baseline is recorded, whichever way it goes.
     assert 0.0 < held["model"]["iou"] <= 1.0 and 0.0 < held["cva_baseline"]["iou"] <= 1.0
+    assert held["model"]["iou"] > 0.5  # a trained model, not an initialisation
 
 
 def test_recipe_runs_end_to_end(tmp_path: Path) -> None:
