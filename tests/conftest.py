@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,15 +22,19 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _restore_dask_config() -> Iterator[None]:
-    """Give every test the dask configuration it started with.
+def _restore_dask_scheduler() -> Iterator[None]:
+    """Give every test the dask scheduler setting it started with.
 
     A distributed ``Client`` made the default sets dask's global scheduler to
     ``dask.distributed`` and resets it on close; one closed from another thread (Prefect runs
     tasks in worker threads) can leave it set, and a later test computing with the local
-    schedulers then fails with "no Client active". Tests must not depend on each other's order.
+    schedulers then fails with "no Client active". Only these keys are restored: libraries
+    imported during a test (dask-jobqueue) add their own defaults, which must stay.
     """
-    saved = copy.deepcopy(dask.config.config)
+    saved = {key: dask.config.config.get(key) for key in ("scheduler", "shuffle")}
     yield
-    dask.config.config.clear()
-    dask.config.config.update(saved)
+    for key, value in saved.items():
+        if value is None:
+            dask.config.config.pop(key, None)
+        else:
+            dask.config.config[key] = value
