@@ -13,23 +13,21 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import dask
-import dask.array as da
 import numpy as np
 import pytest
 import rasterio
 import torch
-import xarray as xr
 import zarr
 from affine import Affine
 from dask.typing import Key
 from distributed import Client, LocalCluster, Scheduler
 from distributed.diagnostics.plugin import SchedulerPlugin
+from engine_inputs import PROMPTS, patch_reflectance, write_reflectance_cube
 
 import pipeline.models
 from pipeline.change_cube import TRANSITION_NO_CHANGE, TRANSITION_NODATA, open_change_cube
 from pipeline.cluster import connect
-from pipeline.cube import open_cube, write_cube
+from pipeline.cube import open_cube
 from pipeline.engine_spec import ClusterSpec, ModelSpec, PromptSpec, TilingSpec
 from pipeline.errors import (
     ChangeCubeMismatchError,
@@ -45,58 +43,16 @@ from pipeline.tiling import BlendAccumulator, RampBlender, TileGrid, Window
 from seg2change_core.baselines import CVABaseline
 from seg2change_core.fusion import fuse
 
-BANDS = ("blue", "green", "red", "nir", "swir16", "swir22")
-SPECTRA = np.array(
-    [
-        [0.06, 0.07, 0.05, 0.03, 0.01, 0.005],  # water
-        [0.03, 0.05, 0.03, 0.35, 0.17, 0.08],  # forest
-        [0.16, 0.17, 0.18, 0.20, 0.26, 0.24],  # building
-        [0.10, 0.14, 0.19, 0.24, 0.32, 0.28],  # bare soil
-    ],
-    dtype=np.float32,
-)
-PROMPTS = PromptSpec.build(
-    classes="water;forest;building,roof;bare soil", background="background", targets=("building", "water")
-)
-
 
 def make_cube(path: Path, height: int, width: int, *, chunk: int, seed: int = 0) -> Path:
     """Write a two-date cube of ``height x width`` pixels with changes, clouds and nodata."""
-    rng = np.random.default_rng(seed)
-    cell = 23
-    coarse = rng.integers(0, 4, (height // cell + 1, width // cell + 1))
-    changed = rng.random(coarse.shape) < 0.2
-    coarse_after = np.where(changed, (coarse + rng.integers(1, 4, coarse.shape)) % 4, coarse)
-
-    def up(c: np.ndarray) -> np.ndarray:
-        return np.kron(c, np.ones((cell, cell), dtype=c.dtype))[:height, :width]
-
-    refl = np.empty((2, len(BANDS), height, width), dtype=np.float32)
-    for epoch, classes in enumerate((up(coarse), up(coarse_after))):
-        brightness = rng.uniform(0.9, 1.1, (1, height, width)).astype(np.float32)
-        refl[epoch] = SPECTRA[classes].transpose(2, 0, 1) * brightness
-        refl[epoch] += rng.normal(0, 0.004, refl[epoch].shape).astype(np.float32)
-    refl[0, :, height // 3 : height // 3 + 40, width // 4 : width // 4 + 60] = np.nan  # cloud before
-    refl[1, :, height // 2 : height // 2 + 30, width // 2 : width // 2 + 90] = np.nan  # cloud after
-    refl[:, :, -1, :] = np.nan  # a nodata row along the bottom edge
-    refl[1, 2, 0, 0] = np.nan  # one band missing at a corner pixel
-    ds = xr.Dataset(
-        {
-            "reflectance": (
-                ("epoch", "band", "y", "x"),
-                da.from_array(refl, chunks=(1, len(BANDS), chunk, chunk)),
-            )
-        },
-        coords={
-            "epoch": np.array(["before", "after"], dtype="U6"),
-            "band": np.array(BANDS, dtype="U"),
-            "y": 5_000_000.0 - 10 * np.arange(height) - 5,
-            "x": 400_000.0 + 10 * np.arange(width) + 5,
-        },
+    clouds = (
+        (0, slice(height // 3, height // 3 + 40), slice(width // 4, width // 4 + 60)),
+        (1, slice(height // 2, height // 2 + 30), slice(width // 2, width // 2 + 90)),
     )
-    ds = ds.rio.write_crs("EPSG:32633").rio.write_transform(Affine(10, 0, 400_000, 0, -10, 5_000_000))
-    with dask.config.set(scheduler="threads"):  # not the tests' distributed clients
-        return write_cube(ds, path, progress=False)
+    refl = patch_reflectance(height, width, seed=seed, change_fraction=0.2, gaps=clouds)
+    refl[1, 2, 0, 0] = np.nan  # one band missing at a corner pixel
+    return write_reflectance_cube(path, refl, chunk=chunk)
 
 
 def make_job(tmp: Path, **fields: object) -> JobSpec:

@@ -12,23 +12,17 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import dask
-import dask.array as da
 import numpy as np
 import pytest
 import rasterio
-import xarray as xr
 import zarr
 from affine import Affine
-from distributed import LocalCluster
+from engine_inputs import ORIGIN, run_small_engine, write_patch_cube
 from pyproj import CRS
 from rio_cogeo.cogeo import cog_validate
 
 from pipeline.change_cube import BlockGrid, ChangeCubeLayout, create_change_cube
-from pipeline.cube import write_cube
-from pipeline.engine_spec import ClusterSpec, PromptSpec, TilingSpec
 from pipeline.errors import PublishError
-from pipeline.infer import run_inference
 from pipeline.publish import COG_LAYERS, ChangeCubeInfo, describe_change_cube, write_cog, write_cogs
 from pipeline.spec import JobSpec
 
@@ -36,54 +30,12 @@ from pipeline.spec import JobSpec
 pytestmark = pytest.mark.filterwarnings("ignore:The data type .* does not have a Zarr V3 specification")
 
 HEIGHT, WIDTH = 300, 260
-ORIGIN = (400_000.0, 5_000_000.0)
-BANDS = ("blue", "green", "red", "nir", "swir16", "swir22")
-SPECTRA = np.array(
-    [
-        [0.06, 0.07, 0.05, 0.03, 0.01, 0.005],  # water
-        [0.03, 0.05, 0.03, 0.35, 0.17, 0.08],  # forest
-        [0.16, 0.17, 0.18, 0.20, 0.26, 0.24],  # building
-        [0.10, 0.14, 0.19, 0.24, 0.32, 0.28],  # bare soil
-    ],
-    dtype=np.float32,
-)
-PROMPTS = PromptSpec.build(
-    classes="water;forest;building,roof;bare soil", background="background", targets=("building", "water")
-)
 
 
-def make_cube(path: Path, height: int, width: int, *, chunk: int, seed: int = 0) -> Path:
+def make_cube(path: Path) -> Path:
     """A two-date cube with class patches (some changed), a cloud on each date and a nodata row."""
-    rng = np.random.default_rng(seed)
-    cell = 23
-    coarse = rng.integers(0, 4, (height // cell + 1, width // cell + 1))
-    changed = rng.random(coarse.shape) < 0.25
-    after = np.where(changed, (coarse + rng.integers(1, 4, coarse.shape)) % 4, coarse)
-    refl = np.empty((2, len(BANDS), height, width), dtype=np.float32)
-    for epoch, classes in enumerate((coarse, after)):
-        up = np.kron(classes, np.ones((cell, cell), dtype=classes.dtype))[:height, :width]
-        refl[epoch] = SPECTRA[up].transpose(2, 0, 1) * rng.uniform(0.9, 1.1, (1, height, width))
-        refl[epoch] += rng.normal(0, 0.004, refl[epoch].shape)
-    refl[0, :, 90:130, 60:120] = np.nan
-    refl[1, :, 150:180, 130:220] = np.nan
-    refl[:, :, -1, :] = np.nan
-    ds = xr.Dataset(
-        {
-            "reflectance": (
-                ("epoch", "band", "y", "x"),
-                da.from_array(refl, chunks=(1, len(BANDS), chunk, chunk)),
-            )
-        },
-        coords={
-            "epoch": np.array(["before", "after"], dtype="U6"),
-            "band": np.array(BANDS, dtype="U"),
-            "y": ORIGIN[1] - 10 * np.arange(height) - 5,
-            "x": ORIGIN[0] + 10 * np.arange(width) + 5,
-        },
-    )
-    ds = ds.rio.write_crs("EPSG:32633").rio.write_transform(Affine(10, 0, ORIGIN[0], 0, -10, ORIGIN[1]))
-    with dask.config.set(scheduler="threads"):
-        return write_cube(ds, path, progress=False)
+    clouds = ((0, slice(90, 130), slice(60, 120)), (1, slice(150, 180), slice(130, 220)))
+    return write_patch_cube(path, HEIGHT, WIDTH, chunk=128, change_fraction=0.25, gaps=clouds)
 
 
 def make_job(out: Path) -> JobSpec:
@@ -101,24 +53,8 @@ def make_job(out: Path) -> JobSpec:
 @pytest.fixture(scope="module")
 def change_cube(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("engine")
-    cube = make_cube(tmp / "input_cube.zarr", HEIGHT, WIDTH, chunk=128)
-    # One in-process worker, no dashboards (quick to start, no ports taken), one torch thread.
-    with LocalCluster(
-        n_workers=1,
-        processes=False,
-        threads_per_worker=1,
-        dashboard_address=None,
-        worker_dashboard_address=None,
-    ) as cluster:
-        result = run_inference(
-            make_job(tmp),
-            cube,
-            tmp / "change_cube.zarr",
-            tiling=TilingSpec(tile_size=128, overlap=32, batch_size=8, block_size=128),
-            cluster=ClusterSpec(address=cluster.scheduler_address, torch_threads=1),
-            prompts=PROMPTS,
-            progress=False,
-        )
+    cube = make_cube(tmp / "input_cube.zarr")
+    result = run_small_engine(make_job(tmp), cube, tmp / "change_cube.zarr")
     return result.path
 
 

@@ -17,22 +17,15 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import dask
-import dask.array as da
 import numpy as np
 import pystac
 import pytest
 import rasterio
-import xarray as xr
 import zarr
-from affine import Affine
-from distributed import LocalCluster
+from engine_inputs import ORIGIN, run_small_engine, write_patch_cube
 from pyproj import Transformer
 
-from pipeline.cube import write_cube
-from pipeline.engine_spec import ClusterSpec, PromptSpec, TilingSpec
 from pipeline.errors import PublishError, StacValidationError
-from pipeline.infer import run_inference
 from pipeline.publish import (
     PublishResult,
     describe_change_cube,
@@ -55,20 +48,6 @@ from pipeline.spec import JobSpec
 pytestmark = pytest.mark.filterwarnings("ignore:The data type .* does not have a Zarr V3 specification")
 
 HEIGHT, WIDTH = 260, 300
-ORIGIN = (400_000.0, 5_000_000.0)
-BANDS = ("blue", "green", "red", "nir", "swir16", "swir22")
-SPECTRA = np.array(
-    [
-        [0.06, 0.07, 0.05, 0.03, 0.01, 0.005],  # water
-        [0.03, 0.05, 0.03, 0.35, 0.17, 0.08],  # forest
-        [0.16, 0.17, 0.18, 0.20, 0.26, 0.24],  # building
-        [0.10, 0.14, 0.19, 0.24, 0.32, 0.28],  # bare soil
-    ],
-    dtype=np.float32,
-)
-PROMPTS = PromptSpec.build(
-    classes="water;forest;building,roof;bare soil", background="background", targets=("building", "water")
-)
 API = "https://stac.example.com/v1"
 PROVENANCE = {
     "catalog": API,
@@ -95,36 +74,10 @@ PROVENANCE = {
 COG_TYPE = "image/tiff; application=geotiff; profile=cloud-optimized"
 
 
-def make_cube(path: Path, *, chunk: int, seed: int = 3) -> Path:
-    """A two-date cube with class patches (some changed), a cloud on each date and a nodata row."""
-    rng = np.random.default_rng(seed)
-    cell = 23
-    coarse = rng.integers(0, 4, (HEIGHT // cell + 1, WIDTH // cell + 1))
-    after = np.where(rng.random(coarse.shape) < 0.25, (coarse + rng.integers(1, 4, coarse.shape)) % 4, coarse)
-    refl = np.empty((2, len(BANDS), HEIGHT, WIDTH), dtype=np.float32)
-    for epoch, classes in enumerate((coarse, after)):
-        up = np.kron(classes, np.ones((cell, cell), dtype=classes.dtype))[:HEIGHT, :WIDTH]
-        refl[epoch] = SPECTRA[up].transpose(2, 0, 1) * rng.uniform(0.9, 1.1, (1, HEIGHT, WIDTH))
-        refl[epoch] += rng.normal(0, 0.004, refl[epoch].shape)
-    refl[0, :, 60:100, 40:110] = np.nan
-    refl[:, :, -1, :] = np.nan
-    ds = xr.Dataset(
-        {
-            "reflectance": (
-                ("epoch", "band", "y", "x"),
-                da.from_array(refl, chunks=(1, len(BANDS), chunk, chunk)),
-            )
-        },
-        coords={
-            "epoch": np.array(["before", "after"], dtype="U6"),
-            "band": np.array(BANDS, dtype="U"),
-            "y": ORIGIN[1] - 10 * np.arange(HEIGHT) - 5,
-            "x": ORIGIN[0] + 10 * np.arange(WIDTH) + 5,
-        },
-    )
-    ds = ds.rio.write_crs("EPSG:32633").rio.write_transform(Affine(10, 0, ORIGIN[0], 0, -10, ORIGIN[1]))
-    with dask.config.set(scheduler="threads"):
-        return write_cube(ds, path, progress=False)
+def make_cube(path: Path) -> Path:
+    """A two-date cube with class patches (some changed), a cloud before and a nodata row."""
+    clouds = ((0, slice(60, 100), slice(40, 110)),)
+    return write_patch_cube(path, HEIGHT, WIDTH, chunk=128, seed=3, change_fraction=0.25, gaps=clouds)
 
 
 @pytest.fixture(scope="module")
@@ -146,24 +99,8 @@ def job(tmp_path_factory: pytest.TempPathFactory) -> JobSpec:
 @pytest.fixture(scope="module")
 def run(job: JobSpec) -> tuple[Path, Path]:
     out = Path(job.output)
-    cube = make_cube(out / "input_cube.zarr", chunk=128)
-    # One in-process worker, no dashboards (quick to start, no ports taken), one torch thread.
-    with LocalCluster(
-        n_workers=1,
-        processes=False,
-        threads_per_worker=1,
-        dashboard_address=None,
-        worker_dashboard_address=None,
-    ) as cluster:
-        result = run_inference(
-            job,
-            cube,
-            out / "change_cube.zarr",
-            tiling=TilingSpec(tile_size=128, overlap=32, batch_size=8, block_size=128),
-            cluster=ClusterSpec(address=cluster.scheduler_address, torch_threads=1),
-            prompts=PROMPTS,
-            progress=False,
-        )
+    cube = make_cube(out / "input_cube.zarr")
+    result = run_small_engine(job, cube, out / "change_cube.zarr")
     return cube, result.path
 
 
