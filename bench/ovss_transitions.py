@@ -55,24 +55,10 @@ OSCD = Path("change_detection") / "oscd_s2"
 
 LC = synthetic.LandCover
 #: One prompt per generated class, in channel order, with the class it stands for.
-SYNTHETIC_PROMPTS: tuple[tuple[str, int], ...] = (
-    ("water", LC.WATER),
-    ("forest,tree", LC.FOREST),
-    ("grass,meadow", LC.GRASS),
-    ("cropland,field", LC.CROPLAND),
-    ("bare soil", LC.BARE_SOIL),
-    ("road", LC.ROAD),
-    ("building,roof,house", LC.BUILDING),
-    ("burned area", LC.BURNED),
+SYNTHETIC_PROMPTS: tuple[tuple[str, int], ...] = tuple(
+    (prompt, int(lc)) for lc, prompt in synthetic.LAND_COVER_PROMPTS.items()
 )
-#: The distinctions the spectral segmenter makes reliably.
-GROUPS: dict[str, tuple[int, ...]] = {
-    "water": (LC.WATER,),
-    "vegetation": (LC.FOREST, LC.GRASS, LC.CROPLAND),
-    "bare soil": (LC.BARE_SOIL,),
-    "built-up": (LC.ROAD, LC.BUILDING),
-    "burned": (LC.BURNED,),
-}
+GROUPS: dict[str, tuple[int, ...]] = {g: tuple(map(int, m)) for g, m in synthetic.COARSE_GROUPS.items()}
 
 #: Sentinel-2 bands of the segmenter's six channels, in its band order.
 OSCD_BANDS: tuple[tuple[str, str], ...] = (

@@ -27,7 +27,7 @@ from pipeline.progress import staged_progress
 from pipeline.run import RunResult, run_job
 from pipeline.spec import JobSpec
 from pipeline.stac_servers import serve_collection
-from pipeline.synthetic import GeneratedScene, SceneSpec, ensure_scene, generate_scene
+from pipeline.synthetic import LAND_COVER_PROMPTS, GeneratedScene, SceneSpec, ensure_scene, generate_scene
 from seg2change_core.metrics import BinaryConfusion, BinaryScores
 
 __all__ = ["DEMO_PROMPTS", "DemoResult", "change_accuracy", "demo_checkpoint", "demo_job_fields", "run_demo"]
@@ -36,16 +36,7 @@ log = logging.getLogger(__name__)
 
 #: The classes the demo asks for, in the user's words, and the targets of binary change.
 DEMO_PROMPTS: dict[str, Any] = {
-    "classes": [
-        "water",
-        "forest,tree",
-        "grass,meadow",
-        "cropland,field",
-        "bare soil",
-        "road",
-        "building,roof,house",
-        "burned area",
-    ],
+    "classes": list(LAND_COVER_PROMPTS.values()),
     "targets": ["building", "water", "burned area"],
 }
 

@@ -22,6 +22,8 @@ pixel grid), :mod:`~pipeline.synthetic.spec` (parameters, acquisition dates),
 
 from pipeline.synthetic.atmosphere import QA, SHADOW_OFFSET, acquisition_window, cloud_cover
 from pipeline.synthetic.landscape import (
+    COARSE_GROUPS,
+    LAND_COVER_PROMPTS,
     ChangeType,
     LandCover,
     Landscape,
@@ -35,6 +37,8 @@ from pipeline.synthetic.spectra import BAND_NAMES, BANDS, NODATA, OFFSET, SCALE,
 from pipeline.synthetic.writer import GeneratedScene, ensure_scene, generate_scene, iter_blocks, open_scene
 
 __all__ = [
+    "COARSE_GROUPS",
+    "LAND_COVER_PROMPTS",
     "BANDS",
     "BAND_NAMES",
     "NODATA",

@@ -90,6 +90,29 @@ class LandCover(IntEnum):
         return tuple(c for c in cls if c is not cls.NODATA)
 
 
+#: Each class in a user's words (comma-separated synonyms), as open-vocabulary prompts name it.
+LAND_COVER_PROMPTS: dict[LandCover, str] = {
+    LandCover.WATER: "water",
+    LandCover.FOREST: "forest,tree",
+    LandCover.GRASS: "grass,meadow",
+    LandCover.CROPLAND: "cropland,field",
+    LandCover.BARE_SOIL: "bare soil",
+    LandCover.ROAD: "road",
+    LandCover.BUILDING: "building,roof,house",
+    LandCover.BURNED: "burned area",
+}
+
+#: Coarse groups of the legend: the distinctions spectral evidence alone makes reliably (it
+#: cannot tell cropland from grass or forest without texture or a time series).
+COARSE_GROUPS: dict[str, tuple[LandCover, ...]] = {
+    "water": (LandCover.WATER,),
+    "vegetation": (LandCover.FOREST, LandCover.GRASS, LandCover.CROPLAND),
+    "bare soil": (LandCover.BARE_SOIL,),
+    "built-up": (LandCover.ROAD, LandCover.BUILDING),
+    "burned": (LandCover.BURNED,),
+}
+
+
 _COLORS: dict[LandCover, tuple[int, int, int]] = {
     LandCover.NODATA: (0, 0, 0),
     LandCover.WATER: (31, 120, 180),

@@ -38,23 +38,10 @@ LC = synthetic.LandCover
 SPEC = synthetic.SceneSpec(size=512, seed=4, cloud_fraction=0.0, acquisitions_per_epoch=1)
 
 #: One prompt per generated class, in channel order, with the class it stands for.
-PROMPTS: tuple[tuple[str, int], ...] = (
-    ("water", LC.WATER),
-    ("forest,tree", LC.FOREST),
-    ("grass,meadow", LC.GRASS),
-    ("cropland,field", LC.CROPLAND),
-    ("bare soil", LC.BARE_SOIL),
-    ("road", LC.ROAD),
-    ("building,roof,house", LC.BUILDING),
-    ("burned area", LC.BURNED),
+PROMPTS: tuple[tuple[str, int], ...] = tuple(
+    (prompt, int(lc)) for lc, prompt in synthetic.LAND_COVER_PROMPTS.items()
 )
-GROUPS: dict[str, tuple[int, ...]] = {
-    "water": (LC.WATER,),
-    "vegetation": (LC.FOREST, LC.GRASS, LC.CROPLAND),
-    "bare soil": (LC.BARE_SOIL,),
-    "built-up": (LC.ROAD, LC.BUILDING),
-    "burned": (LC.BURNED,),
-}
+GROUPS: dict[str, tuple[int, ...]] = {g: tuple(map(int, m)) for g, m in synthetic.COARSE_GROUPS.items()}
 MIN_SHARE = 0.9
 MIN_PIXELS = 200
 
