@@ -32,14 +32,14 @@ import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from subprocess import Popen
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from pipeline.errors import ServerError
 from pipeline.stac_servers import _process
 from pipeline.stac_servers._base import (
     CollectionLike,
     ItemsLike,
+    ManagedServer,
     read_collection,
     read_items,
     write_json,
@@ -281,7 +281,7 @@ def _shutdown(state: _State) -> None:
         logger.info("stopped pgstac STAC API")
 
 
-class PgstacServer:
+class PgstacServer(ManagedServer):
     """A pgstac STAC API on ``127.0.0.1`` backed by a temporary PostgreSQL, started on construction.
 
     Start-up (initdb, PostgreSQL, pgstac schema, API) takes a few seconds. Every process is stopped
@@ -390,11 +390,6 @@ class PgstacServer:
         return tuple(pids)
 
     @property
-    def closed(self) -> bool:
-        """Whether :meth:`close` has run."""
-        return not self._finalizer.alive
-
-    @property
     def workdir(self) -> Path:
         """The temporary folder (database, logs, loaded files); removed on close."""
         return self._state.workdir
@@ -421,22 +416,6 @@ class PgstacServer:
             raise ServerError("this pgstac STAC API is closed; start a new PgstacServer")
         data = read_collection(collection)
         self._pgstac_tool(migrate=False, load=(data, read_items(items, data["id"])))
-
-    def close(self) -> None:
-        """Stop the API (SIGTERM, then SIGKILL) and PostgreSQL (``pg_ctl stop -m fast``), remove the
-        temporary folder; idempotent."""
-        self._finalizer()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"PgstacServer({'closed' if self.closed else self.url}, {self._n_items} items)"

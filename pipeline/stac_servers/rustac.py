@@ -18,14 +18,14 @@ import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from subprocess import Popen
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from pipeline.errors import ServerError
 from pipeline.stac_servers import _process
 from pipeline.stac_servers._base import (
     CollectionLike,
     ItemsLike,
+    ManagedServer,
     read_collection,
     read_items,
     write_json,
@@ -89,7 +89,7 @@ def _shutdown(state: _State) -> None:
         shutil.rmtree(state.workdir, ignore_errors=True)
 
 
-class RustacServer:
+class RustacServer(ManagedServer):
     """A ``rustac serve`` STAC API on ``127.0.0.1``, in memory, started on construction.
 
     The server runs in its own process group and is stopped by :meth:`close`, by leaving a
@@ -165,11 +165,6 @@ class RustacServer:
         return (proc.pid,) if proc is not None and proc.poll() is None else ()
 
     @property
-    def closed(self) -> bool:
-        """Whether :meth:`close` has run."""
-        return not self._finalizer.alive
-
-    @property
     def log_path(self) -> Path:
         """The server's log (stdout and stderr); removed on close."""
         return self._state.workdir / "rustac.log"
@@ -199,21 +194,6 @@ class RustacServer:
             raise ServerError("this rustac STAC API is closed; start a new RustacServer")
         self._add(collection, items)
         self._start()
-
-    def close(self) -> None:
-        """Stop the server (SIGTERM, then SIGKILL) and remove its files; idempotent."""
-        self._finalizer()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else self.url
