@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -16,6 +16,10 @@ from rich.logging import RichHandler
 from rich.table import Table
 
 from seg2change_core.errors import Seg2ChangeError
+
+if TYPE_CHECKING:  # the commands import these lazily, so that --help stays fast
+    from pipeline.cube import PreparedCube
+    from pipeline.run import RunResult
 
 app = typer.Typer(
     name="seg2change",
@@ -197,11 +201,9 @@ def demo(
     out.print(f"job file (runs again without a server): [bold]seg2change run {result.job_file}[/]")
 
 
-def _print_run(result: object) -> None:
+def _print_run(result: RunResult) -> None:
     from pipeline.publish import statistics_table
-    from pipeline.run import RunResult
 
-    assert isinstance(result, RunResult)
     _print_cube(result.cube)
     inference = result.inference
     out.print(
@@ -235,10 +237,7 @@ def _print_discovery(provenance: dict[str, object]) -> None:
     out.print(table)
 
 
-def _print_cube(cube: object) -> None:
-    from pipeline.cube import PreparedCube
-
-    assert isinstance(cube, PreparedCube)
+def _print_cube(cube: PreparedCube) -> None:
     out.print(f"input cube: [bold]{cube.path}[/]")
     out.print(f"  shape (epoch, band, y, x): {cube.shape}, bands {', '.join(cube.bands)}")
     out.print(f"  grid: {cube.crs}, transform {cube.transform}")

@@ -416,8 +416,10 @@ def _stored_fingerprint(path: Path) -> str | None:
 def describe_cube(path: Path, discovery: Discovery) -> PreparedCube:
     """Summarise a written input cube: shape, bands, grid and clear fraction per epoch."""
     written = open_cube(path)
+    # A composite pixel is finite exactly where it had a clear observation; the uint8 count is
+    # the cheapest layer to read for that.
     clear = {
-        str(epoch): float(da.isfinite(written["reflectance"].sel(epoch=epoch).data[0]).mean().compute())
+        str(epoch): float((written["clear_count"].sel(epoch=epoch).data > 0).mean().compute())
         for epoch in written["epoch"].values
     }
     transform: Affine = written.rio.transform()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -254,8 +254,3 @@ def _with_epsg(item: dict[str, Any]) -> dict[str, Any]:
         if isinstance(code, str) and code.upper().startswith("EPSG:") and "proj:epsg" not in holder:
             holder["proj:epsg"] = int(code.split(":", 1)[1])
     return item
-
-
-def with_epsg(items: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Return the items with ``proj:epsg`` filled in from ``proj:code`` where missing."""
-    return [_with_epsg(dict(item)) for item in items]

@@ -9,7 +9,6 @@ and multi-band files need the VRT split, which is why this small module exists.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -28,7 +27,7 @@ from pystac.extensions.raster import RasterBand, RasterExtension
 
 from pipeline.errors import CatalogError
 
-__all__ = ["Acquisition", "build_catalog", "write_item_collection"]
+__all__ = ["Acquisition", "build_catalog"]
 
 _GDAL_TYPES = {
     "uint8": "Byte",
@@ -189,9 +188,3 @@ def build_catalog(
     collection.normalize_hrefs(str(out_dir))
     collection.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
     return out_dir / "collection.json"
-
-
-def write_item_collection(items: Sequence[Mapping[str, Any]], path: Path) -> Path:
-    """Write item dictionaries as a STAC ItemCollection (GeoJSON FeatureCollection) file."""
-    path.write_text(json.dumps({"type": "FeatureCollection", "features": list(items)}))
-    return path

@@ -13,6 +13,7 @@ from datetime import UTC, date, datetime, time
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import pydantic
 import shapely
 import shapely.geometry
@@ -206,8 +207,6 @@ class AreaOfInterest(BaseModel):
 
 
 def _stack(xy: tuple[Any, Any]) -> Any:
-    import numpy as np
-
     return np.column_stack(xy)
 
 
@@ -424,7 +423,9 @@ class JobSpec(BaseModel):
     @classmethod
     def _zones(cls, value: str | None) -> str | None:
         if value is not None and not Path(value).expanduser().is_file():
-            raise ValueError(f"zones file {value} does not exist; give a GeoJSON FeatureCollection of polygons")
+            raise ValueError(
+                f"zones file {value} does not exist; give a GeoJSON FeatureCollection of polygons"
+            )
         return value
 
     @field_validator("output")
