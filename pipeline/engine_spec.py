@@ -170,8 +170,13 @@ class TilingSpec(_Spec):
         Tiles per model call.
     block_size
         Side of the blocks the workers compute and of the output chunks; default: the input cube's
-        spatial chunk size. Larger blocks recompute fewer boundary tiles (see
-        :meth:`pipeline.tiling.TileGrid.redundancy`) and use more memory per worker.
+        spatial chunk size. Larger blocks mean fewer tasks and more memory per worker.
+    strip_size
+        Width in pixels of the strips of block columns processed one after the other (rounded down
+        to whole blocks, at least one); default 8192. Tile outputs are shared by the blocks of a
+        strip and computed again at strip seams: wider strips compute fewer tiles twice and hold
+        more tile outputs in worker memory (see :mod:`pipeline.tile_plan`). It does not change the
+        result.
     """
 
     tile_size: int | None = None
@@ -179,6 +184,7 @@ class TilingSpec(_Spec):
     window: WindowProfile = "cosine"
     batch_size: int = 8
     block_size: int | None = None
+    strip_size: int | None = None
 
     @field_validator("tile_size")
     @classmethod
@@ -206,6 +212,13 @@ class TilingSpec(_Spec):
     def _block(cls, value: int | None) -> int | None:
         if value is not None and value < 64:
             raise ValueError(f"block_size must be at least 64 pixels, got {value}; 1024 is a good default")
+        return value
+
+    @field_validator("strip_size")
+    @classmethod
+    def _strip(cls, value: int | None) -> int | None:
+        if value is not None and value < 64:
+            raise ValueError(f"strip_size must be at least 64 pixels, got {value}; 8192 is a good default")
         return value
 
     @model_validator(mode="after")

@@ -1,27 +1,30 @@
 """Tiled, distributed, restartable inference: from the input cube to the change cube.
 
-The cube is split into square blocks (the output's chunks). Each block is one Dask task whose
-arguments are a few hundred bytes (paths, the tile grid, the model description and the block's
-index), never arrays: the worker reads the block *with its halo* lazily from the input Zarr, cuts
-it into the tiles of the global grid (:mod:`pipeline.tiling`), runs them in batches through the
-change model and the segmenter (built once per worker, :mod:`pipeline.models`), blends the
-probabilities, derives the class maps, transition and binary change from the blended
-probabilities through :func:`seg2change_core.fusion.fuse`, and writes the block's chunks into the
-change cube followed by the block's completion marker (:mod:`pipeline.change_cube`).
+The cube is split into square blocks (the output's chunks) and covered by the tiles of one global
+grid (:mod:`pipeline.tiling`). Two kinds of Dask tasks do the work, planned by
+:mod:`pipeline.tile_plan` so that every tile is computed once:
 
-The halo is the union of the grid tiles that intersect the block (clipped to the cube), so every
-tile that contributes to a block pixel is computed whole, and each pixel always receives the same
-tiles, added in the same order: the result does not depend on the block size or on the number of
-workers, and equals :func:`infer_array` on the whole array in memory.
+* a **tile-group task** reads the union of the tiles one block owns (those starting inside it)
+  lazily from the input Zarr and runs them in batches through the change model and the segmenter
+  (built once per worker, :mod:`pipeline.models`); its result, the tiles' probabilities, stays in
+  worker memory;
+* a **block task** receives the groups of every tile that intersects its block, blends their
+  probabilities, derives the class maps, transition and binary change from the blended
+  probabilities through :func:`seg2change_core.fusion.fuse`, and writes the block's chunks into the
+  change cube followed by the block's completion marker (:mod:`pipeline.change_cube`).
+
+Task arguments are a few hundred bytes (paths, the tile grid, the model description, indices),
+never input arrays. Each pixel always receives the same tiles, added in the same order: the result
+does not depend on the block size or on the number of workers, and equals :func:`infer_array` on
+the whole array in memory.
 
 :func:`run_inference` is the entry point: it validates, fingerprints the job, resumes or refuses an
-existing output, fits what must be fitted once per job, starts or joins the cluster, submits one
-task per unfinished block and follows them with a progress bar.
+existing output, fits what must be fitted once per job, starts or joins the cluster, submits the
+tasks of the unfinished blocks in plan order and follows the blocks with a progress bar.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
@@ -36,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 import zarr
-from distributed import Client, as_completed
+from distributed import Client, Future, as_completed
 from numpy.typing import NDArray
 from pyproj import CRS
 
@@ -72,7 +75,8 @@ from pipeline.models import (
 )
 from pipeline.progress import make_progress
 from pipeline.spec import JobSpec
-from pipeline.tiling import BlendAccumulator, Blender, RampBlender, TileGrid, Window, batched
+from pipeline.tile_plan import GroupKey, TilePlan, strip_blocks
+from pipeline.tiling import BlendAccumulator, Blender, RampBlender, Tile, TileGrid, Window, batched, covering
 from seg2change_core.errors import Seg2ChangeError
 from seg2change_core.fusion import fuse
 from seg2change_core.prompts import PromptSet
@@ -82,12 +86,18 @@ __all__ = [
     "BlockReport",
     "InferenceResult",
     "InputCube",
+    "TileOutputs",
+    "blend_tiles",
+    "compute_tile_group",
     "compute_window",
+    "derive_layers",
     "describe_input",
     "infer_array",
     "process_block",
     "run_inference",
+    "run_tiles",
     "sample_pixels",
+    "valid_pixels",
 ]
 
 log = logging.getLogger(__name__)
@@ -279,6 +289,93 @@ def sample_pixels(
 # --------------------------------------------------------------------------- one window
 
 
+def run_tiles(
+    data: F32,
+    halo: Window,
+    tiles: Sequence[Tile],
+    *,
+    models: LoadedModels,
+    prompts: PromptSet,
+    batch_size: int,
+) -> tuple[list[F32], float]:
+    """Run the models on ``tiles``, cut from ``data`` (which covers ``halo``), in batches.
+
+    Returns
+    -------
+    tuple
+        One ``(1 + 2 * classes, rows, cols)`` float32 probability array per tile (change, classes
+        before, classes after), and the seconds spent in model calls.
+    """
+    k = prompts.num_classes
+    n_bands = data.shape[1]
+    change_bands = _band_selector(models.change_bands, n_bands)
+    seg_bands = _band_selector(models.segmenter_bands, n_bands)
+    outputs: list[F32] = []
+    model_seconds = 0.0
+    for batch in batched(tiles, batch_size):
+        crops = [t.window.relative_to(halo) for t in batch]
+        # One (2 * n, bands, rows, cols) stack: the n tiles before, then the same n tiles after.
+        pair = torch.from_numpy(np.stack([data[(epoch, slice(None), *c)] for epoch in (0, 1) for c in crops]))
+        pair = pair.to(models.device)
+        n = len(batch)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            for_change = pair[:, change_bands]
+            change = models.change.predict(for_change[:n], for_change[n:])
+            classes = models.segmenter.segment(pair[:, seg_bands], prompts)
+            out = torch.cat([change, classes[:n], classes[n:]], dim=1).to(torch.float32).cpu().numpy()
+        model_seconds += time.perf_counter() - start
+        if out.shape[1] != 1 + 2 * k:
+            raise InferenceError(
+                f"the models returned {out.shape[1]} channels per tile, expected {1 + 2 * k} "
+                f"(1 change + {k} classes per date); check the segmenter against the prompts"
+            )
+        outputs.extend(out[i] for i in range(n))
+    return outputs, model_seconds
+
+
+def blend_tiles(
+    target: Window,
+    tiles: Sequence[Tile],
+    outputs: Sequence[F32],
+    *,
+    blender: Blender,
+) -> F32:
+    """Blend the tiles' probabilities over ``target`` (tiles in grid order, each covering part of it)."""
+    accumulator = BlendAccumulator(target, outputs[0].shape[0], blender)
+    for tile, probabilities in zip(tiles, outputs, strict=True):
+        accumulator.add(tile, probabilities)
+    return accumulator.result()
+
+
+def valid_pixels(data: F32, inside: tuple[slice, slice], models: LoadedModels) -> NDArray[np.bool_]:
+    """Pixels of ``data[..., rows, cols]`` where every band a model reads is finite on both dates."""
+    used = sorted(set(models.change_bands) | set(models.segmenter_bands))
+    rows, cols = inside
+    return np.asarray(np.isfinite(data[:, used, rows, cols]).all(axis=(0, 1)), dtype=bool)
+
+
+def derive_layers(blended: F32, valid: NDArray[np.bool_], prompts: PromptSet) -> BlockLayers:
+    """The output layers from blended probabilities: fusion, then nodata where ``valid`` is False."""
+    k = prompts.num_classes
+    fused = fuse(
+        torch.from_numpy(blended[None, :1]),
+        torch.from_numpy(blended[None, 1 : 1 + k]),
+        torch.from_numpy(blended[None, 1 + k :]),
+        prompts,
+    )
+    transition = fused.transition[0, 0].numpy()
+    transition = np.where(transition < 0, TRANSITION_NO_CHANGE, transition)
+    return BlockLayers(
+        change_probability=np.where(valid, blended[0], np.float32("nan")).astype(np.float32),
+        change=_masked(fused.change[0, 0].numpy(), valid, UINT8_NODATA, np.uint8),
+        class_before=_masked(fused.class_before[0, 0].numpy(), valid, UINT8_NODATA, np.uint8),
+        class_after=_masked(fused.class_after[0, 0].numpy(), valid, UINT8_NODATA, np.uint8),
+        transition=_masked(transition, valid, TRANSITION_NODATA, np.uint16),
+        target_change=_masked(fused.per_target[0].numpy(), valid[None], UINT8_NODATA, np.uint8),
+    )
+
+
 def compute_window(
     data: F32,
     halo: Window,
@@ -290,7 +387,7 @@ def compute_window(
     blender: Blender,
     batch_size: int,
 ) -> tuple[BlockLayers, float, int]:
-    """Compute the output layers of ``target`` from the input ``data`` that covers ``halo``.
+    """Compute the output layers of ``target`` from the input ``data`` that covers ``halo``, in one go.
 
     Parameters
     ----------
@@ -311,48 +408,11 @@ def compute_window(
         The layers, seconds spent in model calls, and the number of tiles computed.
     """
     tiles = grid.tiles_intersecting(target)
-    k = prompts.num_classes
-    accumulator = BlendAccumulator(target, 1 + 2 * k, blender)
-    n_bands = data.shape[1]
-    change_bands = _band_selector(models.change_bands, n_bands)
-    seg_bands = _band_selector(models.segmenter_bands, n_bands)
-    model_seconds = 0.0
-    for batch in batched(tiles, batch_size):
-        crops = [t.window.relative_to(halo) for t in batch]
-        # One (2 * n, bands, rows, cols) stack: the n tiles before, then the same n tiles after.
-        pair = torch.from_numpy(np.stack([data[(epoch, slice(None), *c)] for epoch in (0, 1) for c in crops]))
-        pair = pair.to(models.device)
-        n = len(batch)
-        start = time.perf_counter()
-        with torch.inference_mode():
-            for_change = pair[:, change_bands]
-            change = models.change.predict(for_change[:n], for_change[n:])
-            classes = models.segmenter.segment(pair[:, seg_bands], prompts)
-            out = torch.cat([change, classes[:n], classes[n:]], dim=1).to(torch.float32).cpu().numpy()
-        model_seconds += time.perf_counter() - start
-        for i, tile in enumerate(batch):
-            accumulator.add(tile, out[i])
-    blended = accumulator.result()
-
-    inside = target.relative_to(halo)
-    used = sorted(set(models.change_bands) | set(models.segmenter_bands))
-    valid = np.asarray(np.isfinite(data[(slice(None), used, *inside)]).all(axis=(0, 1)), dtype=bool)
-    fused = fuse(
-        torch.from_numpy(blended[None, :1]),
-        torch.from_numpy(blended[None, 1 : 1 + k]),
-        torch.from_numpy(blended[None, 1 + k :]),
-        prompts,
+    outputs, model_seconds = run_tiles(
+        data, halo, tiles, models=models, prompts=prompts, batch_size=batch_size
     )
-    transition = fused.transition[0, 0].numpy()
-    transition = np.where(transition < 0, TRANSITION_NO_CHANGE, transition)
-    layers = BlockLayers(
-        change_probability=np.where(valid, blended[0], np.float32("nan")).astype(np.float32),
-        change=_masked(fused.change[0, 0].numpy(), valid, UINT8_NODATA, np.uint8),
-        class_before=_masked(fused.class_before[0, 0].numpy(), valid, UINT8_NODATA, np.uint8),
-        class_after=_masked(fused.class_after[0, 0].numpy(), valid, UINT8_NODATA, np.uint8),
-        transition=_masked(transition, valid, TRANSITION_NODATA, np.uint16),
-        target_change=_masked(fused.per_target[0].numpy(), valid[None], UINT8_NODATA, np.uint8),
-    )
+    blended = blend_tiles(target, tiles, outputs, blender=blender)
+    layers = derive_layers(blended, valid_pixels(data, target.relative_to(halo), models), prompts)
     return layers, model_seconds, len(tiles)
 
 
@@ -399,12 +459,12 @@ def infer_array(
     return layers
 
 
-# --------------------------------------------------------------------------- one block task
+# --------------------------------------------------------------------------- the tasks
 
 
 @dataclass(frozen=True)
 class BlockContext:
-    """What every block task of a run shares (small and picklable).
+    """What every task of a run shares (small and picklable).
 
     Attributes
     ----------
@@ -433,19 +493,41 @@ class BlockContext:
 
 
 @dataclass(frozen=True)
+class TileOutputs:
+    """What one tile-group task computed (kept in worker memory until its blocks are written).
+
+    Attributes
+    ----------
+    tiles
+        Grid indices ``(row, col)`` of the tiles.
+    probabilities
+        One ``(1 + 2 * classes, rows, cols)`` float32 array per tile.
+    model_seconds
+        Time in model calls.
+    seconds
+        Time of the whole task (building models the first time, reading, model calls).
+    """
+
+    tiles: tuple[tuple[int, int], ...]
+    probabilities: tuple[F32, ...]
+    model_seconds: float
+    seconds: float
+
+
+@dataclass(frozen=True)
 class BlockReport:
-    """What one block task did.
+    """What one block task did, with the tile groups it reports for.
 
     Attributes
     ----------
     block
         ``(row, col)`` of the block.
     tiles
-        Tiles computed.
+        Tiles computed by the groups it reports.
     model_seconds
-        Time in model calls.
+        Time in model calls of the groups it reports.
     seconds
-        Time of the whole task (building models the first time, reading, blending, writing).
+        Time of the block task plus the group tasks it reports.
     pid
         Worker process id.
     """
@@ -457,26 +539,48 @@ class BlockReport:
     pid: int
 
 
-def process_block(context: BlockContext, row: int, col: int) -> BlockReport:
-    """Compute one block and write it (then its completion marker) into the change cube."""
+def compute_tile_group(context: BlockContext, tiles: tuple[tuple[int, int], ...]) -> TileOutputs:
+    """Run the models on some grid tiles (those one block owns), reading just their union."""
+    start = time.perf_counter()
+    models = get_models(context.runtime)
+    grid_tiles = [context.grid.tile(row, col) for row, col in tiles]
+    halo = covering(grid_tiles)
+    data = _read_window(context.cube_path, halo)
+    outputs, model_seconds = run_tiles(
+        data, halo, grid_tiles, models=models, prompts=context.prompts, batch_size=context.batch_size
+    )
+    return TileOutputs(tiles, tuple(outputs), model_seconds, time.perf_counter() - start)
+
+
+def process_block(
+    context: BlockContext, row: int, col: int, reported: int, *groups: TileOutputs
+) -> BlockReport:
+    """Blend one block from its tile groups, derive its layers and write them (then its marker).
+
+    ``reported`` is the number of leading ``groups`` whose model time this block reports.
+    """
     start = time.perf_counter()
     models = get_models(context.runtime)
     window = context.blocks.window(row, col)
-    halo = context.grid.halo(window)
-    data = _read_window(context.cube_path, halo)
-    layers, model_seconds, tiles = compute_window(
-        data,
-        halo,
-        window,
-        models=models,
-        prompts=context.prompts,
-        grid=context.grid,
-        blender=context.blender,
-        batch_size=context.batch_size,
-    )
-    del data
+    by_index = {
+        index: array
+        for group in groups
+        for index, array in zip(group.tiles, group.probabilities, strict=True)
+    }
+    tiles = context.grid.tiles_intersecting(window)
+    blended = blend_tiles(window, tiles, [by_index[(t.row, t.col)] for t in tiles], blender=context.blender)
+    data = _read_window(context.cube_path, window)
+    layers = derive_layers(blended, valid_pixels(data, (slice(None), slice(None)), models), context.prompts)
+    del data, blended
     write_block(Path(context.out_path), window, (row, col), layers)
-    return BlockReport((row, col), tiles, model_seconds, time.perf_counter() - start, os.getpid())
+    own = groups[:reported]
+    return BlockReport(
+        (row, col),
+        sum(len(g.tiles) for g in own),
+        sum(g.model_seconds for g in own),
+        time.perf_counter() - start + sum(g.seconds for g in own),
+        os.getpid(),
+    )
 
 
 # --------------------------------------------------------------------------- the entry point
@@ -505,7 +609,8 @@ class InferenceResult:
     task_seconds
         Duration of the block tasks, summed.
     tiles
-        Tile computations (tiles straddling blocks count once per block).
+        Tile computations (a tile counts once per group task that computed it: once, or again at a
+        strip seam).
     """
 
     path: Path
@@ -655,16 +760,18 @@ def run_inference(
         done = np.zeros(blocks.shape, dtype=bool)
     skipped = tuple(b for b in all_blocks if done[b])
     pending = [b for b in all_blocks if not done[b]]
+    plan = TilePlan(grid, blocks, strip_blocks(block_size, tiling.strip_size))
     log.info(
-        "inference: %d blocks of %d px (%d to compute), tiles %d px overlap %d (%d tiles, %.2fx "
-        "recomputed at block edges), models %s",
+        "inference: %d blocks of %d px (%d to compute), %d tiles of %d px overlap %d (%d to compute), "
+        "strips of %d blocks, models %s",
         len(blocks),
         block_size,
         len(pending),
+        len(grid),
         tile_size,
         tiling.overlap,
-        len(grid),
-        grid.redundancy(block_size),
+        plan.tile_computations(pending),
+        plan.strip_blocks,
         ", ".join(m.name for m in identities),
     )
 
@@ -680,7 +787,7 @@ def run_inference(
             runtime=replace(runtime, torch_threads=session.torch_threads),
             prompts=prompt_set,
         )
-        reports = _run_blocks(session.client, context, pending, session.task_resources(), progress)
+        reports = _run_blocks(session.client, context, plan, pending, session.task_resources(), progress)
     finalise_change_cube(out_path)
     wall = time.perf_counter() - started
     result = InferenceResult(
@@ -708,28 +815,56 @@ def run_inference(
 def _run_blocks(
     client: Client,
     context: BlockContext,
+    plan: TilePlan,
     pending: Sequence[tuple[int, int]],
     resources: dict[str, float] | None,
     progress: bool,
 ) -> list[BlockReport]:
     run = uuid.uuid4().hex[:8]
-    # One graph update for all blocks; the context is serialised once, with the function.
-    futures = client.map(
-        functools.partial(process_block, context),
-        [row for row, _ in pending],
-        [col for _, col in pending],
-        key=[f"infer-block-{row}-{col}-{run}" for row, col in pending],
-        pure=False,
-        resources=resources,
-    )
-    by_key = {f.key: block for f, block in zip(futures, pending, strict=True)}
+    groups: dict[GroupKey, Future] = {}
+    blocks: dict[Future, tuple[int, int]] = {}
+    # Explicit priorities (earlier = first) make workers follow the plan's order: a block runs as soon
+    # as its groups are done, and the groups it was the last to need are released.
+    priority = 0
+    for planned in plan.plan(pending):
+        for key in planned.groups:
+            if key not in groups:
+                tiles = tuple((t.row, t.col) for t in plan.owned_tiles(key.owner))
+                groups[key] = client.submit(
+                    compute_tile_group,
+                    context,
+                    tiles,
+                    key=f"infer-tiles-{key.strip}-{key.row}-{key.col}-{run}",
+                    pure=False,
+                    resources=resources,
+                    priority=priority,
+                )
+                priority -= 1
+        ordered = planned.reports + tuple(g for g in planned.groups if g not in planned.reports)
+        row, col = planned.block
+        future = client.submit(
+            process_block,
+            context,
+            row,
+            col,
+            len(planned.reports),
+            *(groups[g] for g in ordered),
+            key=f"infer-block-{row}-{col}-{run}",
+            pure=False,
+            resources=resources,
+            priority=priority,
+        )
+        priority -= 1
+        blocks[future] = planned.block
+    # The client keeps no reference to the groups: each is released once its blocks are written.
+    groups.clear()
     reports: list[BlockReport] = []
     with make_progress(enabled=progress) as bar:
-        task = bar.add_task("inference", total=len(futures))
+        task = bar.add_task("inference", total=len(blocks))
         try:
-            for future in as_completed(futures):
+            for future in as_completed(list(blocks)):
                 if future.status != "finished":
-                    block = by_key[future.key]
+                    block = blocks[future]
                     exc = future.exception()
                     if isinstance(exc, Seg2ChangeError):
                         log.error("block %s failed: %s", block, exc)
@@ -741,5 +876,5 @@ def _run_blocks(
                 reports.append(future.result())
                 bar.advance(task)
         finally:
-            client.cancel([f for f in futures if not f.done()])
+            client.cancel([f for f in blocks if not f.done()])
     return reports

@@ -30,10 +30,8 @@ and ``"linear"`` (``f(t) = t``).
 
 Cost
 ----
-A tile that straddles a block boundary is computed by each block it touches (blocks are independent
-tasks and never exchange tiles). Per axis a block computes about ``ceil((block + tile) / stride)``
-tiles while owning ``block / stride`` of them; :meth:`TileGrid.redundancy` gives the factor. Large
-blocks relative to the tile keep it small.
+A tile usually straddles block boundaries; the engine computes it once and hands it to every block
+it touches (:mod:`pipeline.tile_plan`), so the model time does not grow with the number of blocks.
 """
 
 from __future__ import annotations
@@ -60,6 +58,7 @@ __all__ = [
     "WindowProfile",
     "axis_starts",
     "batched",
+    "covering",
     "ramp",
 ]
 
@@ -229,21 +228,17 @@ class TileGrid:
         tiles = self.tiles_intersecting(window)
         if not tiles:
             raise JobSpecError(f"window {window} lies outside the {self.height} x {self.width} cube")
-        return Window(
-            min(t.window.y0 for t in tiles),
-            max(t.window.y1 for t in tiles),
-            min(t.window.x0 for t in tiles),
-            max(t.window.x1 for t in tiles),
-        )
+        return covering(tiles)
 
-    def redundancy(self, block_size: int) -> float:
-        """Tile computations per distinct tile when the cube is processed in ``block_size`` blocks."""
-        computed = 0
-        for y0 in range(0, self.height, block_size):
-            for x0 in range(0, self.width, block_size):
-                block = Window(y0, min(y0 + block_size, self.height), x0, min(x0 + block_size, self.width))
-                computed += len(self.tiles_intersecting(block))
-        return computed / len(self)
+
+def covering(tiles: Sequence[Tile]) -> Window:
+    """The smallest window holding every one of ``tiles`` (at least one)."""
+    return Window(
+        min(t.window.y0 for t in tiles),
+        max(t.window.y1 for t in tiles),
+        min(t.window.x0 for t in tiles),
+        max(t.window.x1 for t in tiles),
+    )
 
 
 def ramp(length: int, overlap: int, profile: WindowProfile, *, flat_start: bool, flat_end: bool) -> F64:

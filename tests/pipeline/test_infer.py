@@ -25,7 +25,7 @@ from distributed.diagnostics.plugin import SchedulerPlugin
 from engine_inputs import PROMPTS, patch_reflectance, write_reflectance_cube
 
 import pipeline.models
-from pipeline.change_cube import TRANSITION_NO_CHANGE, TRANSITION_NODATA, open_change_cube
+from pipeline.change_cube import TRANSITION_NO_CHANGE, TRANSITION_NODATA, BlockGrid, open_change_cube
 from pipeline.cluster import connect
 from pipeline.cube import open_cube
 from pipeline.engine_spec import ClusterSpec, ModelSpec, PromptSpec, TilingSpec
@@ -39,6 +39,7 @@ from pipeline.errors import (
 from pipeline.infer import describe_input, infer_array, run_inference, sample_pixels
 from pipeline.models import LoadedModels, ModelRuntime, build_models, fit_change_model
 from pipeline.spec import JobSpec
+from pipeline.tile_plan import TilePlan, strip_blocks
 from pipeline.tiling import BlendAccumulator, RampBlender, TileGrid, Window
 from seg2change_core.baselines import CVABaseline
 from seg2change_core.fusion import fuse
@@ -140,7 +141,10 @@ def clients() -> Iterator[dict[int, ClusterSpec]]:
         }
 
 
-@pytest.mark.parametrize(("block", "workers"), [(256, 2), (512, 1), (1024, 2), (1024, 1)])
+@pytest.mark.parametrize(
+    ("block", "workers", "strip"),
+    [(256, 2, None), (256, 2, 512), (512, 1, None), (1024, 2, None), (1024, 1, None)],
+)
 def test_chunking_invariance_blocks_and_workers_match_the_in_memory_reference(
     tmp_path: Path,
     cube: Path,
@@ -148,9 +152,10 @@ def test_chunking_invariance_blocks_and_workers_match_the_in_memory_reference(
     clients: dict[int, ClusterSpec],
     block: int,
     workers: int,
+    strip: int | None,
 ) -> None:
     out = tmp_path / "change.zarr"
-    tiling = SMALL_TILING.model_copy(update={"block_size": block})
+    tiling = SMALL_TILING.model_copy(update={"block_size": block, "strip_size": strip})
     result = run_inference(
         make_job(tmp_path),
         cube,
@@ -164,6 +169,11 @@ def test_chunking_invariance_blocks_and_workers_match_the_in_memory_reference(
     assert result.blocks == n_blocks and len(result.computed) == n_blocks and result.skipped == ()
     assert array(out, "change_probability").chunks == (block, block)
     assert_same(read_layers(out), small_reference)
+    # Each tile is computed once; strips compute the tiles at their seams once more.
+    grid = TileGrid(1100, 900, 128, 32)
+    plan = TilePlan(grid, BlockGrid(1100, 900, block), strip_blocks(block, strip))
+    assert result.tiles == plan.tile_computations(BlockGrid(1100, 900, block))
+    assert (result.tiles == len(grid)) == (plan.strip_blocks >= -(-900 // block))
 
 
 def test_reference_equals_a_naive_whole_array_blend(
@@ -438,7 +448,8 @@ def test_gpu_jobs_request_the_gpu_resource(
             prompts=PROMPTS,
             progress=False,
         )
-        assert seen and all(r == {"GPU": 1} for r in seen)
+        assert {kind for kind, _ in seen} == {"block", "tiles"}
+        assert all(r == {"GPU": 1} for _, r in seen)
         assert_same(read_layers(out), small_reference)
     if not torch.cuda.is_available():
         with pytest.raises(ClusterError, match="no CUDA device is visible"), connect(ClusterSpec(gpu=True)):
@@ -455,8 +466,8 @@ class _RecordResources(SchedulerPlugin):
 
     def update_graph(self, scheduler: Scheduler, *, keys: set[Key], **kwargs: object) -> None:
         for key in keys:
-            if str(key).startswith("infer-block-"):
-                self.seen.append(scheduler.tasks[key].resource_restrictions)
+            if str(key).startswith(("infer-block-", "infer-tiles-")):
+                self.seen.append((str(key).split("-")[1], scheduler.tasks[key].resource_restrictions))
 
 
 @pytest.mark.slow

@@ -138,9 +138,3 @@ def test_accumulator_refuses_uncovered_pixels_and_batches_split_evenly() -> None
         acc.result()
     tiles = list(grid)
     assert [len(b) for b in batched(tiles, 3)] == [3, 1]
-
-
-def test_redundancy_counts_tiles_recomputed_at_block_edges() -> None:
-    grid = TileGrid(1024, 1024, 128, 32)
-    assert grid.redundancy(2048) == 1.0
-    assert 1.0 < grid.redundancy(512) < grid.redundancy(256)
