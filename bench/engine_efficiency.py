@@ -168,6 +168,13 @@ class Setting:
     tile: int | None
     batch: int
     workers: int
+    processes: bool = True
+
+    def cluster(self) -> ClusterSpec:
+        """The local cluster: ``workers`` processes of one thread, or one process with ``workers`` threads."""
+        if self.processes:
+            return ClusterSpec(n_workers=self.workers, threads_per_worker=1)
+        return ClusterSpec(n_workers=1, threads_per_worker=self.workers, processes=False)
 
 
 def time_inference(inputs: Inputs, setting: Setting, out: Path, *, warm: bool = False) -> dict[str, Any]:
@@ -178,7 +185,7 @@ def time_inference(inputs: Inputs, setting: Setting, out: Path, *, warm: bool = 
     """
     job = inputs.job(out.parent)
     tiling = TilingSpec(tile_size=setting.tile, block_size=setting.block, batch_size=setting.batch)
-    spec = ClusterSpec(n_workers=setting.workers, threads_per_worker=1)
+    spec = setting.cluster()
     if warm:
         with connect(spec) as session:
             session.client.run(lambda: None)
@@ -349,7 +356,15 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, nargs="+", default=[1024, 2048], help="block sizes to try")
     parser.add_argument("--tiles", type=int, nargs="+", default=[512], help="tile sizes to try")
     parser.add_argument("--batches", type=int, nargs="+", default=[8], help="tiles per model call to try")
-    parser.add_argument("--workers", type=int, nargs="+", default=[1], help="worker processes to try")
+    parser.add_argument(
+        "--workers", type=int, nargs="+", default=[1], help="worker processes (or threads) to try"
+    )
+    parser.add_argument(
+        "--processes",
+        choices=["yes", "no", "both"],
+        default="yes",
+        help="workers as processes (yes), as threads of one in-process worker (no), or both",
+    )
     parser.add_argument(
         "--warm",
         choices=["no", "also", "only"],
@@ -368,15 +383,16 @@ def main() -> None:
         flush=True,
     )
     settings = [
-        Setting(b, t, n, w)
+        Setting(b, t, n, w, p)
         for b in args.blocks
         for t in args.tiles
         for n in args.batches
         for w in args.workers
+        for p in {"yes": [True], "no": [False], "both": [True, False]}[args.processes]
     ]
     modes = {"no": [False], "also": [False, True], "only": [True]}[args.warm]
     header = (
-        f"{'block':>6} {'tile':>5} {'batch':>5} {'wrk':>4} {'blocks':>6} {'tiles':>6} {'wall s':>7} "
+        f"{'block':>6} {'tile':>5} {'batch':>5} {'wrk':>4} {'kind':>7} {'blocks':>6} {'tiles':>6} {'wall s':>7} "
         f"{'model s':>8} {'task s':>7} {'eff':>6} {'model/task':>10} {'redund':>6} {'useful':>6} {'cluster':>7} "
         f"{'load1':>6}  >= target"
     )
@@ -387,6 +403,7 @@ def main() -> None:
         rows.append((setting, r))
         print(
             f"{setting.block:>6} {setting.tile or 512:>5} {setting.batch:>5} {setting.workers:>4} "
+            f"{'process' if setting.processes else 'thread':>7} "
             f"{r['blocks']:>6} {r['tiles']:>6} {r['wall']:>7.2f} {r['model']:>8.2f} {r['task']:>7.2f} "
             f"{r['eff']:>6.2f} {r['task_eff']:>10.2f} {r['redundancy']:>6.2f} {r['useful_eff']:>6.2f} "
             f"{'warm' if warm else 'cold':>7} {r['load']:>6}  {'yes' if r['eff'] >= args.target else 'no'}",
@@ -394,7 +411,8 @@ def main() -> None:
         )
     print(
         "eff = model s / (wall s x workers); model/task = model s / block-task s (excludes scheduling);\n"
-        "redund = tiles computed / tiles in the grid (tiles straddling blocks are computed once per block);\n"
+        "wrk = workers (kind process: one process each; thread: threads of one in-process worker);\n"
+        "redund = tiles computed / tiles in the grid (1.00 = each tile once; strip seams add some);\n"
         "useful = eff / redund (model time on distinct tiles only);\n"
         "cold = run_inference starts and closes its LocalCluster inside the timed wall; warm = it gets a "
         "Client started before the timing"
@@ -402,11 +420,13 @@ def main() -> None:
 
     if not args.no_whole_run:
         wall, infer_wall, model = time_whole_run(inputs, args.workdir)
+        demo_cluster = ClusterSpec.model_validate(inputs.fields["cluster"])
+        slots = (demo_cluster.n_workers or 1) * demo_cluster.threads_per_worker
         print(
             f"\nwhole run (discover+prepare+infer+publish, demo settings: block {inputs.fields['block_size']}, "
-            f"2 workers): {wall:.1f} s, infer {infer_wall:.1f} s, model {model:.1f} s -> "
-            f"model / (whole wall x 2) = {model / (wall * 2):.2f}, model / (infer wall x 2) = "
-            f"{model / (infer_wall * 2):.2f} (load1 {load_now()})",
+            f"cluster {demo_cluster.model_dump(exclude_defaults=True)}): {wall:.1f} s, infer {infer_wall:.1f} s, "
+            f"model {model:.1f} s -> model / (whole wall x {slots}) = {model / (wall * slots):.2f}, "
+            f"model / (infer wall x {slots}) = {model / (infer_wall * slots):.2f} (load1 {load_now()})",
             flush=True,
         )
 
