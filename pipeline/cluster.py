@@ -84,14 +84,12 @@ def start_local_cluster(spec: ClusterSpec) -> LocalCluster:
     ClusterError
         When GPU workers are wanted but no CUDA device is visible.
     """
-    common: dict[str, Any] = {
-        "threads_per_worker": spec.threads_per_worker,
-        "memory_limit": spec.memory_limit,
-        "dashboard_address": None,
-    }
+    n_workers, threads = spec.local_layout(_cpu_count())
+    common: dict[str, Any] = {"memory_limit": spec.memory_limit, "dashboard_address": None}
     if not spec.gpu:
-        n_workers = spec.n_workers or max(1, _cpu_count() // spec.threads_per_worker)
-        return LocalCluster(n_workers=n_workers, processes=spec.processes, **common)
+        return LocalCluster(
+            n_workers=n_workers, threads_per_worker=threads, processes=spec.processes, **common
+        )
     gpus = _cuda_devices()
     if gpus == 0:
         raise ClusterError(
@@ -107,9 +105,18 @@ def start_local_cluster(spec: ClusterSpec) -> LocalCluster:
                 "for a worker per GPU",
                 gpus,
             )
-        return LocalCluster(n_workers=1, processes=spec.processes, resources={GPU_RESOURCE: 1}, **common)
+        return LocalCluster(
+            n_workers=1,
+            threads_per_worker=spec.threads_per_worker or 1,
+            processes=spec.processes,
+            resources={GPU_RESOURCE: 1},
+            **common,
+        )
     cluster: LocalCluster = LocalCUDACluster(
-        n_workers=spec.n_workers or gpus, resources={GPU_RESOURCE: 1}, **common
+        n_workers=spec.n_workers or gpus,
+        threads_per_worker=spec.threads_per_worker or 1,
+        resources={GPU_RESOURCE: 1},
+        **common,
     )
     return cluster
 

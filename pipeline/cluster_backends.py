@@ -91,8 +91,8 @@ class LocalBackend(_Backend):
 
     kind: Literal["local"] = "local"
     n_workers: int | None = Field(default=None, ge=1)
-    threads_per_worker: int = Field(default=1, ge=1)
-    processes: bool = True
+    threads_per_worker: int | None = Field(default=None, ge=1)
+    processes: bool = False
     memory_limit: str = "auto"
 
     def cluster_spec(self) -> ClusterSpec:

@@ -75,7 +75,6 @@ def demo_job_fields(scene: GeneratedScene, catalog: str, output: Path) -> dict[s
         "block_size": 512,
         "prompts": DEMO_PROMPTS,
         "models": {"checkpoint": str(checkpoint) if checkpoint else None, "segmenter": "spectral"},
-        "cluster": {"n_workers": 2, "threads_per_worker": 1},
     }
 
 

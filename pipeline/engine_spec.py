@@ -259,11 +259,16 @@ class ClusterSpec(_Spec):
     address
         Address of a running Dask scheduler (``tcp://host:8786``); default: start a local cluster.
     n_workers
-        Workers of the local cluster; default: one per GPU with ``gpu``, else one per core.
+        Workers of the local cluster; default: one per GPU with ``gpu``, else one in-process
+        worker, or with ``processes`` one per core.
     threads_per_worker
-        Threads per local worker (1 suits torch, which uses its own threads).
+        Threads per local worker; default: the cores shared among the in-process workers, or 1 per
+        worker process.
     processes
-        Local workers as processes (default) or threads of this process.
+        Local workers as separate processes instead of threads of this process (the default). The
+        engine's work (torch, NumPy, Zarr codecs) releases the GIL, so threads keep the cores busy,
+        share one copy of the models and start in a fraction of a second; processes isolate the
+        workers and let a worker that exceeds ``memory_limit`` be restarted.
     memory_limit
         Memory limit per local worker (``"auto"``, ``"4GiB"``...).
     gpu
@@ -275,8 +280,8 @@ class ClusterSpec(_Spec):
 
     address: str | None = None
     n_workers: int | None = None
-    threads_per_worker: int = 1
-    processes: bool = True
+    threads_per_worker: int | None = None
+    processes: bool = False
     memory_limit: str = "auto"
     gpu: bool = False
     torch_threads: int | None = None
@@ -294,6 +299,14 @@ class ClusterSpec(_Spec):
         if value is not None and value < 1:
             raise ValueError(f"must be at least 1, got {value}")
         return value
+
+    def local_layout(self, cores: int) -> tuple[int, int]:
+        """``(workers, threads per worker)`` of the local CPU cluster on a machine with ``cores`` cores."""
+        if self.processes:
+            threads = self.threads_per_worker or 1
+            return self.n_workers or max(1, cores // threads), threads
+        workers = self.n_workers or 1
+        return workers, self.threads_per_worker or max(1, cores // workers)
 
     @model_validator(mode="after")
     def _check(self) -> ClusterSpec:

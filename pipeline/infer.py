@@ -4,7 +4,7 @@ The cube is split into square blocks (the output's chunks) and covered by the ti
 grid (:mod:`pipeline.tiling`). Two kinds of Dask tasks do the work, planned by
 :mod:`pipeline.tile_plan` so that every tile is computed once:
 
-* a **tile-group task** reads the union of the tiles one block owns (those starting inside it)
+* a **tile-group task** reads the union of a few tiles (one grid row of those a block owns)
   lazily from the input Zarr and runs them in batches through the change model and the segmenter
   (built once per worker, :mod:`pipeline.models`); its result, the tiles' probabilities, stays in
   worker memory;
@@ -86,13 +86,14 @@ __all__ = [
     "BlockReport",
     "InferenceResult",
     "InputCube",
-    "TileOutputs",
+    "TilePieces",
     "blend_tiles",
     "compute_tile_group",
     "compute_window",
     "derive_layers",
     "describe_input",
     "infer_array",
+    "pieces_for",
     "process_block",
     "run_inference",
     "run_tiles",
@@ -493,23 +494,29 @@ class BlockContext:
 
 
 @dataclass(frozen=True)
-class TileOutputs:
-    """What one tile-group task computed (kept in worker memory until its blocks are written).
+class TilePieces:
+    """The parts of a tile group's outputs that one block blends (kept in worker memory until then).
 
     Attributes
     ----------
     tiles
-        Grid indices ``(row, col)`` of the tiles.
+        Grid indices ``(row, col)`` of the tiles that reach into the block.
+    parts
+        The window of each tile inside the block.
     probabilities
-        One ``(1 + 2 * classes, rows, cols)`` float32 array per tile.
+        ``(1 + 2 * classes, rows, cols)`` float32 probabilities of each part.
+    computed
+        Tiles the group computed.
     model_seconds
-        Time in model calls.
+        The group's time in model calls.
     seconds
-        Time of the whole task (building models the first time, reading, model calls).
+        The group task's duration (building models the first time, reading, model calls, cutting).
     """
 
     tiles: tuple[tuple[int, int], ...]
+    parts: tuple[Window, ...]
     probabilities: tuple[F32, ...]
+    computed: int
     model_seconds: float
     seconds: float
 
@@ -539,8 +546,16 @@ class BlockReport:
     pid: int
 
 
-def compute_tile_group(context: BlockContext, tiles: tuple[tuple[int, int], ...]) -> TileOutputs:
-    """Run the models on some grid tiles (those one block owns), reading just their union."""
+def compute_tile_group(
+    context: BlockContext,
+    tiles: tuple[tuple[int, int], ...],
+    consumers: tuple[tuple[int, int], ...],
+) -> dict[tuple[int, int], TilePieces]:
+    """Run the models on some grid tiles (a group of :mod:`pipeline.tile_plan`), reading just their union.
+
+    The outputs are cut into one :class:`TilePieces` per consumer block (copies), so that each part
+    is released as soon as its block is written.
+    """
     start = time.perf_counter()
     models = get_models(context.runtime)
     grid_tiles = [context.grid.tile(row, col) for row, col in tiles]
@@ -549,13 +564,37 @@ def compute_tile_group(context: BlockContext, tiles: tuple[tuple[int, int], ...]
     outputs, model_seconds = run_tiles(
         data, halo, grid_tiles, models=models, prompts=context.prompts, batch_size=context.batch_size
     )
-    return TileOutputs(tiles, tuple(outputs), model_seconds, time.perf_counter() - start)
+    del data
+    cut: dict[tuple[int, int], list[tuple[tuple[int, int], Window, F32]]] = {block: [] for block in consumers}
+    for tile, output in zip(grid_tiles, outputs, strict=True):
+        for block in consumers:
+            part = tile.window.intersection(context.blocks.window(*block))
+            if part is not None:
+                values = np.ascontiguousarray(output[(slice(None), *part.relative_to(tile.window))])
+                cut[block].append(((tile.row, tile.col), part, values))
+    seconds = time.perf_counter() - start
+    return {
+        block: TilePieces(
+            tuple(index for index, _, _ in parts),
+            tuple(part for _, part, _ in parts),
+            tuple(values for _, _, values in parts),
+            len(tiles),
+            model_seconds,
+            seconds,
+        )
+        for block, parts in cut.items()
+    }
+
+
+def pieces_for(pieces: Mapping[tuple[int, int], TilePieces], block: tuple[int, int]) -> TilePieces:
+    """The pieces of one block, taken out of a group's result (a task of its own, so each is freed apart)."""
+    return pieces[block]
 
 
 def process_block(
-    context: BlockContext, row: int, col: int, reported: int, *groups: TileOutputs
+    context: BlockContext, row: int, col: int, reported: int, *groups: TilePieces
 ) -> BlockReport:
-    """Blend one block from its tile groups, derive its layers and write them (then its marker).
+    """Blend one block from its tile pieces, derive its layers and write them (then its marker).
 
     ``reported`` is the number of leading ``groups`` whose model time this block reports.
     """
@@ -563,20 +602,23 @@ def process_block(
     models = get_models(context.runtime)
     window = context.blocks.window(row, col)
     by_index = {
-        index: array
+        index: (part, values)
         for group in groups
-        for index, array in zip(group.tiles, group.probabilities, strict=True)
+        for index, part, values in zip(group.tiles, group.parts, group.probabilities, strict=True)
     }
     tiles = context.grid.tiles_intersecting(window)
-    blended = blend_tiles(window, tiles, [by_index[(t.row, t.col)] for t in tiles], blender=context.blender)
+    accumulator = BlendAccumulator(window, 1 + 2 * context.prompts.num_classes, context.blender)
+    for tile in tiles:
+        accumulator.add_part(tile, *by_index[(tile.row, tile.col)])
+    blended = accumulator.result()
     data = _read_window(context.cube_path, window)
     layers = derive_layers(blended, valid_pixels(data, (slice(None), slice(None)), models), context.prompts)
-    del data, blended
+    del data, blended, by_index
     write_block(Path(context.out_path), window, (row, col), layers)
     own = groups[:reported]
     return BlockReport(
         (row, col),
-        sum(len(g.tiles) for g in own),
+        sum(g.computed for g in own),
         sum(g.model_seconds for g in own),
         time.perf_counter() - start + sum(g.seconds for g in own),
         os.getpid(),
@@ -821,34 +863,53 @@ def _run_blocks(
     progress: bool,
 ) -> list[BlockReport]:
     run = uuid.uuid4().hex[:8]
-    groups: dict[GroupKey, Future] = {}
+    planned_blocks = list(plan.plan(pending))
+    consumers: dict[GroupKey, list[tuple[int, int]]] = {}
+    for planned in planned_blocks:
+        for key in planned.groups:
+            consumers.setdefault(key, []).append(planned.block)
+    groups: dict[GroupKey, tuple[Future, int]] = {}
     blocks: dict[Future, tuple[int, int]] = {}
-    # Explicit priorities (earlier = first) make workers follow the plan's order: a block runs as soon
-    # as its groups are done, and the groups it was the last to need are released.
+    # Explicit priorities (earlier = first) make workers follow the plan's order: a group's pieces
+    # are cut right after it, and a block runs as soon as its pieces are there.
     priority = 0
-    for planned in plan.plan(pending):
+    for planned in planned_blocks:
         for key in planned.groups:
             if key not in groups:
-                tiles = tuple((t.row, t.col) for t in plan.owned_tiles(key.owner))
-                groups[key] = client.submit(
+                tiles = tuple((t.row, t.col) for t in plan.tiles_of(key))
+                name = f"{key.strip}-{key.row}-{key.col}-{key.tile_row}-{run}"
+                group = client.submit(
                     compute_tile_group,
                     context,
                     tiles,
-                    key=f"infer-tiles-{key.strip}-{key.row}-{key.col}-{run}",
+                    tuple(consumers[key]),
+                    key=f"infer-tiles-{name}",
                     pure=False,
                     resources=resources,
                     priority=priority,
                 )
+                groups[key] = (group, priority)
                 priority -= 1
-        ordered = planned.reports + tuple(g for g in planned.groups if g not in planned.reports)
         row, col = planned.block
+        ordered = planned.reports + tuple(g for g in planned.groups if g not in planned.reports)
+        pieces = [
+            client.submit(
+                pieces_for,
+                groups[key][0],
+                planned.block,
+                key=f"infer-pick-{key.strip}-{key.row}-{key.col}-{key.tile_row}-{row}-{col}-{run}",
+                pure=False,
+                priority=groups[key][1],
+            )
+            for key in ordered
+        ]
         future = client.submit(
             process_block,
             context,
             row,
             col,
             len(planned.reports),
-            *(groups[g] for g in ordered),
+            *pieces,
             key=f"infer-block-{row}-{col}-{run}",
             pure=False,
             resources=resources,
@@ -856,7 +917,7 @@ def _run_blocks(
         )
         priority -= 1
         blocks[future] = planned.block
-    # The client keeps no reference to the groups: each is released once its blocks are written.
+    # The client keeps no reference to groups and pieces: each is released once its consumers ran.
     groups.clear()
     reports: list[BlockReport] = []
     with make_progress(enabled=progress) as bar:

@@ -2,17 +2,19 @@
 
 A tile of the global grid (:class:`pipeline.tiling.TileGrid`) usually straddles block boundaries.
 Computing it in every block it touches (blocks as independent tasks) costs 1.5-2x the model time
-at common sizes (512 px tiles, 1024 px blocks); instead each tile is computed once, by the
-*tile-group task* of the block that holds the tile's first pixel (its owner), and the block tasks
-that need it receive it as a task dependency.
+at common sizes (512 px tiles, 1024 px blocks); instead each tile is computed once, by a
+*tile-group task*, and the block tasks that need it receive it as a task dependency. A group is
+one grid row of the tiles a block owns (those whose first pixel lies in it), so the tiles that
+reach into the next row of blocks are held apart from the others, which are released as soon as
+their own row is written.
 
-Worker memory then holds the tile outputs that some unfinished block still needs. Blocks are
-ordered row by row, so that is about one row of blocks' tiles; to bound it on wide areas the block
-columns are cut into *strips* of ``strip_blocks`` columns, processed one after the other, and a
-tile owned by a block left of a strip's first column is computed again for that strip (one tile
-column per strip seam). A group always computes all the tiles its owner holds, in the same batches,
-whichever blocks are still pending: a resumed run computes every tile exactly as an uninterrupted
-run does.
+Worker memory then holds the tile outputs that some unfinished block still needs: the groups
+reaching into the next block row, about one row of blocks long. Blocks are ordered row by row;
+to bound that row on wide areas the block columns are cut into *strips* of ``strip_blocks``
+columns, processed one after the other, and a tile owned by a block left of a strip's first column
+is computed again for that strip (one tile column per strip seam). A group always computes the
+same tiles in the same batches, whichever blocks are still pending: a resumed run computes every
+tile exactly as an uninterrupted run does.
 
 This module is pure planning (no Dask, no arrays), so it is tested on its own.
 """
@@ -33,11 +35,12 @@ DEFAULT_STRIP_PIXELS = 8192
 
 @dataclass(frozen=True, order=True)
 class GroupKey:
-    """A tile-group task: the tiles owned by block ``(row, col)``, computed for ``strip``."""
+    """A tile-group task: the tiles of grid row ``tile_row`` owned by block ``(row, col)``, for ``strip``."""
 
     strip: int
     row: int
     col: int
+    tile_row: int
 
     @property
     def owner(self) -> tuple[int, int]:
@@ -97,6 +100,10 @@ class TilePlan:
         size = self.blocks.block_size
         return tile.window.y0 // size, tile.window.x0 // size
 
+    def tiles_of(self, group: GroupKey) -> tuple[Tile, ...]:
+        """The tiles a group computes, in grid order."""
+        return tuple(t for t in self.owned_tiles(group.owner) if t.row == group.tile_row)
+
     def owned_tiles(self, owner: tuple[int, int]) -> tuple[Tile, ...]:
         """The tiles block ``owner`` holds, in grid order (possibly none)."""
         window = self.blocks.window(*owner)
@@ -119,8 +126,8 @@ class TilePlan:
     def groups_for(self, block: tuple[int, int]) -> tuple[GroupKey, ...]:
         """The tile groups a block needs (those owning a tile that intersects it), sorted."""
         strip = self.strip_of(block)
-        owners = {self.owner(t) for t in self.grid.tiles_intersecting(self.blocks.window(*block))}
-        return tuple(sorted(GroupKey(strip, *owner) for owner in owners))
+        tiles = self.grid.tiles_intersecting(self.blocks.window(*block))
+        return tuple(sorted({GroupKey(strip, *self.owner(t), t.row) for t in tiles}))
 
     def plan(self, pending: Iterable[tuple[int, int]]) -> Iterator[PlannedBlock]:
         """The block tasks for ``pending``, in submission order, each naming its groups."""
@@ -134,7 +141,7 @@ class TilePlan:
     def tile_computations(self, pending: Iterable[tuple[int, int]]) -> int:
         """Tiles the plan computes for ``pending`` (a tile counts once per group task computing it)."""
         groups = {g for planned in self.plan(pending) for g in planned.groups}
-        return sum(len(self.owned_tiles(g.owner)) for g in groups)
+        return sum(len(self.tiles_of(g)) for g in groups)
 
     def redundancy(self) -> float:
         """Tile computations per distinct tile for the whole cube (1.0 without strip seams)."""

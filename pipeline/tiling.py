@@ -370,11 +370,14 @@ class BlendAccumulator:
         inside = tile.window.intersection(self.target)
         if inside is None:
             return
+        self.add_part(tile, inside, probabilities[(slice(None), *inside.relative_to(tile.window))])
+
+    def add_part(self, tile: Tile, part: Window, probabilities: NDArray[np.floating]) -> None:
+        """Add the ``(channels, rows, cols)`` probabilities of ``part``, a window of ``tile`` inside the target."""
         weights = self.blender.window(tile)
-        src = inside.relative_to(tile.window)
-        dst = inside.relative_to(self.target)
-        w = weights[src]
-        self._sum[(slice(None), *dst)] += w * probabilities[(slice(None), *src)]
+        w = weights[part.relative_to(tile.window)]
+        dst = part.relative_to(self.target)
+        self._sum[(slice(None), *dst)] += w * probabilities
         self._weight[dst] += w
 
     def result(self) -> NDArray[np.float32]:

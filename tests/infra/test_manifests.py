@@ -215,7 +215,7 @@ def test_missing_dask_jobqueue_names_the_pip_install(monkeypatch: pytest.MonkeyP
 
 def test_local_and_address_backends_render_without_starting() -> None:
     local = build_cluster({"kind": "local", "n_workers": 3})
-    assert local.cluster is None and local.config["n_workers"] == 3 and local.config["processes"] is True
+    assert local.cluster is None and local.config["n_workers"] == 3 and local.config["processes"] is False
     address = build_cluster({"kind": "address", "address": "tcp://10.0.0.5:8786", "gpu": True})
     assert address.address == "tcp://10.0.0.5:8786" and address.config["gpu"] is True
 

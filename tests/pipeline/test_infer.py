@@ -406,6 +406,15 @@ def test_models_are_built_once_per_worker_process(
     pipeline.models.clear_model_cache()
 
 
+def test_local_cluster_layout_defaults_to_threads_sharing_the_cores() -> None:
+    assert ClusterSpec().local_layout(8) == (1, 8)
+    assert ClusterSpec(n_workers=2).local_layout(8) == (2, 4)
+    assert ClusterSpec(processes=True).local_layout(8) == (8, 1)
+    assert ClusterSpec(processes=True, threads_per_worker=2).local_layout(8) == (4, 2)
+    assert ClusterSpec(threads_per_worker=3).local_layout(1) == (1, 3)
+    assert ClusterSpec().local_layout(1) == (1, 1)
+
+
 def test_specs_name_the_fix() -> None:
     with pytest.raises(JobSpecError, match="overlap 100 exceeds half the tile"):
         TilingSpec.build(tile_size=128, overlap=100)

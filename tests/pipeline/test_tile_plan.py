@@ -31,7 +31,7 @@ def test_groups_partition_the_grid_and_cover_every_block(
     owned = Counter((t.row, t.col) for owner in plan.blocks for t in plan.owned_tiles(owner))
     assert set(owned) == {(t.row, t.col) for t in plan.grid} and set(owned.values()) == {1}
     for planned in plan.plan(plan.blocks):
-        given = {(t.row, t.col) for g in planned.groups for t in plan.owned_tiles(g.owner)}
+        given = {(t.row, t.col) for g in planned.groups for t in plan.tiles_of(g)}
         needed = {(t.row, t.col) for t in plan.grid.tiles_intersecting(plan.blocks.window(*planned.block))}
         assert needed <= given
     assert plan.tile_computations(plan.blocks) == len(plan.grid)
@@ -75,9 +75,10 @@ def test_a_resumed_run_plans_the_same_groups_for_the_pending_blocks() -> None:
     plan = make_plan((1100, 900), 128, 32, 256, strip=10_000)
     pending = [(1, 1), (4, 3)]
     groups = {g for p in plan.plan(pending) for g in p.groups}
-    # A group is always all the tiles its owner holds, whichever blocks are pending.
-    assert all(plan.owned_tiles(g.owner) for g in groups)
-    assert plan.tile_computations(pending) == sum(len(plan.owned_tiles(g.owner)) for g in groups)
+    # A group is always the same tiles (one grid row of those its owner holds), whichever blocks are pending.
+    for g in groups:
+        assert plan.tiles_of(g) == tuple(t for t in plan.owned_tiles(g.owner) if t.row == g.tile_row) != ()
+    assert plan.tile_computations(pending) == sum(len(plan.tiles_of(g)) for g in groups)
     assert plan.tile_computations(pending) < len(plan.grid)
 
 
