@@ -268,9 +268,10 @@ class SeaweedServer(ManagedServer):
     def _client(self) -> Any:
         import s3fs
 
+        # fsspec's instance cache keeps this one alive: s3fs clients garbage-collected while some
+        # other event loop runs (zarr's, distributed's) fail to close ("attached to a different loop").
         return s3fs.S3FileSystem(
             **self.storage_options,
-            skip_instance_cache=True,
             use_listings_cache=False,
             config_kwargs={"retries": {"max_attempts": 1}, "connect_timeout": 2, "read_timeout": 10},
         )

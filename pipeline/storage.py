@@ -30,19 +30,18 @@ import functools
 import os
 import posixpath
 import shutil
-import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, TypeAlias
+from typing import IO, Any, Literal, TypeAlias
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from pipeline.errors import StorageError
 
-__all__ = ["Location", "LocationLike", "relative_href"]
+__all__ = ["EMPTY_FOLDER_WARNING", "Location", "LocationLike", "relative_href"]
 
 LocationLike: TypeAlias = "str | os.PathLike[str] | Location"
 """A local path, an fsspec URL (``s3://bucket/prefix``), or a :class:`Location`."""
@@ -52,6 +51,9 @@ _READ_ONLY = frozenset({"http", "https"})
 #: Options of every remote filesystem this module makes: never answer from a stale listing (other
 #: processes write the same prefixes, and a removed store must not seem to exist).
 _REMOTE_OPTIONS: dict[str, Any] = {"use_listings_cache": False}
+#: What zarr says of an empty "folder" that an object store lists where a store was deleted (it
+#: skips it): expected when a store is written again in place.
+EMPTY_FOLDER_WARNING = "Object at .* is not recognized as a component of a Zarr hierarchy"
 #: Words of the errors an object store raises when the bucket is missing.
 _NO_BUCKET = ("bucket does not exist", "nosuchbucket")
 
@@ -87,20 +89,20 @@ _ENVIRONMENT_PREFIXES = ("AWS_", "GOOGLE_", "AZURE_")
 def _filesystem(protocol: str, *, asynchronous: bool = False) -> fsspec.AbstractFileSystem:
     """The filesystem of a protocol, configured by the environment as it is now.
 
-    Instances are cached per protocol, mode and environment (a changed ``AWS_*`` variable gives a
-    new instance, as a new process would see it), and, like fsspec's own cache, per process and,
-    for the asynchronous instances zarr uses, per thread.
+    Instances are cached per protocol, mode (zarr wants an asynchronous one, which it drives from
+    its own event loop) and environment: a changed ``AWS_*`` variable gives a new instance, as a
+    new process would see it. They are kept for the life of the process (s3fs clients collected
+    while another event loop runs fail to close).
     """
     if protocol == "file":
         return LocalFileSystem()
     environment = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(_ENVIRONMENT_PREFIXES)))
-    thread = threading.get_ident() if asynchronous else 0
-    return _cached_filesystem(protocol, asynchronous, environment, os.getpid(), thread)
+    return _cached_filesystem(protocol, asynchronous, environment, os.getpid())
 
 
-@functools.lru_cache(maxsize=64)
+@functools.cache
 def _cached_filesystem(
-    protocol: str, asynchronous: bool, environment: tuple[tuple[str, str], ...], pid: int, thread: int
+    protocol: str, asynchronous: bool, environment: tuple[tuple[str, str], ...], pid: int
 ) -> fsspec.AbstractFileSystem:
     options = {**_REMOTE_OPTIONS, "skip_instance_cache": True}
     if asynchronous:
@@ -370,6 +372,17 @@ class Location:
                     self.url, storage_options=dict(_REMOTE_OPTIONS), read_only=read_only
                 )
             return FsspecStore(fs, path=self.key, read_only=read_only)
+
+    @property
+    def zarr_create_mode(self) -> Literal["w-", "w"]:
+        """zarr's mode to create a store here, once :meth:`exists` found nothing.
+
+        ``w-`` (refuse anything there) on a local disk. An object store may still list an empty
+        "folder" where a store was deleted (SeaweedFS does), which zarr's ``w-`` takes for data:
+        there ``w`` (clear the prefix, then create), which deletes no object that :meth:`exists`
+        did not see.
+        """
+        return "w-" if self.is_local else "w"
 
     @contextlib.contextmanager
     def _local_replacement(self) -> Iterator[Path]:
