@@ -24,6 +24,7 @@ import pytest
 import rioxarray  # noqa: F401  (the .rio accessor)
 import s3fs
 import xarray as xr
+import yaml
 import zarr
 from engine_inputs import PROMPTS, patch_reflectance, write_reflectance_cube
 from rio_cogeo.cogeo import cog_validate
@@ -260,6 +261,32 @@ def test_a_rerun_into_s3_reuses_everything(
     again = run_job(JobSpec.build(**job_fields(scene, store.url("jobs", "scene-5"))), progress=False)
     assert again.inference.computed == () and len(again.inference.skipped) == 4
     assert objects(s3, str(remote.inference.path)) == before
+
+
+def test_the_command_line_runs_a_yaml_job_into_s3(
+    runs: tuple[RunResult, RunResult], store: SeaweedServer, scene: GeneratedScene, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    job_file = tmp_path / "job.yaml"
+    job_file.write_text(yaml.safe_dump(job_fields(scene, store.url("jobs", "scene-5")), sort_keys=False))
+    result = CliRunner().invoke(app, ["run", str(job_file), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())  # rich wraps long lines
+    assert (
+        f"change cube: {store.url('jobs', 'scene-5', 'change_cube.zarr')} (0 block(s) computed, 4 already done"
+        in text
+    )
+    assert store.url("jobs", "scene-5", "stac", "item.json") in text
+
+    missing = tmp_path / "missing.yaml"
+    missing.write_text(yaml.safe_dump(job_fields(scene, "s3://no-such-bucket/a"), sort_keys=False))
+    refused = CliRunner().invoke(app, ["run", str(missing), "--no-progress"])
+    assert refused.exit_code == 2 and "bucket 'no-such-bucket' does not exist" in " ".join(
+        refused.output.split()
+    )
 
 
 def test_an_unfinished_s3_input_cube_of_the_same_job_is_written_again(
