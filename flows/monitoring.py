@@ -28,6 +28,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from flows.tasks import published_outputs, submit_job, summarise_statistics, task_runner
 from pipeline.errors import JobSpecError
 from pipeline.spec import JobSpec, load_job
+from pipeline.storage import Location
 
 __all__ = [
     "MONITORING_ARTIFACT_KEY",
@@ -127,7 +128,7 @@ class Region:
 
     def output(self, period: Period) -> str:
         """The output folder of one period: ``<base>/<period>``."""
-        return str(Path(self.base_output) / period.label)
+        return str(Location(self.base_output) / period.label)
 
 
 def _slug(value: str) -> str:
@@ -194,7 +195,7 @@ def regions_from_zones(
             Region(
                 name=name,
                 job_file=str(template),
-                base_output=str(Path(base) / name),
+                base_output=str(Location(base) / name),
                 overrides={"aoi": {"geometry": feature.get("geometry"), "crs": zones_crs}},
             )
         )
@@ -222,7 +223,7 @@ def regions_from_job_files(job_files: Sequence[str | Path], output: str | None =
             raise JobSpecError(f"job file {path} does not exist; check the path")
         name = _slug(path.stem)
         base = output if output is not None else _file_output(path)
-        regions.append(Region(name, str(path), str(Path(base) / name), {}))
+        regions.append(Region(name, str(path), str(Location(base) / name), {}))
     _check_unique(regions)
     return regions
 

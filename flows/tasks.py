@@ -42,6 +42,7 @@ from prefect.tasks import Task, exponential_backoff
 from pipeline.discover import Discovery, discover
 from pipeline.errors import CatalogError, NothingFoundError
 from pipeline.spec import JobSpec
+from pipeline.storage import Location, LocationLike
 
 __all__ = [
     "DASK_ADDRESS_ENV",
@@ -184,9 +185,9 @@ def _dask_client_of_runner() -> Iterator[Any]:
 # --------------------------------------------------------------------------- helpers
 
 
-def load_discovery(path: str | Path) -> Discovery:
+def load_discovery(path: LocationLike) -> Discovery:
     """Read a discovery written by :func:`discover_task`."""
-    doc = json.loads(Path(path).read_text())
+    doc = json.loads(Location.parse(path).read_text())
     return Discovery(
         items=doc["items"],
         filter_mode=doc["filter_mode"],
@@ -197,11 +198,11 @@ def load_discovery(path: str | Path) -> Discovery:
     )
 
 
-def change_cube_complete(path: str | Path) -> bool:
+def change_cube_complete(path: LocationLike) -> bool:
     """Tell whether a change cube exists and every block of it is done."""
     from pipeline.change_cube import inspect_change_cube
 
-    state = inspect_change_cube(Path(path))
+    state = inspect_change_cube(path)
     return state.is_change_cube and state.complete
 
 
@@ -238,12 +239,8 @@ def discover_task(job: JobSpec, period: str = "event") -> str:
         A window has no usable scene (not retried).
     """
     found = discover(job)
-    out = Path(job.output)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / DISCOVERY_NAME
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(asdict(found), indent=1))
-    tmp.replace(path)
+    path = Location(job.output) / DISCOVERY_NAME
+    path.write_text(json.dumps(asdict(found), indent=1))
     return str(path)
 
 
@@ -298,9 +295,7 @@ def infer_task(job: JobSpec, cube: str, period: str = "event", force: bool = Fal
     from pipeline.run import change_cube_path
 
     with _dask_client_of_runner() as client:
-        result = run_inference(
-            job, Path(cube), change_cube_path(job), cluster=client, force=force, progress=False
-        )
+        result = run_inference(job, cube, change_cube_path(job), cluster=client, force=force, progress=False)
     return {
         "path": str(result.path),
         "blocks": int(result.blocks),
@@ -340,10 +335,10 @@ def publish_task(
         change_cube = str(change_cube["path"])
     result = publish(
         job,
-        Path(change_cube),
-        Path(cube),
+        change_cube,
+        cube,
         load_discovery(discovery),
-        Path(job.output),
+        job.output,
         zones=Path(job.zones) if job.zones else None,
         progress=False,
     )
@@ -361,7 +356,7 @@ def publish_task(
 # --------------------------------------------------------------------------- outputs
 
 
-def summarise_statistics(statistics_json: str | Path, zone: str = "all") -> dict[str, Any]:
+def summarise_statistics(statistics_json: LocationLike, zone: str = "all") -> dict[str, Any]:
     """Summarise a published statistics JSON for one zone: changed area and change per target.
 
     Parameters
@@ -379,7 +374,7 @@ def summarise_statistics(statistics_json: str | Path, zone: str = "all") -> dict
         (transitions from another class into it: e.g. newly flooded land for ``water``) and
         ``lost_m2`` (transitions out of it).
     """
-    doc = json.loads(Path(statistics_json).read_text())
+    doc = json.loads(Location.parse(statistics_json).read_text())
     totals = doc["zones"].get(zone)
     if totals is None:
         raise KeyError(f"zone {zone!r} is not in {statistics_json}; it has {sorted(doc['zones'])}")
@@ -403,7 +398,7 @@ def summarise_statistics(statistics_json: str | Path, zone: str = "all") -> dict
     }
 
 
-def published_outputs(output: str | Path) -> dict[str, str] | None:
+def published_outputs(output: LocationLike) -> dict[str, str] | None:
     """Return the published outputs of a finished job folder, or None when it is not finished.
 
     A folder is finished when its change cube is complete and its STAC item and statistics have
@@ -411,7 +406,7 @@ def published_outputs(output: str | Path) -> dict[str, str] | None:
     """
     from pipeline.run import CHANGE_CUBE_NAME
 
-    out = Path(output)
+    out = Location.parse(output)
     paths = {
         "change_cube": out / CHANGE_CUBE_NAME,
         "stac_item": out / "stac" / "item.json",

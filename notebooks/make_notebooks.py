@@ -122,11 +122,14 @@ NB01: list[Cell] = [
         """
         ## The same cube on object storage
 
-        Outputs written to `s3://` (AWS, MinIO, Ceph...) open the same way: give the URI and the
-        fsspec `storage_options` (they go to `s3fs`). `endpoint_url` is needed for anything but AWS;
-        leave `key`/`secret` out to use the usual AWS environment variables or profile, or pass
-        `anon=True` for a public bucket. The cell below runs only when `SEG2CHANGE_S3_URI` is set
-        (to the job's output folder, e.g. `s3://my-bucket/jobs/flood-2024/output`).
+        A job whose `output` is `s3://bucket/prefix` (AWS, SeaweedFS, MinIO, Ceph...) writes the
+        same folder there, and it opens the same way: give the URI and the fsspec
+        `storage_options` (they go to `s3fs`). `endpoint_url` is needed for anything but AWS. s3fs
+        also reads `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and `AWS_ENDPOINT_URL` from the
+        environment by itself; they are passed explicitly below to show where they go (pass
+        `anon=True` for a public bucket). The cell runs only when `SEG2CHANGE_S3_URI` is set to
+        the job's output folder, e.g. `s3://my-bucket/jobs/flood-2024/output`; when that folder
+        holds the same job as `SEG2CHANGE_OUTPUT`, the two cubes are compared.
         """,
     ),
     (
@@ -135,7 +138,7 @@ NB01: list[Cell] = [
         S3_URI = os.environ.get("SEG2CHANGE_S3_URI")
         if S3_URI:
             storage_options = {
-                "endpoint_url": os.environ.get("AWS_ENDPOINT_URL"),  # e.g. http://minio:9000; None on AWS
+                "endpoint_url": os.environ.get("AWS_ENDPOINT_URL"),  # e.g. http://127.0.0.1:8333; None on AWS
                 "key": os.environ.get("AWS_ACCESS_KEY_ID"),
                 "secret": os.environ.get("AWS_SECRET_ACCESS_KEY"),
             }
@@ -147,6 +150,11 @@ NB01: list[Cell] = [
                 storage_options={k: v for k, v in storage_options.items() if v is not None},
             )
             print(remote.rio.crs, remote.rio.bounds())
+            if remote.attrs.get("fingerprint") == cube.attrs.get("fingerprint"):
+                for name in ("change_probability", "change", "class_before", "class_after", "transition"):
+                    xr.testing.assert_equal(remote[name], cube[name])
+                assert remote.rio.crs == cube.rio.crs and remote.rio.transform() == cube.rio.transform()
+                print("the cube in", S3_URI, "is the one in", OUTPUT)
         else:
             print("SEG2CHANGE_S3_URI is not set: skipping the object-storage example")
         """,

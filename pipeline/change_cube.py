@@ -41,17 +41,22 @@ PUT is atomic. A run killed at any moment therefore leaves every block either ma
 of its chunks in place, or unmarked; unmarked blocks are recomputed in full by the next run, which
 overwrites whatever partial chunks they left, so the finished cube has the same bytes as an
 uninterrupted run. An unreadable marker (never expected, given atomic writes) counts as not done.
+
+Where it lies
+-------------
+Every function takes a local path or an fsspec URL (:class:`~pipeline.storage.Location`); on an
+object store (``s3://bucket/prefix/change_cube.zarr``) each Dask worker writes its blocks' chunks
+and markers there directly through zarr's ``FsspecStore``, so workers on other machines need
+only the same credentials, never a shared disk.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import shutil
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import dask.array as da
@@ -66,6 +71,7 @@ from pyproj import CRS
 from pipeline import __version__
 from pipeline.cube import gdal_crs_attribute
 from pipeline.errors import ChangeCubeMismatchError, OutputExistsError
+from pipeline.storage import EMPTY_FOLDER_WARNING, Location, LocationLike
 from pipeline.tiling import Window
 
 __all__ = [
@@ -207,12 +213,13 @@ class CubeState:
     attrs: Mapping[str, Any] | None = None
 
 
-def inspect_change_cube(path: Path) -> CubeState:
+def inspect_change_cube(path: LocationLike) -> CubeState:
     """Say what ``path`` holds: nothing, something else, or a (partial or complete) change cube."""
-    if not path.exists():
+    location = Location.parse(path)
+    if not location.exists():
         return CubeState(exists=False)
     try:
-        group = zarr.open_group(str(path), mode="r")
+        group = zarr.open_group(location.zarr_store(read_only=True), mode="r")
         attrs = dict(group.attrs)
     except Exception:
         return CubeState(exists=True)
@@ -228,7 +235,9 @@ def inspect_change_cube(path: Path) -> CubeState:
     )
 
 
-def check_reusable(path: Path, state: CubeState, fingerprint: str, inference: Mapping[str, Any]) -> None:
+def check_reusable(
+    path: LocationLike, state: CubeState, fingerprint: str, inference: Mapping[str, Any]
+) -> None:
     """Refuse an existing output that this job must not write into.
 
     Raises
@@ -261,16 +270,13 @@ def check_reusable(path: Path, state: CubeState, fingerprint: str, inference: Ma
     )
 
 
-def remove_change_cube(path: Path) -> None:
+def remove_change_cube(path: LocationLike) -> None:
     """Delete an output path (a change cube or what else lies there)."""
-    if path.is_dir():
-        shutil.rmtree(path)
-    elif path.exists():
-        path.unlink()
+    Location.parse(path).remove()
 
 
 def create_change_cube(
-    path: Path,
+    path: LocationLike,
     layout: ChangeCubeLayout,
     *,
     y: NDArray[np.floating],
@@ -284,7 +290,7 @@ def create_change_cube(
     Parameters
     ----------
     path
-        Where to create it; must not exist.
+        Where to create it (a local path or an fsspec URL); must not exist.
     layout
         Block grid, classes, targets and Zarr format.
     y, x
@@ -372,15 +378,28 @@ def create_change_cube(
             **attrs,
         }
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
+    location = Location.parse(path)
+    if location.is_local:
+        location.local_path.parent.mkdir(parents=True, exist_ok=True)
+    elif location.exists():
+        raise OutputExistsError(
+            f"{location} already exists; the change cube is created only where nothing is"
+        )
     with warnings.catch_warnings():
         # The class names are fixed-width strings on purpose (GDAL cannot read variable-length
         # ones); zarr warns that v3 has no spec for them yet, as for the input cube's band names.
         warnings.filterwarnings("ignore", message="The data type .* does not have a Zarr V3 specification")
-        ds.to_zarr(str(path), mode="w-", compute=False, zarr_format=layout.zarr_format, consolidated=True)
+        warnings.filterwarnings("ignore", EMPTY_FOLDER_WARNING)
+        ds.to_zarr(
+            location.zarr_store(),
+            mode=location.zarr_create_mode,
+            compute=False,
+            zarr_format=layout.zarr_format,
+            consolidated=True,
+        )
 
 
-def read_done(path: Path, blocks: BlockGrid) -> NDArray[np.bool_]:
+def read_done(path: LocationLike, blocks: BlockGrid) -> NDArray[np.bool_]:
     """Which blocks are marked done, as a ``blocks.shape`` boolean array.
 
     A marker chunk that cannot be read counts as not done.
@@ -399,11 +418,12 @@ def read_done(path: Path, blocks: BlockGrid) -> NDArray[np.bool_]:
     return done
 
 
-def _array(path: Path, name: str, mode: Literal["r", "r+"]) -> zarr.Array:
-    return zarr.open_array(str(path), path=name, mode=mode)
+def _array(path: LocationLike, name: str, mode: Literal["r", "r+"]) -> zarr.Array:
+    store = Location.parse(path).zarr_store(read_only=mode == "r")
+    return zarr.open_array(store, path=name, mode=mode)
 
 
-def write_block(path: Path, window: Window, block: tuple[int, int], layers: BlockLayers) -> None:
+def write_block(path: LocationLike, window: Window, block: tuple[int, int], layers: BlockLayers) -> None:
     """Write one block's layers into their chunks, then mark the block done."""
     rows, cols = window.slices
     for name, data in layers.items():
@@ -415,13 +435,15 @@ def write_block(path: Path, window: Window, block: tuple[int, int], layers: Bloc
     _array(path, DONE, "r+")[block] = 1
 
 
-def finalise_change_cube(path: Path) -> None:
+def finalise_change_cube(path: LocationLike) -> None:
     """Record that every block is done and consolidate the metadata again."""
-    group = zarr.open_group(str(path), mode="r+")
+    store = Location.parse(path).zarr_store()
+    group = zarr.open_group(store, mode="r+")
     group.attrs["complete"] = True
-    zarr.consolidate_metadata(str(path))
+    zarr.consolidate_metadata(store)
 
 
-def open_change_cube(path: str | Path) -> xr.Dataset:
+def open_change_cube(path: LocationLike) -> xr.Dataset:
     """Open a change cube with its CRS decoded and nodata masked (uint8 layers become float)."""
-    return xr.open_zarr(str(path), consolidated=True, decode_coords="all")
+    store = Location.parse(path).zarr_store(read_only=True)
+    return xr.open_zarr(store, consolidated=True, decode_coords="all")

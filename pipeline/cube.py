@@ -11,6 +11,7 @@ so memory depends on the block size and not on the area.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -19,7 +20,6 @@ import uuid
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import dask
@@ -39,11 +39,13 @@ from pipeline.discover import Discovery
 from pipeline.errors import CubeError, OutputExistsError
 from pipeline.progress import make_progress
 from pipeline.spec import JobSpec
+from pipeline.storage import EMPTY_FOLDER_WARNING, Location, LocationLike
 
 __all__ = [
     "CUBE_NAME",
     "PreparedCube",
     "assemble_cube",
+    "cube_is_complete",
     "cube_path",
     "describe_cube",
     "gdal_crs_attribute",
@@ -64,7 +66,7 @@ _QUALITY = "_quality"
 class PreparedCube:
     """Where a prepared input cube lies and what it holds."""
 
-    path: Path
+    path: Location
     shape: tuple[int, ...]
     bands: tuple[str, ...]
     crs: str
@@ -73,9 +75,9 @@ class PreparedCube:
     clear_fraction: dict[str, float]
 
 
-def cube_path(job: JobSpec) -> Path:
-    """Return the path of the job's input cube."""
-    return Path(job.output) / CUBE_NAME
+def cube_path(job: JobSpec) -> Location:
+    """Return the location of the job's input cube."""
+    return Location(job.output) / CUBE_NAME
 
 
 def _normalise_assets(item: dict[str, Any], job: JobSpec) -> dict[str, Any]:
@@ -262,35 +264,53 @@ BlockSource = Callable[[slice, slice], xr.Dataset]
 
 def write_cube(
     ds: xr.Dataset,
-    path: Path,
+    path: LocationLike,
     *,
     overwrite: bool = False,
     progress: bool = True,
     zarr_format: int = 3,
     blocks: BlockSource | None = None,
-) -> Path:
+) -> Location:
     """Write a lazy cube to Zarr, one spatial block at a time, never replacing a good output by a broken one.
 
     The array metadata is written first; then each block of ``ds``'s spatial chunks is computed
     on its own and written into its region. Computing block by block, rather than handing dask the
     whole graph, is what keeps memory bounded by the block size: on one big graph dask's ordering
     starts reads of many blocks at once and memory grows with the area (measured: 8x the memory
-    for 16x the area). The cube is written next to its destination and moved into place only when
-    complete; an existing cube is replaced only with ``overwrite=True``.
+    for 16x the area). An existing cube is replaced only with ``overwrite=True``.
+
+    On a local disk the cube is written next to its destination and moved into place only when
+    complete. An object store has no rename: there the cube is written in place (an existing one
+    is deleted first, with ``overwrite``), its root attribute ``complete`` is false until every
+    block and the consolidated metadata are written, and a cube whose ``complete`` is false is
+    never reused (see :func:`cube_is_complete`).
 
     Parameters
     ----------
+    path
+        A local path or an fsspec URL (``s3://bucket/prefix/input_cube.zarr``).
     blocks
         Builds the lazy dataset of one ``(rows, cols)`` region. Default: slices of ``ds``. Building
         each block's graph afresh keeps the cost per block independent of the area, where slicing
         one huge graph costs time in proportion to the whole graph for every block.
+
+    Returns
+    -------
+    Location
+        Where the cube now lies.
     """
-    if path.exists() and not overwrite:
+    location = Location.parse(path)
+    if location.exists() and not overwrite:
         raise OutputExistsError(
-            f"{path} already exists; pass --overwrite to replace it, or choose another output"
+            f"{location} already exists; pass --overwrite to replace it, or choose another output"
         )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial-{uuid.uuid4().hex[:8]}")
+    if location.is_local:
+        location.local_path.parent.mkdir(parents=True, exist_ok=True)
+        target = location.parent / f".{location.name}.partial-{uuid.uuid4().hex[:8]}"
+    else:
+        location.remove()
+        target = location
+    ds = ds.assign_attrs(complete=False)
     for name, variable in ds.data_vars.items():
         if variable.chunks:
             ds[name].encoding["chunks"] = variable.data.chunksize
@@ -302,23 +322,40 @@ def write_cube(
             warnings.filterwarnings("ignore", "Consolidated metadata", UserWarning)
             # Pixels with no clear observation are expected; they become NaN in the composite.
             warnings.filterwarnings("ignore", "All-NaN slice encountered", RuntimeWarning)
-            ds.to_zarr(str(partial), mode="w-", zarr_format=zarr_format, consolidated=False, compute=False)
+            warnings.filterwarnings("ignore", EMPTY_FOLDER_WARNING)
+            store = target.zarr_store()
+            ds.to_zarr(
+                store,
+                mode=target.zarr_create_mode,
+                zarr_format=zarr_format,
+                consolidated=False,
+                compute=False,
+            )
             display = make_progress(enabled=progress)
             with display:
                 task = display.add_task("writing cube blocks", total=len(regions))
                 for ys, xs in regions:
                     block = blocks(ys, xs) if blocks else ds.isel(y=ys, x=xs)
                     block = block[spatial].drop_vars(list(block[spatial].coords))
-                    block.to_zarr(str(partial), region={"y": ys, "x": xs}, mode="r+", consolidated=False)
+                    block.to_zarr(store, region={"y": ys, "x": xs}, mode="r+", consolidated=False)
                     display.advance(task)
-            zarr.consolidate_metadata(str(partial))
+            # Consolidated first, then marked complete, then consolidated again: a cube marked
+            # complete always has consolidated metadata, whatever moment a run is killed.
+            zarr.consolidate_metadata(store)
+            zarr.open_group(store, mode="r+", use_consolidated=False).attrs["complete"] = True
+            zarr.consolidate_metadata(store)
     except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
+        if target.is_local:
+            shutil.rmtree(target.local_path, ignore_errors=True)
+        else:
+            with contextlib.suppress(Exception):
+                target.remove()
         raise
-    if path.exists():
-        shutil.rmtree(path)
-    partial.rename(path)
-    return path
+    if location.is_local:
+        if location.exists():
+            location.remove()
+        target.local_path.rename(location.local_path)
+    return location
 
 
 def _block_regions(ds: xr.Dataset) -> Iterator[tuple[slice, slice]]:
@@ -334,9 +371,29 @@ def _block_regions(ds: xr.Dataset) -> Iterator[tuple[slice, slice]]:
         y0 += height
 
 
-def open_cube(path: str | Path) -> xr.Dataset:
-    """Open an input cube written by :func:`write_cube`."""
-    return xr.open_zarr(str(path), consolidated=True, decode_coords="all")
+def open_cube(path: LocationLike) -> xr.Dataset:
+    """Open an input cube written by :func:`write_cube` (a local path or an fsspec URL)."""
+    store = Location.parse(path).zarr_store(read_only=True)
+    return xr.open_zarr(store, consolidated=True, decode_coords="all")
+
+
+def cube_is_complete(path: LocationLike) -> bool:
+    """Whether the Zarr store at ``path`` was written to the end by :func:`write_cube`.
+
+    A cube without the ``complete`` attribute counts as complete on a local disk (where cubes
+    appear only when complete, by a rename) and as incomplete on an object store.
+    """
+    location = Location.parse(path)
+    return bool(_root_attrs(location).get("complete", location.is_local))
+
+
+def _root_attrs(location: Location) -> dict[str, Any]:
+    """The root attributes as stored now (not the consolidated copy); empty when unreadable."""
+    try:
+        group = zarr.open_group(location.zarr_store(read_only=True), mode="r", use_consolidated=False)
+        return dict(group.attrs)
+    except (OSError, ValueError, KeyError, zarr.errors.GroupNotFoundError):
+        return {}
 
 
 #: Job fields that decide the input cube's pixels; the rest (models, tiling...) do not.
@@ -375,22 +432,38 @@ def prepare_cube(
         A dask scheduler (``"threads"``, ``"synchronous"`` or a distributed ``Client``). Default: threads.
     reuse
         Keep an existing cube made from the same job fields and the same items, instead of
-        refusing it (``job.overwrite`` rebuilds it whatever it holds).
+        refusing it (``job.overwrite`` rebuilds it whatever it holds). An unfinished cube of the
+        same job fields and items (an object-store write that was killed) is always written again.
 
     Raises
     ------
     OutputExistsError
         The cube exists, was not made by this job and these items (or ``reuse`` is false), and the
         job does not say ``overwrite``.
+    StorageError
+        The output's bucket is missing or cannot be reached with the credentials at hand.
     """
     path = cube_path(job)
+    path.check_access()
     fingerprint = input_fingerprint(job, discovery)
     if path.exists() and not job.overwrite:
-        if reuse and _stored_fingerprint(path) == fingerprint:
+        stored = _root_attrs(path).get("input_fingerprint")
+        complete = cube_is_complete(path)
+        if reuse and complete and stored == fingerprint:
             log.info("reusing the input cube %s (same job fields and items)", path)
             return describe_cube(path, discovery)
-        reason = "was made by another job or from other scenes" if reuse else "already exists"
-        raise OutputExistsError(f"{path} {reason}; pass --overwrite to replace it, or choose another output")
+        if not complete and stored == fingerprint:
+            # This job's own cube, left half-written by a run that was killed: start it again.
+            log.info("the input cube %s was not finished by an earlier run; writing it again", path)
+            path.remove()
+        else:
+            if not complete:
+                reason = "holds an unfinished cube of another job or of other scenes"
+            else:
+                reason = "was made by another job or from other scenes" if reuse else "already exists"
+            raise OutputExistsError(
+                f"{path} {reason}; pass --overwrite to replace it, or choose another output"
+            )
     ds = assemble_cube(job, discovery)
     ds.attrs["input_fingerprint"] = fingerprint
     with dask.config.set(scheduler=scheduler or "threads"):
@@ -406,15 +479,9 @@ def prepare_cube(
     return describe_cube(path, discovery)
 
 
-def _stored_fingerprint(path: Path) -> str | None:
-    try:
-        return str(zarr.open_group(str(path), mode="r").attrs.get("input_fingerprint"))
-    except (OSError, ValueError, KeyError, zarr.errors.GroupNotFoundError):
-        return None
-
-
-def describe_cube(path: Path, discovery: Discovery) -> PreparedCube:
+def describe_cube(path: LocationLike, discovery: Discovery) -> PreparedCube:
     """Summarise a written input cube: shape, bands, grid and clear fraction per epoch."""
+    path = Location.parse(path)
     written = open_cube(path)
     # A composite pixel is finite exactly where it had a clear observation; the uint8 count is
     # the cheapest layer to read for that.

@@ -27,6 +27,7 @@ from pipeline.progress import staged_progress
 from pipeline.run import RunResult, run_job
 from pipeline.spec import JobSpec
 from pipeline.stac_servers import serve_collection
+from pipeline.storage import Location, LocationLike
 from pipeline.synthetic import LAND_COVER_PROMPTS, GeneratedScene, SceneSpec, ensure_scene, generate_scene
 from seg2change_core.metrics import BinaryConfusion, BinaryScores
 
@@ -78,13 +79,13 @@ def demo_job_fields(scene: GeneratedScene, catalog: str, output: Path) -> dict[s
     }
 
 
-def change_accuracy(change_cube: Path, truth_change: Path) -> BinaryScores:
+def change_accuracy(change_cube: LocationLike, truth_change: Path) -> BinaryScores:
     """Score a change cube's binary change against a truth raster on the same grid, block by block.
 
     The truth holds 0 for no change, a positive change code for change, 255 for nodata; the cube's
     nodata pixels (255) are left out.
     """
-    change = zarr.open_array(str(change_cube), path="change", mode="r")
+    change = zarr.open_array(Location.parse(change_cube).zarr_store(read_only=True), path="change", mode="r")
     confusion = BinaryConfusion()
     with rasterio.open(truth_change) as truth:
         if (truth.height, truth.width) != tuple(change.shape):

@@ -76,3 +76,10 @@ class StacValidationError(PublishError, ValueError):
 
 
 __all__ += ["PublishError", "StacValidationError"]
+
+
+class StorageError(Seg2ChangeError):
+    """An output location cannot be used: unknown protocol, missing bucket, no access; the message names the fix."""
+
+
+__all__ += ["StorageError"]

@@ -33,7 +33,6 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -75,6 +74,7 @@ from pipeline.models import (
 )
 from pipeline.progress import make_progress
 from pipeline.spec import JobSpec
+from pipeline.storage import Location, LocationLike
 from pipeline.tile_plan import GroupKey, TilePlan, strip_blocks
 from pipeline.tiling import BlendAccumulator, Blender, RampBlender, Tile, TileGrid, Window, batched, covering
 from seg2change_core.errors import Seg2ChangeError
@@ -149,7 +149,7 @@ class InputCube:
         Its shape, bands, grid and provenance attributes (JSON-ready), for the job fingerprint.
     """
 
-    path: Path
+    path: Location
     height: int
     width: int
     bands: tuple[str, ...]
@@ -161,7 +161,7 @@ class InputCube:
     identity: Mapping[str, Any]
 
 
-def describe_input(path: Path) -> InputCube:
+def describe_input(path: LocationLike) -> InputCube:
     """Read the input cube's metadata (no pixels) and check that the engine can read it raw.
 
     Raises
@@ -170,6 +170,7 @@ def describe_input(path: Path) -> InputCube:
         When the cube is missing, lacks ``reflectance(epoch, band, y, x)`` with epochs
         ``before, after``, has no CRS, or stores reflectance scaled.
     """
+    path = Location.parse(path)
     if not path.exists():
         raise CubeError(f"input cube {path} does not exist; build it first (seg2change cube / prepare_cube)")
     try:
@@ -238,7 +239,7 @@ def _without_output_fields(job_json: Any) -> Any:
 
 
 def _read_window(path: str, window: Window) -> F32:
-    reflectance = zarr.open_array(path, path="reflectance", mode="r")
+    reflectance = zarr.open_array(Location(path).zarr_store(read_only=True), path="reflectance", mode="r")
     rows, cols = window.slices
     return np.asarray(reflectance[:, :, rows, cols], dtype=np.float32)
 
@@ -614,7 +615,7 @@ def process_block(
     data = _read_window(context.cube_path, window)
     layers = derive_layers(blended, valid_pixels(data, (slice(None), slice(None)), models), context.prompts)
     del data, blended, by_index
-    write_block(Path(context.out_path), window, (row, col), layers)
+    write_block(context.out_path, window, (row, col), layers)
     own = groups[:reported]
     return BlockReport(
         (row, col),
@@ -655,7 +656,7 @@ class InferenceResult:
         strip seam).
     """
 
-    path: Path
+    path: Location
     fingerprint: str
     blocks: int
     computed: tuple[tuple[int, int], ...]
@@ -679,8 +680,8 @@ def _fingerprint(doc: Mapping[str, Any]) -> str:
 
 def run_inference(
     job: JobSpec,
-    cube_path: Path,
-    out_path: Path,
+    cube_path: LocationLike,
+    out_path: LocationLike,
     *,
     models: ModelSpec | None = None,
     tiling: TilingSpec | None = None,
@@ -698,7 +699,8 @@ def run_inference(
     cube_path
         The input cube (:func:`pipeline.cube.write_cube`).
     out_path
-        The change cube to write (a local Zarr path).
+        The change cube to write: a local path, or an fsspec URL (``s3://bucket/prefix/...``)
+        that the workers write to directly.
     models, tiling, cluster, prompts
         Engine specs; each defaults to the job's field of that name when it has one, else to the
         spec's defaults (``prompts`` has no default and must be given one way or the other).
@@ -731,8 +733,9 @@ def run_inference(
             "no classes to look for: pass prompts=PromptSpec(classes='building;water') or set the job's prompts"
         )
     prompt_set = prompts.prompt_set() if isinstance(prompts, PromptSpec) else prompts
-    out_path = Path(out_path)
-    cube = describe_input(Path(cube_path))
+    out_path = Location.parse(out_path)
+    out_path.check_access()
+    cube = describe_input(cube_path)
 
     info = change_model_info(models, cube.bands)
     tile_size = tiling.resolve_tile_size(info.tile_size)

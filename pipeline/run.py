@@ -3,6 +3,10 @@
 Running the same job again reuses what is done: the input cube when it was made from the same job
 fields and the same scenes, the change cube's finished blocks, and the published files are simply
 written again from the finished change cube. ``force`` recomputes everything.
+
+The output may be a local folder or an fsspec URL (``output: s3://bucket/prefix``, see
+:mod:`pipeline.storage`): the cubes are written there directly (by the Dask workers for the change
+cube), the published files are made in a local temporary folder and uploaded.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from pipeline.errors import JobSpecError
 from pipeline.infer import InferenceResult, run_inference
 from pipeline.publish import PublishResult, publish
 from pipeline.spec import JobSpec
+from pipeline.storage import Location
 
 __all__ = ["CHANGE_CUBE_NAME", "RunResult", "change_cube_path", "run_job"]
 
@@ -39,9 +44,9 @@ class RunResult:
     publication: PublishResult
 
 
-def change_cube_path(job: JobSpec) -> Path:
-    """Return the path of the job's change cube."""
-    return Path(job.output) / CHANGE_CUBE_NAME
+def change_cube_path(job: JobSpec) -> Location:
+    """Return the location of the job's change cube."""
+    return Location(job.output) / CHANGE_CUBE_NAME
 
 
 def run_job(
@@ -63,6 +68,12 @@ def run_job(
     Returns
     -------
     RunResult
+
+    Raises
+    ------
+    StorageError
+        The output's bucket is missing or cannot be reached with the credentials at hand
+        (checked before any work).
     """
     if job.prompts is None:
         raise JobSpecError(
@@ -71,6 +82,8 @@ def run_job(
         )
     if force and not job.overwrite:
         job = job.model_copy(update={"overwrite": True})
+    output = Location(job.output)
+    output.check_access()
     found = discover(job)
     cube = prepare_cube(job, found, progress=progress, reuse=True)
     inference = run_inference(
@@ -87,7 +100,7 @@ def run_job(
         inference.path,
         cube.path,
         found,
-        Path(job.output),
+        output,
         zones=Path(job.zones) if job.zones else None,
         progress=progress,
     )

@@ -26,7 +26,8 @@ from pyproj.database import query_utm_crs_info
 
 from pipeline.bands import COMMON_NAMES, DEFAULT_BANDS
 from pipeline.engine_spec import ClusterSpec, ModelSpec, PromptSpec, TilingSpec
-from pipeline.errors import JobSpecError
+from pipeline.errors import JobSpecError, StorageError
+from pipeline.storage import Location
 
 __all__ = [
     "AreaOfInterest",
@@ -347,7 +348,8 @@ class JobSpec(BaseModel):
     cloud_limit
         Largest ``eo:cloud_cover`` (percent) of an acquisition to use.
     output
-        Output folder URI (local path or ``s3://``).
+        Output folder: a local path, or an fsspec URL such as ``s3://bucket/prefix`` (credentials
+        and endpoint from the environment, see :mod:`pipeline.storage`).
     block_size
         Side of the square spatial blocks of the cube, in pixels.
     zarr_format
@@ -433,6 +435,14 @@ class JobSpec(BaseModel):
     def _output(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("output is empty; give a folder path or an s3:// URI")
+        try:
+            location = Location(value)
+        except StorageError as exc:
+            raise ValueError(str(exc)) from None
+        if location.protocol in {"http", "https"}:
+            raise ValueError(
+                f"output {value} is read-only over {location.protocol}; give a folder or an s3:// URI"
+            )
         return value
 
     @model_validator(mode="after")

@@ -40,6 +40,7 @@ from rio_cogeo.profiles import cog_profiles
 
 from pipeline.change_cube import FORMAT, TRANSITION_NO_CHANGE, TRANSITION_NODATA, UINT8_NODATA
 from pipeline.errors import PublishError
+from pipeline.storage import Location, LocationLike
 
 __all__ = [
     "COG_LAYERS",
@@ -111,7 +112,7 @@ class ChangeCubeInfo:
     Attributes
     ----------
     path
-        The Zarr store.
+        The Zarr store (a local path or an fsspec URL).
     height, width
         Pixels.
     chunk
@@ -128,7 +129,7 @@ class ChangeCubeInfo:
         The root attributes.
     """
 
-    path: Path
+    path: Location
     height: int
     width: int
     chunk: int
@@ -157,7 +158,7 @@ class ChangeCubeInfo:
         return abs(self.transform.a * self.transform.e - self.transform.b * self.transform.d) * factor**2
 
 
-def describe_change_cube(path: Path) -> ChangeCubeInfo:
+def describe_change_cube(path: LocationLike) -> ChangeCubeInfo:
     """Read a change cube's grid, classes and attributes, and check that it can be published.
 
     Raises
@@ -166,11 +167,12 @@ def describe_change_cube(path: Path) -> ChangeCubeInfo:
         When ``path`` is missing, is not a seg2change change cube, is incomplete (inference has not
         finished), or has no CRS.
     """
-    path = Path(path)
+    path = Location.parse(path)
     if not path.exists():
         raise PublishError(f"change cube {path} does not exist; run the inference first (seg2change run)")
+    store = path.zarr_store(read_only=True)
     try:
-        group = zarr.open_group(str(path), mode="r")
+        group = zarr.open_group(store, mode="r")
         attrs = dict(group.attrs)
     except Exception as exc:
         raise PublishError(f"cannot open {path} as Zarr ({exc}); give the change cube's path") from None
@@ -184,12 +186,12 @@ def describe_change_cube(path: Path) -> ChangeCubeInfo:
             f"the change cube {path} is incomplete (some blocks were never computed); run the same job "
             "again to finish the inference, then publish"
         )
-    ds = xr.open_zarr(str(path), consolidated=True, decode_coords="all", mask_and_scale=False)
+    ds = xr.open_zarr(store, consolidated=True, decode_coords="all", mask_and_scale=False)
     crs = ds.rio.crs
     if crs is None:
         raise PublishError(f"the change cube {path} has no CRS (spatial_ref); recompute it with the engine")
     layer = ds["transition"]
-    chunks = layer.encoding.get("chunks") or zarr.open_array(str(path), path="transition", mode="r").chunks
+    chunks = layer.encoding.get("chunks") or zarr.open_array(store, path="transition", mode="r").chunks
     return ChangeCubeInfo(
         path=path,
         height=int(layer.shape[0]),
@@ -299,7 +301,7 @@ def write_cog(
     if layer not in COG_LAYERS:
         raise PublishError(f"layer {layer!r} is not published as a COG; choose from {', '.join(COG_LAYERS)}")
     spec = COG_LAYERS[layer]
-    source = zarr.open_array(str(info.path), path=layer, mode="r")
+    source = zarr.open_array(info.path.zarr_store(read_only=True), path=layer, mode="r")
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.with_name(f".{path.stem}.staging-{uuid.uuid4().hex[:8]}.tif")
     tags = {"layer": layer, "seg2change_fingerprint": info.fingerprint}

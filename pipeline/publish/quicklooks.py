@@ -22,6 +22,7 @@ from pipeline.change_cube import TRANSITION_NO_CHANGE
 from pipeline.errors import PublishError
 from pipeline.publish.cogs import ChangeCubeInfo, replace_atomically
 from pipeline.quicklook import render_quicklook
+from pipeline.storage import Location, LocationLike
 
 __all__ = [
     "MAX_SIDE",
@@ -82,8 +83,9 @@ def quicklook_geometry(height: int, width: int, max_side: int = MAX_SIDE) -> Qui
     return QuicklookGeometry(stride, scale, (rows * scale, cols * scale))
 
 
-def _rgb(input_cube: Path, epoch: int, stride: int, shape: tuple[int, int]) -> NDArray[np.float32]:
-    group = zarr.open_group(str(input_cube), mode="r")
+def _rgb(input_cube: Location, epoch: int, stride: int, shape: tuple[int, int]) -> NDArray[np.float32]:
+    store = input_cube.zarr_store(read_only=True)
+    group = zarr.open_group(store, mode="r")
     reflectance = group["reflectance"]
     if not isinstance(reflectance, zarr.Array) or reflectance.shape[2:] != shape:
         raise PublishError(
@@ -91,7 +93,7 @@ def _rgb(input_cube: Path, epoch: int, stride: int, shape: tuple[int, int]) -> N
             f"{getattr(reflectance, 'shape', None)}, not on the change cube's {shape} grid; "
             "give the input cube the change cube was computed from"
         )
-    bands = [str(b) for b in np.asarray(zarr.open_array(str(input_cube), path="band", mode="r")[...])]
+    bands = [str(b) for b in np.asarray(zarr.open_array(store, path="band", mode="r")[...])]
     wanted = ("red", "green", "blue")
     if all(b in bands for b in wanted):
         index = [bands.index(b) for b in wanted]
@@ -109,7 +111,7 @@ def _rgb(input_cube: Path, epoch: int, stride: int, shape: tuple[int, int]) -> N
 
 def write_quicklook(
     info: ChangeCubeInfo,
-    input_cube: Path,
+    input_cube: LocationLike,
     path: Path,
     *,
     transition_pixels: Mapping[int, int] | None = None,
@@ -123,7 +125,7 @@ def write_quicklook(
     info
         The change cube.
     input_cube
-        The input cube it was computed from (for the true-colour panels).
+        The input cube it was computed from (for the true-colour panels), local or an fsspec URL.
     path
         The PNG to write (replaced atomically).
     transition_pixels
@@ -141,9 +143,12 @@ def write_quicklook(
     """
     geometry = quicklook_geometry(info.height, info.width, max_side)
     s = geometry.stride
-    before = _rgb(input_cube, 0, s, (info.height, info.width))
-    after = _rgb(input_cube, 1, s, (info.height, info.width))
-    transition = np.asarray(zarr.open_array(str(info.path), path="transition", mode="r")[::s, ::s])
+    cube = Location.parse(input_cube)
+    before = _rgb(cube, 0, s, (info.height, info.width))
+    after = _rgb(cube, 1, s, (info.height, info.width))
+    transition = np.asarray(
+        zarr.open_array(info.path.zarr_store(read_only=True), path="transition", mode="r")[::s, ::s]
+    )
     changed = transition < TRANSITION_NO_CHANGE
     codes = np.where(changed, transition.astype(np.int64), -1)
     if transition_pixels is None:

@@ -7,12 +7,19 @@ its own files (``cogs/*.tif``, ``statistics.parquet``, ``statistics.json``, ``qu
 ``stac/collection.json``, ``stac/item.json``) and a failure leaves the earlier ones as they were.
 The STAC is written last, once the files it checksums exist, and validated before ``publish``
 returns (offline: STAC core; see :mod:`pipeline.publish.stac` for the extensions).
+
+The output folder may also be an fsspec URL (``s3://bucket/prefix``). GDAL and rio-cogeo write
+local files, so every file is then made in a local temporary folder laid out like the output,
+checked there (COGs validated, STAC validated, checksums and sizes taken from the very bytes that
+are sent), and uploaded one object at a time, each upload atomic, the STAC last. The STAC's hrefs
+are relative (``../cogs/change.tif``) and resolve in the bucket as they do on a disk.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -24,7 +31,7 @@ import zarr
 from pipeline.discover import Discovery
 from pipeline.errors import PublishError
 from pipeline.progress import staged_progress
-from pipeline.publish.cogs import COG_MEDIA_TYPE, describe_change_cube, write_cogs
+from pipeline.publish.cogs import COG_MEDIA_TYPE, ChangeCubeInfo, describe_change_cube, write_cogs
 from pipeline.publish.quicklooks import write_quicklook
 from pipeline.publish.stac import (
     ZARR_MEDIA_TYPE,
@@ -38,11 +45,13 @@ from pipeline.publish.stac import (
 from pipeline.publish.statistics import (
     ALL_ZONE,
     ChangeStatistics,
+    Zone,
     compute_statistics,
     load_zones,
     write_statistics,
 )
 from pipeline.spec import JobSpec
+from pipeline.storage import Location, LocationLike
 
 __all__ = ["PublishResult", "publish"]
 
@@ -71,12 +80,12 @@ class PublishResult:
         What the STAC validation checked (collection, item).
     """
 
-    cogs: Mapping[str, Path]
-    stac_collection: Path
-    stac_item: Path
-    statistics_parquet: Path
-    statistics_json: Path
-    quicklook: Path
+    cogs: Mapping[str, Location]
+    stac_collection: Location
+    stac_item: Location
+    statistics_parquet: Location
+    statistics_json: Location
+    quicklook: Location
     statistics: ChangeStatistics
     validation: tuple[StacValidation, ...]
 
@@ -92,12 +101,12 @@ def _job_doc(job: JobSpec | Mapping[str, Any] | None, attrs: Mapping[str, Any]) 
         raise PublishError("no job given and the change cube records none; pass the job to publish") from None
 
 
-def _provenance(discovery: Discovery | Mapping[str, Any] | None, input_cube: Path) -> dict[str, Any]:
+def _provenance(discovery: Discovery | Mapping[str, Any] | None, input_cube: Location) -> dict[str, Any]:
     if isinstance(discovery, Discovery):
         return discovery.provenance()
     if discovery is not None:
         return dict(discovery)
-    recorded = zarr.open_group(str(input_cube), mode="r").attrs.get("provenance")
+    recorded = zarr.open_group(input_cube.zarr_store(read_only=True), mode="r").attrs.get("provenance")
     if recorded is None:
         raise PublishError(
             f"no discovery given and the input cube {input_cube} records no provenance; pass the Discovery "
@@ -133,10 +142,10 @@ def _period(start: str, end: str) -> str:
 
 def publish(
     job: JobSpec | Mapping[str, Any] | None,
-    change_cube: Path,
-    input_cube: Path,
+    change_cube: LocationLike,
+    input_cube: LocationLike,
     discovery: Discovery | Mapping[str, Any] | None,
-    out_dir: Path,
+    out_dir: LocationLike,
     *,
     zones: Path | None = None,
     progress: bool = True,
@@ -155,8 +164,8 @@ def publish(
         The discovery (or its ``provenance()`` record) whose items the STAC links as
         ``derived_from``; None reads the provenance recorded in the input cube.
     out_dir
-        Output folder: ``cogs/``, ``stac/``, ``statistics.parquet``, ``statistics.json`` and
-        ``quicklook.png`` are written there; nothing else in it is touched.
+        Output folder, local or an fsspec URL: ``cogs/``, ``stac/``, ``statistics.parquet``,
+        ``statistics.json`` and ``quicklook.png`` are written there; nothing else in it is touched.
     zones
         GeoJSON FeatureCollection of polygons for per-zone statistics; default: the job's
         ``zones``, if any.
@@ -174,21 +183,49 @@ def publish(
         written; earlier published files are kept.
     StacValidationError
         When the STAC written is invalid (a bug: please report it).
+    StorageError
+        When the output's bucket is missing or cannot be reached with the credentials at hand.
     """
-    out_dir = Path(out_dir)
-    info = describe_change_cube(Path(change_cube))
+    out = Location.parse(out_dir)
+    out.check_access()
+    input_location = Location.parse(input_cube)
+    info = describe_change_cube(change_cube)
     job_doc = _job_doc(job, info.attrs)
-    provenance = _provenance(discovery, Path(input_cube))
+    provenance = _provenance(discovery, input_location)
     zones_path = zones if zones is not None else (Path(job_doc["zones"]) if job_doc.get("zones") else None)
     zone_list = load_zones(zones_path, info.crs) if zones_path is not None else []
-    stac_dir = out_dir / "stac"
+    if out.is_local:
+        return _publish(info, job_doc, provenance, zone_list, input_location, out, out.local_path, progress)
+    with tempfile.TemporaryDirectory(prefix="seg2change-publish-") as staging:
+        return _publish(info, job_doc, provenance, zone_list, input_location, out, Path(staging), progress)
 
+
+def _publish(
+    info: ChangeCubeInfo,
+    job_doc: Mapping[str, Any],
+    provenance: Mapping[str, Any],
+    zone_list: list[Zone],
+    input_cube: Location,
+    out: Location,
+    local: Path,
+    progress: bool,
+) -> PublishResult:
+    """Write every file into the local folder ``local``, then, when ``out`` is elsewhere, upload them.
+
+    ``local`` is ``out`` itself for a local output, else a temporary folder laid out like ``out``.
+    """
+
+    def published(path: Path) -> Location:
+        return out.join(path.relative_to(local).as_posix())
+
+    def source(path: Path) -> Path | None:
+        return None if out.is_local else path
+
+    stac_dir = local / "stac"
     with staged_progress(enabled=progress) as update:
-        cogs = write_cogs(info, out_dir / "cogs", progress=update)
+        cogs = write_cogs(info, local / "cogs", progress=update)
         stats = compute_statistics(info, zones=zone_list, progress=update)
-        parquet, stats_json = write_statistics(
-            stats, out_dir / "statistics.parquet", out_dir / "statistics.json"
-        )
+        parquet, stats_json = write_statistics(stats, local / "statistics.parquet", local / "statistics.json")
         k = len(info.classes)
         code = {c: i for i, c in enumerate(info.classes)}
         pixels = {
@@ -203,7 +240,7 @@ def publish(
             "change by transition",
         )
         quicklook, _ = write_quicklook(
-            info, Path(input_cube), out_dir / "quicklook.png", transition_pixels=pixels, titles=titles
+            info, input_cube, local / "quicklook.png", transition_pixels=pixels, titles=titles
         )
         update("quick-look", 1, 1)
 
@@ -212,7 +249,7 @@ def publish(
             *(
                 AssetFile(
                     layer,
-                    written.path,
+                    published(written.path),
                     COG_MEDIA_TYPE,
                     ("data",),
                     f"{layer.replace('_', ' ')} (COG)",
@@ -221,25 +258,33 @@ def publish(
                         "data_type": written.spec.dtype,
                         "nodata": "nan" if layer == "change_probability" else int(written.spec.nodata),
                     },
+                    source=source(written.path),
                 )
                 for layer, written in cogs.items()
             ),
             AssetFile(
                 "statistics_parquet",
-                parquet,
+                published(parquet),
                 PARQUET_MEDIA_TYPE,
                 ("metadata",),
                 "changed area statistics (Parquet)",
+                source=source(parquet),
             ),
             AssetFile(
                 "statistics_json",
-                stats_json,
+                published(stats_json),
                 "application/json",
                 ("metadata",),
                 "changed area statistics (JSON)",
+                source=source(stats_json),
             ),
             AssetFile(
-                "quicklook", quicklook, "image/png", ("overview",), "quick-look: before, after, change"
+                "quicklook",
+                published(quicklook),
+                "image/png",
+                ("overview",),
+                "quick-look: before, after, change",
+                source=source(quicklook),
             ),
         ]
         fingerprint = info.fingerprint[:16] or "unknown"
@@ -257,26 +302,38 @@ def publish(
             provenance=provenance,
             lineage=_lineage(job_doc, provenance, json.loads(str(info.attrs.get("models", "[]")))),
             assets=assets,
-            item_dir=stac_dir,
+            item_dir=published(stac_dir),
         )
         collection = build_collection(item)
         validation = (validate_stac(collection), validate_stac(item))
         collection_path, item_path = write_stac(collection, item, stac_dir)
+        if not out.is_local:
+            # The STAC goes last, once every file it describes is in place.
+            files = [c.path for c in cogs.values()] + [
+                parquet,
+                stats_json,
+                quicklook,
+                collection_path,
+                item_path,
+            ]
+            for n, path in enumerate(files):
+                published(path).upload(path)
+                update("upload", n + 1, len(files))
         update("STAC", 1, 1)
     log.info(
         "published %s: %d COGs, statistics (%d zone(s)), quick-look, STAC %s",
-        out_dir,
+        out,
         len(cogs),
         len(stats.totals),
-        collection_path,
+        published(collection_path),
     )
     return PublishResult(
-        cogs={layer: c.path for layer, c in cogs.items()},
-        stac_collection=collection_path,
-        stac_item=item_path,
-        statistics_parquet=parquet,
-        statistics_json=stats_json,
-        quicklook=quicklook,
+        cogs={layer: published(c.path) for layer, c in cogs.items()},
+        stac_collection=published(collection_path),
+        stac_item=published(item_path),
+        statistics_parquet=published(parquet),
+        statistics_json=published(stats_json),
+        quicklook=published(quicklook),
         statistics=stats,
         validation=validation,
     )

@@ -2,7 +2,8 @@
 
 Each run is described by one Collection and one Item, written as ``<out>/stac/collection.json``
 and ``<out>/stac/item.json`` with relative links and asset hrefs (a self-contained catalog: the
-output folder can be moved or uploaded as a whole). The Item describes the change cube (Zarr,
+output folder can be moved or uploaded as a whole; in an object store, ``s3://bucket/prefix/stac``,
+the same relative hrefs resolve inside the bucket). The Item describes the change cube (Zarr,
 ``application/vnd+zarr``), the COGs, the statistics files and the quick-look, with
 
 - the *projection* extension (v2.0.0): ``proj:code`` (or ``proj:wkt2`` when the CRS has no EPSG
@@ -40,7 +41,6 @@ import hashlib
 import importlib.metadata
 import json
 import math
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -60,6 +60,7 @@ from referencing import Registry, Resource
 from pipeline import __version__
 from pipeline.errors import StacValidationError
 from pipeline.publish.cogs import ChangeCubeInfo, replace_atomically
+from pipeline.storage import Location, LocationLike, relative_href
 
 __all__ = [
     "FILE_EXTENSION",
@@ -102,7 +103,8 @@ class AssetFile:
     key
         Asset key.
     path
-        Where it lies.
+        Where it is published (a local path or an fsspec URL); its href is made relative to the
+        Item's folder.
     media_type
         Its media type.
     roles
@@ -111,20 +113,32 @@ class AssetFile:
         Short title.
     fields
         More asset fields (``nodata``, ``data_type``...).
+    source
+        The local file whose bytes are published at ``path`` (when ``path`` is remote): its size
+        and checksum go into the Item. Default: ``path`` itself, when it is a local file.
     """
 
     key: str
-    path: Path
+    path: LocationLike
     media_type: str
     roles: tuple[str, ...]
     title: str
     fields: Mapping[str, Any] = field(default_factory=dict)
+    source: Path | None = None
+
+    def local_file(self) -> Path | None:
+        """The local file that holds the asset's bytes, or None (a Zarr folder, a remote object)."""
+        if self.source is not None:
+            return self.source
+        location = Location.parse(self.path)
+        return location.local_path if location.is_local and location.is_file() else None
 
 
-def multihash_sha256(path: Path) -> str:
-    """SHA-256 of a file as a hex multihash (``1220`` + the digest), as ``file:checksum`` wants."""
+def multihash_sha256(path: LocationLike) -> str:
+    """SHA-256 of a file (local or an fsspec URL) as a hex multihash (``1220`` + the digest), as
+    ``file:checksum`` wants."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with Location.parse(path).open_read() as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return "1220" + digest.hexdigest()
@@ -192,11 +206,6 @@ def _footprint(info: ChangeCubeInfo) -> tuple[dict[str, Any], list[float]]:
     return geometry, [*bbox, math.ceil(east * 1e9) / 1e9, math.ceil(north * 1e9) / 1e9]
 
 
-def _relative(path: Path, start: Path) -> str:
-    rel = os.path.relpath(Path(path).resolve(), Path(start).resolve())
-    return rel if rel.startswith("..") else f"./{rel}"
-
-
 def build_item(
     info: ChangeCubeInfo,
     *,
@@ -207,7 +216,7 @@ def build_item(
     provenance: Mapping[str, Any],
     lineage: str,
     assets: Sequence[AssetFile],
-    item_dir: Path,
+    item_dir: LocationLike,
     title: str | None = None,
 ) -> dict[str, Any]:
     """Build the Item of a run.
@@ -227,7 +236,8 @@ def build_item(
     assets
         The assets; files get ``file:size`` and ``file:checksum``.
     item_dir
-        The folder the Item JSON will be written to (hrefs are made relative to it).
+        The folder the Item JSON will be published in (hrefs are made relative to it), local or
+        an fsspec URL.
     title
         Item title.
 
@@ -251,15 +261,16 @@ def build_item(
     asset_docs: dict[str, dict[str, Any]] = {}
     for asset in assets:
         doc: dict[str, Any] = {
-            "href": _relative(asset.path, item_dir),
+            "href": relative_href(asset.path, item_dir),
             "type": asset.media_type,
             "title": asset.title,
             "roles": list(asset.roles),
             **asset.fields,
         }
-        if asset.path.is_file():
-            doc["file:size"] = asset.path.stat().st_size
-            doc["file:checksum"] = multihash_sha256(asset.path)
+        local = asset.local_file()
+        if local is not None:
+            doc["file:size"] = local.stat().st_size
+            doc["file:checksum"] = multihash_sha256(local)
         asset_docs[asset.key] = doc
     models = json.loads(str(info.attrs.get("models", "[]")))
     return {
@@ -478,27 +489,31 @@ def validate_stac(
     return StacValidation(str(doc.get("id")), tuple(validated), tuple(skipped))
 
 
-def _asset_problems(item: Mapping[str, Any], item_path: Path) -> Iterable[str]:
+def _asset_problems(item: Mapping[str, Any], item_path: Location) -> Iterable[str]:
     for key, asset in item.get("assets", {}).items():
-        target = (item_path.parent / asset["href"]).resolve()
+        target = item_path.parent.resolve_href(asset["href"])
         if not target.exists():
             yield f"asset {key}: {asset['href']} does not exist"
             continue
-        if "file:size" in asset and target.stat().st_size != asset["file:size"]:
-            yield f"asset {key}: size {target.stat().st_size} != file:size {asset['file:size']}"
+        if "file:size" in asset and target.size() != asset["file:size"]:
+            yield f"asset {key}: size {target.size()} != file:size {asset['file:size']}"
         if "file:checksum" in asset and multihash_sha256(target) != asset["file:checksum"]:
             yield f"asset {key}: the file's SHA-256 differs from file:checksum"
 
 
 def validate_published(
-    collection: Path, *, online: bool = False, schema_dir: Path | None = None, check_files: bool = True
+    collection: LocationLike,
+    *,
+    online: bool = False,
+    schema_dir: Path | None = None,
+    check_files: bool = True,
 ) -> list[StacValidation]:
     """Validate a published Collection and its Items, and check their asset files.
 
     Parameters
     ----------
     collection
-        ``<out>/stac/collection.json``.
+        ``<out>/stac/collection.json``, local or an fsspec URL (``s3://bucket/prefix/stac/collection.json``).
     online, schema_dir
         See :func:`validate_stac`.
     check_files
@@ -514,17 +529,19 @@ def validate_published(
     StacValidationError
         On an invalid document, a missing item, or an asset that is missing or differs.
     """
-    results = [validate_stac(collection, online=online, schema_dir=schema_dir)]
+    collection = Location.parse(collection)
     doc = json.loads(collection.read_text())
+    results = [validate_stac(doc, online=online, schema_dir=schema_dir)]
     for link in doc.get("links", ()):
         if link.get("rel") != "item":
             continue
-        item_path = (collection.parent / link["href"]).resolve()
+        item_path = collection.parent.resolve_href(link["href"])
         if not item_path.is_file():
             raise StacValidationError(f"{collection} links to the item {link['href']}, which does not exist")
-        results.append(validate_stac(item_path, online=online, schema_dir=schema_dir))
+        item = json.loads(item_path.read_text())
+        results.append(validate_stac(item, online=online, schema_dir=schema_dir))
         if check_files:
-            problems = list(_asset_problems(json.loads(item_path.read_text()), item_path))
+            problems = list(_asset_problems(item, item_path))
             if problems:
                 raise StacValidationError(f"{item_path}: " + "; ".join(problems) + "; publish again")
     return results

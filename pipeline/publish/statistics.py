@@ -308,7 +308,7 @@ def compute_statistics(
     k = len(info.classes)
     n_targets = len(info.targets)
     arrays = {
-        name: zarr.open_array(str(info.path), path=name, mode="r")
+        name: zarr.open_array(info.path.zarr_store(read_only=True), path=name, mode="r")
         for name in ("change", "transition", "target_change")
     }
     counts = {z: _Counts.empty(k * k, n_targets) for z in [ALL_ZONE, *(z.id for z in zones)]}

