@@ -4,8 +4,8 @@ For each scene side asked for (generated scenes, 10 m pixels, inputs prepared on
 under ``--workdir``), prints:
 
 * infer-stage throughput: scene area / wall time of :func:`pipeline.infer.run_inference`
-  (``force=True``) on a fresh local cluster with the demo's cluster settings (2 workers x 1 thread
-  unless told otherwise), best of ``--repeats``;
+  (``force=True``) on a fresh local cluster like the default one (one in-process worker with 2
+  threads; ``--workers``, ``--processes`` change it), best of ``--repeats``;
 * whole-run throughput (``--whole-run``): scene area / wall time of :func:`pipeline.run.run_job`
   into a fresh output (discover, prepare the cube from the generated scenes, infer, publish).
 
@@ -43,7 +43,12 @@ def main() -> None:
     parser.add_argument("--block-size", type=int, default=1024)
     parser.add_argument("--tile-size", type=int, default=None, help="default: the model's (512)")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=2, help="worker threads (or processes)")
+    parser.add_argument(
+        "--processes",
+        action="store_true",
+        help="workers as processes instead of threads of one in-process worker",
+    )
     parser.add_argument("--repeats", type=int, default=1, help="infer runs per size (best is kept)")
     parser.add_argument("--whole-run", action="store_true", help="also time a whole run from scratch")
     args = parser.parse_args()
@@ -52,11 +57,11 @@ def main() -> None:
     print(machine_header("engine throughput: km^2 per minute at 10 m"), flush=True)
     print(
         f"block {args.block_size} px, tile {args.tile_size or 'model default'}, batch {args.batch_size}, "
-        f"{args.workers} worker process(es) x 1 thread\n",
+        f"{args.workers} worker {'processes x 1 thread' if args.processes else 'threads in one in-process worker'}\n",
         flush=True,
     )
     print(f"{'size px':>8} {'km^2':>7} {'stage':>10} {'wall s':>8} {'km^2/min':>9} {'Mpx/s':>7} {'load1':>6}")
-    setting = Setting(args.block_size, args.tile_size, args.batch_size, args.workers)
+    setting = Setting(args.block_size, args.tile_size, args.batch_size, args.workers, args.processes)
     for size in args.sizes:
         inputs = prepare_inputs(size, args.workdir)
         walls = []
