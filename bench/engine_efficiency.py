@@ -420,8 +420,9 @@ def main() -> None:
 
     if not args.no_whole_run:
         wall, infer_wall, model = time_whole_run(inputs, args.workdir)
-        demo_cluster = ClusterSpec.model_validate(inputs.fields["cluster"])
-        slots = (demo_cluster.n_workers or 1) * demo_cluster.threads_per_worker
+        demo_cluster = ClusterSpec.model_validate(inputs.fields.get("cluster", {}))
+        workers, threads = demo_cluster.local_layout(len(os.sched_getaffinity(0)))
+        slots = workers * threads
         print(
             f"\nwhole run (discover+prepare+infer+publish, demo settings: block {inputs.fields['block_size']}, "
             f"cluster {demo_cluster.model_dump(exclude_defaults=True)}): {wall:.1f} s, infer {infer_wall:.1f} s, "
