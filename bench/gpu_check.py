@@ -36,7 +36,7 @@ from seg2change_core.segmenters import get_segmenter
 
 DEMO_CHECKPOINT = Path(__file__).resolve().parents[1] / "seg2change_core" / "assets" / "demo_cach.safetensors"
 OUTPUTS = ("out.change", "out.aux1_path1", "out.aux2_path2", "out.aux3_path3", "out.A", "out.B")
-CLASSES = ["water", "forest,tree", "grass", "cropland", "building,roof,house", "bare soil", "burned area"]
+CLASSES = "water;forest,tree;grass;cropland;building,roof,house;bare soil;burned area"
 
 
 def golden(fixtures: Path, device: torch.device) -> None:
@@ -76,7 +76,7 @@ def agreement(device: torch.device) -> None:
     """Demo change model + spectral segmenter + fusion on the CPU and on ``device``."""
     model = load_change_model(DEMO_CHECKPOINT)
     assert isinstance(model, torch.nn.Module)
-    prompts = PromptSet(CLASSES, targets=["building", "water", "burned area"])
+    prompts = PromptSet.from_string(CLASSES, targets=["building", "water", "burned area"])
     segmenter = get_segmenter("spectral", bands=model.bands)
     before, after = tiles(len(model.bands), 4, 512, seed=0)
     results = {}
