@@ -173,7 +173,7 @@ class Setting:
     def cluster(self) -> ClusterSpec:
         """The local cluster: ``workers`` processes of one thread, or one process with ``workers`` threads."""
         if self.processes:
-            return ClusterSpec(n_workers=self.workers, threads_per_worker=1)
+            return ClusterSpec(n_workers=self.workers, threads_per_worker=1, processes=True)
         return ClusterSpec(n_workers=1, threads_per_worker=self.workers, processes=False)
 
 
@@ -223,8 +223,17 @@ def time_whole_run(inputs: Inputs, workdir: Path) -> tuple[float, float, float]:
     return wall, result.inference.wall_seconds, result.inference.model_seconds
 
 
-def fixed_overheads(inputs: Inputs, workers: int) -> tuple[float, float]:
-    """Seconds of the per-run work outside block tasks: the baseline fit, and a cluster start + close."""
+def resolved_tile(inputs: Inputs, tile: int | None) -> int:
+    """The tile size a setting runs with (``None``: the change model's recommendation)."""
+    cube = describe_input(inputs.cube)
+    return TilingSpec(tile_size=tile).resolve_tile_size(
+        change_model_info(models_spec(inputs), cube.bands).tile_size
+    )
+
+
+def fixed_overheads(inputs: Inputs, workers: int) -> tuple[float, float, float]:
+    """Seconds of the per-run work outside block tasks: the baseline fit, and a cluster start + close
+    with ``workers`` worker processes and with ``workers`` threads of one in-process worker."""
     cube = describe_input(inputs.cube)
     spec = models_spec(inputs)
     start = time.perf_counter()
@@ -234,10 +243,13 @@ def fixed_overheads(inputs: Inputs, workers: int) -> tuple[float, float]:
         )
         fit_change_model(ModelRuntime(spec, cube.bands), before, after)
     fit = time.perf_counter() - start
-    start = time.perf_counter()
-    with connect(ClusterSpec(n_workers=workers, threads_per_worker=1)) as session:
-        session.client.run(lambda: None)
-    return fit, time.perf_counter() - start
+    starts = []
+    for setting in (Setting(0, None, 1, workers, True), Setting(0, None, 1, workers, False)):
+        start = time.perf_counter()
+        with connect(setting.cluster()) as session:
+            session.client.run(lambda: None)
+        starts.append(time.perf_counter() - start)
+    return fit, starts[0], starts[1]
 
 
 # --------------------------------------------------------------------------- one block, stage by stage
@@ -354,7 +366,13 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=2048, help="scene side in pixels (10 m)")
     parser.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR)
     parser.add_argument("--blocks", type=int, nargs="+", default=[1024, 2048], help="block sizes to try")
-    parser.add_argument("--tiles", type=int, nargs="+", default=[512], help="tile sizes to try")
+    parser.add_argument(
+        "--tiles",
+        type=int,
+        nargs="+",
+        default=[None],
+        help="tile sizes to try (default: the change model's own, 504 for CACH, 512 for the CVA baseline)",
+    )
     parser.add_argument("--batches", type=int, nargs="+", default=[8], help="tiles per model call to try")
     parser.add_argument(
         "--workers", type=int, nargs="+", default=[1], help="worker processes (or threads) to try"
@@ -402,7 +420,7 @@ def main() -> None:
         r = time_inference(inputs, setting, args.workdir / "efficiency" / "change_cube.zarr", warm=warm)
         rows.append((setting, r))
         print(
-            f"{setting.block:>6} {setting.tile or 512:>5} {setting.batch:>5} {setting.workers:>4} "
+            f"{setting.block:>6} {resolved_tile(inputs, setting.tile):>5} {setting.batch:>5} {setting.workers:>4} "
             f"{'process' if setting.processes else 'thread':>7} "
             f"{r['blocks']:>6} {r['tiles']:>6} {r['wall']:>7.2f} {r['model']:>8.2f} {r['task']:>7.2f} "
             f"{r['eff']:>6.2f} {r['task_eff']:>10.2f} {r['redundancy']:>6.2f} {r['useful_eff']:>6.2f} "
@@ -431,11 +449,12 @@ def main() -> None:
             flush=True,
         )
 
-    fit, start_cluster = fixed_overheads(inputs, max(args.workers))
+    fit, start_processes, start_threads = fixed_overheads(inputs, max(args.workers))
     print(
         f"\nfixed per-run costs outside the block tasks (measured apart, load1 {load_now()}): fit of the CVA "
         f"baseline (sample + fit, in the client) {fit:.2f} s; start + close a LocalCluster of "
-        f"{max(args.workers)} worker process(es) {start_cluster:.2f} s",
+        f"{max(args.workers)} worker process(es) {start_processes:.2f} s, of one in-process worker with "
+        f"{max(args.workers)} thread(s) {start_threads:.2f} s",
         flush=True,
     )
 
@@ -445,7 +464,7 @@ def main() -> None:
     )
     total = sum(v for k, v in prof.items() if k != "tiles")
     print(
-        f"\none interior block profiled in-process (block {best.block}, tile {best.tile or 512}, "
+        f"\none interior block profiled in-process (block {best.block}, tile {resolved_tile(inputs, best.tile)}, "
         f"batch {best.batch}, {int(prof['tiles'])} tiles, torch threads {torch.get_num_threads()}, "
         f"load1 {load_now()}):"
     )

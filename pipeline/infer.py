@@ -506,6 +506,8 @@ class TilePieces:
         The window of each tile inside the block.
     probabilities
         ``(1 + 2 * classes, rows, cols)`` float32 probabilities of each part.
+    valid
+        Where each part's input is valid (every band a model reads finite on both dates).
     computed
         Tiles the group computed.
     model_seconds
@@ -517,6 +519,7 @@ class TilePieces:
     tiles: tuple[tuple[int, int], ...]
     parts: tuple[Window, ...]
     probabilities: tuple[F32, ...]
+    valid: tuple[NDArray[np.bool_], ...]
     computed: int
     model_seconds: float
     seconds: float
@@ -565,20 +568,24 @@ def compute_tile_group(
     outputs, model_seconds = run_tiles(
         data, halo, grid_tiles, models=models, prompts=context.prompts, batch_size=context.batch_size
     )
+    valid = valid_pixels(data, (slice(None), slice(None)), models)
     del data
-    cut: dict[tuple[int, int], list[tuple[tuple[int, int], Window, F32]]] = {block: [] for block in consumers}
+    cut: dict[tuple[int, int], list[tuple[tuple[int, int], Window, F32, NDArray[np.bool_]]]] = {
+        block: [] for block in consumers
+    }
     for tile, output in zip(grid_tiles, outputs, strict=True):
         for block in consumers:
             part = tile.window.intersection(context.blocks.window(*block))
             if part is not None:
                 values = np.ascontiguousarray(output[(slice(None), *part.relative_to(tile.window))])
-                cut[block].append(((tile.row, tile.col), part, values))
+                cut[block].append(((tile.row, tile.col), part, values, valid[part.relative_to(halo)].copy()))
     seconds = time.perf_counter() - start
     return {
         block: TilePieces(
-            tuple(index for index, _, _ in parts),
-            tuple(part for _, part, _ in parts),
-            tuple(values for _, _, values in parts),
+            tuple(p[0] for p in parts),
+            tuple(p[1] for p in parts),
+            tuple(p[2] for p in parts),
+            tuple(p[3] for p in parts),
             len(tiles),
             model_seconds,
             seconds,
@@ -600,21 +607,24 @@ def process_block(
     ``reported`` is the number of leading ``groups`` whose model time this block reports.
     """
     start = time.perf_counter()
-    models = get_models(context.runtime)
     window = context.blocks.window(row, col)
     by_index = {
-        index: (part, values)
+        index: (part, values, valid)
         for group in groups
-        for index, part, values in zip(group.tiles, group.parts, group.probabilities, strict=True)
+        for index, part, values, valid in zip(
+            group.tiles, group.parts, group.probabilities, group.valid, strict=True
+        )
     }
-    tiles = context.grid.tiles_intersecting(window)
     accumulator = BlendAccumulator(window, 1 + 2 * context.prompts.num_classes, context.blender)
-    for tile in tiles:
-        accumulator.add_part(tile, *by_index[(tile.row, tile.col)])
+    valid_block = np.zeros((window.height, window.width), dtype=bool)
+    # The tiles cover the block, and each part carries the validity of the input it was computed from.
+    for tile in context.grid.tiles_intersecting(window):
+        part, values, valid = by_index[(tile.row, tile.col)]
+        accumulator.add_part(tile, part, values)
+        valid_block[part.relative_to(window)] = valid
     blended = accumulator.result()
-    data = _read_window(context.cube_path, window)
-    layers = derive_layers(blended, valid_pixels(data, (slice(None), slice(None)), models), context.prompts)
-    del data, blended, by_index
+    layers = derive_layers(blended, valid_block, context.prompts)
+    del blended, by_index
     write_block(context.out_path, window, (row, col), layers)
     own = groups[:reported]
     return BlockReport(

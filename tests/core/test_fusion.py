@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from seg2change_core.errors import ModelError
-from seg2change_core.fusion import NO_CHANGE, decode_transition, fuse
+from seg2change_core.fusion import NO_CHANGE, class_index, decode_transition, fuse
 from seg2change_core.prompts import PromptSet
 
 # Channels: 0 background, 1 building, 2 water. Target: building only.
@@ -112,3 +112,13 @@ def test_inconsistent_shapes_are_refused(
 ) -> None:
     with pytest.raises(ModelError, match=match):
         fuse(change, before, after, PROMPTS)
+
+
+def test_class_index_equals_argmax_over_channels_ties_to_the_first() -> None:
+    generator = torch.Generator().manual_seed(0)
+    probs = torch.rand(2, 5, 33, 17, generator=generator)
+    probs[0, 3, 0, 0] = probs[0, 1, 0, 0] = 2.0  # a tie: the first class wins, as with argmax
+    index = class_index(probs)
+    assert index.shape == (2, 1, 33, 17) and index.dtype == torch.int64
+    assert torch.equal(index, probs.argmax(dim=1, keepdim=True))
+    assert int(index[0, 0, 0, 0]) == 1
