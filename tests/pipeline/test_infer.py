@@ -431,6 +431,16 @@ def test_specs_name_the_fix() -> None:
     assert PromptSpec.build(classes=["water", ["tree", "forest"]]).classes == ("water", "tree,forest")
 
 
+def test_gpu_models_run_without_tf32() -> None:
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        pipeline.models.use_exact_float32()
+        assert torch.backends.cuda.matmul.allow_tf32 is False and torch.backends.cudnn.allow_tf32 is False
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
 def test_gpu_jobs_request_the_gpu_resource(
     tmp_path: Path, cube: Path, small_reference: dict[str, np.ndarray]
 ) -> None:
