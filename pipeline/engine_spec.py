@@ -167,7 +167,10 @@ class TilingSpec(_Spec):
     window
         Blending window profile: ``"cosine"`` (raised cosine) or ``"linear"``.
     batch_size
-        Tiles per model call.
+        Tiles per model call. A learned model's float32 output moves slightly with the batch a tile
+        is computed in: on the 2048 px bench scene the demo CACH differed by up to 5.9e-6 between
+        our batches and a naive run's, and by 0 with ``batch_size: 1``
+        (``bench/naive_vs_blocked.py``).
     block_size
         Side of the blocks the workers compute and of the output chunks; default: the input cube's
         spatial chunk size. Larger blocks mean fewer tasks and more memory per worker.

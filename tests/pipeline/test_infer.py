@@ -28,6 +28,7 @@ import pipeline.models
 from pipeline.change_cube import TRANSITION_NO_CHANGE, TRANSITION_NODATA, BlockGrid, open_change_cube
 from pipeline.cluster import connect
 from pipeline.cube import open_cube
+from pipeline.demo import demo_checkpoint
 from pipeline.engine_spec import ClusterSpec, ModelSpec, PromptSpec, TilingSpec
 from pipeline.errors import (
     ChangeCubeMismatchError,
@@ -174,6 +175,30 @@ def test_chunking_invariance_blocks_and_workers_match_the_in_memory_reference(
     plan = TilePlan(grid, BlockGrid(1100, 900, block), strip_blocks(block, strip))
     assert result.tiles == plan.tile_computations(BlockGrid(1100, 900, block))
     assert (result.tiles == len(grid)) == (plan.strip_blocks >= -(-900 // block))
+
+
+def test_cach_checkpoint_is_chunking_invariant(tmp_path: Path, clients: dict[int, ClusterSpec]) -> None:
+    """The learned model too: every block size and worker count gives the in-memory result within 1e-6."""
+    checkpoint = demo_checkpoint()
+    if checkpoint is None:
+        pytest.skip("the demo CACH checkpoint is absent (seg2change make-demo-checkpoint writes it)")
+    models = ModelSpec(checkpoint=str(checkpoint))
+    tiling = TilingSpec(tile_size=252, overlap=32)
+    cube = make_cube(tmp_path / "cube.zarr", 600, 500, chunk=256, seed=5)
+    expected = reference(cube, tiling, models=models)
+    for block, workers in ((256, 2), (512, 1)):
+        out = tmp_path / f"change-{block}.zarr"
+        run_inference(
+            make_job(tmp_path),
+            cube,
+            out,
+            models=models,
+            tiling=tiling.model_copy(update={"block_size": block}),
+            cluster=clients[workers],
+            prompts=PROMPTS,
+            progress=False,
+        )
+        assert_same(read_layers(out), expected)
 
 
 def test_reference_equals_a_naive_whole_array_blend(
