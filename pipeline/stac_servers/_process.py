@@ -10,9 +10,11 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -23,6 +25,7 @@ from typing import Any
 from pipeline.errors import ServerError
 
 __all__ = [
+    "find_executable",
     "free_port",
     "get_json",
     "kill",
@@ -36,6 +39,29 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+
+def find_executable(name: str, install: str, executable: str | os.PathLike[str] | None = None) -> Path:
+    """Locate the command ``name``: ``executable`` when given, else the one next to
+    ``sys.executable`` (the project's virtual environment, active or not), then the one on ``PATH``.
+
+    Raises
+    ------
+    ServerError
+        The command was not found; the message says ``install``.
+    """
+    if executable is not None:
+        path = Path(executable)
+        if not (path.is_file() and os.access(path, os.X_OK)):
+            raise ServerError(f"{name} executable {path} does not exist or is not executable")
+        return path
+    beside = Path(sys.executable).parent / name
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return beside
+    on_path = shutil.which(name)
+    if on_path:
+        return Path(on_path)
+    raise ServerError(f"no {name} command next to {sys.executable} nor on PATH; {install}")
 
 
 def free_port(host: str = "127.0.0.1") -> int:

