@@ -34,19 +34,14 @@ import platform
 import shutil
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from pipeline.change_cube import (
-    TRANSITION_NO_CHANGE,
-    TRANSITION_NODATA,
-    UINT8_NODATA,
     BlockGrid,
-    BlockLayers,
     ChangeCubeLayout,
     create_change_cube,
     write_block,
@@ -57,34 +52,57 @@ from pipeline.demo import demo_checkpoint, demo_job_fields
 from pipeline.discover import discover
 from pipeline.engine_spec import ClusterSpec, ModelSpec, TilingSpec
 from pipeline.infer import (
-    _band_selector,
-    _masked,
     _read_window,
+    blend_tiles,
+    derive_layers,
     describe_input,
     run_inference,
+    run_tiles,
     sample_pixels,
+    valid_pixels,
 )
 from pipeline.models import ModelRuntime, build_models, change_model_info, fit_change_model
 from pipeline.run import run_job
 from pipeline.spec import JobSpec
+from pipeline.storage import Location
 from pipeline.synthetic import GeneratedScene, SceneSpec, ensure_scene
-from pipeline.tiling import BlendAccumulator, RampBlender, TileGrid, batched
-from seg2change_core.fusion import fuse
+from pipeline.tiling import RampBlender, TileGrid
 
 DEFAULT_WORKDIR = Path("/tmp/seg2change-bench-engine")
 
 #: Stages of a block, as profiled by :func:`profile_block`.
 STAGES = {
     "read": "read block + halo (zarr)",
-    "stack": "cut + stack tiles",
     "change": "model: change (CVA/CACH)",
     "segment": "model: segmenter",
-    "concat": "model: concat + to numpy",
+    "stack": "cut, stack, concat tiles",
     "blend": "blend (w*p, w, divide)",
-    "fuse": "fuse",
-    "mask": "mask + cast layers",
+    "layers": "fuse, mask, cast layers",
     "write": "write block (zarr)",
 }
+
+
+@dataclass
+class _Timed:
+    """A model whose calls add their seconds to ``seconds`` (``method`` is the timed call)."""
+
+    inner: Any
+    method: str
+    seconds: float = 0.0
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self.inner, name)
+        if name != self.method:
+            return attribute
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return attribute(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - start
+
+        return timed
 
 
 # --------------------------------------------------------------------------- shared helpers
@@ -122,7 +140,7 @@ class Inputs:
     size: int
     scene: GeneratedScene
     fields: dict[str, Any]
-    cube: Path
+    cube: Location
     prepare_seconds: float
 
     def job(self, output: Path, **update: Any) -> JobSpec:
@@ -282,66 +300,26 @@ def profile_block(inputs: Inputs, *, block: int, tile: int | None, batch: int, o
     create_change_cube(out, layout, y=cube.y, x=cube.x, crs=cube.crs, transform=cube.transform, attrs={})
     row, col = blocks.shape[0] // 2, blocks.shape[1] // 2
     t: dict[str, float] = {}
-    # Warm the models once (first calls allocate), then time.
     window = blocks.window(row, col)
     halo = grid.halo(window)
+    tiles = grid.tiles_intersecting(window)
+    # Warm the models once (first calls allocate), then time.
     for _ in range(2):
-        t = dict.fromkeys(STAGES, 0.0)
+        change, segment = _Timed(models.change, "predict"), _Timed(models.segmenter, "segment")
+        timed_models = replace(models, change=change, segmenter=segment)
         s = time.perf_counter()
         data = _read_window(str(cube.path), halo)
         t["read"] = time.perf_counter() - s
-        tiles = grid.tiles_intersecting(window)
-        k = prompt_set.num_classes
-        acc = BlendAccumulator(window, 1 + 2 * k, blender)
-        cb = _band_selector(models.change_bands, data.shape[1])
-        sb = _band_selector(models.segmenter_bands, data.shape[1])
-        for group in batched(tiles, batch):
-            s = time.perf_counter()
-            crops = [x.window.relative_to(halo) for x in group]
-            pair = torch.from_numpy(np.stack([data[(e, slice(None), *c)] for e in (0, 1) for c in crops]))
-            t["stack"] += time.perf_counter() - s
-            s = time.perf_counter()
-            n = len(group)
-            with torch.inference_mode():
-                fc = pair[:, cb]
-                change = models.change.predict(fc[:n], fc[n:])
-                m = time.perf_counter()
-                classes = models.segmenter.segment(pair[:, sb], prompt_set)
-                g = time.perf_counter()
-                res = torch.cat([change, classes[:n], classes[n:]], dim=1).to(torch.float32).cpu().numpy()
-            t["change"] += m - s
-            t["segment"] += g - m
-            t["concat"] += time.perf_counter() - g
-            s = time.perf_counter()
-            for i, x in enumerate(group):
-                acc.add(x, res[i])
-            t["blend"] += time.perf_counter() - s
         s = time.perf_counter()
-        blended = acc.result()
-        t["blend"] += time.perf_counter() - s
+        outputs, _ = run_tiles(data, halo, tiles, models=timed_models, prompts=prompt_set, batch_size=batch)
+        t["change"], t["segment"] = change.seconds, segment.seconds
+        t["stack"] = time.perf_counter() - s - change.seconds - segment.seconds
         s = time.perf_counter()
-        fused = fuse(
-            torch.from_numpy(blended[None, :1]),
-            torch.from_numpy(blended[None, 1 : 1 + k]),
-            torch.from_numpy(blended[None, 1 + k :]),
-            prompt_set,
-        )
-        t["fuse"] = time.perf_counter() - s
+        blended = blend_tiles(window, tiles, outputs, blender=blender)
+        t["blend"] = time.perf_counter() - s
         s = time.perf_counter()
-        inside = window.relative_to(halo)
-        used = sorted(set(models.change_bands) | set(models.segmenter_bands))
-        valid = np.asarray(np.isfinite(data[(slice(None), used, *inside)]).all(axis=(0, 1)), dtype=bool)
-        transition = fused.transition[0, 0].numpy()
-        transition = np.where(transition < 0, TRANSITION_NO_CHANGE, transition)
-        layers = BlockLayers(
-            change_probability=np.where(valid, blended[0], np.float32("nan")).astype(np.float32),
-            change=_masked(fused.change[0, 0].numpy(), valid, UINT8_NODATA, np.uint8),
-            class_before=_masked(fused.class_before[0, 0].numpy(), valid, UINT8_NODATA, np.uint8),
-            class_after=_masked(fused.class_after[0, 0].numpy(), valid, UINT8_NODATA, np.uint8),
-            transition=_masked(transition, valid, TRANSITION_NODATA, np.uint16),
-            target_change=_masked(fused.per_target[0].numpy(), valid[None], UINT8_NODATA, np.uint8),
-        )
-        t["mask"] = time.perf_counter() - s
+        layers = derive_layers(blended, valid_pixels(data, window.relative_to(halo), models), prompt_set)
+        t["layers"] = time.perf_counter() - s
         s = time.perf_counter()
         write_block(out, window, (row, col), layers)
         t["write"] = time.perf_counter() - s
