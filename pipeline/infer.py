@@ -75,7 +75,7 @@ from pipeline.models import (
 from pipeline.progress import make_progress
 from pipeline.spec import JobSpec
 from pipeline.storage import Location, LocationLike
-from pipeline.tile_plan import GroupKey, TilePlan, strip_blocks
+from pipeline.tile_plan import GroupKey, PlannedBlock, TilePlan, strip_blocks
 from pipeline.tiling import BlendAccumulator, Blender, RampBlender, Tile, TileGrid, Window, batched, covering
 from seg2change_core.errors import Seg2ChangeError
 from seg2change_core.fusion import fuse
@@ -816,6 +816,7 @@ def run_inference(
     skipped = tuple(b for b in all_blocks if done[b])
     pending = [b for b in all_blocks if not done[b]]
     plan = TilePlan(grid, blocks, strip_blocks(block_size, tiling.strip_size))
+    planned = list(plan.plan(pending))
     log.info(
         "inference: %d blocks of %d px (%d to compute), %d tiles of %d px overlap %d (%d to compute), "
         "strips of %d blocks, models %s",
@@ -825,7 +826,7 @@ def run_inference(
         len(grid),
         tile_size,
         tiling.overlap,
-        plan.tile_computations(pending),
+        plan.count_tiles(planned),
         plan.strip_blocks,
         ", ".join(m.name for m in identities),
     )
@@ -842,7 +843,7 @@ def run_inference(
             runtime=replace(runtime, torch_threads=session.torch_threads),
             prompts=prompt_set,
         )
-        reports = _run_blocks(session.client, context, plan, pending, session.task_resources(), progress)
+        reports = _run_blocks(session.client, context, plan, planned, session.task_resources(), progress)
     finalise_change_cube(out_path)
     wall = time.perf_counter() - started
     result = InferenceResult(
@@ -871,12 +872,11 @@ def _run_blocks(
     client: Client,
     context: BlockContext,
     plan: TilePlan,
-    pending: Sequence[tuple[int, int]],
+    planned_blocks: Sequence[PlannedBlock],
     resources: dict[str, float] | None,
     progress: bool,
 ) -> list[BlockReport]:
     run = uuid.uuid4().hex[:8]
-    planned_blocks = list(plan.plan(pending))
     consumers: dict[GroupKey, list[tuple[int, int]]] = {}
     for planned in planned_blocks:
         for key in planned.groups:

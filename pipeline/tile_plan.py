@@ -140,7 +140,11 @@ class TilePlan:
 
     def tile_computations(self, pending: Iterable[tuple[int, int]]) -> int:
         """Tiles the plan computes for ``pending`` (a tile counts once per group task computing it)."""
-        groups = {g for planned in self.plan(pending) for g in planned.groups}
+        return self.count_tiles(self.plan(pending))
+
+    def count_tiles(self, planned: Iterable[PlannedBlock]) -> int:
+        """Tiles computed for already planned blocks (a tile counts once per group task computing it)."""
+        groups = {g for block in planned for g in block.groups}
         return sum(len(self.tiles_of(g)) for g in groups)
 
     def redundancy(self) -> float:
