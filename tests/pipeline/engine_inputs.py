@@ -100,6 +100,20 @@ def write_patch_cube(
     return write_reflectance_cube(path, refl, chunk=chunk)
 
 
+def engine_job(output: str | Path, **fields: object) -> JobSpec:
+    """A job for engine tests: the engine is given its input cube, so the search fields are placeholders."""
+    return JobSpec.build(
+        aoi={"bbox": (400_000, 4_980_000, 420_000, 5_000_000), "crs": "EPSG:32633"},
+        before="2023-06-01/2023-06-30",
+        after="2024-06-01/2024-06-30",
+        catalog="https://stac.example.com/v1",
+        collections="sentinel-2-l2a",
+        grid={"crs": "EPSG:32633"},
+        output=str(output),
+        **fields,
+    )
+
+
 def run_small_engine(job: JobSpec, cube: Path, out: Path) -> InferenceResult:
     """Run the engine on one in-process worker: 128 px tiles and blocks, no dashboards, one thread."""
     with LocalCluster(

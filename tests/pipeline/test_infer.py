@@ -22,7 +22,7 @@ from affine import Affine
 from dask.typing import Key
 from distributed import Client, LocalCluster, Scheduler
 from distributed.diagnostics.plugin import SchedulerPlugin
-from engine_inputs import PROMPTS, patch_reflectance, write_reflectance_cube
+from engine_inputs import PROMPTS, engine_job, patch_reflectance, write_reflectance_cube
 
 import pipeline.models
 from pipeline.change_cube import TRANSITION_NO_CHANGE, TRANSITION_NODATA, BlockGrid, open_change_cube
@@ -55,19 +55,6 @@ def make_cube(path: Path, height: int, width: int, *, chunk: int, seed: int = 0)
     refl = patch_reflectance(height, width, seed=seed, change_fraction=0.2, gaps=clouds)
     refl[1, 2, 0, 0] = np.nan  # one band missing at a corner pixel
     return write_reflectance_cube(path, refl, chunk=chunk)
-
-
-def make_job(tmp: Path, **fields: object) -> JobSpec:
-    return JobSpec.build(
-        aoi={"bbox": (400_000, 4_980_000, 420_000, 5_000_000), "crs": "EPSG:32633"},
-        before="2023-06-01/2023-06-30",
-        after="2024-06-01/2024-06-30",
-        catalog="https://stac.example.com/v1",
-        collections="sentinel-2-l2a",
-        grid={"crs": "EPSG:32633"},
-        output=str(tmp),
-        **fields,
-    )
 
 
 def reference(
@@ -158,7 +145,7 @@ def test_chunking_invariance_blocks_and_workers_match_the_in_memory_reference(
     out = tmp_path / "change.zarr"
     tiling = SMALL_TILING.model_copy(update={"block_size": block, "strip_size": strip})
     result = run_inference(
-        make_job(tmp_path),
+        engine_job(tmp_path),
         cube,
         out,
         tiling=tiling,
@@ -189,7 +176,7 @@ def test_cach_checkpoint_is_chunking_invariant(tmp_path: Path, clients: dict[int
     for block, workers in ((256, 2), (512, 1)):
         out = tmp_path / f"change-{block}.zarr"
         run_inference(
-            make_job(tmp_path),
+            engine_job(tmp_path),
             cube,
             out,
             models=models,
@@ -268,7 +255,7 @@ def test_change_cube_is_georeferenced_consolidated_and_records_the_job(
     tmp_path: Path, cube: Path, clients: dict[int, ClusterSpec]
 ) -> None:
     out = tmp_path / "change.zarr"
-    job = make_job(tmp_path)
+    job = engine_job(tmp_path)
     with Client(clients[2].address) as client:  # a ready client is used and left open
         run_inference(job, cube, out, tiling=SMALL_TILING, cluster=client, prompts=PROMPTS, progress=False)
         assert client.status == "running"
@@ -297,7 +284,7 @@ def test_zarr_v2_output_when_the_job_asks(
 ) -> None:
     out = tmp_path / "change.zarr"
     run_inference(
-        make_job(tmp_path, zarr_format=2),
+        engine_job(tmp_path, zarr_format=2),
         cube,
         out,
         tiling=SMALL_TILING.model_copy(update={"block_size": 512}),
@@ -321,7 +308,7 @@ def test_finished_job_is_not_recomputed_and_other_jobs_are_refused(
     tmp_path: Path, cube: Path, clients: dict[int, ClusterSpec]
 ) -> None:
     out = tmp_path / "change.zarr"
-    job = make_job(tmp_path)
+    job = engine_job(tmp_path)
     tiling = SMALL_TILING.model_copy(update={"block_size": 512})
     first = run_inference(job, cube, out, tiling=tiling, cluster=clients[2], prompts=PROMPTS, progress=False)
     stamp = (out / "change_probability" / "c" / "0" / "0").stat().st_mtime_ns
@@ -360,7 +347,7 @@ def test_a_foreign_output_is_refused_and_kept(
     (out / "precious.txt").write_text("keep me")
     with pytest.raises(OutputExistsError, match="not a seg2change change cube"):
         run_inference(
-            make_job(tmp_path),
+            engine_job(tmp_path),
             cube,
             out,
             tiling=SMALL_TILING,
@@ -376,7 +363,7 @@ def test_block_errors_name_the_block_and_model_errors_keep_their_message(
 ) -> None:
     with pytest.raises(JobSpecError, match="no classes to look for"):
         run_inference(
-            make_job(tmp_path),
+            engine_job(tmp_path),
             cube,
             tmp_path / "a.zarr",
             tiling=SMALL_TILING,
@@ -386,7 +373,7 @@ def test_block_errors_name_the_block_and_model_errors_keep_their_message(
     # The spectral segmenter lacks evidence for 'lava': its own message reaches the caller.
     with pytest.raises(Exception, match="no evidence for class 'lava'"):
         run_inference(
-            make_job(tmp_path),
+            engine_job(tmp_path),
             cube,
             tmp_path / "b.zarr",
             tiling=SMALL_TILING,
@@ -397,7 +384,7 @@ def test_block_errors_name_the_block_and_model_errors_keep_their_message(
     models = ModelSpec(change_bands=("red", "rededge071"))
     with pytest.raises(InferenceError, match="add rededge071 to the job's bands"):
         run_inference(
-            make_job(tmp_path),
+            engine_job(tmp_path),
             cube,
             tmp_path / "c.zarr",
             models=models,
@@ -424,8 +411,8 @@ def test_models_are_built_once_per_worker_process(
     cluster = ClusterSpec(n_workers=1, threads_per_worker=2, processes=False)
     tiling = SMALL_TILING.model_copy(update={"block_size": 256})
     kwargs: dict[str, Any] = {"tiling": tiling, "cluster": cluster, "prompts": PROMPTS, "progress": False}
-    first = run_inference(make_job(tmp_path), cube, tmp_path / "a.zarr", **kwargs)
-    second = run_inference(make_job(tmp_path), cube, tmp_path / "b.zarr", **kwargs)
+    first = run_inference(engine_job(tmp_path), cube, tmp_path / "a.zarr", **kwargs)
+    second = run_inference(engine_job(tmp_path), cube, tmp_path / "b.zarr", **kwargs)
     assert len(first.computed) == len(second.computed) == 20
     assert len(builds) == 1
     pipeline.models.clear_model_cache()
@@ -483,7 +470,7 @@ def test_gpu_jobs_request_the_gpu_resource(
         seen: list[object] = []
         gpu_like.scheduler.add_plugin(_RecordResources(seen))
         run_inference(
-            make_job(tmp_path),
+            engine_job(tmp_path),
             cube,
             out,
             models=ModelSpec(device="cuda" if torch.cuda.is_available() else "auto"),
@@ -525,7 +512,7 @@ def test_chunking_invariance_at_real_block_sizes(tmp_path: Path, clients: dict[i
         out = tmp_path / f"change-{block}.zarr"
         start = time.perf_counter()
         run_inference(
-            make_job(tmp_path),
+            engine_job(tmp_path),
             cube,
             out,
             tiling=tiling.model_copy(update={"block_size": block}),

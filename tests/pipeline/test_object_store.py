@@ -26,7 +26,7 @@ import s3fs
 import xarray as xr
 import yaml
 import zarr
-from engine_inputs import PROMPTS, patch_reflectance, write_reflectance_cube
+from engine_inputs import PROMPTS, engine_job, patch_reflectance, write_reflectance_cube
 from rio_cogeo.cogeo import cog_validate
 from test_restart import failing_after, recording_writes
 
@@ -356,15 +356,7 @@ ALL_BLOCKS = set(BlockGrid(HEIGHT, WIDTH, BLOCK))
 
 @pytest.fixture(scope="module")
 def restart_job(tmp_path_factory: pytest.TempPathFactory) -> JobSpec:
-    return JobSpec.build(
-        aoi={"bbox": (400_000, 4_996_160, 403_200, 5_000_000), "crs": "EPSG:32633"},
-        before="2023-06-01/2023-06-30",
-        after="2024-06-01/2024-06-30",
-        catalog="https://stac.example.com/v1",
-        collections="sentinel-2-l2a",
-        grid={"crs": "EPSG:32633"},
-        output=str(tmp_path_factory.mktemp("restart")),
-    )
+    return engine_job(tmp_path_factory.mktemp("restart"))
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,7 @@ import pytest
 import xarray as xr
 import zarr
 from affine import Affine
+from engine_inputs import engine_job
 
 import pipeline.infer
 from pipeline.change_cube import BlockGrid, read_done
@@ -75,15 +76,7 @@ def cube(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def job(tmp_path_factory: pytest.TempPathFactory) -> JobSpec:
-    return JobSpec.build(
-        aoi={"bbox": (400_000, 4_994_000, 405_000, 5_000_000), "crs": "EPSG:32633"},
-        before="2023-06-01/2023-06-30",
-        after="2024-06-01/2024-06-30",
-        catalog="https://stac.example.com/v1",
-        collections="sentinel-2-l2a",
-        grid={"crs": "EPSG:32633"},
-        output=str(tmp_path_factory.mktemp("out")),
-    )
+    return engine_job(tmp_path_factory.mktemp("out"))
 
 
 @pytest.fixture(scope="module")
