@@ -276,16 +276,15 @@ def build_models(runtime: ModelRuntime) -> LoadedModels:
 _CACHE: OrderedDict[str, LoadedModels] = OrderedDict()
 _CACHE_SIZE = 2
 _LOCK = threading.Lock()
-_THREADS_SET: list[int] = []
 
 
 def get_models(runtime: ModelRuntime) -> LoadedModels:
     """The runtime's models, built on first use in this process and reused afterwards."""
     key = runtime.key()
     with _LOCK:
-        if runtime.torch_threads is not None and [runtime.torch_threads] != _THREADS_SET:
+        # torch's intra-op thread count is per calling thread (OpenMP), so each worker thread sets its own.
+        if runtime.torch_threads is not None and torch.get_num_threads() != runtime.torch_threads:
             torch.set_num_threads(runtime.torch_threads)
-            _THREADS_SET[:] = [runtime.torch_threads]
         models = _CACHE.get(key)
         if models is None:
             log.info(

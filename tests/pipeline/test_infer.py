@@ -8,6 +8,7 @@ spectral segmenter, which need no weights.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -416,6 +417,23 @@ def test_models_are_built_once_per_worker_process(
     assert len(first.computed) == len(second.computed) == 20
     assert len(builds) == 1
     pipeline.models.clear_model_cache()
+
+
+def test_every_worker_thread_runs_torch_with_the_runtimes_threads(cube: Path) -> None:
+    """torch's intra-op thread count belongs to the calling thread: each worker thread sets its own."""
+    runtime = ModelRuntime(ModelSpec(), describe_input(cube).bands, fit=(0.1, 1.0), torch_threads=1)
+    seen: list[int] = []
+
+    def work() -> None:
+        torch.set_num_threads(2)  # whatever the thread had before
+        pipeline.models.get_models(runtime)
+        seen.append(torch.get_num_threads())
+
+    for _ in range(2):
+        thread = threading.Thread(target=work)
+        thread.start()
+        thread.join()
+    assert seen == [1, 1]
 
 
 def test_local_cluster_layout_defaults_to_threads_sharing_the_cores() -> None:
