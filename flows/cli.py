@@ -50,6 +50,11 @@ def _main(
     )
     for name in ("pipeline", "flows", "seg2change_core"):
         logging.getLogger(name).setLevel(level)
+    # Dask logs every cluster start, connection and out-of-band call at INFO: only with -vv. Importing
+    # distributed sets its logger's level, so it is imported before the level is set here.
+    import distributed  # noqa: F401
+
+    logging.getLogger("distributed").setLevel(logging.DEBUG if verbose >= 2 else logging.WARNING)
 
 
 def _fail(exc: Seg2ChangeError) -> None:

@@ -390,6 +390,8 @@ def create_change_cube(
         # ones); zarr warns that v3 has no spec for them yet, as for the input cube's band names.
         warnings.filterwarnings("ignore", message="The data type .* does not have a Zarr V3 specification")
         warnings.filterwarnings("ignore", EMPTY_FOLDER_WARNING)
+        # Consolidated metadata is a zarr-python extension for v3; it is what makes opening fast.
+        warnings.filterwarnings("ignore", "Consolidated metadata", UserWarning)
         ds.to_zarr(
             location.zarr_store(),
             mode=location.zarr_create_mode,
@@ -438,9 +440,13 @@ def write_block(path: LocationLike, window: Window, block: tuple[int, int], laye
 def finalise_change_cube(path: LocationLike) -> None:
     """Record that every block is done and consolidate the metadata again."""
     store = Location.parse(path).zarr_store()
-    group = zarr.open_group(store, mode="r+")
-    group.attrs["complete"] = True
-    zarr.consolidate_metadata(store)
+    with warnings.catch_warnings():
+        # As in create_change_cube: the extension that makes opening fast, and the class names.
+        warnings.filterwarnings("ignore", "Consolidated metadata", UserWarning)
+        warnings.filterwarnings("ignore", message="The data type .* does not have a Zarr V3 specification")
+        group = zarr.open_group(store, mode="r+")
+        group.attrs["complete"] = True
+        zarr.consolidate_metadata(store)
 
 
 def open_change_cube(path: LocationLike) -> xr.Dataset:
