@@ -41,7 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from engine_efficiency import DEFAULT_WORKDIR, load_now, machine_header, models_spec, prepare_inputs, quiet  # noqa: E402
 
 from pipeline.engine_spec import ClusterSpec, TilingSpec  # noqa: E402
-from pipeline.infer import _read_window, describe_input, run_inference, sample_pixels  # noqa: E402
+from pipeline.infer import describe_input, run_inference, sample_pixels  # noqa: E402
+from pipeline.input_reader import read_window  # noqa: E402
 from pipeline.models import ModelRuntime, build_models, change_model_info, fit_change_model  # noqa: E402
 from pipeline.tiling import RampBlender, TileGrid, Window, batched  # noqa: E402
 from seg2change_core.fusion import fuse  # noqa: E402
@@ -80,7 +81,7 @@ def run_naive(args: argparse.Namespace) -> dict[str, Any]:
     k = prompt_set.num_classes
     height, width = cube.height, cube.width
 
-    data = _read_window(str(cube.path), Window(0, height, 0, width))  # the whole scene
+    data = read_window(str(cube.path), Window(0, height, 0, width))  # the whole scene
     grid = TileGrid(height, width, tile_size, tiling.overlap)
     blender = RampBlender(tiling.overlap, tiling.window)
     total = np.zeros((1 + 2 * k, height, width), dtype=np.float64)

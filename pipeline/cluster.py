@@ -2,11 +2,12 @@
 
 :func:`connect` turns a :class:`~pipeline.engine_spec.ClusterSpec` (or a ready ``Client``) into a
 :class:`ClusterSession` and closes what it started on exit. GPU work uses Dask's *resources*:
-GPU workers advertise ``GPU=1`` and every inference task asks for ``GPU=1``
-(:meth:`ClusterSession.task_resources`), so a worker never runs more model tasks than it has GPUs
-and CPU-only workers of a mixed cluster never get one. Locally, GPU workers come from dask-cuda's
-``LocalCUDACluster`` (one worker per GPU) when it is installed (optional import), else from one
-``LocalCluster`` worker holding the ``GPU`` resource.
+GPU workers advertise ``GPU=1`` and every model task asks for ``GPU=1``
+(:meth:`ClusterSession.model_task_resources`), so a worker never runs more model calls than it has
+GPUs and CPU-only workers of a mixed cluster never get one. The block tasks (blend, write) ask for
+nothing: a GPU worker's second thread runs them while the GPU computes the next tiles. Locally,
+GPU workers come from dask-cuda's ``LocalCUDACluster`` (one worker per GPU, two threads) when it
+is installed (optional import), else from one ``LocalCluster`` worker holding the ``GPU`` resource.
 
 Torch uses its own intra-op threads; unless told otherwise, each worker gets the cores of its host
 divided among the worker threads there, so workers do not oversubscribe the CPUs.
@@ -34,6 +35,9 @@ log = logging.getLogger(__name__)
 #: Name of the Dask worker resource that GPU workers advertise and inference tasks request.
 GPU_RESOURCE = "GPU"
 
+#: Threads of a local GPU worker: one feeds the GPU, the other blends and writes blocks.
+_GPU_WORKER_THREADS = 2
+
 
 @dataclass(frozen=True)
 class ClusterSession:
@@ -44,7 +48,7 @@ class ClusterSession:
     client
         The Dask client.
     gpu
-        Inference tasks request the ``GPU`` resource.
+        Model tasks request the ``GPU`` resource.
     torch_threads
         Intra-op torch threads per worker process, or None to leave torch's default.
     """
@@ -53,8 +57,8 @@ class ClusterSession:
     gpu: bool
     torch_threads: int | None
 
-    def task_resources(self) -> dict[str, float] | None:
-        """Resources each inference task asks for: ``{"GPU": 1}`` on GPU clusters, else None."""
+    def model_task_resources(self) -> dict[str, float] | None:
+        """Resources each model task asks for: ``{"GPU": 1}`` on GPU clusters, else None."""
         return {GPU_RESOURCE: 1} if self.gpu else None
 
     @property
@@ -107,14 +111,14 @@ def start_local_cluster(spec: ClusterSpec) -> LocalCluster:
             )
         return LocalCluster(
             n_workers=1,
-            threads_per_worker=spec.threads_per_worker or 1,
+            threads_per_worker=spec.threads_per_worker or _GPU_WORKER_THREADS,
             processes=spec.processes,
             resources={GPU_RESOURCE: 1},
             **common,
         )
     cluster: LocalCluster = LocalCUDACluster(
         n_workers=spec.n_workers or gpus,
-        threads_per_worker=spec.threads_per_worker or 1,
+        threads_per_worker=spec.threads_per_worker or _GPU_WORKER_THREADS,
         resources={GPU_RESOURCE: 1},
         **common,
     )

@@ -250,7 +250,8 @@ class KubernetesBackend(_Backend):
     gpus_per_worker
         ``nvidia.com/gpu`` each worker gets (only with ``gpu``).
     threads_per_worker
-        ``--nthreads`` of each worker.
+        ``--nthreads`` of each worker; default 2 with ``gpu`` (one feeds the GPU, the other blends
+        and writes blocks), else 1.
     env
         Environment variables of the scheduler and the workers.
     idle_timeout
@@ -267,7 +268,7 @@ class KubernetesBackend(_Backend):
     worker_cpu: str = "4"
     worker_memory: str = "16Gi"
     gpus_per_worker: int = Field(default=1, ge=1)
-    threads_per_worker: int = Field(default=1, ge=1)
+    threads_per_worker: int | None = Field(default=None, ge=1)
     env: dict[str, str] = Field(default_factory=dict)
     idle_timeout: int = Field(default=0, ge=0)
     service_type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = "ClusterIP"
@@ -370,7 +371,7 @@ def render_daskcluster(spec: KubernetesBackend) -> dict[str, Any]:
         "--name",
         "$(DASK_WORKER_NAME)",
         "--nthreads",
-        str(spec.threads_per_worker),
+        str(spec.threads_per_worker or (2 if spec.gpu else 1)),
         "--memory-limit",
         spec.worker_memory,
         "--dashboard",

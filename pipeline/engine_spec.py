@@ -265,8 +265,9 @@ class ClusterSpec(_Spec):
         Workers of the local cluster; default: one per GPU with ``gpu``, else one in-process
         worker, or with ``processes`` one per core.
     threads_per_worker
-        Threads per local worker; default: the cores shared among the in-process workers, or 1 per
-        worker process.
+        Threads per local worker; default: the cores shared among the in-process workers, 1 per
+        worker process, or 2 per GPU worker (one model task at a time per GPU; the other thread
+        blends and writes blocks).
     processes
         Local workers as separate processes instead of threads of this process (the default). The
         engine's work (torch, NumPy, Zarr codecs) releases the GIL, so threads keep the cores busy,
@@ -276,7 +277,7 @@ class ClusterSpec(_Spec):
         Memory limit per local worker (``"auto"``, ``"4GiB"``...).
     gpu
         Run on GPU workers: a local ``LocalCUDACluster`` (dask-cuda, when installed) or workers
-        advertising a ``GPU`` resource, and every inference task asks for ``GPU=1``.
+        advertising a ``GPU`` resource, and every model task asks for ``GPU=1``.
     torch_threads
         Intra-op threads of torch in each worker; default: the cores divided among the workers.
     """

@@ -5,9 +5,10 @@ grid (:mod:`pipeline.tiling`). Two kinds of Dask tasks do the work, planned by
 :mod:`pipeline.tile_plan` so that every tile is computed once:
 
 * a **tile-group task** reads the union of a few tiles (one grid row of those a block owns)
-  lazily from the input Zarr and runs them in batches through the change model and the segmenter
-  (built once per worker, :mod:`pipeline.models`); its result, the tiles' probabilities, stays in
-  worker memory;
+  from the input Zarr, through a per-process cache of decoded chunks shared with the neighbouring
+  groups (:mod:`pipeline.input_reader`), and runs them in batches through the change model and the
+  segmenter (built once per worker, :mod:`pipeline.models`); its result, the tiles' probabilities,
+  stays in worker memory;
 * a **block task** receives the groups of every tile that intersects its block, blends their
   probabilities, derives the class maps, transition and binary change from the blended
   probabilities through :func:`seg2change_core.fusion.fuse`, and writes the block's chunks into the
@@ -20,7 +21,11 @@ the whole array in memory.
 
 :func:`run_inference` is the entry point: it validates, fingerprints the job, resumes or refuses an
 existing output, fits what must be fitted once per job, starts or joins the cluster, submits the
-tasks of the unfinished blocks in plan order and follows the blocks with a progress bar.
+tile groups of the unfinished blocks, creates a new change cube while the workers compute the
+first tiles, submits the blocks and follows them with a progress bar. Tasks run in the plan's
+order (:meth:`pipeline.tile_plan.TilePlan.task_order`), except that the last blocks of the row
+before the final one wait until the final groups have started: they fill the threads that would
+otherwise wait for the last tiles.
 """
 
 from __future__ import annotations
@@ -31,13 +36,12 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import torch
-import zarr
 from distributed import Client, Future, as_completed
 from numpy.typing import NDArray
 from pyproj import CRS
@@ -64,6 +68,7 @@ from pipeline.cluster import connect
 from pipeline.cube import open_cube
 from pipeline.engine_spec import ClusterSpec, ModelSpec, PromptSpec, TilingSpec
 from pipeline.errors import CubeError, InferenceError, JobSpecError
+from pipeline.input_reader import forget_run, read_window
 from pipeline.models import (
     LoadedModels,
     ModelRuntime,
@@ -238,12 +243,6 @@ def _without_output_fields(job_json: Any) -> Any:
     return {k: v for k, v in doc.items() if k not in _NOT_INFERENCE} if isinstance(doc, dict) else doc
 
 
-def _read_window(path: str, window: Window) -> F32:
-    reflectance = zarr.open_array(Location(path).zarr_store(read_only=True), path="reflectance", mode="r")
-    rows, cols = window.slices
-    return np.asarray(reflectance[:, :, rows, cols], dtype=np.float32)
-
-
 def sample_pixels(
     cube: InputCube, *, windows: int, max_pixels: int, seed: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -270,7 +269,7 @@ def sample_pixels(
     rng = np.random.default_rng(seed)
     parts: list[F32] = []
     for index in picks:
-        data = _read_window(str(cube.path), grid.window(*cells[index]))
+        data = read_window(str(cube.path), grid.window(*cells[index]))
         flat = data.reshape(2, data.shape[1], -1)
         valid = np.isfinite(flat).all(axis=(0, 1))
         pixels = flat[:, :, valid]
@@ -482,6 +481,8 @@ class BlockContext:
         How to build the models.
     prompts
         The classes.
+    run
+        Identifier of the run, unique: the key of its cached input chunks (:mod:`pipeline.input_reader`).
     """
 
     cube_path: str
@@ -492,6 +493,7 @@ class BlockContext:
     batch_size: int
     runtime: ModelRuntime
     prompts: PromptSet
+    run: str
 
 
 @dataclass(frozen=True)
@@ -561,10 +563,11 @@ def compute_tile_group(
     is released as soon as its block is written.
     """
     start = time.perf_counter()
-    models = get_models(context.runtime)
     grid_tiles = [context.grid.tile(row, col) for row, col in tiles]
     halo = covering(grid_tiles)
-    data = _read_window(context.cube_path, halo)
+    data = read_window(context.cube_path, halo, run=context.run)
+    # After the read: a worker's first tasks read while one of them builds the models.
+    models = get_models(context.runtime)
     outputs, model_seconds = run_tiles(
         data, halo, grid_tiles, models=models, prompts=context.prompts, batch_size=context.batch_size
     )
@@ -594,17 +597,22 @@ def compute_tile_group(
     }
 
 
+def _gate(*_: object) -> None:
+    """A task with no work, run once its dependencies are: blocks depending on it wait for them too."""
+
+
 def pieces_for(pieces: Mapping[tuple[int, int], TilePieces], block: tuple[int, int]) -> TilePieces:
     """The pieces of one block, taken out of a group's result (a task of its own, so each is freed apart)."""
     return pieces[block]
 
 
 def process_block(
-    context: BlockContext, row: int, col: int, reported: int, *groups: TilePieces
+    context: BlockContext, row: int, col: int, reported: int, *groups: TilePieces, after: object = None
 ) -> BlockReport:
     """Blend one block from its tile pieces, derive its layers and write them (then its marker).
 
-    ``reported`` is the number of leading ``groups`` whose model time this block reports.
+    ``reported`` is the number of leading ``groups`` whose model time this block reports; ``after``
+    is only a dependency (a :func:`_gate`), which holds the block back until it has run.
     """
     start = time.perf_counter()
     window = context.blocks.window(row, col)
@@ -786,6 +794,7 @@ def run_inference(
         )
 
     runtime = ModelRuntime(models, cube.bands)
+    create: Callable[[], None] | None = None
     if state.exists and state.attrs is not None:
         fit = json.loads(state.attrs.get("model_fit", "null"))
         runtime = replace(runtime, fit=None if fit is None else (float(fit[0]), float(fit[1])))
@@ -809,9 +818,13 @@ def run_inference(
             "prompts": json.dumps(prompt_doc),
             "software_version": __version__,
         }
-        create_change_cube(
-            out_path, layout, y=cube.y, x=cube.x, crs=cube.crs, transform=cube.transform, attrs=attrs
-        )
+
+        def create_output() -> None:
+            create_change_cube(
+                out_path, layout, y=cube.y, x=cube.x, crs=cube.crs, transform=cube.transform, attrs=attrs
+            )
+
+        create = create_output
         done = np.zeros(blocks.shape, dtype=bool)
     skipped = tuple(b for b in all_blocks if done[b])
     pending = [b for b in all_blocks if not done[b]]
@@ -842,8 +855,14 @@ def run_inference(
             batch_size=tiling.batch_size,
             runtime=replace(runtime, torch_threads=session.torch_threads),
             prompts=prompt_set,
+            run=uuid.uuid4().hex,
         )
-        reports = _run_blocks(session.client, context, plan, planned, session.task_resources(), progress)
+        try:
+            reports = _run_blocks(
+                session.client, context, plan, planned, session.model_task_resources(), progress, create
+            )
+        finally:
+            session.client.run(forget_run, context.run)
     finalise_change_cube(out_path)
     wall = time.perf_counter() - started
     result = InferenceResult(
@@ -873,65 +892,94 @@ def _run_blocks(
     context: BlockContext,
     plan: TilePlan,
     planned_blocks: Sequence[PlannedBlock],
-    resources: dict[str, float] | None,
+    model_resources: dict[str, float] | None,
     progress: bool,
+    before_blocks: Callable[[], None] | None = None,
 ) -> list[BlockReport]:
-    run = uuid.uuid4().hex[:8]
+    """Submit the tile groups, then run ``before_blocks`` here (it creates the output cube while
+    the workers compute the first tiles), then submit the blocks and wait for them."""
+    run = context.run[:8]
     consumers: dict[GroupKey, list[tuple[int, int]]] = {}
     for planned in planned_blocks:
         for key in planned.groups:
             consumers.setdefault(key, []).append(planned.block)
-    groups: dict[GroupKey, tuple[Future, int]] = {}
-    blocks: dict[Future, tuple[int, int]] = {}
-    # Explicit priorities (earlier = first) make workers follow the plan's order: a group's pieces
-    # are cut right after it, and a block runs as soon as its pieces are there.
-    priority = 0
-    for planned in planned_blocks:
-        for key in planned.groups:
-            if key not in groups:
-                tiles = tuple((t.row, t.col) for t in plan.tiles_of(key))
-                name = f"{key.strip}-{key.row}-{key.col}-{key.tile_row}-{run}"
-                group = client.submit(
-                    compute_tile_group,
-                    context,
-                    tiles,
-                    tuple(consumers[key]),
-                    key=f"infer-tiles-{name}",
-                    pure=False,
-                    resources=resources,
-                    priority=priority,
-                )
-                groups[key] = (group, priority)
-                priority -= 1
-        row, col = planned.block
-        ordered = planned.reports + tuple(g for g in planned.groups if g not in planned.reports)
-        pieces = [
-            client.submit(
-                pieces_for,
-                groups[key][0],
-                planned.block,
-                key=f"infer-pick-{key.strip}-{key.row}-{key.col}-{key.tile_row}-{row}-{col}-{run}",
-                pure=False,
-                priority=groups[key][1],
-            )
-            for key in ordered
-        ]
-        future = client.submit(
-            process_block,
+    # Explicit priorities (earlier = first) make workers follow the plan's task order: a group's
+    # pieces are cut right after it, and a block runs as soon as its pieces are there. Only the
+    # tile groups call the models, so only they take a GPU: blocks blend and write beside them.
+    # The blocks after the last group wait for a gate task that depends on the ``threads`` groups
+    # before the last ``threads``: a block ready as soon as its pieces are would otherwise take a
+    # thread before those last groups, which Dask hands to a worker only as its threads free up.
+    # (Depending on every earlier group would hold all their results until the end.)
+    threads = sum(w.get("nthreads", 1) for w in client.scheduler_info(n_workers=-1)["workers"].values())
+    # Two blocks per thread that would wait: a block's blend and write take a fraction of a group's
+    # model time, and each deferred block holds its pieces to the end.
+    order = plan.task_order(planned_blocks, defer=2 * (threads - 1))
+    last_group = max(i for i, item in enumerate(order) if isinstance(item, GroupKey))
+    group_priority: dict[GroupKey, int] = {}
+    block_priority: dict[tuple[int, int], int] = {}
+    for position, item in enumerate(order):
+        if isinstance(item, GroupKey):
+            group_priority[item] = -2 * position
+        else:
+            block_priority[item.block] = -2 * position
+    gated = {item.block for item in order[last_group + 1 :] if isinstance(item, PlannedBlock)}
+    groups: dict[GroupKey, Future] = {
+        key: client.submit(
+            compute_tile_group,
             context,
-            row,
-            col,
-            len(planned.reports),
-            *pieces,
-            key=f"infer-block-{row}-{col}-{run}",
+            tuple((t.row, t.col) for t in plan.tiles_of(key)),
+            tuple(consumers[key]),
+            key=f"infer-tiles-{key.strip}-{key.row}-{key.col}-{key.tile_row}-{run}",
             pure=False,
-            resources=resources,
-            priority=priority,
+            resources=model_resources,
+            priority=key_priority,
         )
-        priority -= 1
-        blocks[future] = planned.block
+        for key, key_priority in group_priority.items()
+    }
+    gate = client.submit(
+        _gate,
+        *[groups[key] for key in list(group_priority)[-2 * threads : -threads]],
+        key=f"infer-gate-{run}",
+        pure=False,
+        priority=-2 * last_group - 1,
+    )
+    blocks: dict[Future, tuple[int, int]] = {}
+    try:
+        if before_blocks is not None:
+            before_blocks()
+        for planned in planned_blocks:
+            row, col = planned.block
+            ordered = planned.reports + tuple(g for g in planned.groups if g not in planned.reports)
+            pieces = [
+                client.submit(
+                    pieces_for,
+                    groups[key],
+                    planned.block,
+                    key=f"infer-pick-{key.strip}-{key.row}-{key.col}-{key.tile_row}-{row}-{col}-{run}",
+                    pure=False,
+                    priority=group_priority[key],
+                )
+                for key in ordered
+            ]
+            future = client.submit(
+                process_block,
+                context,
+                row,
+                col,
+                len(planned.reports),
+                *pieces,
+                after=gate if planned.block in gated else None,
+                key=f"infer-block-{row}-{col}-{run}",
+                pure=False,
+                priority=block_priority[planned.block],
+            )
+            blocks[future] = planned.block
+    except BaseException:
+        client.cancel([*groups.values(), gate, *blocks])
+        raise
     # The client keeps no reference to groups and pieces: each is released once its consumers ran.
     groups.clear()
+    del gate
     reports: list[BlockReport] = []
     with make_progress(enabled=progress) as bar:
         task = bar.add_task("inference", total=len(blocks))

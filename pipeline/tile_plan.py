@@ -21,7 +21,7 @@ This module is pure planning (no Dask, no arrays), so it is tested on its own.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from pipeline.change_cube import BlockGrid
@@ -137,6 +137,34 @@ class TilePlan:
             reports = tuple(g for g in groups if g not in reported)
             reported.update(reports)
             yield PlannedBlock(block, groups, reports)
+
+    def task_order(self, planned: Sequence[PlannedBlock], *, defer: int = 0) -> list[GroupKey | PlannedBlock]:
+        """The groups and blocks of ``planned`` in the order workers should run them, first first.
+
+        Plan order, each group before the first block needing it and each block after its groups,
+        except that the last ``defer`` blocks of the row before the final block row go after the
+        final row's groups: at the end of a run they fill the threads that would otherwise wait
+        for the last tiles (a few per thread beyond the first: each holds its pieces to the end).
+        """
+        items: list[GroupKey | PlannedBlock] = []
+        seen: set[GroupKey] = set()
+        for block in planned:
+            for key in block.groups:
+                if key not in seen:
+                    seen.add(key)
+                    items.append(key)
+            items.append(block)
+        if not planned or defer < 1:
+            return items
+        last_row, last_col = planned[-1].block
+        strip = self.strip_of((last_row, last_col))
+        row_before = [b for b in planned if b.block[0] == last_row - 1 and self.strip_of(b.block) == strip]
+        deferred = row_before[-defer:]
+        if not deferred:
+            return items
+        kept = [item for item in items if not any(item is b for b in deferred)]
+        last_group = max(i for i, item in enumerate(kept) if isinstance(item, GroupKey))
+        return kept[: last_group + 1] + list(deferred) + kept[last_group + 1 :]
 
     def tile_computations(self, pending: Iterable[tuple[int, int]]) -> int:
         """Tiles the plan computes for ``pending`` (a tile counts once per group task computing it)."""

@@ -474,7 +474,8 @@ def test_gpu_models_run_without_tf32() -> None:
 def test_gpu_jobs_request_the_gpu_resource(
     tmp_path: Path, cube: Path, small_reference: dict[str, np.ndarray]
 ) -> None:
-    """Tasks ask for GPU=1: they run on workers advertising it and are refused where none does."""
+    """Model tasks ask for GPU=1 (blocks do not): they run on workers advertising it and are refused
+    where none does."""
     with (
         LocalCluster(n_workers=1, processes=False, dashboard_address=None) as plain,
         pytest.raises(ClusterError, match="--resources GPU=1"),
@@ -482,7 +483,7 @@ def test_gpu_jobs_request_the_gpu_resource(
     ):
         pass
     with LocalCluster(
-        n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None, resources={"GPU": 1}
+        n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None, resources={"GPU": 1}
     ) as gpu_like:
         out = tmp_path / "change.zarr"
         seen: list[object] = []
@@ -498,11 +499,53 @@ def test_gpu_jobs_request_the_gpu_resource(
             progress=False,
         )
         assert {kind for kind, _ in seen} == {"block", "tiles"}
-        assert all(r == {"GPU": 1} for _, r in seen)
+        assert all(r == {"GPU": 1} for kind, r in seen if kind == "tiles")
+        assert not any(r for kind, r in seen if kind == "block")
         assert_same(read_layers(out), small_reference)
     if not torch.cuda.is_available():
         with pytest.raises(ClusterError, match="no CUDA device is visible"), connect(ClusterSpec(gpu=True)):
             pass
+
+
+def test_only_the_last_blocks_wait_for_the_final_groups(
+    tmp_path: Path, cube: Path, small_reference: dict[str, np.ndarray]
+) -> None:
+    """The gate holding back the row before the last depends on a few groups, not on all of them
+    (which would keep every group's result in memory to the end)."""
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster:
+        seen: dict[str, set[str]] = {}
+        cluster.scheduler.add_plugin(_RecordDependencies(seen))
+        out = tmp_path / "change.zarr"
+        run_inference(
+            engine_job(tmp_path),
+            cube,
+            out,
+            tiling=SMALL_TILING.model_copy(update={"block_size": 256}),
+            cluster=ClusterSpec(address=cluster.scheduler_address),
+            prompts=PROMPTS,
+            progress=False,
+        )
+        assert_same(read_layers(out), small_reference)
+    (gate,) = (key for key in seen if key.startswith("infer-gate-"))
+    assert len(seen[gate]) == 2 and all(d.startswith("infer-tiles-") for d in seen[gate])
+    gated = {(int(key.split("-")[2]), int(key.split("-")[3])) for key, deps in seen.items() if gate in deps}
+    rows, cols = BlockGrid(1100, 900, 256).shape
+    assert {(rows - 2, cols - 2), (rows - 2, cols - 1)} <= gated
+    assert all(row >= rows - 2 for row, _ in gated)
+
+
+class _RecordDependencies(SchedulerPlugin):
+    """Scheduler plugin recording the dependencies of inference tasks."""
+
+    name = "record-dependencies"
+
+    def __init__(self, seen: dict[str, set[str]]) -> None:
+        self.seen = seen
+
+    def update_graph(self, scheduler: Scheduler, *, keys: set[Key], **kwargs: object) -> None:
+        for key in keys:
+            if str(key).startswith(("infer-block-", "infer-gate-")):
+                self.seen[str(key)] = {str(d.key) for d in scheduler.tasks[key].dependencies}
 
 
 class _RecordResources(SchedulerPlugin):

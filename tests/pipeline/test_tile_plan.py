@@ -88,3 +88,35 @@ def test_strip_width_is_whole_blocks_and_at_least_one() -> None:
     assert strip_blocks(4096, 1024) == 1
     with pytest.raises(ValueError, match="strip_blocks must be at least 1"):
         make_plan((100, 100), 64, 0, 64, strip=0)
+
+
+@pytest.mark.parametrize(
+    ("size", "block", "strip", "defer"), [((1024, 1024), 512, 10_000, 2), ((2100, 1500), 256, 3, 3)]
+)
+def test_task_order_runs_groups_before_their_blocks_and_defers_the_row_before_the_last(
+    size: tuple[int, int], block: int, strip: int, defer: int
+) -> None:
+    plan = make_plan(size, 504, 64, block, strip)
+    planned = list(plan.plan(plan.blocks))
+    plain = plan.task_order(planned)
+    order = plan.task_order(planned, defer=defer)
+    assert sorted(map(repr, order)) == sorted(map(repr, plain))
+    position = {repr(item): i for i, item in enumerate(order)}
+    for item in planned:
+        assert all(position[repr(g)] < position[repr(item)] for g in item.groups)
+    # The groups keep the plan's order; so do the blocks that are not deferred.
+    assert [g for g in order if isinstance(g, GroupKey)] == [g for g in plain if isinstance(g, GroupKey)]
+    last_group = max(i for i, item in enumerate(order) if isinstance(item, GroupKey))
+    last_row, _ = planned[-1].block
+    strip_of_last = plan.strip_of(planned[-1].block)
+    row_before = [
+        p for p in planned if p.block[0] == last_row - 1 and plan.strip_of(p.block) == strip_of_last
+    ]
+    deferred = row_before[-defer:]
+    assert deferred and all(position[repr(p)] > last_group for p in deferred)
+    assert [p for p in order if not isinstance(p, GroupKey) and p not in deferred] == [
+        p for p in planned if p not in deferred
+    ]
+    # With nothing to defer, blocks stay right after their last group.
+    assert plain == plan.task_order(planned, defer=0)
+    assert plan.task_order([], defer=2) == []
