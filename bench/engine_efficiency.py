@@ -59,13 +59,13 @@ from pipeline.infer import (
     blend_tiles,
     derive_layers,
     describe_input,
+    fit_for_cube,
     run_inference,
     run_tiles,
-    sample_pixels,
     valid_pixels,
 )
 from pipeline.input_reader import read_window
-from pipeline.models import ModelRuntime, build_models, change_model_info, fit_change_model, get_models
+from pipeline.models import ModelRuntime, build_models, change_model_info, get_models
 from pipeline.run import run_job
 from pipeline.spec import JobSpec
 from pipeline.storage import Location
@@ -260,11 +260,7 @@ def fixed_overheads(inputs: Inputs, workers: int) -> tuple[float, float, float]:
     cube = describe_input(inputs.cube)
     spec = models_spec(inputs)
     start = time.perf_counter()
-    if change_model_info(spec, cube.bands).needs_fit:
-        before, after = sample_pixels(
-            cube, windows=spec.fit_blocks, max_pixels=spec.fit_pixels, seed=spec.seed
-        )
-        fit_change_model(ModelRuntime(spec, cube.bands), before, after)
+    fit_for_cube(ModelRuntime(spec, cube.bands), cube)
     fit = time.perf_counter() - start
     starts = []
     for setting in (Setting(0, None, 1, workers, True), Setting(0, None, 1, workers, False)):
@@ -292,12 +288,9 @@ def time_models_alone(inputs: Inputs, setting: Setting, *, repeats: int = 2) -> 
     plan = TilePlan(grid, blocks, strip_blocks(setting.block, tiling.strip_size))
     keys = list(dict.fromkeys(key for planned in plan.plan(blocks) for key in planned.groups))
     cores = len(os.sched_getaffinity(0))
-    runtime = ModelRuntime(spec, cube.bands, torch_threads=max(1, cores // setting.workers))
-    if change_model_info(spec, cube.bands).needs_fit:
-        before, after = sample_pixels(
-            cube, windows=spec.fit_blocks, max_pixels=spec.fit_pixels, seed=spec.seed
-        )
-        runtime = fit_change_model(runtime, before, after)
+    runtime = fit_for_cube(
+        ModelRuntime(spec, cube.bands, torch_threads=max(1, cores // setting.workers)), cube
+    )
     prompts = inputs.job(Path("unused")).prompts
     assert prompts is not None
     prompt_set = prompts.prompt_set()
@@ -333,12 +326,7 @@ def profile_block(inputs: Inputs, *, block: int, tile: int | None, batch: int, o
     grid = TileGrid(cube.height, cube.width, tile_size, tiling.overlap)
     blocks = BlockGrid(cube.height, cube.width, block)
     blender = RampBlender(tiling.overlap, tiling.window)
-    runtime = ModelRuntime(spec, cube.bands, torch_threads=None)
-    if info.needs_fit:
-        before, after = sample_pixels(
-            cube, windows=spec.fit_blocks, max_pixels=spec.fit_pixels, seed=spec.seed
-        )
-        runtime = fit_change_model(runtime, before, after)
+    runtime = fit_for_cube(ModelRuntime(spec, cube.bands, torch_threads=None), cube)
     models = build_models(runtime)
     prompts = inputs.job(out.parent).prompts
     assert prompts is not None

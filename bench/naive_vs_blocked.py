@@ -41,9 +41,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from engine_efficiency import DEFAULT_WORKDIR, load_now, machine_header, models_spec, prepare_inputs, quiet  # noqa: E402
 
 from pipeline.engine_spec import ClusterSpec, TilingSpec  # noqa: E402
-from pipeline.infer import describe_input, run_inference, sample_pixels  # noqa: E402
+from pipeline.infer import describe_input, fit_for_cube, run_inference  # noqa: E402
 from pipeline.input_reader import read_window  # noqa: E402
-from pipeline.models import ModelRuntime, build_models, change_model_info, fit_change_model  # noqa: E402
+from pipeline.models import ModelRuntime, build_models, change_model_info  # noqa: E402
 from pipeline.tiling import RampBlender, TileGrid, Window, batched  # noqa: E402
 from seg2change_core.fusion import fuse  # noqa: E402
 
@@ -67,13 +67,7 @@ def run_naive(args: argparse.Namespace) -> dict[str, Any]:
     info = change_model_info(spec, cube.bands)
     tiling = TilingSpec(tile_size=args.tile_size, batch_size=args.batch_size)
     tile_size = tiling.resolve_tile_size(info.tile_size)
-    runtime = ModelRuntime(spec, cube.bands)
-    if info.needs_fit:
-        before, after = sample_pixels(
-            cube, windows=spec.fit_blocks, max_pixels=spec.fit_pixels, seed=spec.seed
-        )
-        runtime = fit_change_model(runtime, before, after)
-        del before, after
+    runtime = fit_for_cube(ModelRuntime(spec, cube.bands), cube)
     models = build_models(runtime)
     prompts = inputs.job(args.workdir / "naive").prompts
     assert prompts is not None

@@ -97,6 +97,7 @@ __all__ = [
     "compute_window",
     "derive_layers",
     "describe_input",
+    "fit_for_cube",
     "infer_array",
     "pieces_for",
     "process_block",
@@ -285,6 +286,16 @@ def sample_pixels(
         )
     tensor = torch.from_numpy(sample)
     return tensor[0][None, :, None, :], tensor[1][None, :, None, :]
+
+
+def fit_for_cube(runtime: ModelRuntime, cube: InputCube) -> ModelRuntime:
+    """``runtime`` with its change model fitted on a sample of ``cube`` (:func:`sample_pixels`) when
+    it needs a fit once per job (the CVA baseline); otherwise ``runtime`` unchanged."""
+    spec = runtime.spec
+    if not change_model_info(spec, runtime.cube_bands).needs_fit:
+        return runtime
+    before, after = sample_pixels(cube, windows=spec.fit_blocks, max_pixels=spec.fit_pixels, seed=spec.seed)
+    return fit_change_model(runtime, before, after)
 
 
 # --------------------------------------------------------------------------- one window
@@ -801,12 +812,7 @@ def run_inference(
         done = read_done(out_path, blocks)
         log.info("resuming %s: %d of %d blocks already done", out_path, int(done.sum()), len(blocks))
     else:
-        if info.needs_fit:
-            before, after = sample_pixels(
-                cube, windows=models.fit_blocks, max_pixels=models.fit_pixels, seed=models.seed
-            )
-            runtime = fit_change_model(runtime, before, after)
-            del before, after
+        runtime = fit_for_cube(runtime, cube)
         layout = ChangeCubeLayout(blocks, prompt_set.labels, prompt_set.targets, job.zarr_format)
         attrs = {
             "job": job.model_dump_json(),
