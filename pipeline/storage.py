@@ -41,7 +41,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from pipeline.errors import StorageError
 
-__all__ = ["EMPTY_FOLDER_WARNING", "Location", "LocationLike", "relative_href"]
+__all__ = ["EMPTY_FOLDER_WARNING", "Location", "LocationLike", "relative_href", "replace_atomically"]
 
 LocationLike: TypeAlias = "str | os.PathLike[str] | Location"
 """A local path, an fsspec URL (``s3://bucket/prefix``), or a :class:`Location`."""
@@ -54,6 +54,23 @@ _REMOTE_OPTIONS: dict[str, Any] = {"use_listings_cache": False}
 #: What zarr says of an empty "folder" that an object store lists where a store was deleted (it
 #: skips it): expected when a store is written again in place.
 EMPTY_FOLDER_WARNING = "Object at .* is not recognized as a component of a Zarr hierarchy"
+
+
+@contextlib.contextmanager
+def replace_atomically(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` (same suffix); on success it replaces ``path`` in one rename.
+
+    A failure removes the temporary file and leaves any earlier ``path`` as it was.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 #: Words of the errors an object store raises when the bucket is missing.
 _NO_BUCKET = ("bucket does not exist", "nosuchbucket")
 
@@ -328,7 +345,7 @@ class Location:
         made); on an object store they are one PUT.
         """
         if self.is_local:
-            with self._local_replacement() as tmp:
+            with replace_atomically(Path(self.url)) as tmp:
                 tmp.write_bytes(data)
             return
         with self._explained("write"):
@@ -341,7 +358,7 @@ class Location:
     def upload(self, source: Path) -> None:
         """Copy a local file here, atomically (see :meth:`write_bytes`); large files are streamed."""
         if self.is_local:
-            with self._local_replacement() as tmp:
+            with replace_atomically(Path(self.url)) as tmp:
                 shutil.copyfile(source, tmp)
             return
         with self._explained("upload to"):
@@ -383,17 +400,6 @@ class Location:
         did not see.
         """
         return "w-" if self.is_local else "w"
-
-    @contextlib.contextmanager
-    def _local_replacement(self) -> Iterator[Path]:
-        path = Path(self.url)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-        try:
-            yield tmp
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
 
     def resolve_href(self, href: str) -> Location:
         """The location an href names, taken relative to this folder unless it is absolute."""

@@ -11,18 +11,16 @@ reader never sees a half-written COG. Memory is bounded by one window (the Zarr 
 up to whole 512-px tiles), whatever the size of the area; rio-cogeo stages big layers on disk.
 
 This module also holds what the other publishing steps share: :func:`describe_change_cube` (the
-grid, classes and attributes of a finished change cube), :func:`block_windows` and
-:func:`replace_atomically`.
+grid, classes and attributes of a finished change cube) and :func:`block_windows`; they write their
+files with :func:`pipeline.storage.replace_atomically`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +38,7 @@ from rio_cogeo.profiles import cog_profiles
 
 from pipeline.change_cube import FORMAT, TRANSITION_NO_CHANGE, TRANSITION_NODATA, UINT8_NODATA
 from pipeline.errors import PublishError
-from pipeline.storage import Location, LocationLike
+from pipeline.storage import Location, LocationLike, replace_atomically
 
 __all__ = [
     "COG_LAYERS",
@@ -51,7 +49,6 @@ __all__ = [
     "CogSpec",
     "block_windows",
     "describe_change_cube",
-    "replace_atomically",
     "write_cog",
     "write_cogs",
 ]
@@ -211,21 +208,6 @@ def block_windows(height: int, width: int, side: int) -> Iterator[tuple[slice, s
     for r0 in range(0, height, side):
         for c0 in range(0, width, side):
             yield slice(r0, min(r0 + side, height)), slice(c0, min(c0 + side, width))
-
-
-@contextmanager
-def replace_atomically(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename.
-
-    A failure removes the temporary file and leaves any earlier ``path`` as it was.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}{path.suffix}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)

@@ -20,9 +20,9 @@ from numpy.typing import NDArray
 
 from pipeline.change_cube import TRANSITION_NO_CHANGE
 from pipeline.errors import PublishError
-from pipeline.publish.cogs import ChangeCubeInfo, replace_atomically
+from pipeline.publish.cogs import ChangeCubeInfo
 from pipeline.quicklook import render_quicklook
-from pipeline.storage import Location, LocationLike
+from pipeline.storage import Location, LocationLike, replace_atomically
 
 __all__ = [
     "MAX_SIDE",

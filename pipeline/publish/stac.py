@@ -59,8 +59,8 @@ from referencing import Registry, Resource
 
 from pipeline import __version__
 from pipeline.errors import StacValidationError
-from pipeline.publish.cogs import ChangeCubeInfo, replace_atomically
-from pipeline.storage import Location, LocationLike, relative_href
+from pipeline.publish.cogs import ChangeCubeInfo
+from pipeline.storage import Location, LocationLike, relative_href, replace_atomically
 
 __all__ = [
     "FILE_EXTENSION",

@@ -42,7 +42,8 @@ from rich.table import Table
 
 from pipeline.change_cube import TRANSITION_NO_CHANGE, UINT8_NODATA
 from pipeline.errors import PublishError
-from pipeline.publish.cogs import ChangeCubeInfo, block_windows, replace_atomically
+from pipeline.publish.cogs import ChangeCubeInfo, block_windows
+from pipeline.storage import replace_atomically
 
 __all__ = [
     "ALL_ZONE",
