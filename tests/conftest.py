@@ -1,7 +1,8 @@
-"""Shared test fixtures: where the real data lives, and skipping when it is absent."""
+"""Shared test fixtures: where the real data lives, SeaweedFS, and skipping when either is absent."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +20,21 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data folder {SHARED_DATA} is absent (it sits beside the checkout in CI)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def weed() -> Path:
+    """SeaweedFS's ``weed`` command; skips the test when it is absent, except in CI (which installs
+    it with .ci/setup), where its absence fails."""
+    from pipeline.errors import ServerError
+    from pipeline.object_store import find_weed
+
+    try:
+        return find_weed()
+    except ServerError as exc:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"SeaweedFS is not installed ({exc})")
 
 
 @pytest.fixture(autouse=True)

