@@ -76,6 +76,7 @@ from pipeline.models import (
     fit_change_model,
     get_models,
     model_identities,
+    start_building,
 )
 from pipeline.progress import make_progress
 from pipeline.spec import JobSpec
@@ -576,8 +577,8 @@ def compute_tile_group(
     start = time.perf_counter()
     grid_tiles = [context.grid.tile(row, col) for row, col in tiles]
     halo = covering(grid_tiles)
+    start_building(context.runtime)  # a worker's first read overlaps the model build
     data = read_window(context.cube_path, halo, run=context.run)
-    # After the read: a worker's first tasks read while one of them builds the models.
     models = get_models(context.runtime)
     outputs, model_seconds = run_tiles(
         data, halo, grid_tiles, models=models, prompts=context.prompts, batch_size=context.batch_size

@@ -5,7 +5,8 @@ bytes saying which models to build (the :class:`~pipeline.engine_spec.ModelSpec`
 and the values fitted once per job); each worker process builds the models the first time a task
 asks for them (:func:`get_models`) and keeps them in a per-process cache keyed by
 :meth:`ModelRuntime.key`, so loading weights happens once per worker, not once per block. The cache
-holds the most recent two jobs' models; a lock makes a worker with several threads build them once.
+holds the most recent two jobs' models. A worker with several threads builds them once, on a thread
+of its own that a task starts before reading its input (:func:`start_building`).
 
 The classical baseline (CVA with an Otsu threshold) must not fit its threshold per tile, or the
 result would depend on the tiling; :func:`fit_change_model` fits it once per job on a pixel sample
@@ -21,6 +22,7 @@ import logging
 import os
 import threading
 from collections import OrderedDict
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +47,7 @@ __all__ = [
     "file_sha256",
     "fit_change_model",
     "get_models",
+    "start_building",
     "model_identities",
 ]
 
@@ -275,31 +278,70 @@ def build_models(runtime: ModelRuntime) -> LoadedModels:
 
 _CACHE: OrderedDict[str, LoadedModels] = OrderedDict()
 _CACHE_SIZE = 2
+_BUILDING: dict[str, Future[LoadedModels]] = {}
 _LOCK = threading.Lock()
 
 
-def get_models(runtime: ModelRuntime) -> LoadedModels:
-    """The runtime's models, built on first use in this process and reused afterwards."""
+def _build_into_cache(runtime: ModelRuntime, key: str, pending: Future[LoadedModels]) -> None:
+    if runtime.torch_threads is not None:
+        torch.set_num_threads(runtime.torch_threads)
+    try:
+        log.info(
+            "building models (%s, segmenter %s) in process %d",
+            runtime.spec.checkpoint or "built-in baseline",
+            runtime.spec.segmenter,
+            os.getpid(),
+        )
+        models = build_models(runtime)
+    except BaseException as exc:
+        with _LOCK:
+            del _BUILDING[key]  # a later task tries again
+        pending.set_exception(exc)
+        return
+    with _LOCK:
+        _CACHE[key] = models
+        while len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
+        del _BUILDING[key]
+    pending.set_result(models)
+
+
+def start_building(runtime: ModelRuntime) -> Future[LoadedModels]:
+    """The runtime's models, as a future: done when cached, else built on a thread of its own.
+
+    A task calls this before it reads its input, so that a worker's first read and the model
+    build (seconds for DINOv2 weights) overlap; :func:`get_models` then waits for the result. One
+    build per runtime runs at a time in a process, whichever threads ask for it.
+    """
     key = runtime.key()
     with _LOCK:
-        # torch's intra-op thread count is per calling thread (OpenMP), so each worker thread sets its own.
-        if runtime.torch_threads is not None and torch.get_num_threads() != runtime.torch_threads:
-            torch.set_num_threads(runtime.torch_threads)
         models = _CACHE.get(key)
-        if models is None:
-            log.info(
-                "building models (%s, segmenter %s) in process %d",
-                runtime.spec.checkpoint or "built-in baseline",
-                runtime.spec.segmenter,
-                os.getpid(),
-            )
-            models = build_models(runtime)
-            _CACHE[key] = models
-            while len(_CACHE) > _CACHE_SIZE:
-                _CACHE.popitem(last=False)
-        else:
+        if models is not None:
             _CACHE.move_to_end(key)
-        return models
+            done: Future[LoadedModels] = Future()
+            done.set_result(models)
+            return done
+        pending = _BUILDING.get(key)
+        if pending is None:
+            pending = _BUILDING[key] = Future()
+            threading.Thread(
+                target=_build_into_cache,
+                args=(runtime, key, pending),
+                name="seg2change-build-models",
+                daemon=True,
+            ).start()
+        return pending
+
+
+def get_models(runtime: ModelRuntime) -> LoadedModels:
+    """The runtime's models, built on first use in this process and reused afterwards.
+
+    Also sets the calling thread's torch intra-op threads to ``runtime.torch_threads``: torch's
+    thread count is per calling thread (OpenMP), so each worker thread sets its own.
+    """
+    if runtime.torch_threads is not None and torch.get_num_threads() != runtime.torch_threads:
+        torch.set_num_threads(runtime.torch_threads)
+    return start_building(runtime).result()
 
 
 def clear_model_cache() -> None:

@@ -436,6 +436,63 @@ def test_every_worker_thread_runs_torch_with_the_runtimes_threads(cube: Path) ->
     assert seen == [1, 1]
 
 
+def test_the_model_build_runs_beside_the_task_that_started_it(
+    cube: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A task starts the build, reads its input meanwhile, then waits; other threads share the one build."""
+    runtime = ModelRuntime(ModelSpec(), describe_input(cube).bands, fit=(0.1, 1.0), torch_threads=1)
+    release = threading.Event()
+    builders: list[str] = []
+    real = pipeline.models.build_models
+
+    def slow(runtime: ModelRuntime) -> LoadedModels:
+        builders.append(threading.current_thread().name)
+        assert release.wait(10)
+        return real(runtime)
+
+    monkeypatch.setattr(pipeline.models, "build_models", slow)
+    pipeline.models.clear_model_cache()
+    try:
+        pending = pipeline.models.start_building(runtime)
+        assert not pending.done()  # the caller goes on (to its read) while the build runs
+        got: list[LoadedModels] = []
+        waiter = threading.Thread(target=lambda: got.append(pipeline.models.get_models(runtime)))
+        waiter.start()
+        assert pipeline.models.start_building(runtime) is pending  # one build, whoever asks
+        release.set()
+        waiter.join(10)
+        assert got == [pending.result()]
+        assert builders == ["seg2change-build-models"]
+        assert pipeline.models.get_models(runtime) is got[0]  # cached from now on
+    finally:
+        release.set()
+        pipeline.models.clear_model_cache()
+
+
+def test_a_failed_model_build_fails_its_waiters_and_is_tried_again(
+    cube: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runtime = ModelRuntime(ModelSpec(), describe_input(cube).bands, fit=(0.1, 1.0), torch_threads=1)
+    real = pipeline.models.build_models
+    calls: list[int] = []
+
+    def flaky(runtime: ModelRuntime) -> LoadedModels:
+        calls.append(1)
+        if len(calls) == 1:
+            raise InferenceError("weights file went away")
+        return real(runtime)
+
+    monkeypatch.setattr(pipeline.models, "build_models", flaky)
+    pipeline.models.clear_model_cache()
+    try:
+        with pytest.raises(InferenceError, match="weights file went away"):
+            pipeline.models.get_models(runtime)
+        assert isinstance(pipeline.models.get_models(runtime).change, CVABaseline)
+        assert len(calls) == 2
+    finally:
+        pipeline.models.clear_model_cache()
+
+
 def test_local_cluster_layout_defaults_to_threads_sharing_the_cores() -> None:
     assert ClusterSpec().local_layout(8) == (1, 8)
     assert ClusterSpec(n_workers=2).local_layout(8) == (2, 4)
