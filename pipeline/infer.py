@@ -355,7 +355,7 @@ def blend_tiles(
     blender: Blender,
 ) -> F32:
     """Blend the tiles' probabilities over ``target`` (tiles in grid order, each covering part of it)."""
-    accumulator = BlendAccumulator(target, outputs[0].shape[0], blender)
+    accumulator = BlendAccumulator(target, outputs[0].shape[0], blender, tiles)
     for tile, probabilities in zip(tiles, outputs, strict=True):
         accumulator.add(tile, probabilities)
     return accumulator.result()
@@ -635,10 +635,11 @@ def process_block(
             group.tiles, group.parts, group.probabilities, group.valid, strict=True
         )
     }
-    accumulator = BlendAccumulator(window, 1 + 2 * context.prompts.num_classes, context.blender)
+    tiles = context.grid.tiles_intersecting(window)
+    accumulator = BlendAccumulator(window, 1 + 2 * context.prompts.num_classes, context.blender, tiles)
     valid_block = np.zeros((window.height, window.width), dtype=bool)
     # The tiles cover the block, and each part carries the validity of the input it was computed from.
-    for tile in context.grid.tiles_intersecting(window):
+    for tile in tiles:
         part, values, valid = by_index[(tile.row, tile.col)]
         accumulator.add_part(tile, part, values)
         valid_block[part.relative_to(window)] = valid

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import bisect
 import functools
+import itertools
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -349,6 +350,12 @@ class BlendAccumulator:
     pixel's result depends only on which tiles cover it and in what order they are added (the grid
     order), not on the target window.
 
+    When the caller names the tiles it will add (``tiles``), the target is cut along their edges
+    into cells covered by a fixed set of tiles. A cell that one tile alone covers takes that tile's
+    values as they are (where its window is 1, as a ramp's interior is) and skips the float64 sums:
+    ``w * p / w`` with ``w = 1`` is ``p``, so the result has the same bits as summing, in a
+    fraction of the time. Only the cells that tiles share are summed.
+
     Parameters
     ----------
     target
@@ -357,13 +364,48 @@ class BlendAccumulator:
         Number of probability channels per tile.
     blender
         The window function.
+    tiles
+        Every tile that will be added, or None to accept any (and sum everywhere).
     """
 
-    def __init__(self, target: Window, channels: int, blender: Blender) -> None:
+    def __init__(
+        self, target: Window, channels: int, blender: Blender, tiles: Sequence[Tile] | None = None
+    ) -> None:
         self.target = target
         self.blender = blender
-        self._sum = np.zeros((channels, target.height, target.width), dtype=np.float64)
-        self._weight = np.zeros((target.height, target.width), dtype=np.float64)
+        self._out = np.empty((channels, target.height, target.width), dtype=np.float32)
+        self._known = None if tiles is None else {(t.row, t.col) for t in tiles}
+        self._alone: dict[tuple[int, int], list[Window]] = {}
+        self._uncovered = 0
+        shared = [target] if tiles is None else self._cut(target, tiles)
+        self._shared = [
+            (cell, np.zeros((channels, cell.height, cell.width)), np.zeros((cell.height, cell.width)))
+            for cell in shared
+        ]
+        self._pending = sum(c.height * c.width for cells in self._alone.values() for c in cells)
+
+    def _cut(self, target: Window, tiles: Sequence[Tile]) -> list[Window]:
+        """Cut ``target`` into cells along the tiles' edges; keep the one-tile cells, return the shared ones."""
+        rows = sorted(
+            {target.y0, target.y1}
+            | {min(max(e, target.y0), target.y1) for t in tiles for e in (t.window.y0, t.window.y1)}
+        )
+        cols = sorted(
+            {target.x0, target.x1}
+            | {min(max(e, target.x0), target.x1) for t in tiles for e in (t.window.x0, t.window.x1)}
+        )
+        shared: list[Window] = []
+        for y0, y1 in itertools.pairwise(rows):
+            for x0, x1 in itertools.pairwise(cols):
+                cell = Window(y0, y1, x0, x1)
+                over = [t for t in tiles if t.window.intersection(cell) == cell]
+                if not over:
+                    self._uncovered += cell.height * cell.width
+                elif len(over) == 1:
+                    self._alone.setdefault((over[0].row, over[0].col), []).append(cell)
+                else:
+                    shared.append(cell)
+        return shared
 
     def add(self, tile: Tile, probabilities: NDArray[np.floating]) -> None:
         """Add one tile's ``(channels, rows, cols)`` probabilities."""
@@ -374,16 +416,32 @@ class BlendAccumulator:
 
     def add_part(self, tile: Tile, part: Window, probabilities: NDArray[np.floating]) -> None:
         """Add the ``(channels, rows, cols)`` probabilities of ``part``, a window of ``tile`` inside the target."""
+        if self._known is not None and (tile.row, tile.col) not in self._known:
+            raise ValueError(f"tile {(tile.row, tile.col)} is not among the tiles this blend was planned for")
         weights = self.blender.window(tile)
-        w = weights[part.relative_to(tile.window)]
-        dst = part.relative_to(self.target)
-        # Channel by channel into one scratch plane: the same products and sums as ``w * p`` at
-        # once, without a float64 temporary of all channels (1.5x faster at 17 x 512 x 512).
-        product = np.empty(w.shape, dtype=np.float64)
-        for channel, values in enumerate(probabilities):
-            np.multiply(values, w, out=product)
-            self._sum[(channel, *dst)] += product
-        self._weight[dst] += w
+        for cell in self._alone.get((tile.row, tile.col), ()):
+            piece = cell.intersection(part)
+            if piece is None:
+                continue
+            values = probabilities[(slice(None), *piece.relative_to(part))]
+            w = weights[piece.relative_to(tile.window)]
+            if not np.all(w == 1.0):  # not a ramp's interior: the same operations as a sum of one
+                values = values * w / w
+            self._out[(slice(None), *piece.relative_to(self.target))] = values
+            self._pending -= piece.height * piece.width
+        for cell, total, weight in self._shared:
+            piece = cell.intersection(part)
+            if piece is None:
+                continue
+            w = weights[piece.relative_to(tile.window)]
+            dst = piece.relative_to(cell)
+            # Channel by channel into one scratch plane: the same products and sums as ``w * p`` at
+            # once, without a float64 temporary of all channels (1.5x faster at 17 x 512 x 512).
+            product = np.empty(w.shape, dtype=np.float64)
+            for channel, values in enumerate(probabilities[(slice(None), *piece.relative_to(part))]):
+                np.multiply(values, w, out=product)
+                total[(channel, *dst)] += product
+            weight[dst] += w
 
     def result(self) -> NDArray[np.float32]:
         """Blended probabilities ``(channels, rows, cols)`` as float32 (call once: it divides in place).
@@ -393,10 +451,12 @@ class BlendAccumulator:
         ValueError
             If a pixel of the target received no tile (the tiles did not cover it).
         """
-        if not np.all(self._weight > 0):
+        if self._uncovered or self._pending or not all(np.all(weight > 0) for _, _, weight in self._shared):
             raise ValueError("blending target has pixels no tile covered; add every intersecting tile")
-        np.divide(self._sum, self._weight, out=self._sum)
-        return self._sum.astype(np.float32)
+        for cell, total, weight in self._shared:
+            np.divide(total, weight, out=total)
+            self._out[(slice(None), *cell.relative_to(self.target))] = total
+        return self._out
 
 
 def batched(tiles: Sequence[Tile], size: int) -> Iterator[Sequence[Tile]]:

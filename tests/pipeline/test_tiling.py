@@ -10,6 +10,7 @@ from pipeline.tiling import (
     BlendAccumulator,
     Blender,
     RampBlender,
+    Tile,
     TileGrid,
     Window,
     axis_starts,
@@ -138,3 +139,63 @@ def test_accumulator_refuses_uncovered_pixels_and_batches_split_evenly() -> None
         acc.result()
     tiles = list(grid)
     assert [len(b) for b in batched(tiles, 3)] == [3, 1]
+
+
+class _JitterBlender:
+    """Positive windows that are nowhere exactly 1: one-tile cells cannot just copy."""
+
+    name = "jitter"
+
+    def __init__(self) -> None:
+        self._rng = np.random.default_rng(5)
+        self._windows: dict[tuple[int, int], np.ndarray] = {}
+
+    def window(self, tile: Tile) -> np.ndarray:
+        key = (tile.row, tile.col)
+        if key not in self._windows:
+            self._windows[key] = self._rng.uniform(0.3, 1.7, (tile.window.height, tile.window.width))
+        return self._windows[key]
+
+
+@pytest.mark.parametrize("blender", [RampBlender(24, "cosine"), RampBlender(24, "linear"), _JitterBlender()])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_blend_told_its_tiles_gives_the_bits_of_summing_every_pixel(blender: Blender, dtype: type) -> None:
+    """Cells one tile covers take its values without the sums; the bits must not change."""
+    rng = np.random.default_rng(3)
+    grid = TileGrid(300, 270, 96, 24)  # the last tiles are shifted: overlaps wider than the ramps
+    per_tile = {(t.row, t.col): rng.random((3, 96, 96)).astype(dtype) for t in grid}
+    if dtype is np.float64:  # halfway between float32 neighbours: where w * p / w != p would show
+        for key, values in per_tile.items():
+            low = values.astype(np.float32)
+            per_tile[key] = (low.astype(np.float64) + np.nextafter(low, np.float32(2)).astype(np.float64)) / 2
+    for target in (
+        Window(0, 300, 0, 270),
+        Window(64, 192, 64, 192),
+        Window(200, 300, 150, 270),
+        Window(10, 11, 5, 7),
+    ):
+        tiles = grid.tiles_intersecting(target)
+        planned = BlendAccumulator(target, 3, blender, tiles)
+        summed = BlendAccumulator(target, 3, blender)
+        for tile in tiles:
+            planned.add(tile, per_tile[(tile.row, tile.col)])
+            summed.add(tile, per_tile[(tile.row, tile.col)])
+        np.testing.assert_array_equal(planned.result(), summed.result())
+
+
+def test_a_planned_blend_refuses_missing_and_unplanned_tiles() -> None:
+    grid = TileGrid(200, 200, 96, 24)
+    target = Window(0, 200, 0, 200)
+    tiles = grid.tiles_intersecting(target)
+    missing = BlendAccumulator(target, 1, RampBlender(24), tiles)
+    for tile in tiles[:-1]:
+        missing.add(tile, np.ones((1, 96, 96)))
+    with pytest.raises(ValueError, match="no tile covered"):
+        missing.result()
+    unplanned = BlendAccumulator(target, 1, RampBlender(24), tiles[:1])
+    with pytest.raises(ValueError, match="not among the tiles"):
+        unplanned.add(tiles[1], np.ones((1, 96, 96)))
+    uncovered = BlendAccumulator(target, 1, RampBlender(24), tiles[:1])
+    uncovered.add(tiles[0], np.ones((1, 96, 96)))
+    with pytest.raises(ValueError, match="no tile covered"):
+        uncovered.result()
