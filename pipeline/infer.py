@@ -21,11 +21,11 @@ the whole array in memory.
 
 :func:`run_inference` is the entry point: it validates, fingerprints the job, resumes or refuses an
 existing output, fits what must be fitted once per job, starts or joins the cluster, submits the
-tile groups of the unfinished blocks, creates a new change cube while the workers compute the
-first tiles, submits the blocks and follows them with a progress bar. Tasks run in the plan's
-order (:meth:`pipeline.tile_plan.TilePlan.task_order`), except that the last blocks of the row
-before the final one wait until the final groups have started: they fill the threads that would
-otherwise wait for the last tiles.
+tile groups of the unfinished blocks, a task that creates a new change cube, and the blocks, and
+follows them with a progress bar. Tasks run in the plan's order
+(:meth:`pipeline.tile_plan.TilePlan.task_order`), the cube's creation just before the first block,
+except that the last blocks of the row before the final one wait until the final groups have
+started: they fill the threads that would otherwise wait for the last tiles.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -624,7 +625,8 @@ def process_block(
     """Blend one block from its tile pieces, derive its layers and write them (then its marker).
 
     ``reported`` is the number of leading ``groups`` whose model time this block reports; ``after``
-    is only a dependency (a :func:`_gate`), which holds the block back until it has run.
+    holds only dependencies (a :func:`_gate`, the task creating the cube), which hold the block
+    back until they have run.
     """
     start = time.perf_counter()
     window = context.blocks.window(row, col)
@@ -827,12 +829,16 @@ def run_inference(
             "software_version": __version__,
         }
 
-        def create_output() -> None:
-            create_change_cube(
-                out_path, layout, y=cube.y, x=cube.x, crs=cube.crs, transform=cube.transform, attrs=attrs
-            )
-
-        create = create_output
+        create = partial(
+            create_change_cube,
+            out_path,
+            layout,
+            y=cube.y,
+            x=cube.x,
+            crs=cube.crs,
+            transform=cube.transform,
+            attrs=attrs,
+        )
         done = np.zeros(blocks.shape, dtype=bool)
     skipped = tuple(b for b in all_blocks if done[b])
     pending = [b for b in all_blocks if not done[b]]
@@ -902,10 +908,10 @@ def _run_blocks(
     planned_blocks: Sequence[PlannedBlock],
     model_resources: dict[str, float] | None,
     progress: bool,
-    before_blocks: Callable[[], None] | None = None,
+    create: Callable[[], None] | None = None,
 ) -> list[BlockReport]:
-    """Submit the tile groups, then run ``before_blocks`` here (it creates the output cube while
-    the workers compute the first tiles), then submit the blocks and wait for them."""
+    """Submit the tile groups, ``create`` (which creates the output cube; None when it exists) and
+    the blocks, and wait for the blocks."""
     run = context.run[:8]
     consumers: dict[GroupKey, list[tuple[int, int]]] = {}
     for planned in planned_blocks:
@@ -951,10 +957,17 @@ def _run_blocks(
         pure=False,
         priority=-2 * last_group - 1,
     )
+    # The cube is created by a task of its own, run just before the first block in the plan's
+    # order: on the demo scene that is after the last groups, on a thread that would wait for
+    # them; created on the client at the start, it slowed the first model calls and the build.
+    first_block = max(block_priority.values())
+    created = (
+        None
+        if create is None
+        else client.submit(create, key=f"infer-create-{run}", pure=False, priority=first_block + 1)
+    )
     blocks: dict[Future, tuple[int, int]] = {}
     try:
-        if before_blocks is not None:
-            before_blocks()
         for planned in planned_blocks:
             row, col = planned.block
             ordered = planned.reports + tuple(g for g in planned.groups if g not in planned.reports)
@@ -976,14 +989,14 @@ def _run_blocks(
                 col,
                 len(planned.reports),
                 *pieces,
-                after=gate if planned.block in gated else None,
+                after=(gate if planned.block in gated else None, created),
                 key=f"infer-block-{row}-{col}-{run}",
                 pure=False,
                 priority=block_priority[planned.block],
             )
             blocks[future] = planned.block
     except BaseException:
-        client.cancel([*groups.values(), gate, *blocks])
+        client.cancel([*groups.values(), gate, *blocks, *([created] if created else [])])
         raise
     # The client keeps no reference to groups and pieces: each is released once its consumers ran.
     groups.clear()
@@ -995,6 +1008,14 @@ def _run_blocks(
             for future in as_completed(list(blocks)):
                 if future.status != "finished":
                     block = blocks[future]
+                    if created is not None and created.status == "error":
+                        failure = created.exception()
+                        if isinstance(failure, Seg2ChangeError):
+                            raise failure
+                        raise InferenceError(
+                            f"cannot create the change cube {context.out_path} ({type(failure).__name__}: "
+                            f"{failure}); check that the workers can write there"
+                        ) from failure
                     exc = future.exception()
                     if isinstance(exc, Seg2ChangeError):
                         log.error("block %s failed: %s", block, exc)

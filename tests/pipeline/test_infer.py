@@ -25,6 +25,7 @@ from distributed import Client, LocalCluster, Scheduler
 from distributed.diagnostics.plugin import SchedulerPlugin
 from engine_inputs import PROMPTS, engine_job, patch_reflectance, write_reflectance_cube
 
+import pipeline.infer
 import pipeline.models
 from pipeline.change_cube import TRANSITION_NO_CHANGE, TRANSITION_NODATA, BlockGrid, open_change_cube
 from pipeline.cluster import connect
@@ -394,6 +395,29 @@ def test_block_errors_name_the_block_and_model_errors_keep_their_message(
             prompts=PROMPTS,
             progress=False,
         )
+
+
+def test_a_change_cube_the_workers_cannot_create_is_named_and_nothing_is_written(
+    tmp_path: Path, cube: Path, clients: dict[int, ClusterSpec], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cube is created by a task on the cluster: its failure must reach the caller as such."""
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise OSError("read-only file system")
+
+    monkeypatch.setattr(pipeline.infer, "create_change_cube", refuse)
+    out = tmp_path / "a.zarr"
+    with pytest.raises(InferenceError, match=r"cannot create the change cube .*read-only file system"):
+        run_inference(
+            engine_job(tmp_path),
+            cube,
+            out,
+            tiling=SMALL_TILING,
+            cluster=clients[1],
+            prompts=PROMPTS,
+            progress=False,
+        )
+    assert not out.exists()
 
 
 def test_models_are_built_once_per_worker_process(
