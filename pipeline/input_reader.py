@@ -14,11 +14,12 @@ encoded bytes), so this module does, written by hand for that reason:
   alone, so a cube rewritten at the same path between two runs is never served from the cache.
 
 A chunk is decoded by one thread at a time: a thread that misses a chunk another thread is
-decoding waits for it. :func:`forget_run` drops a finished run's chunks.
+decoding first decodes the other chunks it needs, then waits for that one. :func:`forget_run` drops a finished run's chunks.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -64,20 +65,29 @@ class ChunkCache:
     def get_or_load(self, key: tuple[Any, ...], load: Callable[[], F32]) -> F32:
         """The array cached under ``key``, else ``load()``'s, kept (one thread loads a key at a time)."""
         while True:
-            with self._lock:
-                value = self._entries.get(key)
-                if value is not None:
-                    self._entries.move_to_end(key)
-                    self.hits += 1
-                    return value
-                loading = self._loading.get(key)
-                if loading is None:
-                    loading = self._loading[key] = threading.Lock()
-                    loading.acquire()
-                    self.misses += 1
-                    break
-            with loading:  # another thread is loading it: wait, then look again
+            value = self.get_unless_loading(key, load)
+            if value is not None:
+                return value
+            with self._loading_lock(key):  # another thread is loading it: wait, then look again
                 pass
+
+    def _loading_lock(self, key: tuple[Any, ...]) -> threading.Lock | contextlib.nullcontext[None]:
+        with self._lock:
+            return self._loading.get(key) or contextlib.nullcontext()
+
+    def get_unless_loading(self, key: tuple[Any, ...], load: Callable[[], F32]) -> F32 | None:
+        """Like :meth:`get_or_load`, but None at once when another thread is loading ``key``."""
+        with self._lock:
+            value = self._entries.get(key)
+            if value is not None:
+                self._entries.move_to_end(key)
+                self.hits += 1
+                return value
+            if key in self._loading:
+                return None
+            loading = self._loading[key] = threading.Lock()
+            loading.acquire()
+            self.misses += 1
         try:
             value = load()
             self._put(key, value)
@@ -146,6 +156,17 @@ def read_window(path: str, window: Window, *, run: str | None = None, cache: Chu
     chunk_rows, chunk_cols = reflectance.chunks[-2:]
     height, width = reflectance.shape[-2:]
     out = np.empty((*reflectance.shape[:2], window.height, window.width), dtype=np.float32)
+
+    def place(chunk: Window, decoded: F32) -> None:
+        part = chunk.intersection(window)
+        assert part is not None
+        out[(slice(None), slice(None), *part.relative_to(window))] = decoded[
+            (slice(None), slice(None), *part.relative_to(chunk))
+        ]
+
+    # Chunks another thread is decoding come last: the first groups of a run start together and
+    # share chunks, and waiting for those first would leave this thread's own chunks for later.
+    others: list[tuple[Window, tuple[Any, ...]]] = []
     for chunk_row in range(window.y0 // chunk_rows, (window.y1 - 1) // chunk_rows + 1):
         for chunk_col in range(window.x0 // chunk_cols, (window.x1 - 1) // chunk_cols + 1):
             chunk = Window(
@@ -154,15 +175,14 @@ def read_window(path: str, window: Window, *, run: str | None = None, cache: Chu
                 chunk_col * chunk_cols,
                 min((chunk_col + 1) * chunk_cols, width),
             )
-            decoded = cache.get_or_load(
-                (run, path, chunk_row, chunk_col),
-                partial(_decode, reflectance, chunk),
-            )
-            part = chunk.intersection(window)
-            assert part is not None
-            out[(slice(None), slice(None), *part.relative_to(window))] = decoded[
-                (slice(None), slice(None), *part.relative_to(chunk))
-            ]
+            key = (run, path, chunk_row, chunk_col)
+            decoded = cache.get_unless_loading(key, partial(_decode, reflectance, chunk))
+            if decoded is None:
+                others.append((chunk, key))
+            else:
+                place(chunk, decoded)
+    for chunk, key in others:
+        place(chunk, cache.get_or_load(key, partial(_decode, reflectance, chunk)))
     return out
 
 

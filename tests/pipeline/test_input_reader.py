@@ -94,3 +94,40 @@ def test_a_failed_load_leaves_the_key_loadable() -> None:
     with pytest.raises(OSError, match="unreachable"):
         cache.get_or_load(("r", 0), fail)
     assert cache.get_or_load(("r", 0), lambda: np.zeros(2, dtype=np.float32)).shape == (2,)
+
+
+def test_a_read_decodes_its_other_chunks_before_waiting_for_one_in_flight(
+    cube: tuple[Path, np.ndarray],
+) -> None:
+    """The first groups of a run start together on shared chunks: none waits while it has its own to decode."""
+    path, refl = cube
+    cache = ChunkCache()
+    in_flight = (0, 0)
+    release = threading.Event()
+    chunk = Window(0, 128, 0, 128)
+
+    def slow_first_chunk() -> np.ndarray:
+        assert release.wait(10)
+        return read_window(str(path), chunk)
+
+    holder = threading.Thread(
+        target=cache.get_or_load, args=(("run", str(path), *in_flight), slow_first_chunk)
+    )
+    holder.start()
+    while cache.misses == 0:  # the holder is now loading chunk (0, 0)
+        time.sleep(0.001)
+    window = Window(0, 200, 0, 200)  # chunks (0, 0), (0, 1), (1, 0), (1, 1)
+    got: list[np.ndarray] = []
+    reader = threading.Thread(
+        target=lambda: got.append(read_window(str(path), window, run="run", cache=cache))
+    )
+    reader.start()
+    deadline = time.monotonic() + 10
+    while cache.misses < 4 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert cache.misses == 4 and not got  # its three own chunks decoded, still waiting for (0, 0)
+    release.set()
+    reader.join(10)
+    holder.join(10)
+    np.testing.assert_array_equal(got[0], refl[:, :, :200, :200])
+    assert cache.misses == 4  # chunk (0, 0) was decoded once, by the holder
