@@ -957,9 +957,9 @@ def _run_blocks(
         pure=False,
         priority=-2 * last_group - 1,
     )
-    # The cube is created by a task of its own, run just before the first block in the plan's
-    # order: on the demo scene that is after the last groups, on a thread that would wait for
-    # them; created on the client at the start, it slowed the first model calls and the build.
+    # The cube is created by a task of its own, given to the first thread free after the groups
+    # that come before the first block in the plan's order. Created on the client at the start,
+    # it competed with the model build and the first reads for the cores.
     first_block = max(block_priority.values())
     created = (
         None
