@@ -14,7 +14,8 @@ encoded bytes), so this module does, written by hand for that reason:
   alone, so a cube rewritten at the same path between two runs is never served from the cache.
 
 A chunk is decoded by one thread at a time: a thread that misses a chunk another thread is
-decoding first decodes the other chunks it needs, then waits for that one. :func:`forget_run` drops a finished run's chunks.
+decoding first decodes the other chunks it needs, then waits for that one. :func:`forget_run`
+drops a finished run's chunks.
 """
 
 from __future__ import annotations

@@ -47,8 +47,8 @@ __all__ = [
     "file_sha256",
     "fit_change_model",
     "get_models",
-    "start_building",
     "model_identities",
+    "start_building",
 ]
 
 log = logging.getLogger(__name__)

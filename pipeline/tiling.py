@@ -375,37 +375,12 @@ class BlendAccumulator:
         self.blender = blender
         self._out = np.empty((channels, target.height, target.width), dtype=np.float32)
         self._known = None if tiles is None else {(t.row, t.col) for t in tiles}
-        self._alone: dict[tuple[int, int], list[Window]] = {}
-        self._uncovered = 0
-        shared = [target] if tiles is None else self._cut(target, tiles)
+        self._alone, shared, self._uncovered = ({}, [target], 0) if tiles is None else _cells(target, tiles)
         self._shared = [
             (cell, np.zeros((channels, cell.height, cell.width)), np.zeros((cell.height, cell.width)))
             for cell in shared
         ]
         self._pending = sum(c.height * c.width for cells in self._alone.values() for c in cells)
-
-    def _cut(self, target: Window, tiles: Sequence[Tile]) -> list[Window]:
-        """Cut ``target`` into cells along the tiles' edges; keep the one-tile cells, return the shared ones."""
-        rows = sorted(
-            {target.y0, target.y1}
-            | {min(max(e, target.y0), target.y1) for t in tiles for e in (t.window.y0, t.window.y1)}
-        )
-        cols = sorted(
-            {target.x0, target.x1}
-            | {min(max(e, target.x0), target.x1) for t in tiles for e in (t.window.x0, t.window.x1)}
-        )
-        shared: list[Window] = []
-        for y0, y1 in itertools.pairwise(rows):
-            for x0, x1 in itertools.pairwise(cols):
-                cell = Window(y0, y1, x0, x1)
-                over = [t for t in tiles if t.window.intersection(cell) == cell]
-                if not over:
-                    self._uncovered += cell.height * cell.width
-                elif len(over) == 1:
-                    self._alone.setdefault((over[0].row, over[0].col), []).append(cell)
-                else:
-                    shared.append(cell)
-        return shared
 
     def add(self, tile: Tile, probabilities: NDArray[np.floating]) -> None:
         """Add one tile's ``(channels, rows, cols)`` probabilities."""
@@ -457,6 +432,35 @@ class BlendAccumulator:
             np.divide(total, weight, out=total)
             self._out[(slice(None), *cell.relative_to(self.target))] = total
         return self._out
+
+
+def _cells(
+    target: Window, tiles: Sequence[Tile]
+) -> tuple[dict[tuple[int, int], list[Window]], list[Window], int]:
+    """Cut ``target`` along the tiles' edges: the cells each tile alone covers (by tile), the cells
+    tiles share, and the number of pixels no tile covers."""
+    rows = sorted(
+        {target.y0, target.y1}
+        | {min(max(e, target.y0), target.y1) for t in tiles for e in (t.window.y0, t.window.y1)}
+    )
+    cols = sorted(
+        {target.x0, target.x1}
+        | {min(max(e, target.x0), target.x1) for t in tiles for e in (t.window.x0, t.window.x1)}
+    )
+    alone: dict[tuple[int, int], list[Window]] = {}
+    shared: list[Window] = []
+    uncovered = 0
+    for y0, y1 in itertools.pairwise(rows):
+        for x0, x1 in itertools.pairwise(cols):
+            cell = Window(y0, y1, x0, x1)
+            over = [t for t in tiles if t.window.intersection(cell) == cell]
+            if not over:
+                uncovered += cell.height * cell.width
+            elif len(over) == 1:
+                alone.setdefault((over[0].row, over[0].col), []).append(cell)
+            else:
+                shared.append(cell)
+    return alone, shared, uncovered
 
 
 def batched(tiles: Sequence[Tile], size: int) -> Iterator[Sequence[Tile]]:

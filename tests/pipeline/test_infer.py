@@ -39,7 +39,7 @@ from pipeline.errors import (
     JobSpecError,
     OutputExistsError,
 )
-from pipeline.infer import describe_input, infer_array, run_inference, sample_pixels
+from pipeline.infer import InferenceResult, describe_input, infer_array, run_inference, sample_pixels
 from pipeline.models import LoadedModels, ModelRuntime, build_models, fit_change_model
 from pipeline.spec import JobSpec
 from pipeline.tile_plan import TilePlan, strip_blocks
@@ -115,6 +115,13 @@ SMALL_TILING = TilingSpec(tile_size=128, overlap=32, batch_size=4)
 @pytest.fixture(scope="module")
 def small_reference(cube: Path) -> dict[str, np.ndarray]:
     return reference(cube, SMALL_TILING)
+
+
+def run_small(tmp_path: Path, cube: Path, out: Path, cluster: ClusterSpec) -> InferenceResult:
+    """The placeholder job on ``cube`` into ``out`` with the small tiling and :data:`PROMPTS`."""
+    return run_inference(
+        engine_job(tmp_path), cube, out, tiling=SMALL_TILING, cluster=cluster, prompts=PROMPTS, progress=False
+    )
 
 
 @pytest.fixture(scope="module")
@@ -348,15 +355,7 @@ def test_a_foreign_output_is_refused_and_kept(
     out.mkdir()
     (out / "precious.txt").write_text("keep me")
     with pytest.raises(OutputExistsError, match="not a seg2change change cube"):
-        run_inference(
-            engine_job(tmp_path),
-            cube,
-            out,
-            tiling=SMALL_TILING,
-            cluster=clients[1],
-            prompts=PROMPTS,
-            progress=False,
-        )
+        run_small(tmp_path, cube, out, clients[1])
     assert (out / "precious.txt").read_text() == "keep me"
 
 
@@ -408,15 +407,7 @@ def test_a_change_cube_the_workers_cannot_create_is_named_and_nothing_is_written
     monkeypatch.setattr(pipeline.infer, "create_change_cube", refuse)
     out = tmp_path / "a.zarr"
     with pytest.raises(InferenceError, match=r"cannot create the change cube .*read-only file system"):
-        run_inference(
-            engine_job(tmp_path),
-            cube,
-            out,
-            tiling=SMALL_TILING,
-            cluster=clients[1],
-            prompts=PROMPTS,
-            progress=False,
-        )
+        run_small(tmp_path, cube, out, clients[1])
     assert not out.exists()
 
 
