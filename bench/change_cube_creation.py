@@ -14,7 +14,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import math
 import shutil
 import sys
 import tempfile
@@ -33,13 +32,14 @@ from pipeline.change_cube import BlockGrid, ChangeCubeLayout, create_change_cube
 
 CLASSES = ("water", "building", "burned area", "forest", "grass", "bare soil", "cropland")
 TARGETS = ("water", "building", "burned area")
+BLOCK_SIZE = 512
 
 
 def create_times(size: int, folder: Path, repeats: int = 3) -> tuple[list[float], int]:
     """Create the cube of a ``size`` px square ``repeats`` times; return the times and the file count."""
     y = 5_450_000 - 5 - 10 * np.arange(size, dtype=np.float64)
     x = 600_000 + 5 + 10 * np.arange(size, dtype=np.float64)
-    layout = ChangeCubeLayout(BlockGrid(size, size, 512), CLASSES, TARGETS, 3)
+    layout = ChangeCubeLayout(BlockGrid(size, size, BLOCK_SIZE), CLASSES, TARGETS, 3)
     times = []
     files = 0
     for repeat in range(repeats):
@@ -71,8 +71,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="seg2change-bench-create-") as tmp:
         for size in args.sizes:
             times, files = create_times(size, Path(tmp))
-            blocks = math.ceil(size / 512) ** 2
-            print(f"{size:>8} {blocks:>8} {min(times):>8.3f} {max(times):>8.3f} {files:>6}")
+            rows, cols = BlockGrid(size, size, BLOCK_SIZE).shape
+            print(f"{size:>8} {rows * cols:>8} {min(times):>8.3f} {max(times):>8.3f} {files:>6}")
 
 
 if __name__ == "__main__":
