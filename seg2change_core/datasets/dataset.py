@@ -1,0 +1,201 @@
+"""Pairs as torch samples: :class:`ChangeDetectionDataset`, :class:`Sample`, :class:`Batch`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TypedDict
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from seg2change_core.datasets.augmentation import augment_arrays
+from seg2change_core.datasets.images import Array
+from seg2change_core.datasets.labels import IGNORE_INDEX, change_target
+from seg2change_core.datasets.pairs import ChangePair, PairSource
+from seg2change_core.errors import DatasetError
+
+__all__ = ["Batch", "ChangeDetectionDataset", "Sample", "collate_samples"]
+
+
+class Sample(TypedDict):
+    """One dataset item (tensors without a batch axis)."""
+
+    before: torch.Tensor
+    """``(bands, H, W)`` float32 raw values."""
+    after: torch.Tensor
+    """Same for date 2."""
+    target: torch.Tensor
+    """``(H, W)`` int64 change target: 0, 1 or 255."""
+    class_before: torch.Tensor | None
+    """``(H, W)`` int64 class map of date 1, or ``None``."""
+    class_after: torch.Tensor | None
+    """Same for date 2."""
+    key: str
+    """``dataset/name``."""
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Stacked samples (see :func:`collate_samples`).
+
+    Attributes
+    ----------
+    before, after
+        ``(B, bands, H, W)`` float32 raw values.
+    target
+        ``(B, H, W)`` int64 change targets.
+    class_before, class_after
+        ``(B, H, W)`` int64 class maps, or ``None``.
+    keys
+        Pair keys.
+    """
+
+    before: torch.Tensor
+    after: torch.Tensor
+    target: torch.Tensor
+    class_before: torch.Tensor | None
+    class_after: torch.Tensor | None
+    keys: list[str]
+
+
+def collate_samples(samples: Sequence[Sample]) -> Batch:
+    """Stack samples of one size into a :class:`Batch` (a ``DataLoader`` ``collate_fn``).
+
+    Raises
+    ------
+    DatasetError
+        When the samples differ in size (crop them, or use batch size 1).
+    """
+    shapes = {tuple(s["before"].shape) for s in samples}
+    if len(shapes) != 1:
+        raise DatasetError(
+            f"cannot batch pairs of different sizes {sorted(shapes)}; set a crop size or use batch size 1"
+        )
+    with_classes = all(s["class_before"] is not None and s["class_after"] is not None for s in samples)
+    return Batch(
+        before=torch.stack([s["before"] for s in samples]),
+        after=torch.stack([s["after"] for s in samples]),
+        target=torch.stack([s["target"] for s in samples]),
+        class_before=torch.stack([s["class_before"] for s in samples])  # type: ignore[misc]
+        if with_classes
+        else None,
+        class_after=torch.stack([s["class_after"] for s in samples])  # type: ignore[misc]
+        if with_classes
+        else None,
+        keys=[s["key"] for s in samples],
+    )
+
+
+@dataclass
+class ChangeDetectionDataset(Dataset[Sample]):
+    """Pairs as training or evaluation samples, optionally cropped and augmented.
+
+    Parameters
+    ----------
+    pairs
+        Folder pairs (read on first use) or in-memory :class:`ChangePair` objects.
+    crop_size
+        Side of the random square crop; ``None`` gives whole images.
+    augment
+        Draw random flips and rotations (and, with ``crop_size``, random crop positions). Without
+        it, crops are taken at the top-left corner.
+    seed
+        Seed of the augmentation draws (see the module docstring).
+    ignore_value
+        Raw label value meaning "not labelled" (see :func:`change_target`).
+    cache
+        Keep pairs in memory once read.
+    repeats
+        Samples drawn from each pair per epoch (item ``i`` is pair ``i % len(pairs)``, each
+        with its own draws); use it to take several random crops of large images per epoch.
+    focus_change
+        Share of augmented crops drawn to contain a randomly chosen changed pixel (when the pair
+        has any), so that rare change and its boundaries are seen more often; 0 draws every crop
+        uniformly.
+
+    Notes
+    -----
+    Call :meth:`set_epoch` before each epoch so that every epoch draws new augmentations.
+    """
+
+    pairs: Sequence[PairSource]
+    crop_size: int | None = None
+    augment: bool = False
+    seed: int = 0
+    ignore_value: int | None = None
+    cache: bool = True
+    repeats: int = 1
+    focus_change: float = 0.0
+    epoch: int = 0
+    _cache: dict[int, ChangePair] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.pairs:
+            raise DatasetError("a dataset needs at least one pair")
+        if self.crop_size is not None and self.crop_size < 1:
+            raise DatasetError(f"crop_size must be positive, got {self.crop_size}")
+        if self.repeats < 1:
+            raise DatasetError(f"repeats must be at least 1, got {self.repeats}")
+
+    def __len__(self) -> int:
+        return len(self.pairs) * self.repeats
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use the augmentation draws of this epoch."""
+        self.epoch = epoch
+
+    def pair(self, index: int) -> ChangePair:
+        """The raw pair at ``index`` (read, then cached when ``cache``)."""
+        if index in self._cache:
+            return self._cache[index]
+        loaded = self.pairs[index].load()
+        if self.cache:
+            self._cache[index] = loaded
+        return loaded
+
+    @property
+    def keys(self) -> list[str]:
+        """Pair keys in order."""
+        return [p.key for p in self.pairs]
+
+    def __getitem__(self, index: int) -> Sample:
+        if not 0 <= index < len(self):
+            raise IndexError(f"sample {index} out of range for {len(self)} samples")
+        pair = self.pair(index % len(self.pairs))
+        target = change_target(pair.label, ignore_value=self.ignore_value)
+        arrays: list[Array] = [pair.before, pair.after, target]
+        fills: list[float] = [0.0, 0.0, float(IGNORE_INDEX)]
+        has_classes = pair.class_before is not None and pair.class_after is not None
+        if has_classes:
+            assert pair.class_before is not None and pair.class_after is not None
+            arrays += [pair.class_before, pair.class_after]
+            fills += [float(IGNORE_INDEX), float(IGNORE_INDEX)]
+        if self.augment:
+            rng = np.random.default_rng([self.seed, self.epoch, index])
+            contain = None
+            if self.crop_size is not None and self.focus_change > 0 and rng.random() < self.focus_change:
+                changed = np.flatnonzero(target == 1)
+                if changed.size:
+                    pick = int(changed[rng.integers(0, changed.size)])
+                    contain = divmod(pick, target.shape[1])
+            arrays = augment_arrays(arrays, rng, crop_size=self.crop_size, pad_values=fills, contain=contain)
+        elif self.crop_size is not None:
+            arrays = [_top_left(a, self.crop_size, fill) for a, fill in zip(arrays, fills, strict=True)]
+        return Sample(
+            before=torch.from_numpy(np.asarray(arrays[0], dtype=np.float32)),
+            after=torch.from_numpy(np.asarray(arrays[1], dtype=np.float32)),
+            target=torch.from_numpy(np.asarray(arrays[2], dtype=np.int64)),
+            class_before=torch.from_numpy(np.asarray(arrays[3], dtype=np.int64)) if has_classes else None,
+            class_after=torch.from_numpy(np.asarray(arrays[4], dtype=np.int64)) if has_classes else None,
+            key=self.pairs[index % len(self.pairs)].key,
+        )
+
+
+def _top_left(array: Array, size: int | None, fill: float) -> Array:
+    if size is None:
+        return array
+    height, width = array.shape[-2:]
+    pad = [(0, 0)] * (array.ndim - 2) + [(0, max(0, size - height)), (0, max(0, size - width))]
+    return np.ascontiguousarray(np.pad(array, pad, constant_values=fill)[..., :size, :size])
