@@ -8,11 +8,12 @@ from typing import TypedDict
 
 import numpy as np
 import torch
+from numpy.typing import NDArray
 from torch.utils.data import Dataset
 
 from seg2change_core.datasets.augmentation import augment_arrays
 from seg2change_core.datasets.images import Array
-from seg2change_core.datasets.labels import IGNORE_INDEX, change_target
+from seg2change_core.datasets.labels import IGNORE_INDEX, LabelEncoding, encode_label
 from seg2change_core.datasets.pairs import ChangePair, PairSource
 from seg2change_core.errors import DatasetError
 
@@ -104,7 +105,11 @@ class ChangeDetectionDataset(Dataset[Sample]):
     seed
         Seed of the augmentation draws (see the module docstring).
     ignore_value
-        Raw label value meaning "not labelled" (see :func:`change_target`).
+        Raw label value meaning "not labelled" (added to every pair's label encoding).
+    label_encoding
+        Declared label encoding for every pair (see
+        :class:`~seg2change_core.datasets.LabelEncoding`); ``None`` uses each pair's own
+        (detected per dataset folder when scanned), or detects it per label for pairs without one.
     cache
         Keep pairs in memory once read.
     repeats
@@ -125,6 +130,7 @@ class ChangeDetectionDataset(Dataset[Sample]):
     augment: bool = False
     seed: int = 0
     ignore_value: int | None = None
+    label_encoding: LabelEncoding | None = None
     cache: bool = True
     repeats: int = 1
     focus_change: float = 0.0
@@ -160,11 +166,25 @@ class ChangeDetectionDataset(Dataset[Sample]):
         """Pair keys in order."""
         return [p.key for p in self.pairs]
 
+    def target(self, pair: ChangePair) -> NDArray[np.uint8]:
+        """The change target of a pair's raw label (0, 1 or :data:`IGNORE_INDEX`).
+
+        Raises
+        ------
+        DatasetError
+            When the label holds values its encoding does not name, or no encoding is known and
+            the label's own values are ambiguous.
+        """
+        encoding = self.label_encoding or pair.label_encoding
+        return encode_label(
+            pair.label, encoding, ignore_value=self.ignore_value, where=f"label of {pair.key}"
+        )
+
     def __getitem__(self, index: int) -> Sample:
         if not 0 <= index < len(self):
             raise IndexError(f"sample {index} out of range for {len(self)} samples")
         pair = self.pair(index % len(self.pairs))
-        target = change_target(pair.label, ignore_value=self.ignore_value)
+        target = self.target(pair)
         arrays: list[Array] = [pair.before, pair.after, target]
         fills: list[float] = [0.0, 0.0, float(IGNORE_INDEX)]
         has_classes = pair.class_before is not None and pair.class_after is not None

@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from seg2change_core.datasets.images import IMAGE_SUFFIXES, _image_shape
+from seg2change_core.datasets.labels import LabelEncoding, detect_files_encoding
 from seg2change_core.datasets.pairs import FolderPair
 from seg2change_core.errors import DatasetError
 
@@ -46,6 +47,8 @@ def scan_folder(
     semantic: bool | None = None,
     check_sizes: bool = True,
     dataset: str | None = None,
+    label_encoding: LabelEncoding | None = None,
+    ignore_value: int | None = None,
 ) -> list[FolderPair]:
     """List the pairs of a dataset in the ``A/``, ``B/``, ``label/`` layout.
 
@@ -61,6 +64,12 @@ def scan_folder(
         reported before any work starts.
     dataset
         Dataset name in pair keys; default the folder name.
+    label_encoding
+        How the labels encode change. ``None`` reads every label and detects one encoding for
+        the whole folder (:func:`~seg2change_core.datasets.detect_files_encoding`), so tiles
+        without change (only 0s) are read like the others.
+    ignore_value
+        Raw label value declared as "not labelled" (added to the encoding).
 
     Returns
     -------
@@ -70,7 +79,8 @@ def scan_folder(
     Raises
     ------
     DatasetError
-        Missing folders, files without a partner, duplicate names, no pairs, or sizes that differ.
+        Missing folders, files without a partner, duplicate names, no pairs, sizes that differ,
+        or labels whose encoding cannot be detected.
     """
     root = Path(root)
     if not root.is_dir():
@@ -105,6 +115,13 @@ def scan_folder(
     if not names:
         raise DatasetError(f"{root}/A holds no images ({', '.join(IMAGE_SUFFIXES)}); add pairs")
     ds_name = dataset or root.resolve().name
+    if label_encoding is None:
+        label_files = [listed["label"][name] for name in sorted(names)]
+        encoding = detect_files_encoding(
+            label_files, ignore_value=ignore_value, where=f"the labels in {folders['label']}"
+        )
+    else:
+        encoding = label_encoding.with_ignore(ignore_value)
     pairs = [
         FolderPair(
             name,
@@ -114,6 +131,7 @@ def scan_folder(
             listed["label"][name],
             listed["label_A"][name] if use_classes else None,
             listed["label_B"][name] if use_classes else None,
+            encoding,
         )
         for name in sorted(names)
     ]
@@ -138,8 +156,17 @@ def _check_pair_shapes(pair: FolderPair) -> None:
             )
 
 
-def scan_folders(roots: Iterable[str | Path], *, semantic: bool | None = None) -> list[FolderPair]:
+def scan_folders(
+    roots: Iterable[str | Path],
+    *,
+    semantic: bool | None = None,
+    label_encoding: LabelEncoding | None = None,
+    ignore_value: int | None = None,
+) -> list[FolderPair]:
     """:func:`scan_folder` over several datasets; the datasets must have different names.
+
+    Each folder's label encoding is detected on its own unless ``label_encoding`` declares one
+    for all. :func:`~seg2change_core.datasets.scan_datasets` also reads OSCD folders.
 
     Raises
     ------
@@ -154,5 +181,7 @@ def scan_folders(roots: Iterable[str | Path], *, semantic: bool | None = None) -
         if name in seen:
             raise DatasetError(f"{path} and {seen[name]} are both named {name!r}; rename one of them")
         seen[name] = path
-        pairs.extend(scan_folder(path, semantic=semantic))
+        pairs.extend(
+            scan_folder(path, semantic=semantic, label_encoding=label_encoding, ignore_value=ignore_value)
+        )
     return pairs

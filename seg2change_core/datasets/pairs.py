@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Protocol
 
 from seg2change_core.datasets.images import Array, _single_band, read_image
+from seg2change_core.datasets.labels import LabelEncoding
 from seg2change_core.datasets.splits import source_image
 from seg2change_core.errors import DatasetError
 
@@ -31,6 +32,9 @@ class ChangePair:
         Optional ``(H, W)`` class maps (``0 .. K-1``, 255 ignored).
     source
         Source image; ``None`` means :func:`source_image` of ``name``.
+    label_encoding
+        How ``label`` encodes change (see :class:`~seg2change_core.datasets.LabelEncoding`);
+        ``None`` detects it from this label's values alone when the pair is used.
     """
 
     name: str
@@ -41,6 +45,7 @@ class ChangePair:
     class_before: Array | None = None
     class_after: Array | None = None
     source: str | None = None
+    label_encoding: LabelEncoding | None = None
 
     def __post_init__(self) -> None:
         if self.before.ndim != 3 or self.before.shape != self.after.shape:
@@ -102,6 +107,9 @@ class FolderPair:
         Paths of ``A/``, ``B/`` and ``label/`` files.
     class_before, class_after
         Paths in ``label_A/`` and ``label_B/``, when the dataset has class maps.
+    label_encoding
+        How the dataset's labels encode change (declared, or detected per dataset folder by
+        :func:`~seg2change_core.datasets.scan_folder`); ``None`` detects it per label.
     """
 
     name: str
@@ -111,6 +119,7 @@ class FolderPair:
     label: Path
     class_before: Path | None = None
     class_after: Path | None = None
+    label_encoding: LabelEncoding | None = None
 
     @property
     def key(self) -> str:
@@ -160,4 +169,5 @@ class FolderPair:
             label,
             maps["class_before"],
             maps["class_after"],
+            label_encoding=self.label_encoding,
         )
