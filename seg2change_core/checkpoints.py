@@ -14,7 +14,7 @@ key                  value
 ``architecture``     ``cach`` or ``cva-baseline``
 ``name``             model name
 ``backbone``         backbone name (``dinov2_vits14``, ``compact``, ...)
-``backbone_family``  ``dinov2`` or ``compact``
+``backbone_family``  ``dinov2``, ``compact`` or ``conv``
 ``backbone_config``  JSON of the backbone's constructor arguments
 ``backbone_weights`` ``included`` or ``external`` (then pass ``backbone_weights=`` to load)
 ``layers``           JSON list of the four backbone blocks fed to the head

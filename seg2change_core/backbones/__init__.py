@@ -1,7 +1,9 @@
 """Backbones that turn images into patch tokens for the change head.
 
 * :mod:`.dinov2`: DINOv2 ViT-S/B/L/g 14 in the official checkpoint layout (frozen by default);
-* :mod:`.compact`: a small trainable patch-14 backbone for training from scratch.
+* :mod:`.compact`: a small trainable patch-14 ViT for training from scratch;
+* :mod:`.conv`: a multi-scale residual CNN feeding the head's four levels, the one that learns
+  change from a few hundred tiles (the default of the training recipes).
 
 :func:`build_backbone` rebuilds either from the ``(family, config)`` pair stored in checkpoints.
 """
@@ -15,6 +17,7 @@ from torch import nn
 
 from seg2change_core.backbones.base import Backbone
 from seg2change_core.backbones.compact import CompactConfig, CompactViT
+from seg2change_core.backbones.conv import ConvConfig, ConvPyramid
 from seg2change_core.backbones.dinov2 import (
     DINOV2_CONFIGS,
     DinoV2Config,
@@ -29,13 +32,15 @@ __all__ = [
     "Backbone",
     "CompactConfig",
     "CompactViT",
+    "ConvConfig",
+    "ConvPyramid",
     "DinoV2Config",
     "DinoVisionTransformer",
     "build_backbone",
     "build_dinov2",
 ]
 
-BACKBONE_FAMILIES = ("dinov2", "compact")
+BACKBONE_FAMILIES = ("dinov2", "compact", "conv")
 """Families :func:`build_backbone` knows."""
 
 
@@ -45,11 +50,11 @@ def build_backbone(family: str, config: Mapping[str, Any], *, frozen: bool = Tru
     Parameters
     ----------
     family
-        ``"dinov2"`` or ``"compact"``.
+        ``"dinov2"``, ``"compact"`` or ``"conv"``.
     config
         The backbone's :meth:`config_dict` output.
     frozen
-        Freeze a DINOv2 backbone (ignored for ``compact``, which is meant to be trained).
+        Freeze a DINOv2 backbone (ignored for ``compact`` and ``conv``, which are trained).
 
     Raises
     ------
@@ -61,6 +66,8 @@ def build_backbone(family: str, config: Mapping[str, Any], *, frozen: bool = Tru
             return DinoVisionTransformer(DinoV2Config.from_dict(dict(config)), frozen=frozen)
         if family == "compact":
             return CompactViT(CompactConfig.from_dict(dict(config)))
+        if family == "conv":
+            return ConvPyramid(ConvConfig.from_dict(dict(config)))
     except (TypeError, KeyError) as exc:
         raise ModelError(
             f"backbone configuration {dict(config)} does not fit family {family!r}: {exc}"
