@@ -1,16 +1,9 @@
-"""Training the CACH change model: the reference loss, the loop, resumable state, best checkpoint.
+"""Training the CACH change model: the loop, resumable state, best checkpoint.
 
 Loss
 ----
-The reference's deep-supervision loss (:func:`cach_loss`), with targets 0 (unchanged), 1 (changed)
-and 255 (ignored)::
-
-    L = 0.8 * CE(change) + 0.1 * (CE(aux1) + CE(aux2) + CE(aux3)) + 0.1 * L_sim
-    L_sim = mean over unchanged, non-ignored pixels of 1 - cos(softmax(outA / 3), softmax(outB / 3))
-
-(cosine over the class channel). The weights, the temperature and an optional weight of the
-"changed" class in every cross-entropy term (for rare change) are set by :class:`LossWeights`.
-A batch without any scored pixel contributes zero loss (and zero gradient), not NaN.
+:func:`seg2change_core.losses.cach_loss`: the reference's deep-supervision loss, with an optional
+dice term (:class:`~seg2change_core.losses.LossWeights`).
 
 Loop
 ----
@@ -47,7 +40,6 @@ import json
 import math
 import random
 import time
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,156 +47,32 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 
-from seg2change_core.backbones import DINOV2_CONFIGS, CompactConfig, CompactViT
+from seg2change_core.backbones import DINOV2_CONFIGS, CompactConfig, CompactViT, ConvConfig, ConvPyramid
 from seg2change_core.cach import CACHHead
 from seg2change_core.change_model import CACHChangeModel, InputNormalisation
 from seg2change_core.checkpoints import load_dinov2, save_change_model
-from seg2change_core.datasets import IGNORE_INDEX, ChangeDetectionDataset, collate_samples
+from seg2change_core.datasets import ChangeDetectionDataset, collate_samples
 from seg2change_core.errors import CheckpointError, DatasetError, ModelError
 from seg2change_core.evaluation import evaluate
+from seg2change_core.losses import LossWeights, cach_loss
 
 __all__ = [
     "STATE_FORMAT",
-    "LossParts",
     "LossWeights",
     "ModelConfig",
     "TrainConfig",
     "TrainResult",
     "TrainingObserver",
     "build_model",
-    "cach_loss",
     "cosine_schedule",
     "seed_everything",
-    "similarity_loss",
     "train",
 ]
 
 STATE_FORMAT = "seg2change-train-state-1"
-
-
-@dataclass(frozen=True)
-class LossWeights:
-    """Weights of the loss terms (the reference's by default).
-
-    Attributes
-    ----------
-    change
-        Weight of the main change cross-entropy.
-    aux
-        Weight of each of the three deep-supervision cross-entropies.
-    similarity
-        Weight of the similarity loss of the two single-date outputs on unchanged pixels.
-    temperature
-        Softmax temperature of the similarity loss.
-    changed_class_weight
-        Cross-entropy weight of the "changed" class relative to "unchanged" (1 in the reference).
-    """
-
-    change: float = 0.8
-    aux: float = 0.1
-    similarity: float = 0.1
-    temperature: float = 3.0
-    changed_class_weight: float = 1.0
-
-
-@dataclass(frozen=True)
-class LossParts:
-    """The total loss and its three parts (unweighted parts, weighted total)."""
-
-    total: torch.Tensor
-    change: torch.Tensor
-    aux: torch.Tensor
-    similarity: torch.Tensor
-
-
-def _cross_entropy(
-    logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, ignore_index: int
-) -> torch.Tensor:
-    if not bool((target != ignore_index).any()):
-        return logits.sum() * 0.0
-    return F.cross_entropy(logits, target, weight=weight, ignore_index=ignore_index)
-
-
-def similarity_loss(
-    out_a: torch.Tensor,
-    out_b: torch.Tensor,
-    target: torch.Tensor,
-    *,
-    temperature: float = 3.0,
-    ignore_index: int = IGNORE_INDEX,
-) -> torch.Tensor:
-    """Mean ``1 - cos`` of the tempered class softmaxes of the two dates on unchanged pixels.
-
-    Parameters
-    ----------
-    out_a, out_b
-        ``(B, K, H, W)`` logits decoded from each date alone.
-    target
-        ``(B, H, W)`` change target; pixels equal to 0 are the unchanged ones used.
-    temperature
-        Logits are divided by it before the softmax.
-    ignore_index
-        Target value of ignored pixels (never counted as unchanged).
-
-    Returns
-    -------
-    torch.Tensor
-        Scalar; 0 (with a zero gradient) when no pixel is unchanged.
-    """
-    prob_a = torch.softmax(out_a / temperature, dim=1)
-    prob_b = torch.softmax(out_b / temperature, dim=1)
-    distance = 1.0 - F.cosine_similarity(prob_a, prob_b, dim=1)
-    unchanged = (target == 0) & (target != ignore_index)
-    if not bool(unchanged.any()):
-        return distance.sum() * 0.0
-    return distance[unchanged].mean()
-
-
-def cach_loss(
-    outputs: Sequence[torch.Tensor],
-    target: torch.Tensor,
-    weights: LossWeights | None = None,
-    *,
-    ignore_index: int = IGNORE_INDEX,
-) -> LossParts:
-    """The reference training loss of the six CACH outputs.
-
-    Parameters
-    ----------
-    outputs
-        ``(change, aux1, aux2, aux3, outA, outB)`` logits, each ``(B, 2, H, W)``.
-    target
-        ``(B, H, W)`` int64 target: 0, 1 or ``ignore_index``.
-    weights
-        Term weights; default :class:`LossWeights` (the reference's).
-    ignore_index
-        Target value not trained on.
-
-    Returns
-    -------
-    LossParts
-        ``total = w.change * change + w.aux * aux + w.similarity * similarity`` where ``aux`` is
-        the sum of the three deep-supervision cross-entropies.
-    """
-    w = weights or LossWeights()
-    if len(outputs) != 6:
-        raise ModelError(f"cach_loss takes the six CACH outputs, got {len(outputs)}")
-    change, aux1, aux2, aux3, out_a, out_b = outputs
-    class_weight = (
-        None
-        if w.changed_class_weight == 1.0
-        else torch.tensor([1.0, w.changed_class_weight], dtype=change.dtype, device=change.device)
-    )
-    ce_change = _cross_entropy(change, target, class_weight, ignore_index)
-    ce_aux = sum(
-        (_cross_entropy(a, target, class_weight, ignore_index) for a in (aux1, aux2, aux3)),
-        start=torch.zeros((), dtype=change.dtype, device=change.device),
-    )
-    sim = similarity_loss(out_a, out_b, target, temperature=w.temperature, ignore_index=ignore_index)
-    total = w.change * ce_change + w.aux * ce_aux + w.similarity * sim
-    return LossParts(total, ce_change.detach(), ce_aux.detach(), sim.detach())
+TRAINABLE_BACKBONES = ("conv", "compact")
+"""Backbones trained from scratch with the head (the others are frozen DINOv2 models)."""
 
 
 @dataclass(frozen=True)
@@ -214,12 +82,17 @@ class ModelConfig:
     Attributes
     ----------
     backbone
-        ``"compact"`` (trainable from scratch) or a DINOv2 variant (``"dinov2_vits14"``, ...),
-        which is loaded from ``backbone_weights`` and kept frozen.
+        ``"conv"`` (multi-scale CNN, trained from scratch: the one that learns from a few hundred
+        tiles), ``"compact"`` (a small ViT trained from scratch) or a DINOv2 variant
+        (``"dinov2_vits14"``, ...), which is loaded from ``backbone_weights`` and kept frozen.
     backbone_weights
-        Path of the official DINOv2 weights (required for DINOv2, unused for ``compact``).
+        Path of the official DINOv2 weights (required for DINOv2, unused otherwise).
     embed_dim, depth, num_heads, mlp_ratio
-        :class:`~seg2change_core.backbones.CompactConfig` of the compact backbone.
+        :class:`~seg2change_core.backbones.CompactConfig` of the compact backbone
+        (``embed_dim`` is also the token width of the conv backbone).
+    widths, blocks
+        Stage widths and residual blocks of the conv backbone
+        (:class:`~seg2change_core.backbones.ConvConfig`).
     hidden_dim
         Decoder width of the CACH head.
     tile_size
@@ -232,13 +105,15 @@ class ModelConfig:
     depth: int = 4
     num_heads: int = 4
     mlp_ratio: float = 2.0
+    widths: tuple[int, int, int, int] = (32, 64, 128, 192)
+    blocks: tuple[int, int, int, int] = (1, 2, 2, 2)
     hidden_dim: int = 64
     tile_size: int | None = 504
 
     @property
     def frozen_backbone(self) -> bool:
         """Whether the backbone is frozen (DINOv2)."""
-        return self.backbone != "compact"
+        return self.backbone not in TRAINABLE_BACKBONES
 
 
 @dataclass(frozen=True)
@@ -266,8 +141,10 @@ class TrainConfig:
     loss
         Loss weights.
     bf16_autocast
-        Run the forward pass under ``torch.autocast`` with bfloat16 on the CPU (faster on CPUs
-        with AMX/AVX-512 BF16; the loss and the weights stay float32).
+        Run the forward pass under ``torch.autocast`` with bfloat16 (faster on CPUs with
+        AMX/AVX-512 BF16 and on GPUs; the loss and the weights stay float32).
+    device
+        ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
     model_name
         Name stored in the checkpoint; default ``cach-<backbone>``.
     """
@@ -283,6 +160,7 @@ class TrainConfig:
     loss: LossWeights = field(default_factory=LossWeights)
     bf16_autocast: bool = False
     model_name: str | None = None
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.warmup_steps < 0:
@@ -290,6 +168,8 @@ class TrainConfig:
                 f"invalid training settings: epochs={self.epochs}, batch_size={self.batch_size}, "
                 f"lr={self.lr}, warmup_steps={self.warmup_steps}; give positive values"
             )
+        if self.device != "cpu" and not self.device.startswith("cuda"):
+            raise ModelError(f"unknown device {self.device!r}; choose cpu, cuda or cuda:N")
 
 
 @dataclass(frozen=True)
@@ -381,8 +261,18 @@ def build_model(
         For an unknown backbone, DINOv2 without weights or with other than 3 bands, or a
         configuration that does not fit.
     """
-    if config.backbone == "compact":
-        backbone: nn.Module = CompactViT(
+    if config.backbone == "conv":
+        backbone: nn.Module = ConvPyramid(
+            ConvConfig(
+                in_chans=normalisation.num_bands,
+                widths=config.widths,
+                blocks=config.blocks,
+                embed_dim=config.embed_dim,
+            )
+        )
+        width = config.embed_dim
+    elif config.backbone == "compact":
+        backbone = CompactViT(
             CompactConfig(
                 in_chans=normalisation.num_bands,
                 embed_dim=config.embed_dim,
@@ -396,7 +286,8 @@ def build_model(
         key = config.backbone if config.backbone.startswith("dinov2_") else f"dinov2_{config.backbone}"
         if key not in DINOV2_CONFIGS:
             raise ModelError(
-                f"unknown backbone {config.backbone!r}; choose 'compact' or one of {sorted(DINOV2_CONFIGS)}"
+                f"unknown backbone {config.backbone!r}; choose 'conv', 'compact' or one of "
+                f"{sorted(DINOV2_CONFIGS)}"
             )
         if config.backbone_weights is None:
             raise ModelError(
@@ -406,7 +297,7 @@ def build_model(
         if normalisation.num_bands != 3:
             raise ModelError(
                 f"DINOv2 takes 3-band RGB images, the data has {normalisation.num_bands} bands; use the "
-                "compact backbone for other band sets"
+                "conv backbone for other band sets"
             )
         backbone = load_dinov2(config.backbone_weights, key, frozen=True)
         width = DINOV2_CONFIGS[key].embed_dim
@@ -470,22 +361,33 @@ def _load_state(path: Path) -> dict[str, Any]:
 
 def _validate(
     model: CACHChangeModel, data: ChangeDetectionDataset, observer: TrainingObserver, epoch: int
-) -> dict[str, float | None]:
+) -> dict[str, Any]:
+    """Validation scores; ``val_iou`` is the mean of the datasets' IoUs (each dataset counts once)."""
     model.eval()
     try:
         report = evaluate(model, data, on_pair=lambda done, total: observer.on_validation(epoch, done, total))
     finally:
         model.train()
+    counts: dict[str, list[int]] = {}
+    for pair in report.per_pair:
+        sums = counts.setdefault(pair.key.split("/", 1)[0], [0, 0, 0])
+        sums[0] += pair.tp
+        sums[1] += pair.fp
+        sums[2] += pair.fn
+    per_dataset = {name: tp / (tp + fp + fn) for name, (tp, fp, fn) in counts.items() if tp + fp + fn}
     s = report.scores
-    return {
+    record: dict[str, Any] = {
         key: (None if math.isnan(value) else value)
         for key, value in (
-            ("val_iou", s.iou),
+            ("val_iou_pooled", s.iou),
             ("val_f1", s.f1),
             ("val_precision", s.precision),
             ("val_recall", s.recall),
         )
     }
+    record["val_iou"] = sum(per_dataset.values()) / len(per_dataset) if per_dataset else None
+    record["val_iou_datasets"] = {k: round(v, 4) for k, v in sorted(per_dataset.items())}
+    return record
 
 
 def train(
@@ -569,7 +471,10 @@ def train(
     train_data.seed = config.seed
 
     seed_everything(config.seed)
-    model = build_model(model_config, normalisation, name=config.model_name)
+    device = torch.device(config.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError("device cuda was asked for but torch sees no CUDA GPU; use --device cpu")
+    model = build_model(model_config, normalisation, name=config.model_name).to(device)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimiser = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
@@ -616,13 +521,15 @@ def train(
         epoch_started = time.monotonic()
         train_data.set_epoch(epoch)
         order = np.random.default_rng([config.seed, epoch, 7]).permutation(len(train_data))
-        sums = {"train_loss": 0.0, "train_change": 0.0, "train_aux": 0.0, "train_similarity": 0.0}
+        sums = dict.fromkeys(
+            ("train_loss", "train_change", "train_aux", "train_similarity", "train_dice"), 0.0
+        )
         for step in range(steps_per_epoch):
             chosen = order[step * config.batch_size : (step + 1) * config.batch_size]
             batch = collate_samples([train_data[int(i)] for i in chosen])
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16_autocast):
-                outputs = model(batch.before, batch.after)
-            parts = cach_loss([o.float() for o in outputs], batch.target, config.loss)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16_autocast):
+                outputs = model(batch.before.to(device), batch.after.to(device))
+            parts = cach_loss([o.float() for o in outputs], batch.target.to(device), config.loss)
             optimiser.zero_grad(set_to_none=True)
             parts.total.backward()
             if config.grad_clip is not None:
@@ -630,7 +537,7 @@ def train(
             optimiser.step()
             scheduler.step()
             for key, value in zip(
-                sums, (parts.total, parts.change, parts.aux, parts.similarity), strict=True
+                sums, (parts.total, parts.change, parts.aux, parts.similarity, parts.dice), strict=True
             ):
                 sums[key] += float(value.detach())
             observer.on_step(epoch + 1, step + 1, float(parts.total.detach()))

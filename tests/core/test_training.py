@@ -14,14 +14,12 @@ from seg2change_core.change_model import CACHChangeModel, InputNormalisation
 from seg2change_core.checkpoints import load_change_model, read_checkpoint_info
 from seg2change_core.datasets import IGNORE_INDEX, ChangeDetectionDataset, ChangePair
 from seg2change_core.errors import CheckpointError, ModelError
+from seg2change_core.losses import LossWeights, cach_loss, dice_loss, similarity_loss
 from seg2change_core.training import (
-    LossWeights,
     ModelConfig,
     TrainConfig,
     build_model,
-    cach_loss,
     cosine_schedule,
-    similarity_loss,
     train,
 )
 
@@ -70,6 +68,24 @@ def test_cach_loss_reference_weights() -> None:
         [change, zeros, zeros, zeros, zeros, zeros], target, LossWeights(changed_class_weight=3)
     )
     assert float(weighted.change) == pytest.approx((ce_unchanged + 3 * 2 * ce_changed) / (1 + 3 * 2))
+
+
+def test_dice_loss_hand_values_and_no_constant_escape() -> None:
+    target = torch.tensor([[[0, 1], [1, IGNORE_INDEX]]])
+    # p(changed) = 0.5 everywhere: overlap 1.0 of 3 scored pixels, 2 of them changed.
+    half = torch.zeros(1, 2, 2, 2)
+    assert float(dice_loss(half, target)) == pytest.approx(1 - (2 * 1.0 + 1) / (1.5 + 2 + 1))
+    # Predicting "nothing changed" costs nearly the whole dice term, however confident.
+    nothing = torch.zeros(1, 2, 2, 2)
+    nothing[:, 0] = 30.0
+    assert float(dice_loss(nothing, target)) == pytest.approx(1 - 1 / 3, abs=1e-6)
+    perfect = torch.zeros(1, 2, 2, 2)
+    perfect[0, 1] = torch.tensor([[-30.0, 30.0], [30.0, -30.0]])
+    assert float(dice_loss(perfect, target)) == pytest.approx(0.0, abs=1e-6)
+    # In cach_loss the term is weighted and added; reference weights leave it out of the total.
+    plain = cach_loss([nothing] + [half] * 5, target)
+    with_dice = cach_loss([nothing] + [half] * 5, target, LossWeights(dice=0.5))
+    assert float(with_dice.total - plain.total) == pytest.approx(0.5 * (1 - 1 / 3), abs=1e-6)
 
 
 def test_all_ignored_batch_gives_zero_loss_and_gradient() -> None:
