@@ -296,8 +296,10 @@ class CACHChangeModel(nn.Module):
         Parameters
         ----------
         before, after
-            Raw ``(B, bands, H, W)`` float batches of the two dates, same shape.
+            Raw ``(B, bands, H, W)`` float batches of the two dates, same shape (moved to the
+            model's device for the computation; the result is on theirs).
         """
+        device = next(self.parameters()).device
         with torch.no_grad():
-            logits = self.change_logits(before, after)
-        return torch.softmax(logits, dim=1)[:, 1:2]
+            logits = self.change_logits(before.to(device), after.to(device))
+        return torch.softmax(logits, dim=1)[:, 1:2].to(before.device)

@@ -11,10 +11,11 @@ import torch
 from numpy.typing import NDArray
 from torch.utils.data import Dataset
 
-from seg2change_core.datasets.augmentation import augment_arrays
+from seg2change_core.datasets.augmentation import ChangeAugmentation, augment_arrays, augment_change
 from seg2change_core.datasets.images import Array
 from seg2change_core.datasets.labels import IGNORE_INDEX, LabelEncoding, encode_label
 from seg2change_core.datasets.pairs import ChangePair, PairSource
+from seg2change_core.datasets.statistics import value_scale
 from seg2change_core.errors import DatasetError
 
 __all__ = ["Batch", "ChangeDetectionDataset", "Sample", "collate_samples"]
@@ -119,6 +120,10 @@ class ChangeDetectionDataset(Dataset[Sample]):
         Share of augmented crops drawn to contain a randomly chosen changed pixel (when the pair
         has any), so that rare change and its boundaries are seen more often; 0 draws every crop
         uniformly.
+    change_augmentation
+        Change-specific augmentation (zoom, per-date photometry, date swap, unchanged pairs,
+        pasted synthetic change; see :mod:`~seg2change_core.datasets.augmentation`), applied
+        when ``augment``; ``None`` applies none.
 
     Notes
     -----
@@ -134,6 +139,7 @@ class ChangeDetectionDataset(Dataset[Sample]):
     cache: bool = True
     repeats: int = 1
     focus_change: float = 0.0
+    change_augmentation: ChangeAugmentation | None = None
     epoch: int = 0
     _cache: dict[int, ChangePair] = field(default_factory=dict, repr=False)
 
@@ -165,6 +171,36 @@ class ChangeDetectionDataset(Dataset[Sample]):
     def keys(self) -> list[str]:
         """Pair keys in order."""
         return [p.key for p in self.pairs]
+
+    def _augment_change(
+        self,
+        arrays: list[Array],
+        rng: np.random.Generator,
+        change: ChangeAugmentation,
+        pair: ChangePair,
+        index: int,
+        has_classes: bool,
+    ) -> list[Array]:
+        """Apply :func:`augment_change` to cropped arrays (donor: a date of another pair)."""
+        donor = None
+        if change.paste > 0 and len(self.pairs) > 1:
+            other = (index % len(self.pairs) + int(rng.integers(1, len(self.pairs)))) % len(self.pairs)
+            donor_pair = self.pair(other)
+            if donor_pair.before.shape[0] == pair.before.shape[0]:
+                donor = donor_pair.before if rng.random() < 0.5 else donor_pair.after
+        before, after, target, swapped = augment_change(
+            arrays[0],
+            arrays[1],
+            np.asarray(arrays[2], dtype=np.uint8),
+            rng,
+            change,
+            value_range=1.0 / value_scale(pair.before.dtype),
+            donor=donor,
+        )
+        out: list[Array] = [before, after, target]
+        if has_classes:
+            out += [arrays[4], arrays[3]] if swapped else [arrays[3], arrays[4]]
+        return out
 
     def target(self, pair: ChangePair) -> NDArray[np.uint8]:
         """The change target of a pair's raw label (0, 1 or :data:`IGNORE_INDEX`).
@@ -200,7 +236,13 @@ class ChangeDetectionDataset(Dataset[Sample]):
                 if changed.size:
                     pick = int(changed[rng.integers(0, changed.size)])
                     contain = divmod(pick, target.shape[1])
-            arrays = augment_arrays(arrays, rng, crop_size=self.crop_size, pad_values=fills, contain=contain)
+            change = self.change_augmentation
+            zoom = change.draw_zoom(rng) if change is not None and self.crop_size is not None else 1.0
+            arrays = augment_arrays(
+                arrays, rng, crop_size=self.crop_size, pad_values=fills, contain=contain, zoom=zoom
+            )
+            if change is not None:
+                arrays = self._augment_change(arrays, rng, change, pair, index, has_classes)
         elif self.crop_size is not None:
             arrays = [_top_left(a, self.crop_size, fill) for a, fill in zip(arrays, fills, strict=True)]
         return Sample(
