@@ -8,6 +8,8 @@ CLI starts fast. Errors of the project's tree print their message and exit with 
 from __future__ import annotations
 
 import math
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -18,7 +20,8 @@ from rich.table import Table
 from seg2change_core.errors import Seg2ChangeError
 
 if TYPE_CHECKING:
-    from seg2change_core.evaluation import EvaluationReport
+    from seg2change_core.datasets import LabelEncoding
+    from seg2change_core.evaluation import DatasetsReport, EvaluationReport
 
 __all__ = ["evaluate", "make_demo_checkpoint", "train"]
 
@@ -36,6 +39,19 @@ def _bands(text: str | None) -> tuple[str, ...] | None:
         return None
     names = tuple(b.strip() for b in text.split(",") if b.strip())
     return names or None
+
+
+LABEL_VALUES_HELP = (
+    "How the labels encode change, e.g. 'unchanged=1,changed=2' (OSCD .tif) or "
+    "'unchanged=0,changed=255,ignore=128'; several values as changed=1/2. Default: detected per "
+    "dataset folder (0/255, 0/1, 1/2, or 0/255 with 128 not labelled); ambiguous labels are refused."
+)
+
+
+def _label_encoding(text: str | None) -> LabelEncoding | None:
+    from seg2change_core.datasets import LabelEncoding
+
+    return None if text is None else LabelEncoding.parse(text)
 
 
 def _fmt(value: float) -> str:
@@ -90,7 +106,10 @@ def _observer(enabled: bool) -> Any:
 
 def train(
     data_dirs: Annotated[
-        list[Path], typer.Argument(help="Dataset folder(s) with A/, B/ and label/ (one file per pair).")
+        list[Path],
+        typer.Argument(
+            help="Dataset folder(s) with A/, B/ and label/ (one file per pair), OSCD roots or OSCD cities."
+        ),
     ],
     out: Annotated[Path, typer.Option("--out", help="Checkpoint to write (.safetensors); the best epoch.")],
     backbone: Annotated[
@@ -134,6 +153,7 @@ def train(
     ignore_value: Annotated[
         int | None, typer.Option(help="Raw label value meaning 'not labelled' (e.g. 128); not trained on.")
     ] = None,
+    label_values: Annotated[str | None, typer.Option(help=LABEL_VALUES_HELP)] = None,
     bands: Annotated[
         str | None, typer.Option(help="Comma-separated band names (default red,green,blue for 3 bands).")
     ] = None,
@@ -161,9 +181,10 @@ def train(
     from seg2change_core.datasets import (
         ChangeDetectionDataset,
         Split,
+        band_names_of,
         band_statistics,
         default_band_names,
-        scan_folders,
+        scan_datasets,
         split_by_source,
         value_scale,
     )
@@ -173,7 +194,8 @@ def train(
 
     observer = None
     try:
-        pairs = scan_folders(data_dirs)
+        encoding = _label_encoding(label_values)
+        pairs = scan_datasets(data_dirs, label_encoding=encoding)
         if split is not None:
             chosen = Split.load(split)
         else:
@@ -186,9 +208,10 @@ def train(
         val_pairs = chosen.select(pairs, "val")
         if not train_pairs:
             raise DatasetError("the split leaves no training pairs; lower --val-fraction/--holdout-fraction")
-        first = train_pairs[0].load()
+        first_source = train_pairs[0]
+        first = first_source.load()
         count, scale = first.before.shape[0], value_scale(first.before.dtype)
-        names = _bands(bands) or default_band_names(count)
+        names = _bands(bands) or band_names_of(first_source) or default_band_names(count)
         if len(names) != count:
             raise DatasetError(f"--bands names {len(names)} bands but the images have {count}")
         mode = (
@@ -212,10 +235,15 @@ def train(
             augment=True,
             seed=seed,
             ignore_value=ignore_value,
+            label_encoding=encoding,
             repeats=crops_per_image,
             focus_change=focus_change,
         )
-        val_data = ChangeDetectionDataset(val_pairs, ignore_value=ignore_value) if val_pairs else None
+        val_data = (
+            ChangeDetectionDataset(val_pairs, ignore_value=ignore_value, label_encoding=encoding)
+            if val_pairs
+            else None
+        )
         model_config = ModelConfig(
             backbone=backbone,
             backbone_weights=None if backbone_weights is None else str(backbone_weights),
@@ -255,6 +283,7 @@ def train(
                 "val_pairs": len(val_pairs),
                 "split_seed": chosen.seed,
                 "ignore_value": ignore_value,
+                "label_values": None if encoding is None else encoding.describe(),
                 "crop_size": crop_size,
             },
         )
@@ -307,11 +336,68 @@ def _print_report(report: EvaluationReport) -> None:
         out_console.print(f"SeK {_fmt(sem.sek)}, Fscd {_fmt(sem.fscd)}")
 
 
+def _print_datasets(result: DatasetsReport, baseline_label: str) -> None:
+    """One row per dataset and a pooled row; the baseline's IoU and the ratio beside them."""
+    base = result.baseline
+    table = Table(title=f"{result.model}: change per dataset and pooled over all pixels")
+    table.add_column("dataset")
+    for name in ("pairs", "pixels scored", "IoU", "F1", "precision", "recall"):
+        table.add_column(name, justify="right")
+    if base is not None:
+        table.add_column(f"IoU {baseline_label}", justify="right")
+        table.add_column("IoU ratio", justify="right")
+    ratios = result.iou_ratios()
+    rows = [*zip(result.names, result.reports, strict=True), ("pooled", result.pooled)]
+    for index, (name, report) in enumerate(rows):
+        s = report.scores
+        cells = [name, str(report.pairs), f"{report.scored_pixels:,}", _fmt(s.iou), _fmt(s.f1)]
+        cells += [_fmt(s.precision), _fmt(s.recall)]
+        if base is not None:
+            theirs = base.pooled if name == "pooled" else base.report(name)
+            cells += [_fmt(theirs.scores.iou), _fmt(ratios[name])]
+        table.add_row(*cells, end_section=index == len(rows) - 2)
+    # Full width even when the output is not a terminal (a file, a pipe, a test runner).
+    wide = out_console if out_console.is_terminal else Console(width=max(out_console.width, 140))
+    wide.print(table)
+
+
+MODEL_HELP = (
+    "A seg2change checkpoint, or a classical baseline: 'cva' (change vector analysis on raw "
+    "differences, Otsu threshold) or 'cva-std' (standardised CVA: each date's bands standardised "
+    "with that image's own mean and std, then CVA and Otsu)."
+)
+BASELINES = ("cva", "cva-std")
+
+
+class _PlainProgress:
+    """Progress as plain lines (rich bars are invisible when the output is not a terminal)."""
+
+    def __init__(self) -> None:
+        self.last: tuple[str, str] | None = None
+        self.shown = -1
+
+    def __call__(self, model: str, dataset: str, done: int, total: int) -> None:
+        if (model, dataset) != self.last:
+            self.last, self.shown = (model, dataset), -1
+        step = max(1, total // 10)
+        if done == total or done // step != self.shown // step:
+            self.shown = done
+            print(f"evaluating {model} on {dataset}: {done}/{total} pairs", file=sys.stderr, flush=True)
+
+
 def evaluate(
-    data_dirs: Annotated[list[Path], typer.Argument(help="Dataset folder(s) with A/, B/ and label/.")],
-    model: Annotated[
-        str, typer.Option("--model", help="A seg2change checkpoint, or 'cva' for the classical baseline.")
+    data_dirs: Annotated[
+        list[Path],
+        typer.Argument(help="Dataset folder(s): A/, B/ and label/ folders, OSCD roots or OSCD city folders."),
     ],
+    model: Annotated[str, typer.Option("--model", help=MODEL_HELP)],
+    baseline: Annotated[
+        str | None,
+        typer.Option(
+            help="Baseline scored on the same data beside the model, with the IoU ratio: 'cva-std', "
+            "'cva' or 'none'. Default: cva-std for a checkpoint, none for a baseline."
+        ),
+    ] = None,
     backbone_weights: Annotated[
         Path | None, typer.Option(help="Backbone weights for a checkpoint saved without them.")
     ] = None,
@@ -323,55 +409,127 @@ def evaluate(
     ignore_value: Annotated[
         int | None, typer.Option(help="Raw label value meaning 'not labelled' (e.g. 128); not scored.")
     ] = None,
-    bands: Annotated[str | None, typer.Option(help="Comma-separated band names for 'cva'.")] = None,
+    label_values: Annotated[str | None, typer.Option(help=LABEL_VALUES_HELP)] = None,
+    bands: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated bands to use, in order: names where the data names its bands (OSCD: "
+            "red,green,blue or B04,B03,B02), else red,green,blue (3 bands) or b1,b2,... by position. "
+            "A checkpoint gets them by position; without --bands it takes its own bands by name from "
+            "named data and all bands from unnamed data."
+        ),
+    ] = None,
+    tiled: Annotated[
+        bool, typer.Option(help="Score frames larger than the model's tile tile by tile, blended.")
+    ] = True,
+    tile_overlap: Annotated[
+        int | None, typer.Option(help="Overlap of neighbouring tiles in pixels (default a quarter tile).")
+    ] = None,
     report: Annotated[Path | None, typer.Option(help="Write the JSON report here.")] = None,
-    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    progress: Annotated[bool, typer.Option(help="Show progress (plain lines when not a terminal).")] = True,
 ) -> None:
-    """Score a change model (or the CVA baseline) on labelled pairs: IoU, F1, precision, recall, OA."""
+    """Score a change model (or a CVA baseline) per dataset and pooled: IoU, F1, precision, recall."""
+    import warnings
+    from collections.abc import Sequence
+
     from rich.progress import Progress
 
     from seg2change_core.change_model import ChangeModel
     from seg2change_core.checkpoints import load_change_model
-    from seg2change_core.datasets import ChangeDetectionDataset, PairSource, Split, scan_folders
+    from seg2change_core.datasets import (
+        ChangeDetectionDataset,
+        PairSource,
+        Split,
+        bands_for_model,
+        dataset_of,
+        scan_datasets,
+        select_bands,
+    )
     from seg2change_core.errors import DatasetError
-    from seg2change_core.evaluation import cva_for
-    from seg2change_core.evaluation import evaluate as run_evaluation
+    from seg2change_core.evaluation import cva_for, evaluate_datasets
 
+    def baseline_factory(kind: str) -> Callable[[str, ChangeDetectionDataset], ChangeModel]:
+        return lambda _name, data: cva_for(data, standardised=kind == "cva-std")
+
+    caught: list[warnings.WarningMessage] = []
     try:
-        pairs: list[PairSource] = list(scan_folders(data_dirs))
+        encoding = _label_encoding(label_values)
+        if cva_fit not in ("image", "dataset"):
+            raise DatasetError(f"unknown --cva-fit {cva_fit!r}; choose image or dataset")
+        chosen_baseline = baseline or ("none" if model in BASELINES else "cva-std")
+        if chosen_baseline not in (*BASELINES, "none"):
+            raise DatasetError(f"unknown --baseline {baseline!r}; choose cva-std, cva or none")
+        pairs: list[PairSource] = scan_datasets(data_dirs, label_encoding=encoding, ignore_value=ignore_value)
         if split is not None:
             if part not in ("train", "val", "test"):
                 raise DatasetError(f"unknown --part {part!r}; choose test, val or train")
             pairs = Split.load(split).select(pairs, part)  # type: ignore[arg-type]
             if not pairs:
                 raise DatasetError(f"the split's {part} part is empty; choose another --part")
-        dataset = ChangeDetectionDataset(pairs, ignore_value=ignore_value)
-        if cva_fit not in ("image", "dataset"):
-            raise DatasetError(f"unknown --cva-fit {cva_fit!r}; choose image or dataset")
-        chosen: ChangeModel
-        if model == "cva":
-            chosen = cva_for(dataset, _bands(bands))
+        groups: dict[str, list[PairSource]] = {}
+        for pair in pairs:
+            groups.setdefault(dataset_of(pair), []).append(pair)
+        requested = _bands(bands)
+        model_for: Callable[[str, ChangeDetectionDataset], ChangeModel]
+        if model in BASELINES:
+            if requested is not None:
+                groups = {name: select_bands(group, requested) for name, group in groups.items()}
+            model_for = baseline_factory(model)
         else:
-            chosen = load_change_model(model, backbone_weights=backbone_weights)
-        with Progress(console=console, disable=not progress, transient=True) as bar:
-            task = bar.add_task("evaluating", total=len(dataset))
-            result = run_evaluation(
-                chosen,
-                dataset,
+            loaded = load_change_model(model, backbone_weights=backbone_weights)
+            groups = {name: bands_for_model(group, loaded.bands, requested) for name, group in groups.items()}
+            model_for = lambda _name, _data: loaded  # noqa: E731
+        datasets: Sequence[tuple[str, ChangeDetectionDataset]] = [
+            (name, ChangeDetectionDataset(group, ignore_value=ignore_value, label_encoding=encoding))
+            for name, group in groups.items()
+        ]
+        settings = {
+            "data": [str(d) for d in data_dirs],
+            "model_source": model,
+            "split": None if split is None else str(split),
+            "part": part if split is not None else "all",
+            "ignore_value": ignore_value,
+            "label_values": None if encoding is None else encoding.describe(),
+            "bands": None if requested is None else list(requested),
+            "cva_fit": cva_fit,
+        }
+        baseline_for = None if chosen_baseline == "none" else baseline_factory(chosen_baseline)
+
+        def score(on_progress: Callable[[str, str, int, int], None] | None) -> DatasetsReport:
+            return evaluate_datasets(
+                datasets,
+                model_for,
+                baseline_for=baseline_for,
                 cva_fit=cva_fit,  # type: ignore[arg-type]
-                on_pair=lambda done, total: bar.update(task, completed=done),
-                settings={
-                    "data": [str(d) for d in data_dirs],
-                    "model_source": model,
-                    "split": None if split is None else str(split),
-                    "part": part if split is not None else "all",
-                    "ignore_value": ignore_value,
-                },
+                tiled=tiled,
+                tile_overlap=tile_overlap,
+                on_progress=on_progress,
+                settings=settings,
             )
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            if progress and console.is_terminal:
+                with Progress(console=console, transient=True) as bar:
+                    task = bar.add_task("evaluating", total=1)
+
+                    def show(model_name: str, dataset: str, done: int, total: int) -> None:
+                        bar.update(
+                            task, description=f"{model_name} on {dataset}", completed=done, total=total
+                        )
+
+                    result = score(show)
+            else:
+                result = score(_PlainProgress() if progress else None)
     except Seg2ChangeError as exc:
+        for warning in caught:
+            console.print(f"[yellow]warning:[/] {warning.message}")
         _fail(exc)
         return
-    _print_report(result)
+    for warning in caught:
+        console.print(f"[yellow]warning:[/] {warning.message}")
+    _print_datasets(result, chosen_baseline)
+    _print_report(result.pooled)
     if report is not None:
         result.save(report)
         out_console.print(f"report written to [bold]{report}[/]")

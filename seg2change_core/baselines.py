@@ -18,11 +18,21 @@ Method
    spreads. So ``p = 0.5`` exactly at ``t`` and :func:`seg2change_core.change_model.decide`
    reproduces the Otsu decision. The calibration is a heuristic, not fitted to labels.
 
+Standardised CVA
+----------------
+:class:`StandardisedCVABaseline` ("cva-std", the honest classical floor): each date's bands are
+standardised with **that image's own** mean and standard deviation per band (over its finite
+pixels), then the CVA magnitude and the Otsu threshold follow as above. A global gain or offset
+per band between the dates (illumination, season, sensor calibration, haze) then no longer reads
+as change, which plain CVA on raw differences cannot avoid. It needs no training and no labels.
+
 Tiled use
 ---------
 The threshold must not depend on the tile, or results would depend on the chunking: call
 :meth:`CVABaseline.fit` once on a sample of the scene (or the whole scene), then :meth:`predict`
 uses the fitted values. An unfitted model fits on each :meth:`predict` call's own inputs instead.
+:meth:`StandardisedCVABaseline.fit` also fixes the per-date band statistics (from the sample it
+is given), so tiles are then standardised alike; unfitted, each call's images use their own.
 """
 
 from __future__ import annotations
@@ -35,7 +45,15 @@ import torch
 from seg2change_core.change_model import InputNormalisation
 from seg2change_core.errors import ModelError
 
-__all__ = ["CVABaseline", "CVAFit", "cva_magnitude", "otsu_threshold"]
+__all__ = [
+    "CVABaseline",
+    "CVAFit",
+    "DateStatistics",
+    "StandardisedCVABaseline",
+    "cva_magnitude",
+    "otsu_threshold",
+    "standardise_per_image",
+]
 
 LOGISTIC_SCALE_PER_STD = math.sqrt(3.0) / math.pi
 
@@ -191,3 +209,129 @@ class CVABaseline:
         magnitude = self.magnitude(before, after)
         params = self.fitted or self._fit_values(magnitude, 1_000_000, 0)
         return torch.sigmoid((magnitude - params.threshold) / params.scale)
+
+
+def _finite_moments(x: torch.Tensor, dims: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and standard deviation over ``dims`` of the finite values (float64)."""
+    values = x.to(torch.float64)
+    finite = torch.isfinite(values)
+    zero = torch.zeros((), dtype=values.dtype, device=values.device)
+    count = finite.sum(dim=dims, keepdim=True).clamp(min=1)
+    mean = torch.where(finite, values, zero).sum(dim=dims, keepdim=True) / count
+    var = (torch.where(finite, values - mean, zero) ** 2).sum(dim=dims, keepdim=True) / count
+    return mean, var.sqrt()
+
+
+def _standardise(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    values = x.to(torch.float64)
+    usable = torch.isfinite(values) & (std > 1e-12)
+    zero = torch.zeros((), dtype=values.dtype, device=values.device)
+    out = torch.where(usable, (values - mean) / std.clamp(min=1e-12), zero)
+    return out.to(x.dtype if x.is_floating_point() else torch.float32)
+
+
+def standardise_per_image(x: torch.Tensor) -> torch.Tensor:
+    """Standardise each band of each image with its own mean and std: ``(B, C, H, W)`` in and out.
+
+    Statistics are taken over the finite pixels; non-finite pixels and constant bands become 0.
+    """
+    mean, std = _finite_moments(x, (2, 3))
+    return _standardise(x, mean, std)
+
+
+@dataclass(frozen=True)
+class DateStatistics:
+    """Fixed per-band statistics of the two dates (see :meth:`StandardisedCVABaseline.fit`).
+
+    Attributes
+    ----------
+    before_mean, before_std, after_mean, after_std
+        One value per band.
+    """
+
+    before_mean: tuple[float, ...]
+    before_std: tuple[float, ...]
+    after_mean: tuple[float, ...]
+    after_std: tuple[float, ...]
+
+
+class StandardisedCVABaseline(CVABaseline):
+    """CVA on per-image standardised bands with an Otsu threshold (``cva-std``; a baseline).
+
+    See the module docstring. The normalisation only names the bands (its statistics and scale
+    cancel out in the standardisation).
+
+    Parameters
+    ----------
+    normalisation
+        Names the bands expected.
+    fit
+        Fitted threshold and scale; ``None`` fits on each :meth:`predict` call.
+    name
+        Model name.
+    statistics
+        Fixed per-date band statistics; ``None`` standardises each image with its own.
+    """
+
+    def __init__(
+        self,
+        normalisation: InputNormalisation,
+        fit: CVAFit | None = None,
+        name: str = "cva-std-otsu-baseline",
+        statistics: DateStatistics | None = None,
+    ) -> None:
+        super().__init__(normalisation, fit, name)
+        self.statistics = statistics
+
+    def _check(self, before: torch.Tensor, after: torch.Tensor) -> None:
+        if before.shape != after.shape:
+            raise ModelError(
+                "before and after must have the same shape, got "
+                f"{tuple(before.shape)} and {tuple(after.shape)}"
+            )
+        if before.dim() != 4 or before.shape[1] != self.in_channels:
+            raise ModelError(
+                f"expected (B, {self.in_channels}, H, W) batches with bands {list(self.bands)}, got shape "
+                f"{tuple(before.shape)}; select those bands in that order"
+            )
+
+    def magnitude(self, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+        """CVA magnitude ``(B, 1, H, W)`` of the standardised dates."""
+        self._check(before, after)
+        stats = self.statistics
+        if stats is None:
+            return cva_magnitude(standardise_per_image(before), standardise_per_image(after))
+
+        def fixed(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+            m = torch.tensor(mean, dtype=torch.float64, device=x.device).view(1, -1, 1, 1)
+            s = torch.tensor(std, dtype=torch.float64, device=x.device).view(1, -1, 1, 1)
+            return _standardise(x, m, s)
+
+        return cva_magnitude(
+            fixed(before, stats.before_mean, stats.before_std),
+            fixed(after, stats.after_mean, stats.after_std),
+        )
+
+    def fit(
+        self,
+        before: torch.Tensor,
+        after: torch.Tensor,
+        max_samples: int = 1_000_000,
+        seed: int = 0,
+    ) -> CVAFit:
+        """Fix each date's band statistics from these batches (all images together), then the threshold.
+
+        Use it before tiled prediction so that every tile is standardised with the scene's
+        statistics (see the module docstring).
+        """
+        self._check(before, after)
+        bm, bs = _finite_moments(before, (0, 2, 3))
+        am, as_ = _finite_moments(after, (0, 2, 3))
+        self.statistics = DateStatistics(
+            tuple(float(v) for v in bm.flatten()),
+            tuple(float(v) for v in bs.flatten()),
+            tuple(float(v) for v in am.flatten()),
+            tuple(float(v) for v in as_.flatten()),
+        )
+        self.fitted = self._fit_values(self.magnitude(before, after), max_samples, seed)
+        return self.fitted

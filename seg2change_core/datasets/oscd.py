@@ -29,8 +29,9 @@ The 13 bands are named with the STAC ``eo`` common names the rest of seg2change 
     rededge075 B06 20 m   swir22   B12 20 m
     rededge078 B07 20 m
 
-A band may also be asked for by its Sentinel-2 id (``B8A``, ``b02``) or the aliases ``rededge1``..
-``rededge3``, ``swir1``, ``swir2`` (:func:`resolve_s2_band`). The 10 m band B02 defines the grid;
+A band may also be asked for by its Sentinel-2 id (``B8A``, ``b02``; not ``b2``, which elsewhere
+means "second channel") or the aliases ``rededge1`` .. ``rededge3``, ``swir1``, ``swir2``
+(:func:`resolve_s2_band`). The 10 m band B02 defines the grid;
 20 m and 60 m bands, stored at their own smaller grids, are resampled onto it with
 :func:`rasterio.warp.reproject` (bilinear by default) from their georeferencing, so a 60 m pixel
 lands where it lies on the ground even when its grid does not divide the 10 m one. Values stay
@@ -102,7 +103,6 @@ _GRID_BANDS = ("blue", "green", "red", "nir")
 _ALIASES: dict[str, str] = {
     **{name: name for name in S2_BAND_IDS},
     **{band_id.lower(): name for name, band_id in S2_BAND_IDS.items()},
-    **{f"b{band_id[1:].lstrip('0')}".lower(): name for name, band_id in S2_BAND_IDS.items()},
     "rededge1": "rededge071",
     "rededge2": "rededge075",
     "rededge3": "rededge078",
@@ -112,7 +112,7 @@ _ALIASES: dict[str, str] = {
 
 
 def resolve_s2_band(name: str) -> str:
-    """The common name of a Sentinel-2 band given by common name, id (``B8A``, ``b2``) or alias.
+    """The common name of a Sentinel-2 band given by common name, id (``B8A``, ``B02``) or alias.
 
     Raises
     ------

@@ -72,10 +72,11 @@ def test_band_names_are_the_projects_common_names() -> None:
     assert [n for n in COMMON_NAMES if n in OSCD_BANDS] == list(OSCD_BANDS)  # spectral order
     for name, band_id in S2_BAND_IDS.items():
         assert band_id in SENSOR_ALIASES[name]
-    assert resolve_s2_band("B8A") == "nir08" and resolve_s2_band("b2") == "blue"
+    assert resolve_s2_band("B8A") == "nir08" and resolve_s2_band("b02") == "blue"
     assert resolve_s2_band("rededge1") == "rededge071" and resolve_s2_band("SWIR2") == "swir22"
-    with pytest.raises(DatasetError, match="not a Sentinel-2 band"):
-        resolve_s2_band("thermal")
+    for wrong in ("thermal", "b9"):  # "b9" would be B09 to some, the 9th channel (B8A) to others
+        with pytest.raises(DatasetError, match="not a Sentinel-2 band"):
+            resolve_s2_band(wrong)
 
 
 def test_bands_are_resampled_onto_the_10m_grid_where_they_lie(tmp_path: Path) -> None:
