@@ -253,7 +253,8 @@ def _print_cube(cube: PreparedCube) -> None:
 def _register_commands() -> None:
     """Add the commands defined beside this module (models, flows) to the app."""
     from flows.commands_flows import monitor, respond
-    from flows.commands_model import evaluate, make_demo_checkpoint, train
+    from flows.commands_model import evaluate, make_demo_checkpoint
+    from flows.commands_train import train
 
     app.command()(train)
     app.command()(evaluate)

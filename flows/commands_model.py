@@ -1,4 +1,6 @@
-"""Model commands of the ``seg2change`` CLI: ``train``, ``evaluate`` and ``make-demo-checkpoint``.
+"""Model commands of the ``seg2change`` CLI: ``evaluate`` and ``make-demo-checkpoint``.
+
+``train`` lives in :mod:`flows.commands_train`.
 
 Plain functions with typer annotations; :mod:`flows.cli` registers them on the app. Heavy
 modules (torch, the models, the synthetic generator) are imported inside the functions, so the
@@ -11,7 +13,7 @@ import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -23,7 +25,7 @@ if TYPE_CHECKING:
     from seg2change_core.datasets import LabelEncoding
     from seg2change_core.evaluation import DatasetsReport, EvaluationReport
 
-__all__ = ["evaluate", "make_demo_checkpoint", "train"]
+__all__ = ["evaluate", "make_demo_checkpoint"]
 
 console = Console(stderr=True)
 out_console = Console()
@@ -56,251 +58,6 @@ def _label_encoding(text: str | None) -> LabelEncoding | None:
 
 def _fmt(value: float) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
-
-
-def _observer(enabled: bool) -> Any:
-    """A training observer drawing rich progress bars (a no-op observer when disabled)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from seg2change_core.training import TrainingObserver
-
-    class RichObserver(TrainingObserver):
-        def __init__(self) -> None:
-            self.progress = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[info]}"),
-                TimeElapsedColumn(),
-                console=console,
-                disable=not enabled,
-            )
-            self.epochs = self.progress.add_task("epochs", total=1, info="")
-            self.steps = self.progress.add_task("steps", total=1, info="")
-
-        def on_start(self, epochs: int, steps_per_epoch: int, start_epoch: int) -> None:
-            self.progress.start()
-            self.progress.update(self.epochs, total=epochs, completed=start_epoch)
-            self.progress.update(self.steps, total=steps_per_epoch, completed=0)
-
-        def on_step(self, epoch: int, step: int, loss: float) -> None:
-            self.progress.update(
-                self.steps, completed=step, description=f"epoch {epoch}", info=f"loss {loss:.4f}"
-            )
-
-        def on_validation(self, epoch: int, done: int, total: int) -> None:
-            self.progress.update(self.steps, description=f"validating {done}/{total}")
-
-        def on_epoch(self, record: dict[str, Any]) -> None:
-            self.progress.update(self.epochs, completed=record["epoch"])
-            line = f"epoch {record['epoch']}: loss {record['train_loss']:.4f}"
-            if "val_iou" in record:
-                line += f", val IoU {_fmt(record['val_iou'])}, F1 {_fmt(record['val_f1'])}"
-            self.progress.console.print(line + (" [green](best)[/]" if record["best"] else ""))
-
-        def stop(self) -> None:
-            self.progress.stop()
-
-    return RichObserver()
-
-
-def train(
-    data_dirs: Annotated[
-        list[Path],
-        typer.Argument(
-            help="Dataset folder(s) with A/, B/ and label/ (one file per pair), OSCD roots or OSCD cities."
-        ),
-    ],
-    out: Annotated[Path, typer.Option("--out", help="Checkpoint to write (.safetensors); the best epoch.")],
-    backbone: Annotated[
-        str, typer.Option(help="'compact' (trained from scratch) or a frozen DINOv2, e.g. dinov2_vits14.")
-    ] = "compact",
-    backbone_weights: Annotated[
-        Path | None, typer.Option(help="Official DINOv2 weights file (needed for a DINOv2 backbone).")
-    ] = None,
-    epochs: Annotated[int, typer.Option(help="Epochs in all.")] = 20,
-    batch_size: Annotated[int, typer.Option(help="Crops per optimiser step.")] = 4,
-    lr: Annotated[float, typer.Option(help="Peak AdamW learning rate.")] = 5e-4,
-    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.01,
-    warmup_steps: Annotated[int, typer.Option(help="Linear warm-up steps before the cosine decay.")] = 0,
-    crop_size: Annotated[
-        int, typer.Option(help="Training crop side (a multiple of 252 avoids padding).")
-    ] = 252,
-    crops_per_image: Annotated[int, typer.Option(help="Random crops drawn from each pair per epoch.")] = 1,
-    focus_change: Annotated[
-        float, typer.Option(help="Share of crops drawn to contain a changed pixel (0 = uniform crops).")
-    ] = 0.0,
-    changed_weight: Annotated[
-        float, typer.Option(help="Cross-entropy weight of the 'changed' class (1 = reference).")
-    ] = 1.0,
-    embed_dim: Annotated[int, typer.Option(help="Compact backbone token width.")] = 96,
-    depth: Annotated[int, typer.Option(help="Compact backbone blocks.")] = 4,
-    heads: Annotated[int, typer.Option(help="Compact backbone attention heads.")] = 4,
-    hidden_dim: Annotated[int, typer.Option(help="CACH decoder width.")] = 64,
-    val_fraction: Annotated[
-        float, typer.Option(help="Share of tiles (whole source images) kept for validation.")
-    ] = 0.15,
-    holdout_fraction: Annotated[
-        float,
-        typer.Option(help="Share of tiles (whole source images) kept apart as a test part, never used."),
-    ] = 0.0,
-    split: Annotated[
-        Path | None,
-        typer.Option(
-            help="Split file (JSON) to use instead of drawing one: trains on 'train', validates on 'val'."
-        ),
-    ] = None,
-    ignore_value: Annotated[
-        int | None, typer.Option(help="Raw label value meaning 'not labelled' (e.g. 128); not trained on.")
-    ] = None,
-    label_values: Annotated[str | None, typer.Option(help=LABEL_VALUES_HELP)] = None,
-    bands: Annotated[
-        str | None, typer.Option(help="Comma-separated band names (default red,green,blue for 3 bands).")
-    ] = None,
-    normalisation: Annotated[
-        str, typer.Option(help="'auto' (ImageNet for DINOv2, else data statistics), 'dataset' or 'imagenet'.")
-    ] = "auto",
-    seed: Annotated[
-        int, typer.Option(help="Seed of the split, the initialisation and the augmentation.")
-    ] = 0,
-    resume: Annotated[
-        Path | None, typer.Option(help="Training state file (.state.pt) to continue from.")
-    ] = None,
-    max_minutes: Annotated[
-        float | None, typer.Option(help="Stop after the epoch that ends past this time (resumable).")
-    ] = None,
-    log: Annotated[
-        Path | None, typer.Option(help="Metrics log (JSON lines); default <out>.log.jsonl.")
-    ] = None,
-    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
-) -> None:
-    """Train the CACH change model on folder datasets and keep the epoch with the best validation IoU."""
-    import json
-
-    from seg2change_core.change_model import InputNormalisation
-    from seg2change_core.datasets import (
-        ChangeDetectionDataset,
-        Split,
-        band_names_of,
-        band_statistics,
-        default_band_names,
-        scan_datasets,
-        split_by_source,
-        value_scale,
-    )
-    from seg2change_core.errors import DatasetError
-    from seg2change_core.training import LossWeights, ModelConfig, TrainConfig
-    from seg2change_core.training import train as run_training
-
-    observer = None
-    try:
-        encoding = _label_encoding(label_values)
-        pairs = scan_datasets(data_dirs, label_encoding=encoding)
-        if split is not None:
-            chosen = Split.load(split)
-        else:
-            chosen = split_by_source(
-                pairs, test_fraction=holdout_fraction, val_fraction=val_fraction, seed=seed
-            )
-            out.parent.mkdir(parents=True, exist_ok=True)
-            chosen.save(out.with_name(out.stem + ".split.json"))
-        train_pairs = chosen.select(pairs, "train")
-        val_pairs = chosen.select(pairs, "val")
-        if not train_pairs:
-            raise DatasetError("the split leaves no training pairs; lower --val-fraction/--holdout-fraction")
-        first_source = train_pairs[0]
-        first = first_source.load()
-        count, scale = first.before.shape[0], value_scale(first.before.dtype)
-        names = _bands(bands) or band_names_of(first_source) or default_band_names(count)
-        if len(names) != count:
-            raise DatasetError(f"--bands names {len(names)} bands but the images have {count}")
-        mode = (
-            normalisation if normalisation != "auto" else ("dataset" if backbone == "compact" else "imagenet")
-        )
-        if mode == "imagenet":
-            if count != 3:
-                raise DatasetError(
-                    f"ImageNet normalisation needs 3-band RGB images, these have {count} bands"
-                )
-            norm = InputNormalisation.imagenet_rgb(scale)
-            norm = InputNormalisation(names, norm.mean, norm.std, scale)
-        elif mode == "dataset":
-            mean, std = band_statistics(train_pairs, scale, seed=seed)
-            norm = InputNormalisation(names, mean, std, scale)
-        else:
-            raise DatasetError(f"unknown --normalisation {normalisation!r}; choose auto, dataset or imagenet")
-        train_data = ChangeDetectionDataset(
-            train_pairs,
-            crop_size=crop_size,
-            augment=True,
-            seed=seed,
-            ignore_value=ignore_value,
-            label_encoding=encoding,
-            repeats=crops_per_image,
-            focus_change=focus_change,
-        )
-        val_data = (
-            ChangeDetectionDataset(val_pairs, ignore_value=ignore_value, label_encoding=encoding)
-            if val_pairs
-            else None
-        )
-        model_config = ModelConfig(
-            backbone=backbone,
-            backbone_weights=None if backbone_weights is None else str(backbone_weights),
-            embed_dim=embed_dim,
-            depth=depth,
-            num_heads=heads,
-            hidden_dim=hidden_dim,
-        )
-        config = TrainConfig(
-            epochs=epochs,
-            batch_size=batch_size,
-            lr=lr,
-            weight_decay=weight_decay,
-            warmup_steps=warmup_steps,
-            seed=seed,
-            loss=LossWeights(changed_class_weight=changed_weight),
-        )
-        console.print(
-            f"training on {len(train_pairs)} pairs, validating on {len(val_pairs)} "
-            f"({len(chosen.test)} held out) from {', '.join(str(d) for d in data_dirs)}"
-        )
-        observer = _observer(progress)
-        result = run_training(
-            train_data,
-            val_data,
-            out,
-            model_config=model_config,
-            config=config,
-            normalisation=norm,
-            log_path=log,
-            resume=resume,
-            max_seconds=None if max_minutes is None else max_minutes * 60,
-            observer=observer,
-            training_data={
-                "data": [str(d) for d in data_dirs],
-                "train_pairs": len(train_pairs),
-                "val_pairs": len(val_pairs),
-                "split_seed": chosen.seed,
-                "ignore_value": ignore_value,
-                "label_values": None if encoding is None else encoding.describe(),
-                "crop_size": crop_size,
-            },
-        )
-    except Seg2ChangeError as exc:
-        _fail(exc)
-        return
-    finally:
-        if observer is not None:
-            observer.stop()
-    out_console.print(f"checkpoint: [bold]{result.checkpoint}[/] (epoch {result.best_epoch})")
-    out_console.print(f"  validation IoU: {_fmt(result.best_val_iou)}")
-    out_console.print(f"  training state: {result.state}")
-    out_console.print(f"  epochs: {result.epochs_completed}/{epochs} in {result.seconds:.0f} s")
-    if result.stopped_early:
-        out_console.print(f"  stopped early; continue with --resume {result.state}")
-    if result.history:
-        out_console.print(f"  last epoch: {json.dumps(result.history[-1])}")
 
 
 def _print_report(report: EvaluationReport) -> None:
@@ -553,6 +310,7 @@ def make_demo_checkpoint(
     """Train the small demo CACH model on generated scenes and save it with how it was made."""
     from dataclasses import replace
 
+    from flows.commands_train import _observer
     from pipeline.demo_checkpoint import DemoCheckpointSpec
     from pipeline.demo_checkpoint import make_demo_checkpoint as build
 

@@ -217,7 +217,7 @@ def test_train_command_splits_trains_and_fails_cleanly(tmp_path: Path) -> None:
     import typer
     from typer.testing import CliRunner
 
-    from flows.commands_model import train as train_command
+    from flows.commands_train import train as train_command
     from seg2change_core.datasets import Split
 
     rng = np.random.default_rng(0)
@@ -236,17 +236,22 @@ def test_train_command_splits_trains_and_fails_cleanly(tmp_path: Path) -> None:
     app.command()(train_command)
     runner = CliRunner()
     out = tmp_path / "model.safetensors"
-    args = [str(root), "--out", str(out), "--epochs", "1", "--batch-size", "1", "--crop-size", "32"]
-    args += ["--embed-dim", "16", "--heads", "2", "--hidden-dim", "8", "--holdout-fraction", "0.25"]
-    args += ["--val-fraction", "0.3", "--no-progress"]
+    args = [str(root), "--out", str(out), "--recipe", "rgb", "--batch-size", "1", "--crop-size", "32"]
+    args += ["--embed-dim", "16", "--hidden-dim", "8", "--holdout-fraction", "0.25", "--threads", "1"]
+    args += ["--val-fraction", "0.3", "--minutes", "0.02"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    # the epochs were fitted to the budget, and progress shows as plain lines off a terminal
+    assert "epochs fit 0 min" in text and "epoch 1: loss" in text and "val IoU" in text
     split = Split.load(tmp_path / "model.split.json")
     assert len(split.test) == 1 and len(split.val) == 1 and len(split.train) == 2
     model = load_change_model(out)
     assert isinstance(model, CACHChangeModel) and model.bands == ("red", "green", "blue")
     assert model.normalisation.scale == pytest.approx(1 / 255)
-    assert read_checkpoint_info(out).training_data["train_pairs"] == 2
+    info = read_checkpoint_info(out)
+    assert info.training_data["train_pairs"] == 2 and info.training_data["recipe"] == "rgb"
+    assert info.backbone_family == "conv" and info.training_data["epoch_plan"]["epochs"] >= 1
 
     dino = runner.invoke(
         app, [str(root), "--out", str(tmp_path / "d.safetensors"), "--backbone", "dinov2_vits14"]

@@ -1,0 +1,317 @@
+"""The ``seg2change train`` command: a named recipe, any option of which the command line replaces.
+
+Plain functions with typer annotations; :mod:`flows.cli` registers them on the app. torch and the
+models are imported inside the function, so the CLI starts fast. Progress is drawn with rich on a
+terminal and printed as plain lines (every epoch, and a step line every ``PLAIN_STEP_SECONDS``)
+when the output goes to a file, so a redirected run still shows that it is alive.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from flows.commands_model import LABEL_VALUES_HELP, _bands, _fail, _fmt, _label_encoding, console, out_console
+from seg2change_core.errors import Seg2ChangeError
+
+if TYPE_CHECKING:
+    from seg2change_core.recipes import Recipe
+
+__all__ = ["PLAIN_STEP_SECONDS", "train"]
+
+PLAIN_STEP_SECONDS = 30.0
+"""Seconds between step lines when progress is printed as plain text."""
+
+
+def _observer(enabled: bool) -> Any:
+    """A training observer: rich bars on a terminal, plain lines otherwise (nothing when disabled)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from seg2change_core.training import TrainingObserver
+
+    live = enabled and console.is_terminal
+
+    class Observer(TrainingObserver):
+        def __init__(self) -> None:
+            self.progress = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[info]}"),
+                TimeElapsedColumn(),
+                console=console,
+                disable=not live,
+            )
+            self.epochs = self.progress.add_task("epochs", total=1, info="")
+            self.steps = self.progress.add_task("steps", total=1, info="")
+            self.steps_per_epoch = 1
+            self.last_line = time.monotonic()
+
+        def on_start(self, epochs: int, steps_per_epoch: int, start_epoch: int) -> None:
+            self.progress.start()
+            self.steps_per_epoch = steps_per_epoch
+            self.progress.update(self.epochs, total=epochs, completed=start_epoch)
+            self.progress.update(self.steps, total=steps_per_epoch, completed=0)
+
+        def on_step(self, epoch: int, step: int, loss: float) -> None:
+            self.progress.update(
+                self.steps, completed=step, description=f"epoch {epoch}", info=f"loss {loss:.4f}"
+            )
+            if enabled and not live and time.monotonic() - self.last_line > PLAIN_STEP_SECONDS:
+                self.last_line = time.monotonic()
+                console.print(
+                    f"epoch {epoch}: step {step}/{self.steps_per_epoch}, loss {loss:.4f}", markup=False
+                )
+
+        def on_validation(self, epoch: int, done: int, total: int) -> None:
+            self.progress.update(self.steps, description=f"validating {done}/{total}")
+
+        def on_epoch(self, record: dict[str, Any]) -> None:
+            self.progress.update(self.epochs, completed=record["epoch"])
+            self.last_line = time.monotonic()
+            if not enabled:
+                return
+            line = f"epoch {record['epoch']}: loss {record['train_loss']:.4f} ({record['seconds']:.0f} s)"
+            if "val_iou" in record:
+                line += f", val IoU {_fmt(record['val_iou'])}"
+                per_dataset = record.get("val_iou_datasets") or {}
+                if len(per_dataset) > 1:
+                    line += " (" + ", ".join(f"{k} {v:.3f}" for k, v in per_dataset.items()) + ")"
+            self.progress.console.print(line + (" (best)" if record["best"] else ""), markup=False)
+
+        def stop(self) -> None:
+            self.progress.stop()
+
+    return Observer()
+
+
+def _set_threads(threads: int | None) -> int:
+    import torch
+
+    count = threads if threads is not None else len(os.sched_getaffinity(0))
+    if count < 1:
+        raise typer.BadParameter("--threads must be at least 1")
+    torch.set_num_threads(count)
+    return count
+
+
+def _recipe_with(recipe: Recipe, options: dict[str, Any]) -> Recipe:
+    """The recipe with every option given on the command line (not ``None``) put in."""
+    given = {k: v for k, v in options.items() if v is not None}
+    model_keys = {"backbone", "backbone_weights", "embed_dim", "depth", "num_heads", "hidden_dim"}
+    train_keys = {
+        "epochs",
+        "batch_size",
+        "lr",
+        "weight_decay",
+        "warmup_steps",
+        "seed",
+        "device",
+        "bf16_autocast",
+    }
+    loss_keys = {"changed_class_weight", "dice"}
+    recipe_keys = {
+        "crop_size",
+        "crops_per_image",
+        "focus_change",
+        "normalisation",
+        "validation_crop",
+        "minutes",
+    }
+    model = replace(recipe.model, **{k: v for k, v in given.items() if k in model_keys})
+    loss = replace(recipe.train.loss, **{k: v for k, v in given.items() if k in loss_keys})
+    train_config = replace(recipe.train, loss=loss, **{k: v for k, v in given.items() if k in train_keys})
+    changed = {k: v for k, v in given.items() if k in recipe_keys}
+    if given.get("augment") is False:
+        changed["augmentation"] = None
+    return replace(recipe, model=model, train=train_config, **changed)
+
+
+def train(
+    data_dirs: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Dataset folder(s) with A/, B/ and label/ (one file per pair), OSCD roots or OSCD cities."
+        ),
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Checkpoint to write (.safetensors); the best epoch.")],
+    recipe: Annotated[
+        str,
+        typer.Option(
+            help="Named settings: rgb (8-bit RGB), sentinel2, dinov2. Options below replace its values."
+        ),
+    ] = "rgb",
+    minutes: Annotated[
+        float | None,
+        typer.Option(
+            help="Time budget: the epochs (and the schedule) are fitted to it. Default: the recipe's."
+        ),
+    ] = None,
+    epochs: Annotated[
+        int | None, typer.Option(help="Epochs in all (instead of fitting them to --minutes).")
+    ] = None,
+    threads: Annotated[
+        int | None, typer.Option(help="CPU threads for torch (default: the cores this process may use).")
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N.")] = None,
+    bf16: Annotated[
+        bool | None,
+        typer.Option("--bf16/--no-bf16", help="bfloat16 autocast (CPUs with AMX/AVX-512 BF16, GPUs)."),
+    ] = None,
+    backbone: Annotated[
+        str | None, typer.Option(help="conv, compact or a frozen DINOv2 such as dinov2_vits14.")
+    ] = None,
+    backbone_weights: Annotated[
+        Path | None, typer.Option(help="Official DINOv2 weights file (DINOv2 backbones).")
+    ] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Crops per optimiser step.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak AdamW learning rate.")] = None,
+    weight_decay: Annotated[float | None, typer.Option(help="AdamW weight decay.")] = None,
+    warmup_steps: Annotated[
+        int | None, typer.Option(help="Linear warm-up steps before the cosine decay.")
+    ] = None,
+    crop_size: Annotated[
+        int | None, typer.Option(help="Training crop side (a multiple of 252 avoids padding).")
+    ] = None,
+    crops_per_image: Annotated[
+        int | None, typer.Option(help="Random crops drawn from each pair per epoch.")
+    ] = None,
+    focus_change: Annotated[
+        float | None, typer.Option(help="Share of crops drawn around a changed pixel.")
+    ] = None,
+    augment: Annotated[
+        bool | None,
+        typer.Option("--augment/--no-augment", help="Change-specific augmentation of the recipe."),
+    ] = None,
+    changed_weight: Annotated[
+        float | None, typer.Option(help="Cross-entropy weight of the 'changed' class.")
+    ] = None,
+    dice: Annotated[
+        float | None, typer.Option(help="Weight of the dice term (0 = the reference loss).")
+    ] = None,
+    embed_dim: Annotated[
+        int | None, typer.Option(help="Token width of the conv or compact backbone.")
+    ] = None,
+    hidden_dim: Annotated[int | None, typer.Option(help="CACH decoder width.")] = None,
+    val_fraction: Annotated[
+        float, typer.Option(help="Share of tiles (whole source images) of each dataset kept for validation.")
+    ] = 0.15,
+    holdout_fraction: Annotated[
+        float,
+        typer.Option(help="Share of tiles (whole source images) kept apart as a test part, never used."),
+    ] = 0.0,
+    split: Annotated[
+        Path | None, typer.Option(help="Split file (JSON): trains on 'train', validates on 'val'.")
+    ] = None,
+    val_crop: Annotated[
+        int | None,
+        typer.Option(help="Validate on the top-left crop of this side (cheaper); default whole images."),
+    ] = None,
+    ignore_value: Annotated[
+        int | None, typer.Option(help="Raw label value meaning 'not labelled' (e.g. 128).")
+    ] = None,
+    label_values: Annotated[str | None, typer.Option(help=LABEL_VALUES_HELP)] = None,
+    bands: Annotated[
+        str | None, typer.Option(help="Bands to train on, by name, in this order (e.g. red,green,blue,nir).")
+    ] = None,
+    normalisation: Annotated[
+        str | None, typer.Option(help="'dataset' (fitted on the training pairs) or 'imagenet'.")
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Seed of the split, the initialisation and the augmentation.")
+    ] = None,
+    resume: Annotated[
+        Path | None, typer.Option(help="Training state file (.state.pt) to continue from.")
+    ] = None,
+    max_minutes: Annotated[
+        float | None, typer.Option(help="Stop after the epoch that ends past this time (resumable).")
+    ] = None,
+    log: Annotated[
+        Path | None, typer.Option(help="Metrics log (JSON lines); default <out>.log.jsonl.")
+    ] = None,
+    progress: Annotated[
+        bool, typer.Option(help="Show progress (bars on a terminal, lines otherwise).")
+    ] = True,
+) -> None:
+    """Train the CACH change model with a named recipe; keep the epoch with the best validation IoU."""
+    observer = None
+    try:
+        from seg2change_core.training_setup import prepare_training
+
+        used_threads = _set_threads(threads)
+        chosen = _recipe_with(
+            _get_recipe(recipe),
+            {
+                "backbone": backbone,
+                "backbone_weights": None if backbone_weights is None else str(backbone_weights),
+                "embed_dim": embed_dim,
+                "hidden_dim": hidden_dim,
+                "epochs": epochs,
+                "batch_size": batch_size,
+                "lr": lr,
+                "weight_decay": weight_decay,
+                "warmup_steps": warmup_steps,
+                "seed": seed,
+                "device": device,
+                "bf16_autocast": bf16,
+                "changed_class_weight": changed_weight,
+                "dice": dice,
+                "crop_size": crop_size,
+                "crops_per_image": crops_per_image,
+                "focus_change": focus_change,
+                "normalisation": normalisation,
+                "validation_crop": val_crop,
+                "minutes": minutes,
+                "augment": augment,
+            },
+        )
+        if epochs is not None:
+            chosen = replace(chosen, minutes=None)
+        run = prepare_training(
+            chosen,
+            data_dirs,
+            out,
+            split=split,
+            val_fraction=val_fraction,
+            holdout_fraction=holdout_fraction,
+            bands=_bands(bands),
+            label_encoding=_label_encoding(label_values),
+            ignore_value=ignore_value,
+            log=lambda text: console.print(text, markup=False),
+        )
+        console.print(
+            f"recipe {chosen.name}: {len(run.train_data.pairs)} training pairs, {run.val_pairs} validation, "
+            f"{run.held_out} held out; {used_threads} threads on {chosen.train.device}",
+            markup=False,
+        )
+        observer = _observer(progress)
+        result = run.run(resume=resume, max_minutes=max_minutes, log_path=log, observer=observer)
+    except Seg2ChangeError as exc:
+        _fail(exc)
+        return
+    finally:
+        if observer is not None:
+            observer.stop()
+    out_console.print(f"checkpoint: {result.checkpoint} (epoch {result.best_epoch})", markup=False)
+    out_console.print(f"  validation IoU: {_fmt(result.best_val_iou)}", markup=False)
+    out_console.print(f"  training state: {result.state}", markup=False)
+    out_console.print(
+        f"  epochs: {result.epochs_completed}/{run.config.epochs} in {result.seconds / 60:.1f} min",
+        markup=False,
+    )
+    if result.stopped_early:
+        out_console.print(f"  stopped early; continue with --resume {result.state}", markup=False)
+    if not sys.stdout.isatty() and result.history:
+        out_console.print(f"  last epoch: {result.history[-1]}", markup=False)
+
+
+def _get_recipe(name: str) -> Recipe:
+    from seg2change_core.recipes import get_recipe
+
+    return get_recipe(name)

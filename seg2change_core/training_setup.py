@@ -1,0 +1,339 @@
+"""From a recipe and dataset folders to a training run: data, split, normalisation, epochs.
+
+:func:`prepare_training` does everything a training command does before the first step, and
+returns a :class:`TrainingRun` whose :meth:`~TrainingRun.run` trains. With a time budget
+(``Recipe.minutes``), :func:`fit_epochs_to_budget` times a few optimiser steps and a validation
+pair and fits the number of epochs, and so the cosine schedule, to it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from seg2change_core.change_model import InputNormalisation
+from seg2change_core.datasets import (
+    ChangeDetectionDataset,
+    LabelEncoding,
+    PairSource,
+    Split,
+    band_names_of,
+    band_statistics,
+    check_input_scale,
+    collate_samples,
+    dataset_of,
+    default_band_names,
+    scan_datasets,
+    split_by_source,
+    value_scale,
+)
+from seg2change_core.errors import DatasetError
+from seg2change_core.losses import cach_loss
+from seg2change_core.recipes import Recipe
+from seg2change_core.training import (
+    ModelConfig,
+    TrainConfig,
+    TrainingObserver,
+    TrainResult,
+    build_model,
+    train,
+)
+
+__all__ = ["EpochPlan", "TrainingRun", "fit_epochs_to_budget", "normalisation_for", "prepare_training"]
+
+
+@dataclass(frozen=True)
+class EpochPlan:
+    """Epochs fitted to a time budget (see :func:`fit_epochs_to_budget`).
+
+    Attributes
+    ----------
+    epochs
+        Epochs that fit.
+    step_seconds
+        Measured seconds of one optimiser step.
+    validation_seconds
+        Estimated seconds of one validation pass.
+    steps_per_epoch
+        Optimiser steps per epoch.
+    budget_seconds
+        The budget.
+    """
+
+    epochs: int
+    step_seconds: float
+    validation_seconds: float
+    steps_per_epoch: int
+    budget_seconds: float
+
+    def describe(self) -> str:
+        """One line for the log."""
+        epoch = self.steps_per_epoch * self.step_seconds + self.validation_seconds
+        return (
+            f"{self.epochs} epochs fit {self.budget_seconds / 60:.0f} min: {self.steps_per_epoch} steps of "
+            f"{self.step_seconds:.2f} s + validation {self.validation_seconds:.0f} s = {epoch:.0f} s per epoch"
+        )
+
+
+def fit_epochs_to_budget(
+    model_config: ModelConfig,
+    config: TrainConfig,
+    train_data: ChangeDetectionDataset,
+    val_data: ChangeDetectionDataset | None,
+    normalisation: InputNormalisation,
+    minutes: float,
+    *,
+    measured_steps: int = 2,
+) -> EpochPlan:
+    """Measure a few optimiser steps and a validation pair, and fit the epochs to ``minutes``.
+
+    The steps run on a throwaway model (training builds its own from the seed), so a run with
+    the fitted epochs equals a run given those epochs by hand.
+
+    Parameters
+    ----------
+    model_config, config
+        The run's settings (``config.epochs`` is ignored).
+    train_data, val_data
+        The run's data.
+    normalisation
+        The model's input normalisation.
+    minutes
+        Budget for training and validation together.
+    measured_steps
+        Steps timed after one untimed warm-up step.
+
+    Returns
+    -------
+    EpochPlan
+        At least one epoch.
+    """
+    device = torch.device(config.device)
+    model = build_model(model_config, normalisation).to(device)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimiser = torch.optim.AdamW(params, lr=config.lr * 1e-3)
+    batch = collate_samples([train_data[i % len(train_data)] for i in range(config.batch_size)])
+    elapsed = 0.0
+    for step in range(measured_steps + 1):
+        started = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16_autocast):
+            outputs = model(batch.before.to(device), batch.after.to(device))
+        loss = cach_loss([o.float() for o in outputs], batch.target.to(device), config.loss).total
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        if step:
+            elapsed += time.perf_counter() - started
+    step_seconds = elapsed / measured_steps
+    validation_seconds = 0.0
+    if val_data is not None:
+        model.eval()
+        sample = val_data[0]
+        started = time.perf_counter()
+        model.predict(sample["before"][None], sample["after"][None])
+        pixels = sum(int(np.prod(val_data.pair(i).label.shape)) for i in range(len(val_data.pairs)))
+        per_pixel = (time.perf_counter() - started) / float(sample["target"].numel())
+        validation_seconds = per_pixel * pixels
+    steps_per_epoch = max(1, len(train_data) // config.batch_size)
+    per_epoch = steps_per_epoch * step_seconds + validation_seconds
+    epochs = max(1, int(minutes * 60 // per_epoch))
+    return EpochPlan(epochs, step_seconds, validation_seconds, steps_per_epoch, minutes * 60)
+
+
+def normalisation_for(
+    mode: str, pairs: Sequence[PairSource], names: Sequence[str], *, seed: int = 0
+) -> InputNormalisation:
+    """The model's input normalisation: ``"dataset"`` statistics of ``pairs`` or ``"imagenet"``.
+
+    Raises
+    ------
+    DatasetError
+        For ImageNet statistics on other than 3 bands, or an unknown mode.
+    """
+    first = pairs[0].load()
+    scale = value_scale(first.before.dtype)
+    if mode == "imagenet":
+        if len(names) != 3:
+            raise DatasetError(
+                f"ImageNet normalisation needs 3-band RGB images, these have {len(names)} bands"
+            )
+        imagenet = InputNormalisation.imagenet_rgb(scale)
+        return InputNormalisation(tuple(names), imagenet.mean, imagenet.std, scale)
+    if mode == "dataset":
+        mean, std = band_statistics(pairs, scale, seed=seed)
+        return InputNormalisation(tuple(names), mean, std, scale)
+    raise DatasetError(f"unknown normalisation {mode!r}; choose dataset or imagenet")
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    """A training run ready to start (see :func:`prepare_training`).
+
+    Attributes
+    ----------
+    recipe
+        The recipe, with the command line's changes.
+    model_config, config
+        Architecture and optimisation settings (epochs fitted to the budget where there is one).
+    train_data, val_data
+        Training samples and validation pairs.
+    normalisation
+        The model's input normalisation.
+    out
+        Checkpoint path.
+    val_pairs, held_out
+        Pairs validated on and pairs kept apart.
+    plan
+        How the epochs were fitted, or ``None``.
+    summary
+        Data description stored in the checkpoint.
+    """
+
+    recipe: Recipe
+    model_config: ModelConfig
+    config: TrainConfig
+    train_data: ChangeDetectionDataset
+    val_data: ChangeDetectionDataset | None
+    normalisation: InputNormalisation
+    out: Path
+    val_pairs: int
+    held_out: int
+    plan: EpochPlan | None
+    summary: dict[str, Any]
+
+    def run(
+        self,
+        *,
+        resume: str | Path | None = None,
+        max_minutes: float | None = None,
+        log_path: str | Path | None = None,
+        observer: TrainingObserver | None = None,
+    ) -> TrainResult:
+        """Train (see :func:`seg2change_core.training.train`)."""
+        return train(
+            self.train_data,
+            self.val_data,
+            self.out,
+            model_config=self.model_config,
+            config=self.config,
+            normalisation=self.normalisation,
+            log_path=log_path,
+            resume=resume,
+            max_seconds=None if max_minutes is None else max_minutes * 60,
+            observer=observer,
+            training_data=self.summary,
+        )
+
+
+def prepare_training(
+    recipe: Recipe,
+    data_dirs: Sequence[str | Path],
+    out: str | Path,
+    *,
+    split: str | Path | None = None,
+    val_fraction: float = 0.15,
+    holdout_fraction: float = 0.0,
+    bands: Sequence[str] | None = None,
+    label_encoding: LabelEncoding | None = None,
+    ignore_value: int | None = None,
+    log: Callable[[str], None] | None = None,
+) -> TrainingRun:
+    """Read the data, split it, fit the normalisation and the epochs: everything before step one.
+
+    Parameters
+    ----------
+    recipe
+        The settings.
+    data_dirs
+        Dataset folders of any layout :func:`~seg2change_core.datasets.scan_datasets` reads.
+    out
+        Checkpoint to write; without ``split`` the drawn split is saved beside it
+        (``<out>.split.json``).
+    split
+        A split file (train on ``train``, validate on ``val``).
+    val_fraction, holdout_fraction
+        Shares of each dataset's tiles (whole source images) for validation and held out,
+        when no split file is given.
+    bands
+        Bands to train on, by name and in order (default: all).
+    label_encoding, ignore_value
+        How labels encode change (default: detected per dataset folder).
+    log
+        Receives one line on how the epochs were fitted.
+
+    Raises
+    ------
+    DatasetError
+        For data that do not fit (no training pairs, band or scale mismatches, ...).
+    """
+    out = Path(out)
+    seed = recipe.train.seed
+    pairs = scan_datasets(data_dirs, bands=bands, label_encoding=label_encoding, ignore_value=ignore_value)
+    if split is not None:
+        chosen = Split.load(split)
+    else:
+        chosen = split_by_source(pairs, test_fraction=holdout_fraction, val_fraction=val_fraction, seed=seed)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        chosen.save(out.with_name(out.stem + ".split.json"))
+    train_pairs = chosen.select(pairs, "train")
+    val_pairs = chosen.select(pairs, "val")
+    if not train_pairs:
+        raise DatasetError("the split leaves no training pairs; lower --val-fraction/--holdout-fraction")
+    first = train_pairs[0].load()
+    count = first.before.shape[0]
+    names = band_names_of(train_pairs[0]) or default_band_names(count)
+    if len(names) != count:
+        raise DatasetError(f"the bands are named {list(names)} but the images have {count}")
+    normalisation = normalisation_for(recipe.normalisation, train_pairs, names, seed=seed)
+    for pair in train_pairs[:: max(1, len(train_pairs) // 4)]:
+        check_input_scale(pair.load().before, normalisation, where=f"training pair {pair.key}")
+    train_data = ChangeDetectionDataset(
+        train_pairs,
+        crop_size=recipe.crop_size,
+        augment=True,
+        seed=seed,
+        repeats=recipe.crops_per_image,
+        focus_change=recipe.focus_change,
+        change_augmentation=recipe.augmentation,
+    )
+    val_data = ChangeDetectionDataset(val_pairs, crop_size=recipe.validation_crop) if val_pairs else None
+    config = recipe.train
+    plan = None
+    if recipe.minutes is not None:
+        plan = fit_epochs_to_budget(recipe.model, config, train_data, val_data, normalisation, recipe.minutes)
+        config = TrainConfig(**{**asdict(config), "loss": config.loss, "epochs": plan.epochs})
+        if log is not None:
+            log(plan.describe())
+    datasets = sorted({dataset_of(p) for p in train_pairs})
+    summary: dict[str, Any] = {
+        "recipe": recipe.name,
+        "data": [str(d) for d in data_dirs],
+        "datasets": datasets,
+        "train_pairs": len(train_pairs),
+        "val_pairs": len(val_pairs),
+        "split_seed": chosen.seed,
+        "crop_size": recipe.crop_size,
+        "augmentation": None if recipe.augmentation is None else asdict(recipe.augmentation),
+        "label_values": None if label_encoding is None else label_encoding.describe(),
+        "epoch_plan": None if plan is None else asdict(plan),
+    }
+    return TrainingRun(
+        recipe=recipe,
+        model_config=recipe.model,
+        config=config,
+        train_data=train_data,
+        val_data=val_data,
+        normalisation=normalisation,
+        out=out,
+        val_pairs=len(val_pairs),
+        held_out=len(chosen.test),
+        plan=plan,
+        summary=summary,
+    )
