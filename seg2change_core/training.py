@@ -390,6 +390,98 @@ def _validate(
     return record
 
 
+@dataclass
+class _Optimisation:
+    """The model being trained with its optimiser and learning-rate schedule."""
+
+    model: CACHChangeModel
+    params: list[nn.Parameter]
+    optimiser: torch.optim.AdamW
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    device: torch.device
+
+    @classmethod
+    def create(cls, model: CACHChangeModel, config: TrainConfig, total_steps: int) -> _Optimisation:
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimiser = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimiser,
+            lambda step: cosine_schedule(step, total_steps, config.warmup_steps, config.min_lr_ratio),
+        )
+        return cls(model, params, optimiser, scheduler, next(model.parameters()).device)
+
+
+def _resume(
+    path: Path,
+    run: _Optimisation,
+    config_text: str,
+    normalisation: InputNormalisation,
+    model_config: ModelConfig,
+) -> tuple[int, float, int]:
+    """Load a training state into ``run``; returns the epochs done, the best IoU and its epoch."""
+    state = _load_state(path)
+    if state["config"] != config_text:
+        raise CheckpointError(
+            f"{path} was written with other settings ({state['config']}); resume with the "
+            "same model and training settings"
+        )
+    if state["normalisation"] != normalisation.to_json():
+        raise CheckpointError(f"{path} was trained with another normalisation: {state['normalisation']}")
+    missing, unexpected = run.model.load_state_dict(state["model"], strict=False)
+    if unexpected or any(not (model_config.frozen_backbone and k.startswith("backbone.")) for k in missing):
+        raise CheckpointError(
+            f"{path}: model tensors do not match (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
+    run.optimiser.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    _set_rng_state(state["rng"])
+    return int(state["epoch"]), float(state["best_iou"]), int(state["best_epoch"])
+
+
+def _train_epoch(
+    run: _Optimisation,
+    train_data: ChangeDetectionDataset,
+    config: TrainConfig,
+    epoch: int,
+    steps_per_epoch: int,
+    observer: TrainingObserver,
+) -> dict[str, Any]:
+    """One epoch of optimiser steps; returns the epoch's log record (losses averaged)."""
+    device = run.device
+    train_data.set_epoch(epoch)
+    order = np.random.default_rng([config.seed, epoch, 7]).permutation(len(train_data))
+    sums = dict.fromkeys(("train_loss", "train_change", "train_aux", "train_similarity", "train_dice"), 0.0)
+    for step in range(steps_per_epoch):
+        chosen = order[step * config.batch_size : (step + 1) * config.batch_size]
+        batch = collate_samples([train_data[int(i)] for i in chosen])
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16_autocast):
+            outputs = run.model(batch.before.to(device), batch.after.to(device))
+        parts = cach_loss([o.float() for o in outputs], batch.target.to(device), config.loss)
+        run.optimiser.zero_grad(set_to_none=True)
+        parts.total.backward()
+        if config.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(run.params, config.grad_clip)
+        run.optimiser.step()
+        run.scheduler.step()
+        values = (parts.total, parts.change, parts.aux, parts.similarity, parts.dice)
+        for key, value in zip(sums, values, strict=True):
+            sums[key] += float(value.detach())
+        observer.on_step(epoch + 1, step + 1, float(parts.total.detach()))
+    return {
+        "epoch": epoch + 1,
+        "step": (epoch + 1) * steps_per_epoch,
+        "lr": float(run.scheduler.get_last_lr()[0]),
+        **{k: v / steps_per_epoch for k, v in sums.items()},
+    }
+
+
+def _save_state(state_file: Path, state: dict[str, Any]) -> None:
+    """Write a training state; a run killed while saving keeps the previous one."""
+    partial = state_file.with_name(state_file.name + ".partial")
+    torch.save(state, partial)
+    partial.replace(state_file)
+
+
 def train(
     train_data: ChangeDetectionDataset,
     val_data: ChangeDetectionDataset | None,
@@ -476,42 +568,14 @@ def train(
         raise ModelError("device cuda was asked for but torch sees no CUDA GPU; use --device cpu")
     model = build_model(model_config, normalisation, name=config.model_name).to(device)
     model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimiser = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = max(1, len(train_data) // config.batch_size)
-    total_steps = config.epochs * steps_per_epoch
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimiser,
-        lambda step: cosine_schedule(step, total_steps, config.warmup_steps, config.min_lr_ratio),
-    )
+    run = _Optimisation.create(model, config, config.epochs * steps_per_epoch)
     record_config = _config_record(model_config, config)
     start_epoch, best_iou, best_epoch = 0, -math.inf, 0
     if resume is not None:
-        state = _load_state(Path(resume))
-        if state["config"] != json.dumps(record_config, sort_keys=True):
-            raise CheckpointError(
-                f"{resume} was written with other settings ({state['config']}); resume with the "
-                "same model and training settings"
-            )
-        if state["normalisation"] != normalisation.to_json():
-            raise CheckpointError(
-                f"{resume} was trained with another normalisation: {state['normalisation']}"
-            )
-        missing, unexpected = model.load_state_dict(state["model"], strict=False)
-        if unexpected or any(
-            not (model_config.frozen_backbone and k.startswith("backbone.")) for k in missing
-        ):
-            raise CheckpointError(
-                f"{resume}: model tensors do not match (missing {missing[:3]}, unexpected {unexpected[:3]})"
-            )
-        optimiser.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch, best_iou, best_epoch = (
-            int(state["epoch"]),
-            float(state["best_iou"]),
-            int(state["best_epoch"]),
+        start_epoch, best_iou, best_epoch = _resume(
+            Path(resume), run, json.dumps(record_config, sort_keys=True), normalisation, model_config
         )
-        _set_rng_state(state["rng"])
 
     summary = {"config": record_config, **(training_data or {})}
     history: list[dict[str, Any]] = []
@@ -519,34 +583,7 @@ def train(
     stopped_early = False
     for epoch in range(start_epoch, config.epochs):
         epoch_started = time.monotonic()
-        train_data.set_epoch(epoch)
-        order = np.random.default_rng([config.seed, epoch, 7]).permutation(len(train_data))
-        sums = dict.fromkeys(
-            ("train_loss", "train_change", "train_aux", "train_similarity", "train_dice"), 0.0
-        )
-        for step in range(steps_per_epoch):
-            chosen = order[step * config.batch_size : (step + 1) * config.batch_size]
-            batch = collate_samples([train_data[int(i)] for i in chosen])
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16_autocast):
-                outputs = model(batch.before.to(device), batch.after.to(device))
-            parts = cach_loss([o.float() for o in outputs], batch.target.to(device), config.loss)
-            optimiser.zero_grad(set_to_none=True)
-            parts.total.backward()
-            if config.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-            optimiser.step()
-            scheduler.step()
-            for key, value in zip(
-                sums, (parts.total, parts.change, parts.aux, parts.similarity, parts.dice), strict=True
-            ):
-                sums[key] += float(value.detach())
-            observer.on_step(epoch + 1, step + 1, float(parts.total.detach()))
-        record: dict[str, Any] = {
-            "epoch": epoch + 1,
-            "step": (epoch + 1) * steps_per_epoch,
-            "lr": float(scheduler.get_last_lr()[0]),
-            **{k: v / steps_per_epoch for k, v in sums.items()},
-        }
+        record = _train_epoch(run, train_data, config, epoch, steps_per_epoch, observer)
         if val_data is not None:
             record.update(_validate(model, val_data, observer, epoch + 1))
             iou = record["val_iou"] if record["val_iou"] is not None else -1.0
@@ -564,23 +601,21 @@ def train(
             )
         record["best"] = improved
         record["seconds"] = round(time.monotonic() - epoch_started, 3)
-        partial = state_file.with_name(state_file.name + ".partial")
-        torch.save(
+        _save_state(
+            state_file,
             {
                 "format": STATE_FORMAT,
                 "config": json.dumps(record_config, sort_keys=True),
                 "normalisation": normalisation.to_json(),
                 "model": _trainable_state(model, model_config.frozen_backbone),
-                "optimizer": optimiser.state_dict(),
-                "scheduler": scheduler.state_dict(),
+                "optimizer": run.optimiser.state_dict(),
+                "scheduler": run.scheduler.state_dict(),
                 "epoch": epoch + 1,
                 "best_iou": best_iou,
                 "best_epoch": best_epoch,
                 "rng": _rng_state(),
             },
-            partial,
         )
-        partial.replace(state_file)  # a run killed while saving keeps the previous state
         with log_file.open("a") as log:
             log.write(json.dumps(record) + "\n")
         history.append(record)
