@@ -92,11 +92,25 @@ def _observer(enabled: bool) -> Any:
 
 
 def _set_threads(threads: int | None) -> int:
+    """Set torch's CPU threads: the given count, or one per core this process may use.
+
+    torch's OpenMP threads wait for each other at every operation; on cores that other processes
+    keep busy that waiting can make a step several times slower than with one thread, so a busy
+    machine is pointed out.
+    """
     import torch
 
-    count = threads if threads is not None else len(os.sched_getaffinity(0))
+    cores = len(os.sched_getaffinity(0))
+    count = threads if threads is not None else cores
     if count < 1:
         raise typer.BadParameter("--threads must be at least 1")
+    load = os.getloadavg()[0]
+    if threads is None and cores > 1 and load > cores / 2:
+        console.print(
+            f"note: the machine is busy (load {load:.1f} on {cores} cores); if steps are slow, "
+            "--threads 1 avoids torch's threads waiting for each other",
+            markup=False,
+        )
     torch.set_num_threads(count)
     return count
 

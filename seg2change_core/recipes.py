@@ -10,9 +10,9 @@ the command line replaces the recipe's value. The recipes:
     (per-date photometry, zoom, date swap, unchanged pairs, pasted synthetic change), crops
     drawn around change half of the time, normalisation fitted on the training data.
 ``sentinel2``
-    Sentinel-2 L1C/L2A pairs of 13 (or any chosen) bands at 10 m, such as OSCD: the same model
-    on smaller crops with more of them per image (cities of ~500 px), stronger focus on the rare
-    change.
+    Sentinel-2 L1C/L2A pairs at 10 m, such as OSCD: the same model on the six bands the
+    pipeline's Sentinel-2 jobs read (blue, green, red, nir, swir16, swir22; ``--bands`` chooses
+    others), several crops per image (cities of ~500 px), stronger focus on the rare change.
 ``dinov2``
     The paper's setting: a frozen DINOv2 backbone loaded from the weights you give
     (``--backbone-weights``), ImageNet normalisation and the reference loss.
@@ -58,9 +58,13 @@ class Recipe:
     normalisation
         ``"dataset"`` (statistics of the training pairs) or ``"imagenet"``.
     validation_crop
-        Side of the centre-free top-left crop validated on (``None``: whole images).
+        Side of the top-left crop validated on (``None``: whole images, tiled). 252 scores a
+        256 px tile all but its last 4 rows and columns at a quarter of the cost: such a tile
+        would be padded to the next valid tile, 504 px.
     minutes
         Time budget the epochs are fitted to (``None``: ``train.epochs`` as given).
+    bands
+        Bands to train on, by name and in order, where the data name them (``None``: all).
     """
 
     name: str
@@ -74,6 +78,7 @@ class Recipe:
     normalisation: str = "dataset"
     validation_crop: int | None = None
     minutes: float | None = None
+    bands: tuple[str, ...] | None = None
 
 
 _CHANGE_AUGMENTATION = ChangeAugmentation(
@@ -87,13 +92,14 @@ RECIPES: dict[str, Recipe] = {
         model=ModelConfig(backbone="conv", embed_dim=192, hidden_dim=32),
         train=TrainConfig(
             epochs=40,
-            batch_size=8,
+            batch_size=4,
             lr=1e-3,
             weight_decay=0.05,
-            warmup_steps=60,
+            warmup_steps=30,
             loss=LossWeights(dice=0.5),
         ),
         augmentation=_CHANGE_AUGMENTATION,
+        validation_crop=252,
         minutes=35.0,
     ),
     "sentinel2": Recipe(
@@ -114,6 +120,7 @@ RECIPES: dict[str, Recipe] = {
         crops_per_image=8,
         focus_change=0.7,
         minutes=20.0,
+        bands=("blue", "green", "red", "nir", "swir16", "swir22"),
     ),
     "dinov2": Recipe(
         name="dinov2",

@@ -213,6 +213,7 @@ class TrainingRun:
         *,
         resume: str | Path | None = None,
         max_minutes: float | None = None,
+        stop_after_epochs: int | None = None,
         log_path: str | Path | None = None,
         observer: TrainingObserver | None = None,
     ) -> TrainResult:
@@ -227,6 +228,7 @@ class TrainingRun:
             log_path=log_path,
             resume=resume,
             max_seconds=None if max_minutes is None else max_minutes * 60,
+            stop_after_epochs=stop_after_epochs,
             observer=observer,
             training_data=self.summary,
         )
@@ -262,7 +264,7 @@ def prepare_training(
         Shares of each dataset's tiles (whole source images) for validation and held out,
         when no split file is given.
     bands
-        Bands to train on, by name and in order (default: all).
+        Bands to train on, by name and in order (default: the recipe's, else all).
     label_encoding, ignore_value
         How labels encode change (default: detected per dataset folder).
     log
@@ -275,7 +277,9 @@ def prepare_training(
     """
     out = Path(out)
     seed = recipe.train.seed
-    pairs = scan_datasets(data_dirs, bands=bands, label_encoding=label_encoding, ignore_value=ignore_value)
+    pairs = scan_datasets(
+        data_dirs, bands=bands or recipe.bands, label_encoding=label_encoding, ignore_value=ignore_value
+    )
     if split is not None:
         chosen = Split.load(split)
     else:
