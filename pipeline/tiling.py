@@ -26,7 +26,8 @@ is simply normalised by ``sum(w)``. Blending a model that returns its input ther
 the input (partition of unity), at borders and corners too.
 
 Profiles: ``"cosine"`` (raised cosine, ``f(t) = sin^2(pi t / 2)``, smooth at both ends of the ramp)
-and ``"linear"`` (``f(t) = t``).
+and ``"linear"`` (``f(t) = t``). The layout along one axis (:func:`axis_starts`) and the ramps
+(:func:`ramp`) live in :mod:`seg2change_core.tile_windows`, shared with whole-image evaluation.
 
 Cost
 ----
@@ -39,15 +40,15 @@ from __future__ import annotations
 import bisect
 import functools
 import itertools
-import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 from numpy.typing import NDArray
 
 from pipeline.errors import JobSpecError
+from seg2change_core.tile_windows import WindowProfile, axis_starts, ramp
 
 __all__ = [
     "BlendAccumulator",
@@ -62,8 +63,6 @@ __all__ = [
     "covering",
     "ramp",
 ]
-
-WindowProfile = Literal["cosine", "linear"]
 
 F64 = NDArray[np.float64]
 
@@ -127,19 +126,6 @@ class Tile:
     col: int
     window: Window
     borders: tuple[bool, bool, bool, bool]
-
-
-def axis_starts(length: int, tile: int, stride: int) -> tuple[int, ...]:
-    """Start offsets of the tiles along one axis of ``length`` pixels.
-
-    ``0, stride, 2 * stride, ...`` while a tile fits, then one tile ending exactly at ``length``.
-    A side shorter than the tile gets a single tile starting at 0 (clipped to the side).
-    """
-    if length <= tile:
-        return (0,)
-    starts = list(range(0, length - tile, stride))
-    starts.append(length - tile)
-    return tuple(sorted(set(starts)))
 
 
 @dataclass(frozen=True)
@@ -240,43 +226,6 @@ def covering(tiles: Sequence[Tile]) -> Window:
         min(t.window.x0 for t in tiles),
         max(t.window.x1 for t in tiles),
     )
-
-
-def ramp(length: int, overlap: int, profile: WindowProfile, *, flat_start: bool, flat_end: bool) -> F64:
-    """A 1-D window of ``length`` samples: 1 inside, ramps of ``overlap`` samples at the ends.
-
-    Parameters
-    ----------
-    length
-        Samples in the window.
-    overlap
-        Ramp length; ``0`` gives a flat window.
-    profile
-        ``"cosine"`` (raised cosine) or ``"linear"``.
-    flat_start, flat_end
-        Keep the window at 1 at that end (the tile touches the cube's border there).
-
-    Returns
-    -------
-    numpy.ndarray
-        float64 weights in ``(0, 1]``.
-    """
-    weights = np.ones(length, dtype=np.float64)
-    n = min(overlap, length // 2)
-    if n == 0:
-        return weights
-    t = (np.arange(n, dtype=np.float64) + 0.5) / n
-    if profile == "cosine":
-        rising = np.sin(0.5 * math.pi * t) ** 2
-    elif profile == "linear":
-        rising = t
-    else:
-        raise JobSpecError(f"unknown window profile {profile!r}; use 'cosine' or 'linear'")
-    if not flat_start:
-        weights[:n] = rising
-    if not flat_end:
-        weights[length - n :] = rising[::-1]
-    return weights
 
 
 @runtime_checkable

@@ -2,30 +2,24 @@
 
 Evaluation must score frames larger than a model's tile (SZTAKI 952 x 640, OSCD cities of ~500 px)
 the way the engine would run them, not with one huge forward pass at a size the model never saw.
-``pipeline.tiling`` holds the engine's global tile grid and blenders, but ``seg2change_core`` must
-not import ``pipeline`` (the layering rule of DESIGN.md), and evaluation needs only the in-memory
-case of one image. So this module is a small tiler of its own, with the same conventions:
-
-* along each axis tiles start at ``k * stride`` (``stride = tile - overlap``) and the last one is
-  shifted back to end at the image edge, so every tile has the full size; an image no larger than
-  the tile is one tile of the image's size;
-* each tile's probability is weighted by a window that is 1 inside and ramps over ``overlap``
-  pixels with a raised cosine ``sin^2(pi t / 2)``, sampled at pixel centres, on every side another
-  tile overlaps (never at the image border), and the result is ``sum(w * p) / sum(w)``:
-  probabilities are blended, never logits, and a model returning its input is reproduced exactly
-  (partition of unity).
+The tile layout and the blending ramps are the engine's own
+(:func:`~seg2change_core.tile_windows.axis_starts`, :func:`~seg2change_core.tile_windows.ramp`
+with the raised-cosine profile, shared with :mod:`pipeline.tiling`); what this module adds is the
+in-memory loop over one image's tiles (the engine's blocks, workers and region writes are not
+needed for one frame): ``sum(w * p) / sum(w)`` over the tiles covering a pixel, probabilities
+blended, never logits, so a model returning its input is reproduced exactly (partition of unity).
 """
 
 from __future__ import annotations
 
-import math
-
+import numpy as np
 import torch
 
 from seg2change_core.change_model import ChangeModel
 from seg2change_core.errors import ModelError
+from seg2change_core.tile_windows import axis_starts, ramp
 
-__all__ = ["default_overlap", "predict_tiled", "tile_starts", "tile_window"]
+__all__ = ["default_overlap", "predict_tiled", "tile_window"]
 
 
 def default_overlap(tile: int) -> int:
@@ -33,35 +27,13 @@ def default_overlap(tile: int) -> int:
     return tile // 4
 
 
-def tile_starts(length: int, tile: int, stride: int) -> list[int]:
-    """Start offsets of tiles along one axis (the last one ends at ``length``)."""
-    if length <= tile:
-        return [0]
-    if stride < 1:
-        raise ModelError(f"tile stride must be positive, got {stride}; use an overlap below the tile size")
-    starts = list(range(0, length - tile, stride))
-    return [*starts, length - tile]
-
-
-def _ramp(size: int, overlap: int, rise: bool, fall: bool) -> torch.Tensor:
-    weights = torch.ones(size, dtype=torch.float64)
-    if overlap <= 0:
-        return weights
-    n = min(overlap, size)
-    t = (torch.arange(n, dtype=torch.float64) + 0.5) / overlap
-    up = torch.sin(math.pi * t / 2) ** 2
-    if rise:
-        weights[:n] = torch.minimum(weights[:n], up)
-    if fall:
-        weights[size - n :] = torch.minimum(weights[size - n :], up.flip(0))
-    return weights
-
-
 def tile_window(
     height: int, width: int, overlap: int, *, top: bool, bottom: bool, left: bool, right: bool
 ) -> torch.Tensor:
     """The ``(height, width)`` blending window of a tile; a flag is true where a neighbour overlaps."""
-    return _ramp(height, overlap, top, bottom)[:, None] * _ramp(width, overlap, left, right)[None, :]
+    rows = ramp(height, overlap, "cosine", flat_start=not top, flat_end=not bottom)
+    cols = ramp(width, overlap, "cosine", flat_start=not left, flat_end=not right)
+    return torch.from_numpy(np.outer(rows, cols))
 
 
 def predict_tiled(
@@ -100,8 +72,8 @@ def predict_tiled(
         raise ModelError(f"tile overlap must lie in [0, {tile_size}), got {overlap}")
     batch, _, height, width = before.shape
     th, tw = min(tile_size, height), min(tile_size, width)
-    rows = tile_starts(height, th, th - min(overlap, th - 1))
-    cols = tile_starts(width, tw, tw - min(overlap, tw - 1))
+    rows = axis_starts(height, th, th - min(overlap, th - 1))
+    cols = axis_starts(width, tw, tw - min(overlap, tw - 1))
     if len(rows) == 1 and len(cols) == 1:
         return model.predict(before, after)
     total = torch.zeros((batch, 1, height, width), dtype=torch.float64)

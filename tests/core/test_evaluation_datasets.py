@@ -31,7 +31,8 @@ from seg2change_core.datasets import (
 )
 from seg2change_core.errors import DatasetError
 from seg2change_core.evaluation import cva_for, evaluate, evaluate_datasets
-from seg2change_core.tiled import predict_tiled, tile_starts
+from seg2change_core.tile_windows import axis_starts
+from seg2change_core.tiled import predict_tiled
 
 RGB = InputNormalisation(("red", "green", "blue"), (0.0,) * 3, (1.0,) * 3, 1.0)
 
@@ -118,7 +119,7 @@ def test_fitted_standardised_cva_is_the_same_tile_by_tile() -> None:
 
 
 def test_tiles_blend_to_a_partition_of_unity() -> None:
-    assert tile_starts(10, 16, 12) == [0] and tile_starts(40, 16, 12) == [0, 12, 24]
+    assert axis_starts(10, 16, 12) == (0,) and axis_starts(40, 16, 12) == (0, 12, 24)
     values = torch.rand(2, 1, 37, 53)
     model = IdentityModel(tile_size=16)
     out = predict_tiled(model, values, values, tile_size=16, overlap=5)

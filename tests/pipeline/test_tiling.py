@@ -17,6 +17,7 @@ from pipeline.tiling import (
     batched,
     ramp,
 )
+from seg2change_core.errors import ModelError
 
 
 def test_axis_starts_are_anchored_at_zero_and_the_last_tile_ends_at_the_edge() -> None:
@@ -66,7 +67,7 @@ def test_ramps_are_positive_and_mirror_ramps_sum_to_one(profile: str) -> None:
 
 
 def test_unknown_profile_and_large_overlap_are_refused() -> None:
-    with pytest.raises(JobSpecError, match="'cosine' or 'linear'"):
+    with pytest.raises(ModelError, match="'cosine' or 'linear'"):
         ramp(64, 16, "gaussian", flat_start=False, flat_end=False)  # type: ignore[arg-type]
     with pytest.raises(JobSpecError, match="lower the overlap"):
         TileGrid(100, 100, 64, 40)
