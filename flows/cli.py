@@ -7,6 +7,7 @@ lazily, so ``seg2change --help`` stays fast and a command never pays for another
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -19,6 +20,7 @@ from seg2change_core.errors import Seg2ChangeError
 
 if TYPE_CHECKING:  # the commands import these lazily, so that --help stays fast
     from pipeline.cube import PreparedCube
+    from pipeline.demo import DemoResult
     from pipeline.run import RunResult
 
 app = typer.Typer(
@@ -203,7 +205,39 @@ def demo(
         f"change map against the generated truth: IoU {acc.iou:.3f}, F1 {acc.f1:.3f}, "
         f"precision {acc.precision:.3f}, recall {acc.recall:.3f}, OA {acc.oa:.3f}"
     )
+    _print_demo_targets(result)
     out.print(f"job file (runs again without a server): [bold]seg2change run {result.job_file}[/]")
+
+
+def _print_demo_targets(result: DemoResult) -> None:
+    """Per-target and per-kind accuracy of a demo run against its generated truth."""
+    table = Table(title="target change against the generated truth (changed on either date)")
+    for column in ("target", "truth px", "flagged px", "recall", "precision", "IoU", "no data px"):
+        table.add_column(column, justify="left" if column == "target" else "right", no_wrap=True)
+    for t in result.targets:
+        s = t.scores
+        table.add_row(
+            t.target,
+            f"{t.truth_pixels:,}",
+            f"{t.flagged_pixels:,}",
+            _share(s.recall),
+            _share(s.precision),
+            _share(s.iou),
+            f"{t.unscored:,}",
+        )
+    out.print(table)
+    kinds = Table(title="generated change found by the change map, per kind")
+    for column in ("kind", "truth px", "detected px", "recall", "no data px"):
+        kinds.add_column(column, justify="left" if column == "kind" else "right", no_wrap=True)
+    for k in result.kinds:
+        kinds.add_row(
+            k.kind.label, f"{k.truth_pixels:,}", f"{k.detected_pixels:,}", _share(k.recall), f"{k.unscored:,}"
+        )
+    out.print(kinds)
+
+
+def _share(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.3f}"
 
 
 def _print_run(result: RunResult) -> None:
