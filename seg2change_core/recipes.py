@@ -117,7 +117,7 @@ RECIPES: dict[str, Recipe] = {
         augmentation=ChangeAugmentation(
             zoom=1.25, photometric=0.15, noise=0.01, swap_dates=0.5, unchanged_pair=0.1, paste=0.2
         ),
-        crops_per_image=8,
+        crops_per_image=32,
         focus_change=0.7,
         minutes=20.0,
         bands=("blue", "green", "red", "nir", "swir16", "swir22"),

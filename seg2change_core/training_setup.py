@@ -14,7 +14,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from seg2change_core.change_model import InputNormalisation
@@ -34,6 +33,7 @@ from seg2change_core.datasets import (
     value_scale,
 )
 from seg2change_core.errors import DatasetError
+from seg2change_core.evaluation import evaluate
 from seg2change_core.losses import cach_loss
 from seg2change_core.recipes import Recipe
 from seg2change_core.training import (
@@ -93,6 +93,9 @@ def fit_epochs_to_budget(
 ) -> EpochPlan:
     """Measure a few optimiser steps and a validation pair, and fit the epochs to ``minutes``.
 
+    The validation pair is scored as validation scores it (tiled where it is larger than the
+    model's tile) and its time scaled by the validation pixels.
+
     The steps run on a throwaway model (training builds its own from the seed), so a run with
     the fitted epochs equals a run given those epochs by hand.
 
@@ -135,12 +138,13 @@ def fit_epochs_to_budget(
     validation_seconds = 0.0
     if val_data is not None:
         model.eval()
-        sample = val_data[0]
+        first = ChangeDetectionDataset(val_data.pairs[:1], crop_size=val_data.crop_size)
         started = time.perf_counter()
-        model.predict(sample["before"][None], sample["after"][None])
-        pixels = sum(int(np.prod(val_data.pair(i).label.shape)) for i in range(len(val_data.pairs)))
-        per_pixel = (time.perf_counter() - started) / float(sample["target"].numel())
-        validation_seconds = per_pixel * pixels
+        evaluate(model, first, check_scale=False)
+        one = time.perf_counter() - started
+        first_pixels = int(first[0]["target"].numel())
+        pixels = sum(int(val_data[i]["target"].numel()) for i in range(len(val_data)))
+        validation_seconds = one * pixels / first_pixels
     steps_per_epoch = max(1, len(train_data) // config.batch_size)
     per_epoch = steps_per_epoch * step_seconds + validation_seconds
     epochs = max(1, int(minutes * 60 // per_epoch))
