@@ -65,6 +65,9 @@ class Recipe:
         Time budget the epochs are fitted to (``None``: ``train.epochs`` as given).
     bands
         Bands to train on, by name and in order, where the data name them (``None``: all).
+    change_boost
+        Crops drawn from a pair with change for one from a pair without (crops are also drawn
+        in proportion to a pair's area; see :func:`~seg2change_core.datasets.balanced_samples`).
     """
 
     name: str
@@ -79,6 +82,7 @@ class Recipe:
     validation_crop: int | None = None
     minutes: float | None = None
     bands: tuple[str, ...] | None = None
+    change_boost: int = 1
 
 
 _CHANGE_AUGMENTATION = ChangeAugmentation(
@@ -96,9 +100,10 @@ RECIPES: dict[str, Recipe] = {
             lr=1e-3,
             weight_decay=0.05,
             warmup_steps=30,
-            loss=LossWeights(dice=0.5),
+            loss=LossWeights(dice=0.5, changed_class_weight=2.0),
         ),
         augmentation=_CHANGE_AUGMENTATION,
+        change_boost=3,
         validation_crop=252,
         minutes=35.0,
     ),

@@ -22,6 +22,7 @@ from seg2change_core.datasets import (
     LabelEncoding,
     PairSource,
     Split,
+    balanced_samples,
     band_names_of,
     band_statistics,
     check_input_scale,
@@ -302,12 +303,16 @@ def prepare_training(
     normalisation = normalisation_for(recipe.normalisation, train_pairs, names, seed=seed)
     for pair in train_pairs[:: max(1, len(train_pairs) // 4)]:
         check_input_scale(pair.load().before, normalisation, where=f"training pair {pair.key}")
+    counts = balanced_samples(
+        ChangeDetectionDataset(train_pairs), recipe.crop_size, change_boost=recipe.change_boost
+    )
     train_data = ChangeDetectionDataset(
         train_pairs,
         crop_size=recipe.crop_size,
         augment=True,
         seed=seed,
         repeats=recipe.crops_per_image,
+        samples_per_pair=counts,
         focus_change=recipe.focus_change,
         change_augmentation=recipe.augmentation,
     )

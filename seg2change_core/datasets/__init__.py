@@ -9,7 +9,11 @@ Every name is importable from ``seg2change_core.datasets``; the modules hold one
   :class:`PairSource` protocol;
 * :mod:`~seg2change_core.datasets.folder`: the ``A/``, ``B/``, ``label/`` layout
   (:func:`scan_folder`, :func:`scan_folders`);
-* :mod:`~seg2change_core.datasets.augmentation`: :func:`augment_arrays`;
+* :mod:`~seg2change_core.datasets.augmentation`: :func:`augment_arrays` (geometry shared by both
+  dates) and :class:`ChangeAugmentation` (per-date photometry, zoom, date swap, unchanged pairs,
+  pasted synthetic change);
+* :mod:`~seg2change_core.datasets.sampling`: :func:`balanced_samples` (crops per pair by area and
+  change);
 * :mod:`~seg2change_core.datasets.dataset`: :class:`ChangeDetectionDataset`, :class:`Sample`,
   :class:`Batch`, :func:`collate_samples`;
 * :mod:`~seg2change_core.datasets.statistics`: :func:`value_scale`, :func:`default_band_names`,
@@ -25,7 +29,7 @@ Every name is importable from ``seg2change_core.datasets``; the modules hold one
 * :mod:`~seg2change_core.datasets.scale`: the input-scale check (:func:`check_input_scale`).
 """
 
-from seg2change_core.datasets.augmentation import augment_arrays
+from seg2change_core.datasets.augmentation import ChangeAugmentation, augment_arrays
 from seg2change_core.datasets.bands import (
     NamedBandSource,
     SelectedBands,
@@ -57,6 +61,7 @@ from seg2change_core.datasets.oscd import (
     scan_oscd,
 )
 from seg2change_core.datasets.pairs import ChangePair, FolderPair, PairSource
+from seg2change_core.datasets.sampling import balanced_samples
 from seg2change_core.datasets.scale import (
     InputScale,
     InputScaleWarning,
@@ -69,6 +74,8 @@ from seg2change_core.datasets.splits import Split, source_image, split_by_source
 from seg2change_core.datasets.statistics import band_statistics, default_band_names, value_scale
 
 __all__ = [
+    "ChangeAugmentation",
+    "balanced_samples",
     "Batch",
     "ChangeDetectionDataset",
     "ChangePair",

@@ -116,6 +116,10 @@ class ChangeDetectionDataset(Dataset[Sample]):
     repeats
         Samples drawn from each pair per epoch (item ``i`` is pair ``i % len(pairs)``, each
         with its own draws); use it to take several random crops of large images per epoch.
+    samples_per_pair
+        Samples drawn from each pair within one repeat (default 1 each), e.g. from
+        :func:`~seg2change_core.datasets.balanced_samples`: more crops of large frames and of
+        pairs that hold change.
     focus_change
         Share of augmented crops drawn to contain a randomly chosen changed pixel (when the pair
         has any), so that rare change and its boundaries are seen more often; 0 draws every crop
@@ -138,10 +142,12 @@ class ChangeDetectionDataset(Dataset[Sample]):
     label_encoding: LabelEncoding | None = None
     cache: bool = True
     repeats: int = 1
+    samples_per_pair: Sequence[int] | None = None
     focus_change: float = 0.0
     change_augmentation: ChangeAugmentation | None = None
     epoch: int = 0
     _cache: dict[int, ChangePair] = field(default_factory=dict, repr=False)
+    _pair_of: list[int] = field(default_factory=list, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.pairs:
@@ -150,9 +156,20 @@ class ChangeDetectionDataset(Dataset[Sample]):
             raise DatasetError(f"crop_size must be positive, got {self.crop_size}")
         if self.repeats < 1:
             raise DatasetError(f"repeats must be at least 1, got {self.repeats}")
+        counts = [1] * len(self.pairs) if self.samples_per_pair is None else list(self.samples_per_pair)
+        if len(counts) != len(self.pairs) or min(counts) < 1:
+            raise DatasetError(
+                f"samples_per_pair needs one count of at least 1 per pair ({len(self.pairs)} pairs), "
+                f"got {self.samples_per_pair}"
+            )
+        self._pair_of = [i for _ in range(self.repeats) for i, n in enumerate(counts) for _ in range(n)]
 
     def __len__(self) -> int:
-        return len(self.pairs) * self.repeats
+        return len(self._pair_of)
+
+    def pair_index(self, index: int) -> int:
+        """The pair that sample ``index`` is drawn from."""
+        return self._pair_of[index]
 
     def set_epoch(self, epoch: int) -> None:
         """Use the augmentation draws of this epoch."""
@@ -184,7 +201,7 @@ class ChangeDetectionDataset(Dataset[Sample]):
         """Apply :func:`augment_change` to cropped arrays (donor: a date of another pair)."""
         donor = None
         if change.paste > 0 and len(self.pairs) > 1:
-            other = (index % len(self.pairs) + int(rng.integers(1, len(self.pairs)))) % len(self.pairs)
+            other = (self.pair_index(index) + int(rng.integers(1, len(self.pairs)))) % len(self.pairs)
             donor_pair = self.pair(other)
             if donor_pair.before.shape[0] == pair.before.shape[0]:
                 donor = donor_pair.before if rng.random() < 0.5 else donor_pair.after
@@ -219,7 +236,7 @@ class ChangeDetectionDataset(Dataset[Sample]):
     def __getitem__(self, index: int) -> Sample:
         if not 0 <= index < len(self):
             raise IndexError(f"sample {index} out of range for {len(self)} samples")
-        pair = self.pair(index % len(self.pairs))
+        pair = self.pair(self.pair_index(index))
         target = self.target(pair)
         arrays: list[Array] = [pair.before, pair.after, target]
         fills: list[float] = [0.0, 0.0, float(IGNORE_INDEX)]
@@ -251,7 +268,7 @@ class ChangeDetectionDataset(Dataset[Sample]):
             target=torch.from_numpy(np.asarray(arrays[2], dtype=np.int64)),
             class_before=torch.from_numpy(np.asarray(arrays[3], dtype=np.int64)) if has_classes else None,
             class_after=torch.from_numpy(np.asarray(arrays[4], dtype=np.int64)) if has_classes else None,
-            key=self.pairs[index % len(self.pairs)].key,
+            key=self.pairs[self.pair_index(index)].key,
         )
 
 

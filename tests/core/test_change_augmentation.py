@@ -111,3 +111,22 @@ def test_invalid_settings_are_refused() -> None:
         ChangeAugmentation(zoom=0.5)
     with pytest.raises(DatasetError, match="paste_size"):
         ChangeAugmentation(paste_size=(0.5, 0.2))
+
+
+def test_balanced_samples_by_area_and_change() -> None:
+    from seg2change_core.datasets import balanced_samples
+
+    small = _pair("d/a", 0, size=64)  # has change
+    still = _pair("d/b", 1, size=64)
+    still.label[:] = 0
+    large = _pair("d/c", 2, size=200)  # about 10 crops of 64 px
+    large.label[:] = 0
+    data = ChangeDetectionDataset([small, still, large])
+    counts = balanced_samples(data, 64, change_boost=3)
+    assert counts == [3, 1, 10]
+    drawn = ChangeDetectionDataset([small, still, large], crop_size=64, augment=True, samples_per_pair=counts)
+    assert len(drawn) == 14
+    assert [drawn.pair_index(i) for i in range(len(drawn))] == [0] * 3 + [1] + [2] * 10
+    assert [drawn[i]["key"] for i in (0, 3, 4)] == ["d/a", "d/b", "d/c"]
+    with pytest.raises(DatasetError, match="one count of at least 1 per pair"):
+        ChangeDetectionDataset([small, still], samples_per_pair=[1])
