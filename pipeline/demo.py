@@ -42,6 +42,7 @@ from pipeline.synthetic import (
     SceneSpec,
     ensure_scene,
     generate_scene,
+    scene_is_current,
 )
 from seg2change_core.metrics import BinaryConfusion, BinaryScores, binary_scores
 
@@ -370,6 +371,8 @@ def run_demo(
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     spec = SceneSpec(size=size, seed=seed)
+    # Outputs made from another scene (an earlier generator's, under the same item ids) are stale.
+    fresh_scene = overwrite or not scene_is_current(spec, workdir / "scene")
     with staged_progress(enabled=progress) as report:
         if overwrite:
             scene = generate_scene(spec, workdir / "scene", report, overwrite=True)
@@ -383,7 +386,7 @@ def run_demo(
     with serve_collection(scene.collection_path, scene.items_path, kind="rustac") as server:
         log.info("embedded STAC API at %s", server.url)
         job = JobSpec.build(**demo_job_fields(scene, server.url, output))
-        result = run_job(job, force=overwrite, progress=progress)
+        result = run_job(job, force=fresh_scene, progress=progress)
     accuracy = change_accuracy(result.inference.path, scene.truth_change)
     targets = target_accuracy(result.inference.path, scene)
     kinds = change_kind_recall(result.inference.path, scene)

@@ -34,10 +34,19 @@ from pipeline.synthetic.landscape import (
 )
 from pipeline.synthetic.spec import Acquisition, Epoch, SceneSpec, acquisitions
 from pipeline.synthetic.spectra import BAND_NAMES, BANDS, NODATA, OFFSET, SCALE, Band, surface_reflectance
-from pipeline.synthetic.writer import GeneratedScene, ensure_scene, generate_scene, iter_blocks, open_scene
+from pipeline.synthetic.writer import (
+    GENERATOR_VERSION,
+    GeneratedScene,
+    ensure_scene,
+    generate_scene,
+    iter_blocks,
+    open_scene,
+    scene_is_current,
+)
 
 __all__ = [
     "COARSE_GROUPS",
+    "GENERATOR_VERSION",
     "LAND_COVER_PROMPTS",
     "BANDS",
     "BAND_NAMES",
@@ -64,6 +73,7 @@ __all__ = [
     "iter_blocks",
     "landscape_window",
     "open_scene",
+    "scene_is_current",
     "surface_reflectance",
     "truth_window",
 ]

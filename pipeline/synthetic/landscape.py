@@ -20,7 +20,9 @@ Change events sit on a lattice of 256 px *event cells*, each split into 3 x 3 su
 event occupies one sub-cell and never reaches outside it. The cell at the scene origin holds one
 event of every kind, so every scene (at least 256 px) shows every change type; other cells hold
 each kind with probability 0.3. The events also shape the before landscape (a forest to clear, a
-lake to drain), so their change is never empty.
+lake to drain), so their change is never empty. Construction turns a field or bare plot into an
+estate drawn like the settlements (buildings on a 9 px lattice with grass between them, on fields
+an access road), so the whole estate changes, not only its roofs.
 
 Hand-written because no library generates land cover that is both plausible and defined per
 pixel on a global grid; the class and change-type codes are the ground-truth legend the rest of
@@ -134,7 +136,7 @@ class ChangeType(IntEnum):
 
     NONE = 0
     CONSTRUCTION = 1
-    """New buildings (and access roads) on fields or bare land."""
+    """A new estate on fields or bare land: buildings, grass between them, on fields an access road."""
     CLEARING = 2
     """Forest cleared to bare soil."""
     FLOOD = 3
@@ -391,7 +393,10 @@ def _apply_events(rows: I64, cols: I64, seed: int, base: U8) -> tuple[U8, U8, U8
     after[clearing & rect & (before == LandCover.FOREST)] = LandCover.BARE_SOIL
     vegetated = (before == LandCover.FOREST) | (before == LandCover.GRASS)
     after[burn & (d2 < 24) & vegetated] = LandCover.BURNED
+    # A new estate, drawn as the settlements are: buildings with grass (yards, lawns) between
+    # them, so no field or bare plot survives between new buildings.
     built = (build_field | build_bare) & rect
+    after[built] = LandCover.GRASS
     after[built & lots] = LandCover.BUILDING
     after[build_field & rect & (dy == 0)] = LandCover.ROAD
     change = np.where(before != after, _EVENT_CHANGE[event], np.uint8(0)).astype(np.uint8)

@@ -56,7 +56,15 @@ from pipeline.synthetic.stac import (
     write_items_ndjson,
 )
 
-__all__ = ["MARKER", "GeneratedScene", "Progress", "generate_scene", "iter_blocks"]
+__all__ = [
+    "GENERATOR_VERSION",
+    "MARKER",
+    "GeneratedScene",
+    "Progress",
+    "generate_scene",
+    "iter_blocks",
+    "scene_is_current",
+]
 
 #: File that marks a folder as a generated scene (and so as safe to overwrite).
 MARKER = "scene.json"
@@ -68,6 +76,10 @@ _OWNED = (
     ".tmp",
 )
 _GENERATOR = "pipeline.synthetic"
+#: Version of what the generator draws, recorded in :data:`MARKER`. Raised whenever one spec gives
+#: other pixels (2: construction makes a whole estate, grass between the new buildings), so that
+#: :func:`ensure_scene` makes a scene of an earlier version again instead of reusing it.
+GENERATOR_VERSION = 2
 _TMP_TILE = 256
 _COG_PROFILE: dict[str, Any] = {
     "driver": "GTiff",
@@ -192,7 +204,12 @@ def _prepare(out_dir: Path, overwrite: bool) -> Path:
 
 
 def _write_marker(root: Path, spec: SceneSpec, complete: bool) -> None:
-    data = {"generator": _GENERATOR, "complete": complete, "spec": spec.to_dict()}
+    data = {
+        "generator": _GENERATOR,
+        "version": GENERATOR_VERSION,
+        "complete": complete,
+        "spec": spec.to_dict(),
+    }
     tmp = root / (MARKER + ".part")
     tmp.write_text(json.dumps(data, indent=2) + "\n")
     os.replace(tmp, root / MARKER)
@@ -422,18 +439,25 @@ def open_scene(out_dir: Path | str) -> GeneratedScene:
     return _scene(SceneSpec.from_dict(marker["spec"]), root, items)
 
 
+def scene_is_current(spec: SceneSpec, out_dir: Path | str) -> bool:
+    """Whether ``out_dir`` holds a complete scene of ``spec`` made by this version of the generator."""
+    try:
+        existing = open_scene(out_dir)
+        version = json.loads((Path(out_dir).expanduser() / MARKER).read_text()).get("version", 1)
+    except (OutputExistsError, OSError, ValueError):
+        return False
+    return existing.spec == spec and version == GENERATOR_VERSION
+
+
 def ensure_scene(spec: SceneSpec, out_dir: Path | str, progress: Progress | None = None) -> GeneratedScene:
     """Return the scene of ``spec`` in ``out_dir``, generating it only when it is missing or differs.
 
-    A folder that holds a complete scene of the same spec is reused as it is; a scene of another
-    spec (or an interrupted one) is replaced; a folder with anything else is refused.
+    A folder that holds a complete scene of the same spec, made by this version of the generator
+    (:data:`GENERATOR_VERSION`), is reused as it is; a scene of another spec or version (or an
+    interrupted one) is replaced; a folder with anything else is refused.
     """
-    try:
-        existing = open_scene(out_dir)
-    except OutputExistsError:
-        existing = None
-    if existing is not None and existing.spec == spec:
-        return existing
+    if scene_is_current(spec, out_dir):
+        return open_scene(out_dir)
     return generate_scene(spec, out_dir, progress, overwrite=True)
 
 

@@ -31,8 +31,10 @@ from pipeline.synthetic import (
     SceneSpec,
     acquisition_window,
     acquisitions,
+    ensure_scene,
     generate_scene,
     landscape_window,
+    scene_is_current,
     surface_reflectance,
     truth_window,
 )
@@ -158,6 +160,13 @@ def test_change_is_class_difference_and_holds_every_change_type(seed: int) -> No
         LandCover.BARE_SOIL,
     }
     assert LandCover.BUILDING in after[change == ChangeType.CONSTRUCTION]
+    # A new estate is drawn as the settlements are: no field or bare plot is left between its buildings.
+    assert set(np.unique(after[change == ChangeType.CONSTRUCTION])) <= {
+        LandCover.BUILDING,
+        LandCover.GRASS,
+        LandCover.ROAD,
+    }
+    assert LandCover.GRASS in after[change == ChangeType.CONSTRUCTION]
 
 
 def test_other_seed_gives_another_landscape() -> None:
@@ -431,6 +440,21 @@ def test_existing_outputs_are_never_overwritten_by_mistake(tmp_path: Path) -> No
     assert {i["id"] for i in second.items} == {p.name for p in (out / "data").iterdir()}
     assert json.loads((out / "scene.json").read_text())["complete"] is True
     assert first.items_path == second.items_path
+
+
+def test_a_scene_of_an_earlier_generator_version_is_made_again(tmp_path: Path) -> None:
+    spec = SceneSpec(size=256, acquisitions_per_epoch=1)
+    out = tmp_path / "scene"
+    assert not scene_is_current(spec, out)
+    ensure_scene(spec, out)
+    assert scene_is_current(spec, out) and not scene_is_current(dataclasses.replace(spec, seed=1), out)
+    marker = out / "scene.json"
+    old = json.loads(marker.read_text())
+    del old["version"]  # as written before versions were recorded
+    marker.write_text(json.dumps(old))
+    assert not scene_is_current(spec, out)
+    ensure_scene(spec, out)
+    assert scene_is_current(spec, out)
 
 
 def test_generate_scene_wants_a_spec(tmp_path: Path) -> None:
