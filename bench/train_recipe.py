@@ -60,21 +60,26 @@ def main() -> None:
         "--epochs", type=int, default=2, help="epochs to run and time (the schedule is the recipe's)"
     )
     parser.add_argument("--full", action="store_true", help="run the whole recipe instead of --epochs")
-    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
+    parser.add_argument(
+        "--bf16",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="bfloat16 autocast (default: where native)",
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     if not DATA.is_dir():
         raise SystemExit(f"no real data at {DATA}: this bench needs ../shared/data beside the checkout")
     torch.set_num_threads(args.threads)
     recipe = get_recipe(args.recipe)
-    if args.bf16:
-        recipe = replace(recipe, train=replace(recipe.train, bf16_autocast=True))
+    if args.bf16 is not None:
+        recipe = replace(recipe, bf16=args.bf16)
     out = args.out or Path(tempfile.mkdtemp(prefix="seg2change-train-")) / f"{args.recipe}.safetensors"
     started = time.monotonic()
     run = prepare_training(recipe, [DATA / d for d in args.data], out, split=args.split, log=print)
     print(
         f"prepared in {time.monotonic() - started:.1f} s: {len(run.train_data)} samples per epoch, "
-        f"{run.val_pairs} validation pairs, {args.threads} threads, bf16 {recipe.train.bf16_autocast}"
+        f"{run.val_pairs} validation pairs, {args.threads} threads, bf16 {run.config.bf16_autocast}"
     )
     if run.plan is not None:
         p = run.plan

@@ -127,7 +127,6 @@ def _recipe_with(recipe: Recipe, options: dict[str, Any]) -> Recipe:
         "warmup_steps",
         "seed",
         "device",
-        "bf16_autocast",
     }
     loss_keys = {"changed_class_weight", "dice"}
     recipe_keys = {
@@ -137,6 +136,7 @@ def _recipe_with(recipe: Recipe, options: dict[str, Any]) -> Recipe:
         "normalisation",
         "validation_crop",
         "minutes",
+        "bf16",
     }
     model = replace(recipe.model, **{k: v for k, v in given.items() if k in model_keys})
     loss = replace(recipe.train.loss, **{k: v for k, v in given.items() if k in loss_keys})
@@ -176,7 +176,10 @@ def train(
     device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N.")] = None,
     bf16: Annotated[
         bool | None,
-        typer.Option("--bf16/--no-bf16", help="bfloat16 autocast (CPUs with AMX/AVX-512 BF16, GPUs)."),
+        typer.Option(
+            "--bf16/--no-bf16",
+            help="bfloat16 autocast; default: where the hardware has it natively (AMX/AVX-512 BF16 CPUs, GPUs).",
+        ),
     ] = None,
     backbone: Annotated[
         str | None, typer.Option(help="conv, compact or a frozen DINOv2 such as dinov2_vits14.")
@@ -273,7 +276,7 @@ def train(
                 "warmup_steps": warmup_steps,
                 "seed": seed,
                 "device": device,
-                "bf16_autocast": bf16,
+                "bf16": bf16,
                 "changed_class_weight": changed_weight,
                 "dice": dice,
                 "crop_size": crop_size,

@@ -30,7 +30,7 @@ from seg2change_core.errors import ModelError
 from seg2change_core.losses import LossWeights
 from seg2change_core.training import ModelConfig, TrainConfig
 
-__all__ = ["RECIPES", "Recipe", "get_recipe"]
+__all__ = ["RECIPES", "Recipe", "get_recipe", "native_bf16"]
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,10 @@ class Recipe:
     change_boost
         Crops drawn from a pair with change for one from a pair without (crops are also drawn
         in proportion to a pair's area; see :func:`~seg2change_core.datasets.balanced_samples`).
+    bf16
+        bfloat16 autocast: ``None`` uses it where the hardware computes bfloat16 natively (a
+        CPU with AMX or AVX-512 BF16, a CUDA GPU that supports it), where a step is about 1.6x
+        faster, so the time budget holds more of them; ``True``/``False`` force it.
     """
 
     name: str
@@ -83,6 +87,7 @@ class Recipe:
     minutes: float | None = None
     bands: tuple[str, ...] | None = None
     change_boost: int = 1
+    bf16: bool | None = None
 
 
 _CHANGE_AUGMENTATION = ChangeAugmentation(
@@ -153,3 +158,20 @@ def get_recipe(name: str) -> Recipe:
         return RECIPES[name]
     except KeyError:
         raise ModelError(f"unknown recipe {name!r}; choose one of {sorted(RECIPES)}") from None
+
+
+def native_bf16(device: str) -> bool:
+    """Whether ``device`` computes bfloat16 natively (CPU: AMX or AVX-512 BF16 in /proc/cpuinfo).
+
+    Elsewhere (other CPUs, other systems) bfloat16 is emulated and slower, so the answer is no.
+    """
+    import torch
+
+    if device.startswith("cuda"):
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    try:
+        with open("/proc/cpuinfo") as info:
+            flags = info.read()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags

@@ -36,7 +36,7 @@ from seg2change_core.datasets import (
 from seg2change_core.errors import DatasetError
 from seg2change_core.evaluation import evaluate
 from seg2change_core.losses import cach_loss
-from seg2change_core.recipes import Recipe
+from seg2change_core.recipes import Recipe, native_bf16
 from seg2change_core.training import (
     ModelConfig,
     TrainConfig,
@@ -318,6 +318,9 @@ def prepare_training(
     )
     val_data = ChangeDetectionDataset(val_pairs, crop_size=recipe.validation_crop) if val_pairs else None
     config = recipe.train
+    bf16 = recipe.bf16 if recipe.bf16 is not None else native_bf16(config.device)
+    if bf16 != config.bf16_autocast:
+        config = TrainConfig(**{**asdict(config), "loss": config.loss, "bf16_autocast": bf16})
     plan = None
     if recipe.minutes is not None:
         plan = fit_epochs_to_budget(recipe.model, config, train_data, val_data, normalisation, recipe.minutes)
