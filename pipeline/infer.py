@@ -15,9 +15,10 @@ grid (:mod:`pipeline.tiling`). Two kinds of Dask tasks do the work, planned by
   change cube followed by the block's completion marker (:mod:`pipeline.change_cube`).
 
 Task arguments are a few hundred bytes (paths, the tile grid, the model description, indices),
-never input arrays. Each pixel always receives the same tiles, added in the same order: the result
-does not depend on the block size or on the number of workers, and equals :func:`infer_array` on
-the whole array in memory.
+never input arrays. Each pixel always receives the same tiles, added in the same order, and each
+tile is computed by the change model in a batch of one fixed size (:func:`predict_fixed_batches`):
+the result does not depend on the block size or on the number of workers, and equals
+:func:`infer_array` on the whole array in memory.
 
 :func:`run_inference` is the entry point: it validates, fingerprints the job, resumes or refuses an
 existing output, fits what must be fitted once per job, starts or joins the cluster, submits the
@@ -84,6 +85,7 @@ from pipeline.spec import JobSpec
 from pipeline.storage import Location, LocationLike
 from pipeline.tile_plan import GroupKey, PlannedBlock, TilePlan, strip_blocks
 from pipeline.tiling import BlendAccumulator, Blender, RampBlender, Tile, TileGrid, Window, batched, covering
+from seg2change_core.change_model import ChangeModel
 from seg2change_core.errors import Seg2ChangeError
 from seg2change_core.fusion import fuse
 from seg2change_core.prompts import PromptSet
@@ -101,6 +103,7 @@ __all__ = [
     "describe_input",
     "fit_for_cube",
     "infer_array",
+    "predict_fixed_batches",
     "pieces_for",
     "process_block",
     "run_inference",
@@ -335,7 +338,12 @@ def run_tiles(
         start = time.perf_counter()
         with torch.inference_mode():
             for_change = pair[:, change_bands]
-            change = models.change.predict(for_change[:n], for_change[n:])
+            change = predict_fixed_batches(
+                models.change,
+                for_change[:n],
+                for_change[n:],
+                1 if models.device.type == "cpu" else batch_size,
+            )
             classes = models.segmenter.segment(pair[:, seg_bands], prompts)
             out = torch.cat([change, classes[:n], classes[n:]], dim=1).to(torch.float32).cpu().numpy()
         model_seconds += time.perf_counter() - start
@@ -346,6 +354,43 @@ def run_tiles(
             )
         outputs.extend(out[i] for i in range(n))
     return outputs, model_seconds
+
+
+def predict_fixed_batches(
+    model: ChangeModel, before: torch.Tensor, after: torch.Tensor, size: int
+) -> torch.Tensor:
+    """A change model's probabilities for ``n`` tiles, computed ``size`` tiles per call.
+
+    The last call is padded to ``size`` tiles by repeating its last tile. A model's kernels may
+    depend on the batch size (oneDNN and cuDNN choose other convolution kernels for other sizes:
+    the conv-backbone CACH differs by up to 1e-5 between a tile alone and in a batch of eight),
+    so a tile's probability must not depend on how many tiles its block happened to batch with it;
+    with one batch size, it does not (the other tiles of a batch never enter its computation). On
+    a CPU, one tile per call costs no more than larger batches; a GPU keeps its batches.
+
+    Parameters
+    ----------
+    model
+        The change model.
+    before, after
+        ``(n, bands, rows, cols)`` raw tiles.
+    size
+        Tiles per model call.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(n, 1, rows, cols)``.
+    """
+    parts = []
+    for start in range(0, before.shape[0], size):
+        b, a = before[start : start + size], after[start : start + size]
+        count = b.shape[0]
+        if count < size:
+            b = torch.cat([b, b[-1:].expand(size - count, *b.shape[1:])])
+            a = torch.cat([a, a[-1:].expand(size - count, *a.shape[1:])])
+        parts.append(model.predict(b, a)[:count])
+    return torch.cat(parts)
 
 
 def blend_tiles(

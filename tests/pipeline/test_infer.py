@@ -39,7 +39,14 @@ from pipeline.errors import (
     JobSpecError,
     OutputExistsError,
 )
-from pipeline.infer import InferenceResult, describe_input, infer_array, run_inference, sample_pixels
+from pipeline.infer import (
+    InferenceResult,
+    describe_input,
+    infer_array,
+    predict_fixed_batches,
+    run_inference,
+    sample_pixels,
+)
 from pipeline.models import LoadedModels, ModelRuntime, build_models, fit_change_model
 from pipeline.spec import JobSpec
 from pipeline.tile_plan import TilePlan, strip_blocks
@@ -62,7 +69,22 @@ def make_cube(path: Path, height: int, width: int, *, chunk: int, seed: int = 0)
 def reference(
     cube_path: Path, tiling: TilingSpec, models: ModelSpec | None = None, prompts: PromptSpec = PROMPTS
 ) -> dict[str, np.ndarray]:
-    """Single-process run on the whole array in memory (the baseline fitted once, as the engine does)."""
+    """Single-process run on the whole array in memory (the baseline fitted once, as the engine does).
+
+    It runs with the workers' one torch thread (see ``clients``): a convolutional model's float32
+    kernels differ by ~1e-6 between thread counts, which is not what these tests are about.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _reference(cube_path, tiling, models, prompts)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _reference(
+    cube_path: Path, tiling: TilingSpec, models: ModelSpec | None, prompts: PromptSpec
+) -> dict[str, np.ndarray]:
     models = models or ModelSpec()
     cube = describe_input(cube_path)
     runtime = ModelRuntime(models, cube.bands)
@@ -195,6 +217,21 @@ def test_cach_checkpoint_is_chunking_invariant(tmp_path: Path, clients: dict[int
             progress=False,
         )
         assert_same(read_layers(out), expected)
+
+
+def test_the_change_model_always_sees_one_batch_size() -> None:
+    """A model whose kernels depend on the batch size gives a tile the same result in any batch."""
+
+    class BatchSizeShows:
+        def predict(self, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+            return (before[:, :1] - after[:, :1]) + before.shape[0]
+
+    before = torch.arange(5, dtype=torch.float32).view(5, 1, 1, 1).expand(5, 2, 3, 4)
+    after = torch.zeros(5, 2, 3, 4)
+    for size in (1, 2, 4, 8):
+        out = predict_fixed_batches(BatchSizeShows(), before, after, size)  # type: ignore[arg-type]
+        assert out.shape == (5, 1, 3, 4)
+        np.testing.assert_array_equal(out[:, 0, 0, 0].numpy(), np.arange(5) + size)
 
 
 def test_reference_equals_a_naive_whole_array_blend(
