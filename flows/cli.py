@@ -212,7 +212,7 @@ def demo(
 def _print_demo_targets(result: DemoResult) -> None:
     """Per-target and per-kind accuracy of a demo run against its generated truth."""
     table = Table(title="target change against the generated truth (changed on either date)")
-    for column in ("target", "truth px", "flagged px", "recall", "precision", "IoU", "no data px"):
+    for column in ("target", "truth px", "flagged px", "recall", "precision", "IoU", "no data"):
         table.add_column(column, justify="left" if column == "target" else "right", no_wrap=True)
     for t in result.targets:
         s = t.scores
@@ -227,7 +227,7 @@ def _print_demo_targets(result: DemoResult) -> None:
         )
     out.print(table)
     kinds = Table(title="generated change found by the change map, per kind")
-    for column in ("kind", "truth px", "detected px", "recall", "no data px"):
+    for column in ("kind", "truth px", "detected px", "recall", "no data"):
         kinds.add_column(column, justify="left" if column == "kind" else "right", no_wrap=True)
     for k in result.kinds:
         kinds.add_row(
