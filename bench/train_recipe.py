@@ -67,11 +67,14 @@ def main() -> None:
         help="bfloat16 autocast (default: where native)",
     )
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--minutes", type=float, default=None, help="time budget (default: the recipe's)")
     args = parser.parse_args()
     if not DATA.is_dir():
         raise SystemExit(f"no real data at {DATA}: this bench needs ../shared/data beside the checkout")
     torch.set_num_threads(args.threads)
     recipe = get_recipe(args.recipe)
+    if args.minutes is not None:
+        recipe = replace(recipe, minutes=args.minutes)
     if args.bf16 is not None:
         recipe = replace(recipe, bf16=args.bf16)
     out = args.out or Path(tempfile.mkdtemp(prefix="seg2change-train-")) / f"{args.recipe}.safetensors"

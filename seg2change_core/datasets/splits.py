@@ -82,13 +82,18 @@ class Split:
     def select(self, pairs: Sequence[PairSource], name: PartName) -> list[PairSource]:
         """The pairs of one part, in the order given.
 
+        A split may cover more datasets than ``pairs`` hold (one split file for several data
+        folders, used with some of them): keys of datasets of which no pair is given are left out.
+
         Raises
         ------
         DatasetError
-            When a key of the part is not among ``pairs`` (the split was made for other data).
+            When a key of a given dataset is not among ``pairs`` (the split was made for other
+            data).
         """
-        wanted = self.part(name)
         by_key = {p.key: p for p in pairs}
+        datasets = {key.split("/", 1)[0] for key in by_key}
+        wanted = [k for k in self.part(name) if k.split("/", 1)[0] in datasets]
         missing = [k for k in wanted if k not in by_key]
         if missing:
             raise DatasetError(

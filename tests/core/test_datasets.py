@@ -221,6 +221,9 @@ def test_split_file_round_trip_and_checks(tmp_path: Path) -> None:
         Split.from_json('{"train": ["d/a"], "val": [], "test": ["d/a"]}')
     with pytest.raises(DatasetError, match="not in the data"):
         Split(("d/zzz",), (), ()).select(pairs, "train")
+    # a split over several datasets applies to some of them: the others' keys are left out
+    wider = Split((*split.train, "other/x_1"), split.val, split.test)
+    assert [p.key for p in wider.select(pairs, "train")] == list(split.train)
 
 
 @pytest.mark.shared_data
