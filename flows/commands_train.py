@@ -238,7 +238,10 @@ def train(
         str | None, typer.Option(help="Bands to train on, by name, in this order (e.g. red,green,blue,nir).")
     ] = None,
     normalisation: Annotated[
-        str | None, typer.Option(help="'dataset' (fitted on the training pairs) or 'imagenet'.")
+        str | None,
+        typer.Option(
+            help="'per-image' (each image by its own band statistics), 'dataset' (fitted on the training pairs) or 'imagenet'."
+        ),
     ] = None,
     seed: Annotated[
         int | None, typer.Option(help="Seed of the split, the initialisation and the augmentation.")

@@ -13,6 +13,14 @@ test time; this package does not repeat that): ``x_norm = (x * scale - mean[band
 i.e. raw values are first brought to reflectance (or to [0, 1] for 8-bit imagery) by ``scale`` and
 then standardised per band. Non-finite values (nodata) become 0 after normalisation, i.e. the band
 mean; the engine masks nodata pixels in the outputs.
+
+With ``per_image=True`` each image (each date of each tile) is first standardised per band with
+its own mean and standard deviation over its finite pixels, then by the stored statistics. A
+change model then cannot learn "this date is darker, so this is a scene where nothing changes":
+on LEVIR-CD, the training scenes whose second date is a darker season hold almost no change,
+and a model that saw the brightness learned to call every darker-season scene unchanged. The
+statistics are those of the model's own input (a tile of the engine's global grid), so outputs
+still do not depend on how a cube is cut into blocks.
 """
 
 from __future__ import annotations
@@ -58,12 +66,15 @@ class InputNormalisation:
     scale
         Factor from raw values to reflectance or [0, 1] (``1 / 255`` for 8-bit RGB, ``1e-4`` for
         Sentinel-2 L2A digital numbers).
+    per_image
+        Standardise each image per band with its own statistics first (see the module docstring).
     """
 
     bands: tuple[str, ...]
     mean: tuple[float, ...]
     std: tuple[float, ...]
     scale: float = 1.0
+    per_image: bool = False
 
     def __post_init__(self) -> None:
         if not self.bands or len(self.mean) != len(self.bands) or len(self.std) != len(self.bands):
@@ -100,6 +111,8 @@ class InputNormalisation:
                 f"{tuple(x.shape)}; select those bands in that order"
             )
         x = x.to(torch.float32)
+        if self.per_image:
+            x = _standardise_each(x * self.scale) / self.scale
         mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
         std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
         out = (x * self.scale - mean) / std
@@ -107,9 +120,15 @@ class InputNormalisation:
 
     def to_json(self) -> str:
         """JSON text of the normalisation (stored in checkpoints)."""
-        return json.dumps(
-            {"bands": list(self.bands), "mean": list(self.mean), "std": list(self.std), "scale": self.scale}
-        )
+        data: dict[str, Any] = {
+            "bands": list(self.bands),
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "scale": self.scale,
+        }
+        if self.per_image:
+            data["per_image"] = True
+        return json.dumps(data)
 
     @classmethod
     def from_json(cls, text: str) -> InputNormalisation:
@@ -120,7 +139,19 @@ class InputNormalisation:
             tuple(float(m) for m in data["mean"]),
             tuple(float(s) for s in data["std"]),
             float(data["scale"]),
+            bool(data.get("per_image", False)),
         )
+
+
+def _standardise_each(x: torch.Tensor) -> torch.Tensor:
+    """Each ``(bands, H, W)`` image of a batch per band to mean 0 and std 1 over its finite pixels."""
+    finite = torch.isfinite(x)
+    count = finite.sum(dim=(2, 3), keepdim=True).clamp_min(1)
+    values = torch.where(finite, x, torch.zeros((), dtype=x.dtype, device=x.device))
+    mean = values.sum(dim=(2, 3), keepdim=True) / count
+    spread = torch.where(finite, (x - mean) ** 2, torch.zeros((), dtype=x.dtype, device=x.device))
+    std = (spread.sum(dim=(2, 3), keepdim=True) / count).sqrt().clamp_min(1e-6)
+    return (x - mean) / std
 
 
 @runtime_checkable

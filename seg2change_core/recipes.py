@@ -56,7 +56,9 @@ class Recipe:
     focus_change
         Share of crops drawn around a changed pixel.
     normalisation
-        ``"dataset"`` (statistics of the training pairs) or ``"imagenet"``.
+        ``"per-image"`` (each image standardised with its own band statistics: a date's
+        brightness or season says nothing), ``"dataset"`` (statistics of the training pairs) or
+        ``"imagenet"``.
     validation_crop
         Side of the top-left crop validated on (``None``: whole images, tiled). 252 scores a
         256 px tile all but its last 4 rows and columns at a quarter of the cost: such a tile
@@ -109,6 +111,7 @@ RECIPES: dict[str, Recipe] = {
         ),
         augmentation=_CHANGE_AUGMENTATION,
         change_boost=3,
+        normalisation="per-image",
         validation_crop=252,
         minutes=35.0,
     ),

@@ -155,7 +155,10 @@ def fit_epochs_to_budget(
 def normalisation_for(
     mode: str, pairs: Sequence[PairSource], names: Sequence[str], *, seed: int = 0
 ) -> InputNormalisation:
-    """The model's input normalisation: ``"dataset"`` statistics of ``pairs`` or ``"imagenet"``.
+    """The model's input normalisation: ``"per-image"``, ``"dataset"`` statistics of ``pairs``, or ``"imagenet"``.
+
+    ``"per-image"`` standardises each image with its own band statistics
+    (:attr:`~seg2change_core.change_model.InputNormalisation.per_image`).
 
     Raises
     ------
@@ -174,7 +177,10 @@ def normalisation_for(
     if mode == "dataset":
         mean, std = band_statistics(pairs, scale, seed=seed)
         return InputNormalisation(tuple(names), mean, std, scale)
-    raise DatasetError(f"unknown normalisation {mode!r}; choose dataset or imagenet")
+    if mode == "per-image":
+        count = len(names)
+        return InputNormalisation(tuple(names), (0.0,) * count, (1.0,) * count, scale, per_image=True)
+    raise DatasetError(f"unknown normalisation {mode!r}; choose per-image, dataset or imagenet")
 
 
 @dataclass(frozen=True)

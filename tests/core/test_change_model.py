@@ -116,3 +116,23 @@ def test_inconsistent_parts_raise() -> None:
     model = CACHChangeModel(backbone, CACHHead(32), four)
     with pytest.raises(ModelError, match="same shape"):
         model.predict(torch.zeros(1, 4, 28, 28), torch.zeros(1, 4, 28, 42))
+
+
+def test_per_image_normalisation_ignores_each_dates_brightness_and_colour() -> None:
+    norm = InputNormalisation(("red", "green", "blue"), (0.0,) * 3, (1.0,) * 3, 1 / 255, per_image=True)
+    generator = torch.Generator().manual_seed(0)
+    image = torch.rand(2, 3, 20, 30, generator=generator) * 200
+    relit = image * torch.tensor([0.6, 0.8, 1.1]).view(1, 3, 1, 1) + 25  # another season's light
+    out = norm.apply(image)
+    assert torch.allclose(norm.apply(relit), out, atol=1e-4)
+    assert torch.allclose(out.mean(dim=(2, 3)), torch.zeros(2, 3), atol=1e-5)
+    assert torch.allclose(out.std(dim=(2, 3), unbiased=False), torch.ones(2, 3), atol=1e-4)
+    with_nodata = image.clone()
+    with_nodata[:, :, :5] = float("nan")
+    filled = norm.apply(with_nodata)
+    assert torch.isfinite(filled).all() and (filled[:, :, :5] == 0).all()
+    assert torch.allclose(filled[:, :, 5:].mean(dim=(2, 3)), torch.zeros(2, 3), atol=1e-5)
+    # stored in checkpoints; normalisations written before the option read back without it
+    assert InputNormalisation.from_json(norm.to_json()) == norm
+    plain = InputNormalisation(("red",), (0.5,), (0.2,), 1 / 255)
+    assert "per_image" not in plain.to_json() and not InputNormalisation.from_json(plain.to_json()).per_image
