@@ -8,6 +8,7 @@ pair and fits the number of epochs, and so the cosine schedule, to it.
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -90,7 +91,7 @@ def fit_epochs_to_budget(
     normalisation: InputNormalisation,
     minutes: float,
     *,
-    measured_steps: int = 2,
+    measured_steps: int = 3,
 ) -> EpochPlan:
     """Measure a few optimiser steps and a validation pair, and fit the epochs to ``minutes``.
 
@@ -111,7 +112,9 @@ def fit_epochs_to_budget(
     minutes
         Budget for training and validation together.
     measured_steps
-        Steps timed after one untimed warm-up step.
+        Steps timed after one untimed warm-up step; their median is taken (one step slowed by
+        another process does not shrink the plan). The plan holds for a machine as busy as it was
+        while measuring: on a shared machine give ``--epochs`` instead.
 
     Returns
     -------
@@ -124,7 +127,7 @@ def fit_epochs_to_budget(
     params = [p for p in model.parameters() if p.requires_grad]
     optimiser = torch.optim.AdamW(params, lr=config.lr * 1e-3)
     batch = collate_samples([train_data[i % len(train_data)] for i in range(config.batch_size)])
-    elapsed = 0.0
+    timings: list[float] = []
     for step in range(measured_steps + 1):
         started = time.perf_counter()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16_autocast):
@@ -134,8 +137,8 @@ def fit_epochs_to_budget(
         loss.backward()
         optimiser.step()
         if step:
-            elapsed += time.perf_counter() - started
-    step_seconds = elapsed / measured_steps
+            timings.append(time.perf_counter() - started)
+    step_seconds = statistics.median(timings)
     validation_seconds = 0.0
     if val_data is not None:
         model.eval()
