@@ -66,7 +66,9 @@ def _observer(enabled: bool) -> Any:
             if enabled and not live and time.monotonic() - self.last_line > PLAIN_STEP_SECONDS:
                 self.last_line = time.monotonic()
                 console.print(
-                    f"epoch {epoch}: step {step}/{self.steps_per_epoch}, loss {loss:.4f}", markup=False
+                    f"epoch {epoch}: step {step}/{self.steps_per_epoch}, loss {loss:.4f}",
+                    markup=False,
+                    soft_wrap=True,
                 )
 
         def on_validation(self, epoch: int, done: int, total: int) -> None:
@@ -83,7 +85,9 @@ def _observer(enabled: bool) -> Any:
                 per_dataset = record.get("val_iou_datasets") or {}
                 if len(per_dataset) > 1:
                     line += " (" + ", ".join(f"{k} {v:.3f}" for k, v in per_dataset.items()) + ")"
-            self.progress.console.print(line + (" (best)" if record["best"] else ""), markup=False)
+            self.progress.console.print(
+                line + (" (best)" if record["best"] else ""), markup=False, soft_wrap=True
+            )
 
         def stop(self) -> None:
             self.progress.stop()
@@ -110,6 +114,7 @@ def _set_threads(threads: int | None) -> int:
             f"note: the machine is busy (load {load:.1f} on {cores} cores); if steps are slow, "
             "--threads 1 avoids torch's threads waiting for each other",
             markup=False,
+            soft_wrap=True,
         )
     torch.set_num_threads(count)
     return count
@@ -303,12 +308,13 @@ def train(
             bands=_bands(bands),
             label_encoding=_label_encoding(label_values),
             ignore_value=ignore_value,
-            log=lambda text: console.print(text, markup=False),
+            log=lambda text: console.print(text, markup=False, soft_wrap=True),
         )
         console.print(
             f"recipe {chosen.name}: {len(run.train_data.pairs)} training pairs, {run.val_pairs} validation, "
             f"{run.held_out} held out; {used_threads} threads on {chosen.train.device}",
             markup=False,
+            soft_wrap=True,
         )
         observer = _observer(progress)
         result = run.run(resume=resume, max_minutes=max_minutes, log_path=log, observer=observer)
@@ -318,17 +324,22 @@ def train(
     finally:
         if observer is not None:
             observer.stop()
-    out_console.print(f"checkpoint: {result.checkpoint} (epoch {result.best_epoch})", markup=False)
-    out_console.print(f"  validation IoU: {_fmt(result.best_val_iou)}", markup=False)
-    out_console.print(f"  training state: {result.state}", markup=False)
+    out_console.print(
+        f"checkpoint: {result.checkpoint} (epoch {result.best_epoch})", markup=False, soft_wrap=True
+    )
+    out_console.print(f"  validation IoU: {_fmt(result.best_val_iou)}", markup=False, soft_wrap=True)
+    out_console.print(f"  training state: {result.state}", markup=False, soft_wrap=True)
     out_console.print(
         f"  epochs: {result.epochs_completed}/{run.config.epochs} in {result.seconds / 60:.1f} min",
         markup=False,
+        soft_wrap=True,
     )
     if result.stopped_early:
-        out_console.print(f"  stopped early; continue with --resume {result.state}", markup=False)
+        out_console.print(
+            f"  stopped early; continue with --resume {result.state}", markup=False, soft_wrap=True
+        )
     if not sys.stdout.isatty() and result.history:
-        out_console.print(f"  last epoch: {result.history[-1]}", markup=False)
+        out_console.print(f"  last epoch: {result.history[-1]}", markup=False, soft_wrap=True)
 
 
 def _get_recipe(name: str) -> Recipe:
