@@ -144,8 +144,25 @@ class SemanticReport:
     oracle_classes: bool
 
 
+class _JsonReport:
+    """``to_json`` and ``save`` of a report that has ``to_dict``."""
+
+    def to_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def to_json(self) -> str:
+        """:meth:`to_dict` as indented JSON."""
+        return json.dumps(self.to_dict(), indent=1)
+
+    def save(self, path: str | Path) -> None:
+        """Write :meth:`to_json` to a file (parent folders are created)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.to_json())
+
+
 @dataclass(frozen=True)
-class EvaluationReport:
+class EvaluationReport(_JsonReport):
     """What :func:`evaluate` measured.
 
     Attributes
@@ -208,16 +225,6 @@ class EvaluationReport:
                 "oracle_classes": sem.oracle_classes,
             }
         return out
-
-    def to_json(self) -> str:
-        """:meth:`to_dict` as indented JSON."""
-        return json.dumps(self.to_dict(), indent=1)
-
-    def save(self, path: str | Path) -> None:
-        """Write :meth:`to_json` to a file (parent folders are created)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.to_json())
 
 
 def cva_for(
@@ -513,7 +520,7 @@ def _ratio(model: float, baseline: float) -> float:
 
 
 @dataclass(frozen=True)
-class DatasetsReport:
+class DatasetsReport(_JsonReport):
     """Scores of one model per dataset and pooled over all of them (see :func:`evaluate_datasets`).
 
     Attributes
@@ -567,16 +574,6 @@ class DatasetsReport:
             out["baseline"] = base
             out["iou_ratio"] = {k: _finite(v) for k, v in self.iou_ratios().items()}
         return out
-
-    def to_json(self) -> str:
-        """:meth:`to_dict` as indented JSON."""
-        return json.dumps(self.to_dict(), indent=1)
-
-    def save(self, path: str | Path) -> None:
-        """Write :meth:`to_json` to a file (parent folders are created)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.to_json())
 
 
 ModelFactory = Callable[[str, ChangeDetectionDataset], ChangeModel]
