@@ -111,7 +111,6 @@ RECIPES: dict[str, Recipe] = {
         ),
         augmentation=_CHANGE_AUGMENTATION,
         change_boost=3,
-        normalisation="per-image",
         validation_crop=252,
         minutes=35.0,
     ),
