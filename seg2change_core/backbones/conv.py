@@ -39,7 +39,6 @@ __all__ = ["ConvConfig", "ConvPyramid"]
 
 PATCH_SIZE = 14
 RESAMPLED_PATCH = 16
-STAGE_STRIDES = (4, 8, 16, 32)
 NUM_LEVELS = 4
 
 
