@@ -130,6 +130,8 @@ _NOT_INFERENCE = {
     "block_size",
     "catalog",
     "zones",
+    "limits",
+    "asset_roots",
 }
 
 F32 = NDArray[np.float32]
