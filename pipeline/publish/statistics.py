@@ -39,6 +39,7 @@ import zarr
 from numpy.typing import NDArray
 from pyproj import CRS, Transformer
 from rich.table import Table
+from rich.text import Text
 
 from pipeline.change_cube import TRANSITION_NO_CHANGE, UINT8_NODATA
 from pipeline.errors import PublishError
@@ -426,7 +427,9 @@ def statistics_table(stats: ChangeStatistics, *, zone: str | None = None, limit:
     totals = {t.zone: t for t in stats.totals}
     for z in zones:
         t = totals[z]
-        table.add_row(z, "[bold]changed", "", "", f"{t.changed_pixels:,}", f"{t.changed_area_ha:,.2f}")
+        table.add_row(
+            z, Text("changed", style="bold"), "", "", f"{t.changed_pixels:,}", f"{t.changed_area_ha:,.2f}"
+        )
         shown = 0
         for row in stats.zone_rows(z):
             if row.kind == "transition":
