@@ -23,7 +23,7 @@ number of epochs (and so the cosine schedule) to it, unless ``--epochs`` is give
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from seg2change_core.datasets.augmentation import ChangeAugmentation
 from seg2change_core.errors import ModelError
@@ -108,8 +108,9 @@ RECIPES: dict[str, Recipe] = {
             weight_decay=0.05,
             warmup_steps=30,
             loss=LossWeights(dice=0.5, changed_class_weight=2.0),
+            ema_decay=0.99,
         ),
-        augmentation=_CHANGE_AUGMENTATION,
+        augmentation=replace(_CHANGE_AUGMENTATION, paste_objects=0.3),
         change_boost=3,
         validation_crop=252,
         minutes=35.0,

@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from seg2change_core.backbones import DINOV2_CONFIGS, CompactConfig, CompactViT, ConvConfig, ConvPyramid
 from seg2change_core.cach import CACHHead
@@ -145,6 +146,11 @@ class TrainConfig:
         AMX/AVX-512 BF16 and on GPUs; the loss and the weights stay float32).
     device
         ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+    ema_decay
+        Keep an exponential moving average of the weights with this decay per optimiser step
+        (e.g. 0.99) and validate and save it instead of the raw weights; ``None``: no average.
+        The average smooths the step-to-step swings of small-data training, which otherwise make
+        single epochs collapse to "no change".
     model_name
         Name stored in the checkpoint; default ``cach-<backbone>``.
     """
@@ -161,6 +167,7 @@ class TrainConfig:
     bf16_autocast: bool = False
     model_name: str | None = None
     device: str = "cpu"
+    ema_decay: float | None = None
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.warmup_steps < 0:
@@ -168,6 +175,8 @@ class TrainConfig:
                 f"invalid training settings: epochs={self.epochs}, batch_size={self.batch_size}, "
                 f"lr={self.lr}, warmup_steps={self.warmup_steps}; give positive values"
             )
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise ModelError(f"ema_decay must lie between 0 and 1 (e.g. 0.99), not {self.ema_decay}")
         if self.device != "cpu" and not self.device.startswith("cuda"):
             raise ModelError(f"unknown device {self.device!r}; choose cpu, cuda or cuda:N")
 
@@ -399,6 +408,16 @@ class _Optimisation:
     optimiser: torch.optim.AdamW
     scheduler: torch.optim.lr_scheduler.LambdaLR
     device: torch.device
+    average: AveragedModel | None
+
+    @property
+    def scored(self) -> CACHChangeModel:
+        """The model validated and saved: the weight average when one is kept."""
+        if self.average is None:
+            return self.model
+        module = self.average.module
+        assert isinstance(module, CACHChangeModel)
+        return module
 
     @classmethod
     def create(cls, model: CACHChangeModel, config: TrainConfig, total_steps: int) -> _Optimisation:
@@ -408,7 +427,12 @@ class _Optimisation:
             optimiser,
             lambda step: cosine_schedule(step, total_steps, config.warmup_steps, config.min_lr_ratio),
         )
-        return cls(model, params, optimiser, scheduler, next(model.parameters()).device)
+        average = None
+        if config.ema_decay is not None:
+            average = AveragedModel(
+                model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True
+            )
+        return cls(model, params, optimiser, scheduler, next(model.parameters()).device, average)
 
 
 def _resume(
@@ -434,6 +458,8 @@ def _resume(
         )
     run.optimiser.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
+    if run.average is not None:
+        run.average.load_state_dict(state["average"])
     _set_rng_state(state["rng"])
     return int(state["epoch"]), float(state["best_iou"]), int(state["best_epoch"])
 
@@ -463,6 +489,8 @@ def _train_epoch(
             torch.nn.utils.clip_grad_norm_(run.params, config.grad_clip)
         run.optimiser.step()
         run.scheduler.step()
+        if run.average is not None:
+            run.average.update_parameters(run.model)
         values = (parts.total, parts.change, parts.aux, parts.similarity, parts.dice)
         for key, value in zip(sums, values, strict=True):
             sums[key] += float(value.detach())
@@ -585,7 +613,7 @@ def train(
         epoch_started = time.monotonic()
         record = _train_epoch(run, train_data, config, epoch, steps_per_epoch, observer)
         if val_data is not None:
-            record.update(_validate(model, val_data, observer, epoch + 1))
+            record.update(_validate(run.scored, val_data, observer, epoch + 1))
             iou = record["val_iou"] if record["val_iou"] is not None else -1.0
             improved = iou > best_iou
         else:
@@ -597,7 +625,7 @@ def train(
                 k: record.get(k) for k in ("val_iou", "val_f1", "val_precision", "val_recall")
             }
             save_change_model(
-                model, out, training_data=summary, include_backbone=not model_config.frozen_backbone
+                run.scored, out, training_data=summary, include_backbone=not model_config.frozen_backbone
             )
         record["best"] = improved
         record["seconds"] = round(time.monotonic() - epoch_started, 3)
@@ -614,6 +642,7 @@ def train(
                 "best_iou": best_iou,
                 "best_epoch": best_epoch,
                 "rng": _rng_state(),
+                **({"average": run.average.state_dict()} if run.average is not None else {}),
             },
         )
         with log_file.open("a") as log:

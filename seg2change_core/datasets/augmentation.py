@@ -39,6 +39,7 @@ __all__ = [
     "ChangeAugmentation",
     "augment_arrays",
     "augment_change",
+    "paste_objects",
     "paste_patches",
     "photometric_jitter",
 ]
@@ -168,6 +169,9 @@ class ChangeAugmentation:
         Most patches pasted (1 to this many).
     paste_size
         Side range of a pasted patch, as shares of the crop side.
+    paste_objects
+        Probability of pasting the changed objects of another pair (the pixels its label marks
+        changed, taken from its later date, so with their own shapes) into the later date.
     """
 
     zoom: float = 1.0
@@ -179,9 +183,16 @@ class ChangeAugmentation:
     paste: float = 0.0
     paste_patches: int = 3
     paste_size: tuple[float, float] = (0.06, 0.25)
+    paste_objects: float = 0.0
 
     def __post_init__(self) -> None:
-        shares = (self.photometric_probability, self.swap_dates, self.unchanged_pair, self.paste)
+        shares = (
+            self.photometric_probability,
+            self.swap_dates,
+            self.unchanged_pair,
+            self.paste,
+            self.paste_objects,
+        )
         if self.zoom < 1.0 or self.photometric < 0 or self.noise < 0 or not all(0 <= p <= 1 for p in shares):
             raise DatasetError(
                 f"invalid augmentation {self}: zoom must be >= 1, strengths >= 0, probabilities in [0, 1]"
@@ -285,6 +296,45 @@ def paste_patches(
     return image, target
 
 
+def paste_objects(
+    image: Float32,
+    target: NDArray[np.uint8],
+    donor: Float32,
+    donor_changed: NDArray[np.bool_],
+) -> tuple[Float32, NDArray[np.uint8]]:
+    """Paste the changed objects of another pair into ``image`` and mark them changed.
+
+    Unlike :func:`paste_patches`, the pasted pixels keep the shapes of real change (buildings,
+    clearings), so the model sees such objects in new surroundings instead of learning where
+    they stood in the few training scenes.
+
+    Parameters
+    ----------
+    image
+        ``(bands, H, W)`` date to alter.
+    target
+        ``(H, W)`` change target; pasted pixels become 1, ignored ones stay ignored.
+    donor
+        ``(bands, H, W)`` the other pair's later date, cropped to the same size.
+    donor_changed
+        ``(H, W)`` where the other pair changed.
+
+    Returns
+    -------
+    image, target
+        New arrays; the inputs are not modified.
+    """
+    if donor.shape != image.shape or donor_changed.shape != target.shape:
+        raise DatasetError(
+            f"donor of shape {donor.shape} / {donor_changed.shape} does not match the image "
+            f"{image.shape} / {target.shape}; crop both to one size"
+        )
+    image, target = image.copy(), target.copy()
+    image[:, donor_changed] = donor[:, donor_changed]
+    target[donor_changed & (target != IGNORE_INDEX)] = 1
+    return image, target
+
+
 def augment_change(
     before: Array,
     after: Array,
@@ -294,6 +344,7 @@ def augment_change(
     *,
     value_range: float,
     donor: Array | None = None,
+    objects: tuple[Array, NDArray[np.bool_]] | None = None,
 ) -> tuple[Float32, Float32, NDArray[np.uint8], bool]:
     """The change-specific part of augmentation, after the shared geometry.
 
@@ -311,6 +362,9 @@ def augment_change(
         Raw full-scale value (see :func:`photometric_jitter`).
     donor
         An image of another pair for synthetic change (``None``: no pasting).
+    objects
+        Another pair's later date and changed mask, cropped like the dates, for
+        :func:`paste_objects` (``None``: no object pasting).
 
     Returns
     -------
@@ -338,6 +392,8 @@ def augment_change(
             size=settings.paste_size,
         )
         a, b = (a, altered) if into_after else (altered, b)
+    if objects is not None and rng.random() < settings.paste_objects:
+        b, out_target = paste_objects(b, out_target, np.asarray(objects[0], dtype=np.float32), objects[1])
     if settings.photometric > 0:
         draws = [rng.random() < settings.photometric_probability for _ in range(2)]
         a = photometric_jitter(a, rng, settings.photometric, value_range, settings.noise) if draws[0] else a

@@ -205,6 +205,9 @@ class ChangeDetectionDataset(Dataset[Sample]):
             donor_pair = self.pair(other)
             if donor_pair.before.shape[0] == pair.before.shape[0]:
                 donor = donor_pair.before if rng.random() < 0.5 else donor_pair.after
+        objects = None
+        if change.paste_objects > 0 and len(self.pairs) > 1:
+            objects = self._changed_objects(rng, index, pair, np.asarray(arrays[2]).shape)
         before, after, target, swapped = augment_change(
             arrays[0],
             arrays[1],
@@ -213,11 +216,38 @@ class ChangeDetectionDataset(Dataset[Sample]):
             change,
             value_range=1.0 / value_scale(pair.before.dtype),
             donor=donor,
+            objects=objects,
         )
         out: list[Array] = [before, after, target]
         if has_classes:
             out += [arrays[4], arrays[3]] if swapped else [arrays[3], arrays[4]]
         return out
+
+    def _changed_objects(
+        self, rng: np.random.Generator, index: int, pair: ChangePair, shape: tuple[int, ...]
+    ) -> tuple[Array, NDArray[np.bool_]] | None:
+        """Another pair's later date and changed mask, cropped to ``shape`` around its change.
+
+        ``None`` when the drawn pair has other bands, is smaller than ``shape`` or has no change.
+        """
+        other = (self.pair_index(index) + int(rng.integers(1, len(self.pairs)))) % len(self.pairs)
+        donor = self.pair(other)
+        changed = self.target(donor) == 1
+        height, width = shape
+        if (
+            donor.after.shape[0] != pair.after.shape[0]
+            or changed.shape[0] < height
+            or changed.shape[1] < width
+        ):
+            return None
+        picks = np.flatnonzero(changed)
+        if not picks.size:
+            return None
+        row, col = divmod(int(picks[rng.integers(0, picks.size)]), changed.shape[1])
+        top = int(np.clip(row - rng.integers(0, height), 0, changed.shape[0] - height))
+        left = int(np.clip(col - rng.integers(0, width), 0, changed.shape[1] - width))
+        window = (slice(top, top + height), slice(left, left + width))
+        return donor.after[:, window[0], window[1]], changed[window]
 
     def target(self, pair: ChangePair) -> NDArray[np.uint8]:
         """The change target of a pair's raw label (0, 1 or :data:`IGNORE_INDEX`).

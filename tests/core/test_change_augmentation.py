@@ -11,6 +11,7 @@ from seg2change_core.datasets.augmentation import (
     ChangeAugmentation,
     augment_arrays,
     augment_change,
+    paste_objects,
     paste_patches,
     photometric_jitter,
 )
@@ -55,6 +56,35 @@ def test_paste_marks_pasted_pixels_changed_and_keeps_ignored() -> None:
     assert np.array_equal(out_target == 1, pasted & (target != IGNORE_INDEX))
     assert (out_target[0] == IGNORE_INDEX).all()
     assert (image == 0).all() and (target[1:] == 0).all()  # inputs untouched
+
+
+def test_pasted_objects_keep_their_shape_and_are_marked_changed() -> None:
+    image = np.zeros((3, 16, 16), np.float32)
+    donor = np.full((3, 16, 16), 9.0, np.float32)
+    shape = np.zeros((16, 16), bool)
+    shape[3:6, 4:12] = True  # an L-shaped "building"
+    shape[6:10, 4:6] = True
+    target = np.zeros((16, 16), np.uint8)
+    target[3] = IGNORE_INDEX
+    out, out_target = paste_objects(image, target, donor, shape)
+    assert np.array_equal((out == 9.0).all(axis=0), shape)
+    assert np.array_equal(out_target == 1, shape & (target != IGNORE_INDEX))
+    assert (out_target[3] == IGNORE_INDEX).all() and (image == 0).all()
+    with pytest.raises(DatasetError, match="does not match"):
+        paste_objects(image, target, donor[:, :8], shape)
+
+
+def test_dataset_pastes_another_pairs_changed_objects() -> None:
+    pairs = [_pair("d/a", 0), _pair("d/b", 1)]
+    for pair in pairs:
+        pair.label[:] = 0
+    pairs[1].label[30:40, 30:50] = 255  # only pair b changed
+    settings = ChangeAugmentation(paste_objects=1.0)
+    data = ChangeDetectionDataset(pairs, crop_size=64, augment=True, seed=0, change_augmentation=settings)
+    sample = data[0]  # pair a, whose own label is all unchanged
+    changed = sample["target"].numpy() == 1
+    assert changed.sum() == 200
+    assert np.array_equal(sample["after"].numpy()[:, changed], pairs[1].after[:, 30:40, 30:50].reshape(3, -1))
 
 
 def test_unchanged_pair_has_no_change_but_two_looks() -> None:

@@ -127,9 +127,10 @@ def tiny_data() -> tuple[ChangeDetectionDataset, ChangeDetectionDataset]:
     return ChangeDetectionDataset([pair], crop_size=40, augment=True), ChangeDetectionDataset([pair])
 
 
-def test_resumed_training_equals_uninterrupted(tmp_path: Path) -> None:
+@pytest.mark.parametrize("ema_decay", [None, 0.9])
+def test_resumed_training_equals_uninterrupted(tmp_path: Path, ema_decay: float | None) -> None:
     train_data, val_data = tiny_data()
-    config = TrainConfig(epochs=2, batch_size=1, lr=1e-3, warmup_steps=1, seed=5)
+    config = TrainConfig(epochs=2, batch_size=1, lr=1e-3, warmup_steps=1, seed=5, ema_decay=ema_decay)
     common = {"model_config": TINY, "config": config, "normalisation": NORM}
 
     full = train(train_data, val_data, tmp_path / "full.safetensors", **common)  # type: ignore[arg-type]
@@ -157,6 +158,9 @@ def test_resumed_training_equals_uninterrupted(tmp_path: Path) -> None:
     assert full_state["model"].keys() == resumed_state["model"].keys()
     for name, tensor in full_state["model"].items():
         assert torch.equal(tensor, resumed_state["model"][name]), name
+    assert ("average" in full_state) == (ema_decay is not None)
+    for name, tensor in full_state.get("average", {}).items():
+        assert torch.equal(tensor, resumed_state["average"][name]), name
     for key in ("train_loss", "val_iou", "lr"):
         assert full.history[1][key] == second.history[0][key]
 
@@ -171,6 +175,23 @@ def test_resumed_training_equals_uninterrupted(tmp_path: Path) -> None:
     info = read_checkpoint_info(full.checkpoint)
     assert info.training_data["epoch"] == full.best_epoch
     assert info.training_data["config"]["train"]["seed"] == 5
+
+
+def test_weight_average_is_what_is_saved(tmp_path: Path) -> None:
+    train_data, _ = tiny_data()
+    config = TrainConfig(epochs=2, batch_size=1, lr=1e-2, seed=1, ema_decay=0.5)
+    result = train(
+        train_data, None, tmp_path / "m.safetensors", model_config=TINY, config=config, normalisation=NORM
+    )
+    state = torch.load(result.state, weights_only=True)
+    saved = load_change_model(result.checkpoint).state_dict()
+    averaged = {k.removeprefix("module."): v for k, v in state["average"].items() if k.startswith("module.")}
+    moved = [k for k, v in state["model"].items() if not torch.equal(v, averaged[k])]
+    assert moved  # the average differs from the last weights
+    for name in moved:
+        assert torch.equal(saved[name], averaged[name]), name
+    with pytest.raises(ModelError, match="ema_decay"):
+        TrainConfig(ema_decay=1.0)
 
 
 def test_resume_with_other_settings_is_refused(tmp_path: Path) -> None:
