@@ -253,7 +253,7 @@ def check_reusable(
     if not state.is_change_cube:
         raise OutputExistsError(
             f"{path} exists and is not a seg2change change cube; choose another output path, "
-            "or pass force=True (--force) to replace it"
+            "or pass --overwrite (force=True in Python) to replace it"
         )
     if state.fingerprint == fingerprint:
         return
@@ -267,7 +267,7 @@ def check_reusable(
     detail = f" (differs in: {', '.join(differing)})" if differing else ""
     raise ChangeCubeMismatchError(
         f"{path} holds the change cube of a different job{detail}; it is kept as it is. "
-        "Pass force=True (--force) to replace it, or choose another output path"
+        "Pass --overwrite (force=True in Python) to replace it, or choose another output path"
     )
 
 
