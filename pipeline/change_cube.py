@@ -20,6 +20,13 @@ variable                    dtype     nodata   meaning
 ``block_done``              uint8     (0)      1 once a block is completely written
 ==========================  ========  =======  ==================================================
 
+Every layer lists ``spatial_ref`` in its ``coordinates`` and ``grid_mapping`` attributes, so a
+plain ``xr.open_zarr`` gives ``.rio.crs`` and ``.rio.transform()``. In Zarr v3 (the default) the
+integer layers' nodata is the array ``fill_value`` and a ``nodata`` attribute (no CF
+``_FillValue``), so they open as integers; the probability's nodata is CF ``_FillValue`` NaN. The
+``target`` labels are variable-length strings (Zarr v3 ``string``); in Zarr v2 they are
+fixed-width and nodata is CF ``_FillValue`` (open with ``mask_and_scale=False`` to keep integers).
+
 Class channels follow the :class:`~seg2change_core.prompts.PromptSet` order (background first when
 there is one); ``K`` is their number and the labels are in the ``classes`` attribute and in CF
 ``flag_values``/``flag_meanings`` of the class maps. A pixel is nodata in every layer when any band
@@ -70,7 +77,7 @@ from numpy.typing import NDArray
 from pyproj import CRS
 
 from pipeline import __version__
-from pipeline.cube import gdal_crs_attribute
+from pipeline.cube import cf_coordinates, gdal_crs_attribute
 from pipeline.errors import ChangeCubeMismatchError, OutputExistsError
 from pipeline.storage import EMPTY_FOLDER_WARNING, Location, LocationLike
 from pipeline.tiling import Window
@@ -327,7 +334,11 @@ def create_change_cube(
     )
     ds = xr.Dataset(
         data,
-        coords={"y": np.asarray(y), "x": np.asarray(x), "target": np.array(layout.targets, dtype="U")},
+        coords={
+            "y": np.asarray(y),
+            "x": np.asarray(x),
+            "target": _string_labels(layout.targets, layout.zarr_format),
+        },
     )
     ds = ds.rio.write_crs(crs.to_wkt()).rio.write_transform(transform).rio.write_coordinate_system()
     classes = layout.classes
@@ -361,10 +372,7 @@ def create_change_cube(
         var.attrs.update(described[name])
         var.attrs["_CRS"] = crs_attribute
         chunks = (n_targets, *spatial) if name == "target_change" else spatial
-        fill = _NODATA[name]
-        var.encoding.update({"chunks": chunks, "_FillValue": fill})
-        if layout.zarr_format == 3:
-            var.encoding["fill_value"] = fill
+        _encode_layer(var, chunks, _NODATA[name], layout.zarr_format)
     done = ds[DONE]
     done.attrs.update(
         long_name="block completely written",
@@ -372,9 +380,7 @@ def create_change_cube(
         flag_meanings="pending done",
         block_size=b,
     )
-    done.encoding = {"chunks": (1, 1), "_FillValue": np.uint8(0)}
-    if layout.zarr_format == 3:
-        done.encoding["fill_value"] = np.uint8(0)
+    _encode_layer(done, (1, 1), np.uint8(0), layout.zarr_format, spatial=False)
     ds.attrs.update(
         {
             "title": "seg2change change cube",
@@ -395,9 +401,6 @@ def create_change_cube(
             f"{location} already exists; the change cube is created only where nothing is"
         )
     with warnings.catch_warnings():
-        # The class names are fixed-width strings on purpose (GDAL cannot read variable-length
-        # ones); zarr warns that v3 has no spec for them yet, as for the input cube's band names.
-        warnings.filterwarnings("ignore", message="The data type .* does not have a Zarr V3 specification")
         warnings.filterwarnings("ignore", EMPTY_FOLDER_WARNING)
         # Consolidated metadata is a zarr-python extension for v3; it is what makes opening fast.
         warnings.filterwarnings("ignore", "Consolidated metadata", UserWarning)
@@ -408,6 +411,43 @@ def create_change_cube(
             zarr_format=layout.zarr_format,
             consolidated=True,
         )
+
+
+def _string_labels(values: tuple[str, ...], zarr_format: Literal[2, 3]) -> NDArray[Any]:
+    """Label coordinate values: variable-length strings in Zarr v3 (its ``string`` data type, which
+    other Zarr readers read; its fixed-width one has no spec), fixed-width in v2 (GDAL's driver
+    cannot read variable-length ones there), as for the input cube's band names."""
+    return np.array(values, dtype=object if zarr_format == 3 else "U")
+
+
+def _encode_layer(
+    var: xr.DataArray,
+    chunks: tuple[int, ...],
+    nodata: Any,
+    zarr_format: Literal[2, 3],
+    *,
+    spatial: bool = True,
+) -> None:
+    """Set a layer's chunks, nodata and grid mapping so that a plain ``xr.open_zarr`` reads it right.
+
+    ``coordinates`` names ``spatial_ref``: xarray leaves a ``grid_mapping`` variable out of that
+    attribute, and a plain ``open_zarr`` (without ``decode_coords="all"``) then reads it as a data
+    variable, where rioxarray does not find the CRS. In Zarr v3 an integer layer's nodata is the
+    array's ``fill_value`` and a ``nodata`` attribute, not CF ``_FillValue``, so it opens as integers
+    instead of float with NaN (xarray masks v3 arrays by ``_FillValue`` only); the float
+    probability keeps ``_FillValue`` NaN. Zarr v2 keeps CF ``_FillValue`` (GDAL's v2 driver reads
+    it; xarray masks it unless ``mask_and_scale=False``). ``spatial=False`` (the block markers):
+    ``nodata`` is only the initial value, and there is no grid mapping to name.
+    """
+    var.encoding["chunks"] = chunks
+    if spatial:
+        var.encoding["coordinates"] = cf_coordinates(var)
+    if zarr_format == 2 or np.dtype(var.dtype).kind == "f":
+        var.encoding["_FillValue"] = nodata
+    if zarr_format == 3:
+        var.encoding["fill_value"] = nodata
+        if spatial and np.dtype(var.dtype).kind != "f":
+            var.attrs["nodata"] = int(nodata)
 
 
 def read_done(path: LocationLike, blocks: BlockGrid) -> NDArray[np.bool_]:
@@ -450,15 +490,14 @@ def finalise_change_cube(path: LocationLike) -> None:
     """Record that every block is done and consolidate the metadata again."""
     store = Location.parse(path).zarr_store()
     with warnings.catch_warnings():
-        # As in create_change_cube: the extension that makes opening fast, and the class names.
+        # As in create_change_cube: the extension that makes opening fast.
         warnings.filterwarnings("ignore", "Consolidated metadata", UserWarning)
-        warnings.filterwarnings("ignore", message="The data type .* does not have a Zarr V3 specification")
         group = zarr.open_group(store, mode="r+")
         group.attrs["complete"] = True
         zarr.consolidate_metadata(store)
 
 
 def open_change_cube(path: LocationLike) -> xr.Dataset:
-    """Open a change cube with its CRS decoded and nodata masked (uint8 layers become float)."""
+    """Open a change cube with its CRS decoded (integer layers keep their types in Zarr v3)."""
     store = Location.parse(path).zarr_store(read_only=True)
     return xr.open_zarr(store, consolidated=True, decode_coords="all")

@@ -20,6 +20,7 @@ import uuid
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import dask
@@ -37,6 +38,8 @@ from pipeline import __version__
 from pipeline.bands import resolve_asset_key
 from pipeline.discover import Discovery
 from pipeline.errors import CubeError, OutputExistsError
+from pipeline.faults import fault_point
+from pipeline.output_lock import hold_output
 from pipeline.progress import make_progress
 from pipeline.spec import JobSpec
 from pipeline.storage import EMPTY_FOLDER_WARNING, Location, LocationLike
@@ -52,6 +55,7 @@ __all__ = [
     "open_cube",
     "region_bounds",
     "prepare_cube",
+    "remove_partial_cubes",
     "write_cube",
 ]
 
@@ -189,6 +193,16 @@ def _labels(values: Sequence[str], zarr_format: int) -> np.ndarray:
     return np.array(values, dtype="U" if zarr_format == 2 else object)
 
 
+def cf_coordinates(variable: xr.DataArray) -> str:
+    """Return the CF ``coordinates`` attribute of a variable: its non-dimension coordinates.
+
+    xarray leaves the ``grid_mapping`` variable (``spatial_ref``) out of ``coordinates`` when it
+    writes, so a plain ``xr.open_zarr`` (without ``decode_coords="all"``) reads it back as a data
+    variable and rioxarray finds no CRS; set as the variable's ``coordinates`` encoding, this lists it.
+    """
+    return " ".join(sorted(str(c) for c in variable.coords if c not in variable.dims))
+
+
 def gdal_crs_attribute(crs: CRS) -> dict[str, str]:
     """Return GDAL's own ``_CRS`` Zarr attribute, which GDAL before 3.7 reads instead of CF ``grid_mapping``."""
     attribute = {"wkt": crs.to_wkt()}
@@ -314,6 +328,8 @@ def write_cube(
     for name, variable in ds.data_vars.items():
         if variable.chunks:
             ds[name].encoding["chunks"] = variable.data.chunksize
+        if cf_coordinates(variable):
+            ds[name].encoding["coordinates"] = cf_coordinates(variable)
     spatial = [name for name, v in ds.data_vars.items() if {"y", "x"} <= set(v.dims)]
     regions = list(_block_regions(ds))
     try:
@@ -338,12 +354,14 @@ def write_cube(
                     block = blocks(ys, xs) if blocks else ds.isel(y=ys, x=xs)
                     block = block[spatial].drop_vars(list(block[spatial].coords))
                     block.to_zarr(store, region={"y": ys, "x": xs}, mode="r+", consolidated=False)
+                    fault_point("prepare:block-written")
                     display.advance(task)
             # Consolidated first, then marked complete, then consolidated again: a cube marked
             # complete always has consolidated metadata, whatever moment a run is killed.
             zarr.consolidate_metadata(store)
             zarr.open_group(store, mode="r+", use_consolidated=False).attrs["complete"] = True
             zarr.consolidate_metadata(store)
+            fault_point("prepare:written")
     except BaseException:
         if target.is_local:
             shutil.rmtree(target.local_path, ignore_errors=True)
@@ -412,6 +430,22 @@ _INPUT_FIELDS = (
 )
 
 
+def remove_partial_cubes(path: LocationLike) -> list[Path]:
+    """Delete what killed runs left of the local cube ``path``: its ``.NAME.partial-*`` folders.
+
+    Only a run that holds the output's lock (:mod:`pipeline.output_lock`) may call this: a live
+    run's partial cube is then never among them. Returns what was removed.
+    """
+    location = Location.parse(path)
+    if not location.is_local or not location.local_path.parent.is_dir():
+        return []
+    partials = sorted(location.local_path.parent.glob(f".{location.name}.partial-*"))
+    for partial in partials:
+        log.info("removing %s, left by a run that was stopped while it prepared the input cube", partial)
+        shutil.rmtree(partial, ignore_errors=True)
+    return partials
+
+
 def input_fingerprint(job: JobSpec, discovery: Discovery) -> str:
     """Hash of what determines an input cube: the data-plane fields of the job and the items used."""
     doc = {
@@ -445,6 +479,14 @@ def prepare_cube(
     """
     path = cube_path(job)
     path.check_access()
+    with hold_output(path.parent, job=f"input cube of job {job.output}"):
+        return _prepare_locked(job, discovery, path, progress=progress, scheduler=scheduler, reuse=reuse)
+
+
+def _prepare_locked(
+    job: JobSpec, discovery: Discovery, path: Location, *, progress: bool, scheduler: Any, reuse: bool
+) -> PreparedCube:
+    remove_partial_cubes(path)
     fingerprint = input_fingerprint(job, discovery)
     if path.exists() and not job.overwrite:
         stored = _root_attrs(path).get("input_fingerprint")
