@@ -4,6 +4,10 @@ STAC APIs are searched with pystac-client. The cloud-cover filter runs on the se
 conforms to the *filter* (CQL2) or *query* extension, and on the client otherwise (the log says
 which). Local ItemCollections, ``.ndjson`` files and static catalogs are filtered on the client with
 the same rules, so a job gives the same items whatever the catalog is.
+
+Every API request is retried with backoff a bounded number of times (:mod:`pipeline.catalog_io`);
+a job's ``catalog.sign`` signer (:mod:`pipeline.signers`) rewrites the asset hrefs of the items
+found, after the search.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,7 +28,9 @@ from pystac_client import Client
 from pystac_client.conformance import ConformanceClasses
 from pystac_client.exceptions import APIError
 
+from pipeline.catalog_io import RETRY_STATUSES, backoff_wait_s, stac_api_io
 from pipeline.errors import CatalogError, NothingFoundError
+from pipeline.signers import HrefSigner, resolve_signer
 from pipeline.spec import CatalogSpec, JobSpec, TimeWindow
 
 __all__ = ["Discovery", "FilterMode", "discover", "discover_window", "open_catalog_items"]
@@ -45,6 +52,8 @@ class Discovery:
         Where the cloud filter ran: on the server (CQL2 ``filter`` or ``query``) or on the client.
     catalog
         The catalog URL or file searched.
+    signer
+        The ``catalog.sign`` signer the asset hrefs went through, if any.
     """
 
     items: dict[str, list[dict[str, Any]]]
@@ -53,10 +62,17 @@ class Discovery:
     cloud_limit: float
     collections: tuple[str, ...]
     searched_at: str = field(default_factory=lambda: datetime.now().astimezone().isoformat())
+    signer: str | None = None
 
     def provenance(self) -> dict[str, Any]:
-        """Return a JSON-ready record of what was searched and which items were chosen."""
+        """Return a JSON-ready record of what was searched and which items were chosen.
+
+        Item hrefs are the items' own (``self``) links, never the signed asset hrefs, whose tokens
+        are credentials.
+        """
+        signed = {"href_signer": self.signer} if self.signer else {}
         return {
+            **signed,
             "catalog": self.catalog,
             "collections": list(self.collections),
             "cloud_limit": self.cloud_limit,
@@ -91,15 +107,17 @@ def discover(job: JobSpec) -> Discovery:
     Raises
     ------
     CatalogError
-        The catalog cannot be reached or read.
+        The catalog cannot be reached or read (after the bounded retries), or the job's href signer
+        cannot be imported or fails.
     NothingFoundError
         A window has no item within the cloud limit; the message names the window, the
         collections and the cloud limit.
     """
     found: dict[str, list[dict[str, Any]]] = {}
     mode: FilterMode = "client"
+    signer = resolve_signer(job.catalog.sign) if job.catalog.sign else None
     for epoch, window in job.windows().items():
-        items, mode = discover_window(job, window)
+        items, mode = discover_window(job, window, signer=signer)
         if not items:
             raise NothingFoundError(
                 f"no {epoch} scene found between {window.start.date()} and {window.end.date()} in "
@@ -115,14 +133,27 @@ def discover(job: JobSpec) -> Discovery:
         catalog=job.catalog.url,
         cloud_limit=job.cloud_limit,
         collections=job.collections,
+        signer=job.catalog.sign,
     )
 
 
-def discover_window(job: JobSpec, window: TimeWindow) -> tuple[list[dict[str, Any]], FilterMode]:
-    """Return the items of one window and where the cloud filter ran."""
+def discover_window(
+    job: JobSpec, window: TimeWindow, *, signer: HrefSigner | None = None
+) -> tuple[list[dict[str, Any]], FilterMode]:
+    """Return the items of one window and where the cloud filter ran.
+
+    Parameters
+    ----------
+    job, window
+        The job and one of its windows.
+    signer
+        The job's resolved ``catalog.sign`` signer; resolved here when not given.
+    """
+    if signer is None and job.catalog.sign:
+        signer = resolve_signer(job.catalog.sign)
     aoi = job.aoi.wgs84()
     if job.catalog.is_api:
-        items, mode = _search_api(job.catalog.url, job.collections, aoi, window, job.cloud_limit)
+        items, mode = _search_api(job.catalog, job.collections, aoi, window, job.cloud_limit)
     else:
         items = list(open_catalog_items(job.catalog))
         mode = "client"
@@ -132,23 +163,71 @@ def discover_window(job: JobSpec, window: TimeWindow) -> tuple[list[dict[str, An
                 "give its items as an ItemCollection or .ndjson file, or a catalog that links them"
             )
     kept = [_with_epsg(it) for it in items if _matches(it, job.collections, aoi, window, job.cloud_limit)]
+    if signer is not None:
+        _sign_assets(kept, signer, str(job.catalog.sign))
     return sorted(kept, key=lambda it: (it["properties"].get("datetime") or "", it["id"])), mode
 
 
+def _sign_assets(items: list[dict[str, Any]], signer: HrefSigner, name: str) -> None:
+    """Pass every asset href of ``items`` through ``signer``, in place."""
+    for item in items:
+        for key, asset in item.get("assets", {}).items():
+            href = asset.get("href")
+            if not href:
+                continue
+            try:
+                signed = signer(href)
+            except Exception as exc:  # the signer is the user's code or a third party's
+                raise CatalogError(
+                    f"signing asset {key!r} of item {item.get('id')} with {name!r} failed "
+                    f"({type(exc).__name__}: {exc}); check the signer's network access and credentials, "
+                    "or remove catalog.sign if this catalog's hrefs are readable as they are"
+                ) from None
+            if not isinstance(signed, str) or not signed:
+                raise CatalogError(
+                    f"href signer {name!r} returned {signed!r} for {href}; a signer must return the href "
+                    "to read, as a string"
+                )
+            asset["href"] = signed
+
+
+def _api_error(exc: Exception, action: str, url: str, catalog: CatalogSpec) -> CatalogError:
+    """A CatalogError for a request that failed for good: what was asked, of which URL, and what to do."""
+    status = getattr(exc, "status_code", None)
+    tries = (
+        f"after {catalog.retries} retr{'y' if catalog.retries == 1 else 'ies'} over about "
+        f"{backoff_wait_s(catalog):.3g} s of backoff"
+    )
+    if status in RETRY_STATUSES:
+        return CatalogError(
+            f"{action} at {url} failed: the server answered HTTP {status} ({HTTPStatus(status).phrase}) "
+            f"{tries}; it is overloaded or down: try again later, or wait longer with catalog.retries "
+            f"(now {catalog.retries}) and catalog.backoff (now {catalog.backoff:g} s)"
+        )
+    if status is not None:
+        body = " ".join(str(exc).split())[:300]
+        return CatalogError(
+            f"{action} at {url} was refused: HTTP {status} ({body}); this is not retried: check the "
+            "job's catalog URL, collections, windows and AOI"
+        )
+    return CatalogError(
+        f"{action} at {url} failed {tries} ({exc}); check the URL, that the server is running and "
+        "that this machine can reach it"
+    )
+
+
 def _search_api(
-    url: str,
+    catalog: CatalogSpec,
     collections: tuple[str, ...],
     aoi: shapely.Geometry,
     window: TimeWindow,
     cloud_limit: float,
 ) -> tuple[list[dict[str, Any]], FilterMode]:
+    url = catalog.url
     try:
-        client = Client.open(url)
+        client = Client.open(url, stac_io=stac_api_io(catalog), timeout=catalog.timeout)
     except (APIError, OSError, pystac.STACError, ValueError) as exc:
-        raise CatalogError(
-            f"could not reach the STAC API at {url} ({exc}); check the URL, that the server is running "
-            "and that this machine can reach it"
-        ) from None
+        raise _api_error(exc, "opening the STAC API", url, catalog) from None
     kwargs: dict[str, Any] = {
         "collections": list(collections),
         "intersects": shapely.geometry.mapping(aoi),
@@ -165,13 +244,13 @@ def _search_api(
     else:
         mode = "client"
     log.info("searching %s (%s): cloud filter runs %s", url, window.interval(), _describe(mode))
+    search_url = url
     try:
         search = client.search(**kwargs)
+        search_url = search.url
         return [dict(item) for item in search.items_as_dicts()], mode
     except (APIError, OSError) as exc:
-        raise CatalogError(
-            f"the STAC search at {url} failed ({exc}); retry, or check the server's logs"
-        ) from None
+        raise _api_error(exc, "the STAC search", search_url, catalog) from None
 
 
 def _describe(mode: FilterMode) -> str:

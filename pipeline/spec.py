@@ -19,7 +19,15 @@ import shapely
 import shapely.geometry
 import shapely.validation
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 from pyproj import CRS, Transformer
 from pyproj.aoi import AreaOfInterest as ProjAreaOfInterest
 from pyproj.database import query_utm_crs_info
@@ -27,6 +35,7 @@ from pyproj.database import query_utm_crs_info
 from pipeline.bands import COMMON_NAMES, DEFAULT_BANDS
 from pipeline.engine_spec import ClusterSpec, ModelSpec, PromptSpec, TilingSpec
 from pipeline.errors import JobSpecError, StorageError
+from pipeline.signers import check_signer_name
 from pipeline.storage import Location
 
 __all__ = [
@@ -231,12 +240,45 @@ class CatalogSpec(BaseModel):
     """Where the scenes are listed: a STAC API URL, or a local ItemCollection / static catalog file.
 
     Local files may be a STAC ItemCollection (``FeatureCollection``), newline-delimited items
-    (``.ndjson``), or a static Catalog/Collection JSON whose item links are followed.
+    (``.ndjson``), or a static Catalog/Collection JSON whose item links are followed. A bare string
+    is the ``url``.
+
+    Attributes
+    ----------
+    url
+        The API root URL or the catalog file.
+    sign
+        Optional href signer applied to every asset href found, after the search: a preset
+        (``planetary_computer``) or an import path ``package.module:function`` of a function that
+        takes an href and returns the href to read (see :mod:`pipeline.signers`).
+    retries, backoff, timeout
+        Each API request is retried at most ``retries`` times on connection errors and on HTTP
+        429/502/503/504, with exponential backoff from ``backoff`` seconds; ``timeout`` bounds the
+        wait for one answer (see :mod:`pipeline.catalog_io`).
     """
 
     model_config = _FROZEN
 
     url: str
+    sign: str | None = None
+    retries: int = Field(default=5, ge=0, le=20)
+    backoff: float = Field(default=0.5, ge=0, le=60)
+    timeout: float = Field(default=60.0, gt=0)
+
+    @field_validator("sign")
+    @classmethod
+    def _known_signer(cls, value: str | None) -> str | None:
+        return None if value is None else check_signer_name(value)
+
+    @model_serializer(mode="wrap")
+    def _omit_defaults(self, handler: SerializerFunctionWrapHandler) -> Any:
+        # Jobs that leave the access fields alone dump as before: their recorded identity is unchanged.
+        doc = handler(self)
+        if isinstance(doc, dict):
+            for name in ("sign", "retries", "backoff", "timeout"):
+                if getattr(self, name) == type(self).model_fields[name].default:
+                    doc.pop(name, None)
+        return doc
 
     @model_validator(mode="before")
     @classmethod
@@ -517,6 +559,10 @@ def _resolve_relative(doc: dict[str, Any], base: Path) -> dict[str, Any]:
     catalog = out.get("catalog")
     if isinstance(catalog, str) and not catalog.startswith(("http://", "https://", "/", "file://")):
         out["catalog"] = str((base / catalog).resolve())
+    if isinstance(catalog, dict) and isinstance(catalog.get("url"), str):
+        url = catalog["url"]
+        if not url.startswith(("http://", "https://", "/", "file://")):
+            out["catalog"] = {**catalog, "url": str((base / url).resolve())}
     aoi = out.get("aoi")
     if isinstance(aoi, dict) and isinstance(aoi.get("geometry"), str):
         aoi = dict(aoi)
