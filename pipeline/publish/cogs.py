@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
+import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,14 @@ from rio_cogeo.profiles import cog_profiles
 
 from pipeline.change_cube import FORMAT, TRANSITION_NO_CHANGE, TRANSITION_NODATA, UINT8_NODATA
 from pipeline.errors import PublishError
+from pipeline.publish.legend import (
+    CHANGE_NAMES,
+    RGBA,
+    change_colormap,
+    class_colormap,
+    transition_colormap,
+    transition_names,
+)
 from pipeline.storage import Location, LocationLike, replace_atomically
 
 __all__ = [
@@ -49,6 +58,8 @@ __all__ = [
     "CogSpec",
     "block_windows",
     "describe_change_cube",
+    "layer_legend",
+    "sidecar_path",
     "write_cog",
     "write_cogs",
 ]
@@ -224,12 +235,50 @@ class CogLayer:
         How it is encoded.
     overviews
         Overview decimation factors in the file.
+    sidecar
+        The GDAL auxiliary file with the category names (coded layers), or None.
     """
 
     layer: str
     path: Path
     spec: CogSpec
     overviews: tuple[int, ...]
+    sidecar: Path | None = None
+
+
+def layer_legend(layer: str, classes: Sequence[str]) -> tuple[dict[int, RGBA], list[str]] | None:
+    """The colour table and category names (code order, from 0) of a coded layer; None for the
+    probability. See :mod:`pipeline.publish.legend`."""
+    if layer == "change":
+        return change_colormap(), list(CHANGE_NAMES)
+    if layer in ("class_before", "class_after"):
+        return class_colormap(classes), list(classes)
+    if layer == "transition":
+        return transition_colormap(classes), transition_names(classes)
+    return None
+
+
+def sidecar_path(path: Path) -> Path:
+    """The GDAL auxiliary file (``<cog>.aux.xml``) that holds a COG's category names."""
+    return path.with_name(path.name + ".aux.xml")
+
+
+def _write_category_names(path: Path, names: Sequence[str]) -> Path:
+    """Write the category names of band 1 into GDAL's auxiliary (PAM) file beside ``path``.
+
+    GeoTIFF has no tag for category names: GDAL keeps them in ``<file>.aux.xml``, where GDAL,
+    rasterio and QGIS read them (``gdalinfo`` lists them under "Categories").
+    """
+    root = ET.Element("PAMDataset")
+    band = ET.SubElement(root, "PAMRasterBand", band="1")
+    categories = ET.SubElement(band, "CategoryNames")
+    for name in names:
+        ET.SubElement(categories, "Category").text = name
+    ET.indent(root)
+    sidecar = sidecar_path(path)
+    with replace_atomically(sidecar) as tmp:
+        ET.ElementTree(root).write(tmp, encoding="UTF-8", xml_declaration=False)
+    return sidecar
 
 
 def _window_side(chunk: int) -> int:
@@ -267,7 +316,9 @@ def write_cog(
     layer
         One of :data:`COG_LAYERS`.
     path
-        The COG to write; an existing file is replaced only once the new one is valid.
+        The COG to write; an existing file is replaced only once the new one is valid. A coded
+        layer (classes, transitions, change) gets a colour table, and category names in
+        ``<path>.aux.xml`` (see :func:`layer_legend`).
     overview_level
         Number of overview levels; default: rio-cogeo's choice (halve until a level fits a tile).
 
@@ -307,10 +358,13 @@ def write_cog(
         "predictor": spec.predictor,
         "BIGTIFF": "IF_SAFER",
     }
+    legend = layer_legend(layer, info.classes)
     try:
         with rasterio.open(staging, "w", **profile) as dst:
             dst.set_band_description(1, spec.description)
             dst.update_tags(**tags)
+            if legend is not None:
+                dst.write_colormap(1, legend[0])
             for rows, cols in block_windows(info.height, info.width, _window_side(info.chunk)):
                 data = np.asarray(source[rows, cols], dtype=spec.dtype)
                 window = RasterioWindow(
@@ -343,7 +397,8 @@ def write_cog(
                 _spot_check(written, source, info, layer)
     finally:
         staging.unlink(missing_ok=True)
-    return CogLayer(layer=layer, path=path, spec=spec, overviews=overviews)
+    sidecar = _write_category_names(path, legend[1]) if legend is not None else None
+    return CogLayer(layer=layer, path=path, spec=spec, overviews=overviews, sidecar=sidecar)
 
 
 def write_cogs(

@@ -3,7 +3,8 @@
 Everything is read back from the change cube on disk (never from the engine's memory), block by
 block, so publishing can run again at any time, on any machine that sees the outputs. Each file
 is written under a temporary name and renamed into place, so publishing again replaces exactly
-its own files (``cogs/*.tif``, ``statistics.parquet``, ``statistics.json``, ``quicklook.png``,
+its own files (``cogs/*.tif`` and the category names beside the coded ones, ``cogs/*.tif.aux.xml``,
+``statistics.parquet``, ``statistics.json``, ``quicklook.png``,
 ``stac/collection.json``, ``stac/item.json``) and a failure leaves the earlier ones as they were.
 The STAC is written last, once the files it checksums exist, and validated before ``publish``
 returns (offline: STAC core; see :mod:`pipeline.publish.stac` for the extensions).
@@ -262,6 +263,18 @@ def _publish(
                 )
                 for layer, written in cogs.items()
             ),
+            *(
+                AssetFile(
+                    f"{layer}_categories",
+                    published(written.sidecar),
+                    "application/xml",
+                    ("metadata",),
+                    f"{layer.replace('_', ' ')} category names (GDAL .aux.xml beside the COG)",
+                    source=source(written.sidecar),
+                )
+                for layer, written in cogs.items()
+                if written.sidecar is not None
+            ),
             AssetFile(
                 "statistics_parquet",
                 published(parquet),
@@ -309,7 +322,9 @@ def _publish(
         collection_path, item_path = write_stac(collection, item, stac_dir)
         if not out.is_local:
             # The STAC goes last, once every file it describes is in place.
-            files = [c.path for c in cogs.values()] + [
+            files = [c.path for c in cogs.values()]
+            files += [c.sidecar for c in cogs.values() if c.sidecar is not None]
+            files += [
                 parquet,
                 stats_json,
                 quicklook,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ from rio_cogeo.cogeo import cog_validate
 from pipeline.change_cube import BlockGrid, ChangeCubeLayout, create_change_cube
 from pipeline.errors import PublishError
 from pipeline.publish import COG_LAYERS, ChangeCubeInfo, describe_change_cube, write_cog, write_cogs
+from pipeline.publish.cogs import sidecar_path
 from pipeline.spec import JobSpec
 
 # The input cube's band/epoch names are fixed-width strings on purpose (see pipeline.cube).
@@ -167,7 +169,7 @@ def test_a_cog_that_comes_out_empty_is_refused_and_the_earlier_file_kept(
     with pytest.raises(PublishError, match="differs from the change cube"):
         write_cog(info, "class_after", tmp_path / "class_after.tif")
     assert (tmp_path / "class_after.tif").read_bytes() == good
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["class_after.tif"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["class_after.tif", "class_after.tif.aux.xml"]
 
 
 def test_overviews_average_the_probability_and_pick_classes(info: ChangeCubeInfo, tmp_path: Path) -> None:
@@ -209,6 +211,64 @@ def test_gdalinfo_reads_crs_and_extent(cogs: dict[str, Path]) -> None:
             assert band["noDataValue"] == "NaN" and band["type"] == "Float32"
 
 
+CODED = ("change", "class_before", "class_after", "transition")
+
+
+def expected_categories(layer: str, classes: tuple[str, ...]) -> list[str]:
+    if layer == "change":
+        return ["unchanged", "changed"]
+    if layer in ("class_before", "class_after"):
+        return list(classes)
+    k = len(classes)
+    return [
+        f"changed, class unchanged ({classes[a]})" if a == b else f"{classes[a]} -> {classes[b]}"
+        for a in range(k)
+        for b in range(k)
+    ]
+
+
+def test_coded_cogs_carry_a_colour_table_and_category_names(
+    cogs: dict[str, Path], info: ChangeCubeInfo
+) -> None:
+    classes = info.classes
+    assert classes == ("background", "water", "forest", "building", "bare soil")
+    for layer in CODED:
+        with rasterio.open(cogs[layer]) as src:
+            colormap = src.colormap(1)
+        sidecar = ET.parse(sidecar_path(cogs[layer]))
+        names = [c.text or "" for c in sidecar.iterfind("PAMRasterBand/CategoryNames/Category")]
+        assert names == expected_categories(layer, classes), layer
+        assert len({colormap[code][:3] for code in range(len(names))}) > 1, layer
+    with rasterio.open(cogs["class_before"]) as src:
+        colormap = src.colormap(1)
+    # The truth rasters' palette for the classes it knows: water blue, forest green, building red.
+    assert colormap[1][:3] == (31, 120, 180) and colormap[2][:3] == (27, 94, 32)
+    assert colormap[3][:3] == (220, 40, 40)
+    with rasterio.open(cogs["transition"]) as src:
+        colormap = src.colormap(1)
+    assert colormap[0][:3] == colormap[6][:3] == (128, 128, 128)  # same-class changes grey
+    assert colormap[1 * 5 + 3][:3] == (220, 40, 40)  # water -> building: the colour of building
+    assert colormap[65534][:3] == (255, 255, 255)  # unchanged white
+    with rasterio.open(cogs["change_probability"]) as src, pytest.raises(ValueError):
+        src.colormap(1)
+    assert not sidecar_path(cogs["change_probability"]).exists()
+
+
+def test_gdalinfo_shows_colour_tables_and_categories(cogs: dict[str, Path], info: ChangeCubeInfo) -> None:
+    gdalinfo = shutil.which("gdalinfo")
+    if gdalinfo is None:
+        pytest.skip("the GDAL command-line tools are not installed (apt-get install gdal-bin)")
+    for layer in CODED:
+        text = subprocess.run([gdalinfo, str(cogs[layer])], check=True, capture_output=True, text=True).stdout
+        assert "Color Table (RGB with" in text, layer
+        assert "Categories:" in text, layer
+        band = json.loads(
+            subprocess.run([gdalinfo, "-json", str(cogs[layer])], check=True, capture_output=True).stdout
+        )["bands"][0]
+        assert band["colorInterpretation"] == "Palette", layer
+        assert band["categories"] == expected_categories(layer, info.classes), layer
+
+
 def test_writing_again_replaces_only_that_file(info: ChangeCubeInfo, tmp_path: Path) -> None:
     neighbour = tmp_path / "notes.txt"
     neighbour.write_text("kept")
@@ -216,7 +276,8 @@ def test_writing_again_replaces_only_that_file(info: ChangeCubeInfo, tmp_path: P
     before = first.path.read_bytes()
     second = write_cog(info, "change", tmp_path / "change.tif")
     assert second.path.read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["change.tif", "notes.txt"]
+    assert second.sidecar is not None and second.sidecar.name == "change.tif.aux.xml"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["change.tif", "change.tif.aux.xml", "notes.txt"]
     assert neighbour.read_text() == "kept"
 
 

@@ -327,6 +327,10 @@ def test_publishing_again_replaces_only_its_own_files(
             "stac/collection.json",
             "stac/item.json",
             *(f"cogs/{layer}.tif" for layer in published.cogs),
+            *(
+                f"cogs/{layer}.tif.aux.xml"
+                for layer in ("change", "class_before", "class_after", "transition")
+            ),
         ]
     )
 
