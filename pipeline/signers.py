@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -89,7 +90,7 @@ def resolve_signer(name: str) -> HrefSigner:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         if preset is not None:
-            hint = f"pip install {preset.package} (into this environment: .venv/bin/pip install {preset.package})"
+            hint = f"install it into this environment: {sys.executable} -m pip install {preset.package}"
         else:
             hint = f"install the package that provides {module_name!r}, or correct catalog.sign"
         raise CatalogError(

@@ -194,7 +194,8 @@ def test_planetary_computer_not_installed_says_what_to_install(
     )
     with pytest.raises(CatalogError) as info:
         discover(job)  # refused before any request: the URL above does not exist
-    assert "module 'planetary_computer' is not installed; pip install planetary-computer" in str(info.value)
+    assert "module 'planetary_computer' is not installed; install it" in str(info.value)
+    assert f"{sys.executable} -m pip install planetary-computer" in str(info.value)
 
 
 def test_the_planetary_computer_preset_is_its_sign_url(monkeypatch: pytest.MonkeyPatch) -> None:
