@@ -8,20 +8,25 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
+from flows.console import error_text, make_console, styled
+from flows.options import FORCE_ALIAS_HELP, overwrite_flag
 from seg2change_core.errors import Seg2ChangeError
 
 if TYPE_CHECKING:  # the commands import these lazily, so that --help stays fast
+    from pipeline.cost import JobEstimate
     from pipeline.cube import PreparedCube
     from pipeline.demo import DemoResult
     from pipeline.run import RunResult
+    from pipeline.spec import JobSpec
 
 app = typer.Typer(
     name="seg2change",
@@ -33,8 +38,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-console = Console(stderr=True)
-out = Console()
+console = make_console(stderr=True)
+out = make_console()
 
 
 @app.callback()
@@ -52,15 +57,17 @@ def _main(
     )
     for name in ("pipeline", "flows", "seg2change_core"):
         logging.getLogger(name).setLevel(level)
-    # Dask logs every cluster start, connection and out-of-band call at INFO: only with -vv. Importing
-    # distributed sets its logger's level, so it is imported before the level is set here.
-    import distributed  # noqa: F401
-
-    logging.getLogger("distributed").setLevel(logging.DEBUG if verbose >= 2 else logging.WARNING)
+    # Dask logs every cluster start, connection and out-of-band call at INFO: only with -vv.
+    # Importing distributed sets its logger's level from Dask's configuration, which reads this
+    # variable; distributed is not imported here, so that a bad job is refused before it loads.
+    dask_level = "debug" if verbose >= 2 else "warning"
+    os.environ["DASK_LOGGING__DISTRIBUTED"] = dask_level
+    if "distributed" in sys.modules:
+        logging.getLogger("distributed").setLevel(dask_level.upper())
 
 
 def _fail(exc: Seg2ChangeError) -> None:
-    console.print(f"[bold red]error:[/] {exc}")
+    console.print(error_text(exc))
     raise typer.Exit(code=2)
 
 
@@ -69,15 +76,23 @@ def prepare(
     job_file: Annotated[Path, typer.Argument(help="Job YAML (see README for its fields).")],
     output: Annotated[str | None, typer.Option(help="Output folder; replaces the job's 'output'.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing cube.")] = False,
+    force: Annotated[bool, typer.Option("--force", hidden=True, help=FORCE_ALIAS_HELP)] = False,
+    allow_large: Annotated[
+        bool,
+        typer.Option("--allow-large", help="Go on with a job over its size limit (limits.max_pixels)."),
+    ] = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Discover the job's scenes and write its cloud-free bi-temporal input cube (Zarr)."""
-    from pipeline.cube import prepare_cube
-    from pipeline.discover import discover
     from pipeline.spec import load_job
 
+    overwrite = overwrite_flag(overwrite, force)
     try:
         job = load_job(job_file, output=output, overwrite=overwrite or None)
+        from pipeline.cube import prepare_cube
+        from pipeline.discover import discover
+
+        job = _checked_for_prepare(job, allow_large)
         found = discover(job)
         _print_discovery(found.provenance())
         cube = prepare_cube(job, found, progress=progress)
@@ -92,15 +107,20 @@ def discover(
     job_file: Annotated[Path, typer.Argument(help="Job YAML.")],
 ) -> None:
     """List the scenes the job would use in each time window, and where the cloud filter ran."""
-    from pipeline.discover import discover as run_discovery
     from pipeline.spec import load_job
 
     try:
-        found = run_discovery(load_job(job_file))
+        job = load_job(job_file)
+        from pipeline.discover import discover as run_discovery
+
+        found = run_discovery(job)
     except Seg2ChangeError as exc:
         _fail(exc)
         return
     _print_discovery(found.provenance())
+    from pipeline.cost import estimate_job
+
+    _print_estimate(estimate_job(load_job(job_file)))
 
 
 @app.command()
@@ -111,17 +131,19 @@ def generate(
     acquisitions: Annotated[int, typer.Option(help="Acquisitions per epoch.")] = 3,
     epsg: Annotated[int, typer.Option(help="UTM EPSG code of the grid.")] = 32633,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing scene.")] = False,
+    force: Annotated[bool, typer.Option("--force", hidden=True, help=FORCE_ALIAS_HELP)] = False,
 ) -> None:
     """Generate a synthetic bi-temporal multispectral scene with clouds and known change."""
     from pipeline.synthetic import SceneSpec, generate_scene
 
+    overwrite = overwrite_flag(overwrite, force)
     try:
         spec = SceneSpec(size=size, seed=seed, acquisitions_per_epoch=acquisitions, epsg=epsg)
         scene = generate_scene(spec, output, overwrite=overwrite)
     except Seg2ChangeError as exc:
         _fail(exc)
         return
-    out.print(f"scene written to [bold]{output}[/]: {len(scene.items)} items")
+    out.print(styled("scene written to ", (str(output), "bold"), f": {len(scene.items)} items"))
     out.print(f"  collection: {scene.collection_path}")
     out.print(f"  items:      {scene.items_path}")
     out.print(f"  truth:      {scene.truth_change.parent}")
@@ -135,43 +157,78 @@ def serve(
         str, typer.Option(help="Server: 'rustac' (in-memory) or 'pgstac' (PostgreSQL).")
     ] = "rustac",
 ) -> None:
-    """Serve a collection from a local STAC API until interrupted (Ctrl-C stops and cleans up)."""
+    """Serve a collection from a local STAC API until interrupted (Ctrl-C or SIGTERM stops and cleans up)."""
+    import signal
     import time
 
     from pipeline.stac_servers import serve_collection
 
+    def _stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    # Python's default SIGTERM ends the process at once: the server's own process group and its
+    # temporary folder would outlive it. Raising here unwinds the ``with`` block, which stops both.
+    previous = signal.signal(signal.SIGTERM, _stop)
     try:
         with serve_collection(collection, items, kind=kind) as server:  # type: ignore[arg-type]
-            out.print(f"STAC API at [bold]{server.url}[/] (Ctrl-C to stop)")
+            out.print(styled("STAC API at ", (server.url, "bold"), " (Ctrl-C to stop)"))
             while True:
                 time.sleep(3600)
     except KeyboardInterrupt:
-        pass
+        console.print("STAC API stopped")
     except Seg2ChangeError as exc:
         _fail(exc)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @app.command()
 def run(
     job_file: Annotated[Path, typer.Argument(help="Job YAML with prompts (see README).")],
     output: Annotated[str | None, typer.Option(help="Output folder; replaces the job's 'output'.")] = None,
-    force: Annotated[
-        bool, typer.Option("--force", help="Recompute everything, even finished outputs.")
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite", help="Replace existing outputs: recompute everything, even finished work."
+        ),
     ] = False,
+    force: Annotated[bool, typer.Option("--force", hidden=True, help=FORCE_ALIAS_HELP)] = False,
     scheduler: Annotated[
         str | None, typer.Option(help="Address of a running Dask scheduler (default: the job's cluster).")
     ] = None,
+    dashboard: Annotated[
+        str | None,
+        typer.Option(
+            help="Serve the local Dask cluster's dashboard at this address, e.g. 127.0.0.1:8787 "
+            "(default: no HTTP server; see README, 'Cluster dashboard')."
+        ),
+    ] = None,
+    allow_large: Annotated[
+        bool,
+        typer.Option("--allow-large", help="Go on with a job over its size limit (limits.max_pixels)."),
+    ] = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Run the main job: discover -> prepare -> infer -> publish (restartable; finished work is kept)."""
-    from pipeline.run import run_job
     from pipeline.spec import load_job
 
+    overwrite = overwrite_flag(overwrite, force)
     try:
         job = load_job(job_file, output=output)
+        cluster: dict[str, object] = {}
         if scheduler:
-            job = job.model_copy(update={"cluster": job.cluster.model_copy(update={"address": scheduler})})
-        result = run_job(job, force=force, progress=progress)
+            cluster["address"] = scheduler
+        if dashboard:
+            cluster["dashboard"] = dashboard
+        if cluster:
+            from pipeline.engine_spec import ClusterSpec
+
+            spec = ClusterSpec.build(**{**job.cluster.model_dump(), **cluster})
+            job = job.model_copy(update={"cluster": spec})
+        from pipeline.run import run_job
+
+        job = _allow_large(job, allow_large)
+        result = run_job(job, on_estimate=_print_estimate, force=overwrite, progress=progress)
     except Seg2ChangeError as exc:
         _fail(exc)
         return
@@ -188,11 +245,13 @@ def demo(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Regenerate and recompute everything.")
     ] = False,
+    force: Annotated[bool, typer.Option("--force", hidden=True, help=FORCE_ALIAS_HELP)] = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Run the main job on the embedded default: generated scene, embedded STAC API, local Dask cluster."""
     from pipeline.demo import run_demo
 
+    overwrite = overwrite_flag(overwrite, force)
     try:
         result = run_demo(workdir, size=size, overwrite=overwrite, progress=progress)
     except Seg2ChangeError as exc:
@@ -206,7 +265,9 @@ def demo(
         f"precision {acc.precision:.3f}, recall {acc.recall:.3f}, OA {acc.oa:.3f}"
     )
     _print_demo_targets(result)
-    out.print(f"job file (runs again without a server): [bold]seg2change run {result.job_file}[/]")
+    out.print(
+        styled("job file (runs again without a server): ", (f"seg2change run {result.job_file}", "bold"))
+    )
 
 
 def _print_demo_targets(result: DemoResult) -> None:
@@ -246,12 +307,16 @@ def _print_run(result: RunResult) -> None:
     _print_cube(result.cube)
     inference = result.inference
     out.print(
-        f"change cube: [bold]{inference.path}[/] ({len(inference.computed)} block(s) computed, "
-        f"{len(inference.skipped)} already done, {inference.wall_seconds:.1f} s)"
+        styled(
+            "change cube: ",
+            (str(inference.path), "bold"),
+            f" ({len(inference.computed)} block(s) computed, "
+            f"{len(inference.skipped)} already done, {inference.wall_seconds:.1f} s)",
+        )
     )
     publication = result.publication
     out.print(statistics_table(publication.statistics, limit=12))
-    out.print(f"published in [bold]{result.job.output}[/]:")
+    out.print(styled("published in ", (str(result.job.output), "bold"), ":"))
     outputs = {
         "change cube": inference.path,
         **{f"COG {layer}": path for layer, path in publication.cogs.items()},
@@ -276,8 +341,28 @@ def _print_discovery(provenance: dict[str, object]) -> None:
     out.print(table)
 
 
+def _allow_large(job: JobSpec, allow: bool) -> JobSpec:
+    """The job with ``limits.allow_large`` set when ``--allow-large`` was given."""
+    if not allow:
+        return job
+    return job.model_copy(update={"limits": job.limits.model_copy(update={"allow_large": True})})
+
+
+def _checked_for_prepare(job: JobSpec, allow_large: bool) -> JobSpec:
+    """Run the checks that need no pixels and print the estimate; the job as it will run."""
+    from pipeline.preflight import preflight
+
+    job = _allow_large(job, allow_large)
+    _print_estimate(preflight(job, inference=False).estimate)
+    return job
+
+
+def _print_estimate(estimate: JobEstimate) -> None:
+    out.print(f"estimate: {estimate.describe()}", markup=False, highlight=False)
+
+
 def _print_cube(cube: PreparedCube) -> None:
-    out.print(f"input cube: [bold]{cube.path}[/]")
+    out.print(styled("input cube: ", (str(cube.path), "bold")))
     out.print(f"  shape (epoch, band, y, x): {cube.shape}, bands {', '.join(cube.bands)}")
     out.print(f"  grid: {cube.crs}, transform {cube.transform}")
     clear = ", ".join(f"{k} {v:.1%}" for k, v in cube.clear_fraction.items())

@@ -14,6 +14,8 @@ from typing import Annotated, Any
 
 import typer
 
+from flows.console import error_text, make_console
+from flows.options import FORCE_ALIAS_HELP, overwrite_flag
 from seg2change_core.errors import Seg2ChangeError
 
 __all__ = ["monitor", "respond"]
@@ -46,7 +48,7 @@ def _run(flow: Any, scheduler: str | None, **parameters: Any) -> None:
     try:
         result = runner(**parameters)
     except Seg2ChangeError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        make_console(stderr=True).print(error_text(exc))
         raise typer.Exit(code=2) from None
     typer.echo(json.dumps(result, indent=2, default=str))
 
@@ -65,7 +67,13 @@ def respond(
         str | None, typer.Option(help="Classes and targets as JSON (default: the hazard's prompts).")
     ] = None,
     block_size: Annotated[int, typer.Option(help="Block side in pixels.")] = 512,
-    tile_size: Annotated[int, typer.Option(help="Model tile side in pixels.")] = 256,
+    tile_size: Annotated[
+        int | None,
+        typer.Option(
+            help="Model tile side in pixels; default 252, the smallest tile the CACH change model "
+            "computes without padding (valid sides are multiples of 252)."
+        ),
+    ] = None,
     priority: Annotated[int, typer.Option(help="Priority recorded on the run (1 highest).")] = 1,
     job_options: Annotated[
         str | None, typer.Option(help="Further job fields as JSON text or file (bands, quality, models...).")
@@ -73,7 +81,8 @@ def respond(
     scheduler: Annotated[
         str | None, typer.Option(help="Dask scheduler address for the tasks, or 'local' (default: threads).")
     ] = None,
-    force: Annotated[bool, typer.Option("--force", help="Recompute outputs that exist.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Recompute outputs that exist.")] = False,
+    force: Annotated[bool, typer.Option("--force", hidden=True, help=FORCE_ALIAS_HELP)] = False,
 ) -> None:
     """Map the change around a reported event (flood, fire, storm, earthquake) and print its statistics."""
     from flows.response import response_flow
@@ -92,10 +101,10 @@ def respond(
         after_days=after_days,
         prompts=_json_option(prompts, "--prompts"),
         block_size=block_size,
-        tile_size=tile_size,
+        **({} if tile_size is None else {"tile_size": tile_size}),
         priority=priority,
         job_options=_json_option(job_options, "--job-options"),
-        force=force,
+        force=overwrite_flag(overwrite, force),
     )
 
 
@@ -112,7 +121,10 @@ def monitor(
     scheduler: Annotated[
         str | None, typer.Option(help="Dask scheduler address for the tasks, or 'local' (default: threads).")
     ] = None,
-    force: Annotated[bool, typer.Option("--force", help="Recompute regions whose outputs exist.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Recompute regions whose outputs exist.")
+    ] = False,
+    force: Annotated[bool, typer.Option("--force", hidden=True, help=FORCE_ALIAS_HELP)] = False,
 ) -> None:
     """Compute, per region, the change of the period just ended against the one before it."""
     from flows.monitoring import monitoring_flow
@@ -127,5 +139,5 @@ def monitor(
         cadence=cadence,
         run_date=_parse_date(run_date) if run_date else datetime.now().date(),
         zones_crs=zones_crs,
-        force=force,
+        force=overwrite_flag(overwrite, force),
     )

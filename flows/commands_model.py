@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from flows.console import error_text, make_console, styled
 from seg2change_core.errors import Seg2ChangeError
 
 if TYPE_CHECKING:
@@ -27,12 +27,12 @@ if TYPE_CHECKING:
 
 __all__ = ["evaluate", "make_demo_checkpoint"]
 
-console = Console(stderr=True)
-out_console = Console()
+console = make_console(stderr=True)
+out_console = make_console()
 
 
 def _fail(exc: Seg2ChangeError) -> None:
-    console.print(f"[bold red]error:[/] {exc}")
+    console.print(error_text(exc))
     raise typer.Exit(code=2)
 
 
@@ -113,9 +113,7 @@ def _print_datasets(result: DatasetsReport, baseline_label: str) -> None:
             theirs = base.pooled if name == "pooled" else base.report(name)
             cells += [_fmt(theirs.scores.iou), _fmt(ratios[name])]
         table.add_row(*cells, end_section=index == len(rows) - 2)
-    # Full width even when the output is not a terminal (a file, a pipe, a test runner).
-    wide = out_console if out_console.is_terminal else Console(width=max(out_console.width, 140))
-    wide.print(table)
+    out_console.print(table)  # not a terminal: full width (see flows.console)
 
 
 MODEL_HELP = (
@@ -280,16 +278,16 @@ def evaluate(
                 result = score(_PlainProgress() if progress else None)
     except Seg2ChangeError as exc:
         for warning in caught:
-            console.print(f"[yellow]warning:[/] {warning.message}")
+            console.print(error_text(warning.message, label="warning:", style="yellow"))
         _fail(exc)
         return
     for warning in caught:
-        console.print(f"[yellow]warning:[/] {warning.message}")
+        console.print(error_text(warning.message, label="warning:", style="yellow"))
     _print_datasets(result, chosen_baseline)
     _print_report(result.pooled)
     if report is not None:
         result.save(report)
-        out_console.print(f"report written to [bold]{report}[/]")
+        out_console.print(styled("report written to ", (str(report), "bold")))
 
 
 def make_demo_checkpoint(
@@ -331,8 +329,11 @@ def make_demo_checkpoint(
             observer.stop()
     held = result.metadata["heldout"]
     out_console.print(
-        f"demo checkpoint: [bold]{result.path}[/] ({result.size_bytes / 1e6:.1f} MB, "
-        f"trained {result.train_seconds / 60:.1f} min)"
+        styled(
+            "demo checkpoint: ",
+            (str(result.path), "bold"),
+            f" ({result.size_bytes / 1e6:.1f} MB, trained {result.train_seconds / 60:.1f} min)",
+        )
     )
     out_console.print(
         f"  held-out scene (seed {held['seed']}): model IoU {held['model']['iou']:.4f} "

@@ -8,9 +8,12 @@ monitoring flow on its cron schedule, the response flow when asked through ``run
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
-from typing import Any
+from pathlib import Path
+from typing import Annotated, Any
 
+import typer
 from prefect.events import DeploymentEventTrigger
 
 from flows.monitoring import monitoring_flow
@@ -22,6 +25,7 @@ __all__ = [
     "RESPONSE_DEPLOYMENT",
     "RESPONSE_EVENT",
     "deployments",
+    "main",
     "response_trigger",
     "serve_all",
 ]
@@ -113,10 +117,30 @@ def serve_all(
     serve(*deployments(monitoring_parameters, cron=cron), limit=limit)
 
 
-if __name__ == "__main__":  # pragma: no cover - `python -m flows.deploy [params.json]`
-    import json
-    import sys
-    from pathlib import Path
+def main(
+    params: Annotated[
+        Path | None,
+        typer.Argument(
+            exists=True,
+            dir_okay=False,
+            help="JSON file of the monitoring parameters (zones + base_job, or job_files; output, "
+            "cadence...). Without it the monitoring schedule is created paused.",
+        ),
+    ] = None,
+    cron: Annotated[str, typer.Option(help="Cron of the monitoring schedule.")] = MONITORING_CRON,
+    limit: Annotated[int | None, typer.Option(help="Most flow runs at once in this process.")] = None,
+) -> None:
+    """Serve the monitoring and response deployments from this process until interrupted."""
+    parameters: Any = None
+    if params is not None:
+        try:
+            parameters = json.loads(params.read_text())
+        except json.JSONDecodeError as exc:
+            raise typer.BadParameter(f"{params} is not JSON ({exc})", param_hint="PARAMS") from None
+        if not isinstance(parameters, dict):
+            raise typer.BadParameter(f"{params} must hold a JSON object", param_hint="PARAMS")
+    serve_all(parameters, cron=cron, limit=limit)
 
-    params = json.loads(Path(sys.argv[1]).read_text()) if len(sys.argv) > 1 else None
-    serve_all(params)
+
+if __name__ == "__main__":  # pragma: no cover - `python -m flows.deploy [params.json]`
+    typer.run(main)

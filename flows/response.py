@@ -5,7 +5,8 @@ An event is an area (GeoJSON file or document, or a bbox), a date and a hazard (
 the day before it, the *after* window from the event date to 14 days after it (both
 configurable). Each hazard has default prompts (flood: water, with vegetation, built-up and bare
 soil as the other classes and water as the target); the job uses small blocks and tiles (block
-512, tile 256) so that the first results come quickly, and the flow run is tagged with its
+512, tile 252: the smallest the CACH change model computes without padding) so that the first
+results come quickly, and the flow run is tagged with its
 priority. The flow returns the change statistics in the same flow run, with the area that became
 the hazard's target class (for a flood: the newly flooded area) and publishes them as artifacts.
 
@@ -31,6 +32,7 @@ from pipeline.spec import JobSpec
 __all__ = [
     "HAZARD_PROMPTS",
     "RESPONSE_ARTIFACT_KEY",
+    "RESPONSE_TILE_SIZE",
     "Hazard",
     "event_job",
     "event_windows",
@@ -39,6 +41,10 @@ __all__ = [
 ]
 
 Hazard = Literal["flood", "fire", "storm", "earthquake"]
+
+#: Model tile side of a response job: the smallest valid CACH tile (a multiple of 14 * 18 = 252 px,
+#: see :mod:`seg2change_core.cach.geometry`), small so that the first blocks come quickly.
+RESPONSE_TILE_SIZE = 252
 
 #: Default prompts per hazard: the classes to map and the target whose gain is the affected area.
 HAZARD_PROMPTS: dict[str, dict[str, list[str]]] = {
@@ -141,7 +147,7 @@ def event_job(
     after_days: int = 14,
     prompts: Mapping[str, Any] | None = None,
     block_size: int = 512,
-    tile_size: int = 256,
+    tile_size: int = RESPONSE_TILE_SIZE,
     job_options: Mapping[str, Any] | None = None,
 ) -> JobSpec:
     """Build and validate the job of an event (see :func:`response_flow` for the parameters).
@@ -197,7 +203,7 @@ def response_flow(
     after_days: int = 14,
     prompts: dict[str, Any] | None = None,
     block_size: int = 512,
-    tile_size: int = 256,
+    tile_size: int = RESPONSE_TILE_SIZE,
     priority: int = 1,
     job_options: dict[str, Any] | None = None,
     force: bool = False,

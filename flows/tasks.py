@@ -161,8 +161,12 @@ def task_runner(scheduler: str | None = None) -> Any:
         return ThreadPoolTaskRunner(max_workers=8)
     from prefect_dask import DaskTaskRunner
 
-    if scheduler == "local":
-        return DaskTaskRunner(cluster_kwargs={"processes": True, "threads_per_worker": 1})
+    from pipeline.cluster import local_cluster_of
+
+    if scheduler == "local":  # closed: every listener on 127.0.0.1, no HTTP pages
+        return DaskTaskRunner(
+            cluster_class=local_cluster_of, cluster_kwargs={"processes": True, "threads_per_worker": 1}
+        )
     return DaskTaskRunner(address=scheduler)
 
 

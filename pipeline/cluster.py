@@ -11,24 +11,41 @@ is installed (optional import), else from one ``LocalCluster`` worker holding th
 
 Torch uses its own intra-op threads; unless told otherwise, each worker gets the cores of its host
 divided among the worker threads there, so workers do not oversubscribe the CPUs.
+
+A local cluster is closed by default: its scheduler, workers and nannies listen on 127.0.0.1 only
+(in-process workers talk over ``inproc://``, no socket at all), and the HTTP servers Dask always
+starts bind 127.0.0.1 on a free port and serve no route: no dashboard, info pages, JSON or
+metrics, which carry no authentication. ``ClusterSpec.dashboard`` opens the scheduler's pages at
+the address it names.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import dask.config
 from distributed import Client, LocalCluster
 
 from pipeline.engine_spec import ClusterSpec
 from pipeline.errors import ClusterError
 
-__all__ = ["GPU_RESOURCE", "ClusterSession", "connect", "start_local_cluster", "torch_threads_for"]
+__all__ = [
+    "GPU_RESOURCE",
+    "LOOPBACK",
+    "ClusterSession",
+    "closed_cluster_options",
+    "connect",
+    "local_cluster_of",
+    "start_local_cluster",
+    "torch_threads_for",
+]
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +54,43 @@ GPU_RESOURCE = "GPU"
 
 #: Threads of a local GPU worker: one feeds the GPU, the other blends and writes blocks.
 _GPU_WORKER_THREADS = 2
+
+#: The only interface a local cluster listens on.
+LOOPBACK = "127.0.0.1"
+
+#: Dask configuration under which the HTTP servers of the scheduler and workers serve nothing.
+_NO_HTTP_ROUTES: dict[str, Any] = {
+    "distributed.scheduler.http.routes": [],
+    "distributed.worker.http.routes": [],
+}
+
+
+def closed_cluster_options(*, processes: bool, dashboard: str | None = None) -> dict[str, Any]:
+    """``LocalCluster`` keyword arguments that keep every listener on 127.0.0.1.
+
+    Parameters
+    ----------
+    processes
+        Workers are processes (TCP on 127.0.0.1) rather than threads of this process (``inproc``).
+    dashboard
+        ``host:port`` of the scheduler's HTTP pages; None: its HTTP server binds a free port of
+        127.0.0.1 (Dask starts one whatever it is told; :func:`start_local_cluster` also takes
+        its routes away).
+
+    Returns
+    -------
+    dict
+        ``host`` (with processes), ``dashboard_address``, ``worker_dashboard_address`` and
+        ``scheduler_kwargs``.
+    """
+    options: dict[str, Any] = {
+        "dashboard_address": dashboard or f"{LOOPBACK}:0",
+        "worker_dashboard_address": f"{LOOPBACK}:0",
+        "scheduler_kwargs": {"dashboard": dashboard is not None},
+    }
+    if processes:  # in-process workers use inproc://, which takes no host
+        options["host"] = LOOPBACK
+    return options
 
 
 @dataclass(frozen=True)
@@ -83,13 +137,52 @@ def _cuda_devices() -> int:
 def start_local_cluster(spec: ClusterSpec) -> LocalCluster:
     """Start the local cluster a spec describes (CPU, or GPU workers with ``spec.gpu``).
 
+    Every listener is on 127.0.0.1 and no HTTP page is served unless ``spec.dashboard`` asks
+    (see :func:`closed_cluster_options`).
+
     Raises
     ------
     ClusterError
         When GPU workers are wanted but no CUDA device is visible.
     """
+    config = {} if spec.dashboard else _NO_HTTP_ROUTES
+    # Dask warns "Port 8787 is already in use" itself when the asked port is taken; the warning is
+    # turned into one log line with the address the pages really took.
+    with dask.config.set(config), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Port \d+ is already in use")
+        cluster = _local_cluster(spec)
+    if spec.dashboard:
+        _report_dashboard(cluster, spec.dashboard)
+    return cluster
+
+
+def local_cluster_of(**fields: Any) -> LocalCluster:
+    """:func:`start_local_cluster` of ``ClusterSpec(**fields)``, closed like every local cluster.
+
+    Usable as prefect-dask's ``DaskTaskRunner(cluster_class=..., cluster_kwargs=fields)``.
+
+    Raises
+    ------
+    JobSpecError
+        When the fields are not a valid :class:`~pipeline.engine_spec.ClusterSpec`.
+    """
+    return start_local_cluster(ClusterSpec.build(**fields))
+
+
+def _report_dashboard(cluster: LocalCluster, asked: str) -> None:
+    host, _, port = asked.rpartition(":")
+    actual = cluster.scheduler_info.get("services", {}).get("dashboard")
+    link = f"http://{host}:{actual}/info/main/workers.html"
+    if str(actual) != port:  # taken, or port 0: the user cannot know the address otherwise
+        log.warning("the Dask dashboard asked at %s is at %s", asked, link)
+    else:
+        log.info("Dask dashboard at %s", link)
+
+
+def _local_cluster(spec: ClusterSpec) -> LocalCluster:
     n_workers, threads = spec.local_layout(_cpu_count())
-    common: dict[str, Any] = {"memory_limit": spec.memory_limit, "dashboard_address": None}
+    closed = closed_cluster_options(processes=spec.processes, dashboard=spec.dashboard)
+    common: dict[str, Any] = {"memory_limit": spec.memory_limit, **closed}
     if not spec.gpu:
         return LocalCluster(
             n_workers=n_workers, threads_per_worker=threads, processes=spec.processes, **common
@@ -116,11 +209,12 @@ def start_local_cluster(spec: ClusterSpec) -> LocalCluster:
             resources={GPU_RESOURCE: 1},
             **common,
         )
-    cluster: LocalCluster = LocalCUDACluster(
+    cluster: LocalCluster = LocalCUDACluster(  # worker processes, always
         n_workers=spec.n_workers or gpus,
         threads_per_worker=spec.threads_per_worker or _GPU_WORKER_THREADS,
         resources={GPU_RESOURCE: 1},
-        **common,
+        memory_limit=spec.memory_limit,
+        **closed_cluster_options(processes=True, dashboard=spec.dashboard),
     )
     return cluster
 

@@ -19,7 +19,6 @@ from pipeline.errors import JobSpecError
 from pipeline.tiling import WindowProfile
 from seg2change_core.errors import PromptError
 from seg2change_core.prompts import CLASS_SEPARATOR, SYNONYM_SEPARATOR, ClassPrompt, PromptSet
-from seg2change_core.segmenters import available_segmenters
 
 __all__ = ["ClusterSpec", "ModelSpec", "PromptSpec", "TilingSpec"]
 
@@ -27,6 +26,10 @@ _FROZEN = ConfigDict(frozen=True, extra="forbid")
 
 #: Tile side used when neither the tiling spec nor the change model recommends one.
 DEFAULT_TILE_SIZE = 512
+
+#: Segmenters built into ``seg2change_core``: a job naming one is checked without importing torch
+#: (the registry imports it), so that a bad job is refused at once.
+BUILTIN_SEGMENTERS = ("clip", "spectral")
 
 
 class _Spec(BaseModel):
@@ -116,6 +119,10 @@ class ModelSpec(_Spec):
     @field_validator("segmenter")
     @classmethod
     def _segmenter(cls, value: str) -> str:
+        if value in BUILTIN_SEGMENTERS:
+            return value
+        from seg2change_core.segmenters import available_segmenters
+
         if value not in available_segmenters():
             raise ValueError(f"unknown segmenter {value!r}; use one of {', '.join(available_segmenters())}")
         return value
@@ -280,6 +287,12 @@ class ClusterSpec(_Spec):
         advertising a ``GPU`` resource, and every model task asks for ``GPU=1``.
     torch_threads
         Intra-op threads of torch in each worker; default: the cores divided among the workers.
+    dashboard
+        ``host:port`` at which the local cluster's scheduler serves its HTTP pages (dashboard,
+        info pages, metrics), e.g. ``127.0.0.1:8787``; port 0 takes a free one. Default: none. The
+        scheduler and workers listen on 127.0.0.1 only and, unless this is set, serve no HTTP
+        pages; the pages carry no authentication, so keep the host 127.0.0.1 and reach them from
+        another machine through an SSH tunnel (README, "Cluster dashboard").
     """
 
     address: str | None = None
@@ -289,12 +302,25 @@ class ClusterSpec(_Spec):
     memory_limit: str = "auto"
     gpu: bool = False
     torch_threads: int | None = None
+    dashboard: str | None = None
 
     @field_validator("address")
     @classmethod
     def _address(cls, value: str | None) -> str | None:
         if value is not None and not value.strip():
             raise ValueError("address is empty; give the scheduler address, e.g. 'tcp://10.0.0.5:8786'")
+        return value
+
+    @field_validator("dashboard")
+    @classmethod
+    def _dashboard(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or int(port) > 65535:
+            raise ValueError(
+                f"dashboard {value!r} is not host:port; give e.g. '127.0.0.1:8787' (port 0: any free port)"
+            )
         return value
 
     @field_validator("n_workers", "threads_per_worker", "torch_threads")
@@ -318,6 +344,11 @@ class ClusterSpec(_Spec):
             raise ValueError(
                 "n_workers applies to a local cluster only, but an address is given; "
                 "drop n_workers or the address"
+            )
+        if self.address is not None and self.dashboard is not None:
+            raise ValueError(
+                "dashboard applies to a local cluster only, but an address is given; a running "
+                "scheduler serves its own dashboard (dask scheduler --dashboard-address): drop dashboard"
             )
         return self
 

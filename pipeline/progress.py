@@ -15,7 +15,7 @@ __all__ = ["make_progress", "staged_progress"]
 def make_progress(*, enabled: bool = True) -> Progress:
     """Return the project's rich progress display (hidden when disabled or not on a terminal)."""
     return Progress(
-        TextColumn("[bold]{task.description}"),
+        TextColumn("{task.description}", style="bold", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),

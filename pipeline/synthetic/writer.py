@@ -180,8 +180,8 @@ def _prepare(out_dir: Path, overwrite: bool) -> Path:
     if root.exists() and any(root.iterdir()):
         if not overwrite:
             raise OutputExistsError(
-                f"{root} is not empty: give a new or empty folder, or overwrite=True to replace a "
-                "scene generated there before"
+                f"{root} is not empty: give a new or empty folder, or pass --overwrite (overwrite=True "
+                "in Python) to replace a scene generated there before"
             )
         marker = root / MARKER
         try:

@@ -30,7 +30,7 @@ from rasterio.windows import Window
 
 import flows.tasks
 from flows.monitoring import monitoring_flow, monitoring_periods
-from flows.response import HAZARD_PROMPTS, event_windows, response_flow
+from flows.response import HAZARD_PROMPTS, RESPONSE_TILE_SIZE, event_job, event_windows, response_flow
 from flows.tasks import BACKOFF_FACTOR, discover_task, is_network_error
 from pipeline.errors import CatalogError, JobSpecError, NothingFoundError
 from pipeline.spec import JobSpec
@@ -149,6 +149,16 @@ def test_event_windows_and_prompts() -> None:
     assert HAZARD_PROMPTS["storm"]["targets"] == HAZARD_PROMPTS["earthquake"]["targets"] == ["building"]
 
 
+def test_response_tile_is_one_the_change_model_takes_without_padding(tmp_path: Path) -> None:
+    from seg2change_core.cach.geometry import is_valid_tile
+
+    job = event_job(
+        [13.3, 52.45, 13.45, 52.55], EVENT_DATE, "flood", "https://stac.example.org/v1", "s2", str(tmp_path)
+    )
+    assert job.tiling.tile_size == RESPONSE_TILE_SIZE
+    assert is_valid_tile(RESPONSE_TILE_SIZE)
+
+
 def test_network_errors_are_told_from_bad_input() -> None:
     assert is_network_error(CatalogError("timed out"))
     assert is_network_error(ConnectionError("refused"))
@@ -183,7 +193,7 @@ def test_response_reports_flooded_area(
         assert Path(result["outputs"][name]).is_file()
     # The response job's small tiles and blocks are what the change cube was computed with.
     job = JobSpec.model_validate_json(json.dumps(yaml.safe_load(json.dumps(_recorded_job(result)))))
-    assert (job.tiling.tile_size, job.tiling.block_size, job.block_size) == (256, 512, 512)
+    assert (job.tiling.tile_size, job.tiling.block_size, job.block_size) == (RESPONSE_TILE_SIZE, 512, 512)
     table = _run(_artifacts("seg2change-response-table"))
     assert table and "water" in str(table[-1].data)
     markdown = _run(_artifacts("seg2change-response"))
