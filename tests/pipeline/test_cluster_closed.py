@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
+import re
 import urllib.error
 import urllib.request
 import warnings
+from pathlib import Path
 
 import psutil
 import pytest
+import yaml
 from distributed import Client
 
 from pipeline.cluster import LOOPBACK, connect, start_local_cluster
@@ -93,3 +96,12 @@ def test_a_taken_dashboard_port_is_reported_without_dask_warning(caplog: pytest.
 def test_bad_dashboard_is_refused(fields: dict[str, str], message: str) -> None:
     with pytest.raises(JobSpecError, match=message):
         ClusterSpec.build(**fields)
+
+
+def test_the_readme_says_how_to_open_the_dashboard_safely() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("## Cluster dashboard", 1)[1].split("\n## ", 1)[0]
+    job_field = re.search(r"`cluster: (\{dashboard: [^}]+\})`", section)
+    assert job_field is not None
+    assert ClusterSpec.build(**yaml.safe_load(job_field.group(1))).dashboard == f"{LOOPBACK}:8787"
+    assert "--dashboard 127.0.0.1:8787" in section and "ssh -N -L 8787:127.0.0.1:8787" in section
