@@ -7,17 +7,19 @@ found through it, after the search.
 
 A signer is any callable that takes one href and returns the href to read instead
 (:data:`HrefSigner`). It is named either by a preset (:data:`PRESETS`) or by the import path
-``package.module:function``. This module imports nothing heavy, so a job can be validated without
+``package.module:function`` of a module installed in the environment or in the current folder. This module imports nothing heavy, so a job can be validated without
 the signer's package installed; the import happens when discovery starts.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import ModuleType
 
 from pipeline.errors import CatalogError
 
@@ -87,7 +89,7 @@ def resolve_signer(name: str) -> HrefSigner:
     target = preset.target if preset else name
     module_name, _, attribute = target.partition(":")
     try:
-        module = importlib.import_module(module_name)
+        module = _import(module_name, from_cwd=preset is None)
     except ModuleNotFoundError as exc:
         if preset is not None:
             hint = f"install it into this environment: {sys.executable} -m pip install {preset.package}"
@@ -110,3 +112,16 @@ def resolve_signer(name: str) -> HrefSigner:
             "and returns the signed href"
         )
     return obj
+
+
+def _import(module_name: str, *, from_cwd: bool) -> ModuleType:
+    """Import a module, also from the current folder (a console script does not search it)."""
+    cwd = os.getcwd()
+    added = from_cwd and cwd not in sys.path and "" not in sys.path
+    if added:
+        sys.path.insert(0, cwd)
+    try:
+        return importlib.import_module(module_name)
+    finally:
+        if added:
+            sys.path.remove(cwd)

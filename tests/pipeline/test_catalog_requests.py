@@ -226,3 +226,16 @@ def test_a_broken_signer_is_a_catalog_error(tmp_path: Path, sign: str, expected:
     with pytest.raises(CatalogError) as info:
         discover(_job({"url": str(catalog), "sign": sign}, tmp_path))
     assert expected in str(info.value)
+
+
+def test_a_signer_module_in_the_current_folder_is_found(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A console script (`seg2change`) does not search the current folder; the signer's import does.
+    (tmp_path / "site_signer_for_seg2change_test.py").write_text("def sign(href):\n    return href + '?s'\n")
+    monkeypatch.chdir(tmp_path)
+    path_before = list(sys.path)
+    signer = resolve_signer("site_signer_for_seg2change_test:sign")
+    assert signer("https://x/a.tif") == "https://x/a.tif?s"
+    assert sys.path == path_before
+    monkeypatch.delitem(sys.modules, "site_signer_for_seg2change_test")
