@@ -100,9 +100,12 @@ def _assert_failed_at(done: subprocess.CompletedProcess[str], step: str, clone: 
 
 
 def test_setup_fails_naming_the_step_and_stamps_nothing(clone: Path) -> None:
-    # a stamp from an earlier set-up must not survive a failed one
+    # the stamp the old script wrote after swallowing a failed install, matching the current pins:
+    # with no .venv/bin/seg2change it must not make setup skip, nor survive the failed run
     (clone / ".venv").mkdir()
-    (clone / STAMP).write_text("a stamp from an earlier set-up\n")
+    (clone / STAMP).write_text(
+        (clone / "requirements" / "constraints.txt").read_text() + (clone / "pyproject.toml").read_text()
+    )
     done = _setup(clone, _offline_env(torch_cpu_index=f"http://127.0.0.1:{_closed_port()}/whl/cpu"))
     _assert_failed_at(done, "pip>=24 in .venv", clone)
     assert "No matching distribution found for pip>=24" in done.stdout, done.stdout
