@@ -95,9 +95,13 @@ class Discovery:
 
 
 def _self_href(item: dict[str, Any]) -> str | None:
-    for link in item.get("links", ()):
-        if link.get("rel") == "self":
-            return str(link.get("href"))
+    """The item's own address: its ``canonical`` link (a lasting one, which a STAC API serving a
+    copy of the item keeps), else its first ``self`` link."""
+    links = item.get("links", ())
+    for rel in ("canonical", "self"):
+        for link in links:
+            if link.get("rel") == rel and link.get("href"):
+                return str(link["href"])
     return None
 
 

@@ -13,8 +13,12 @@ the same relative hrefs resolve inside the bucket). The Item describes the chang
 - the *processing* extension (v1.2.0): ``processing:lineage``, ``processing:software`` (versions of
   seg2change, torch, dask, xarray, zarr, rasterio, stackstac, rio-cogeo and GDAL) and
   ``processing:version``;
-- ``derived_from`` links to every input item: its ``self`` link when the catalog gave one, else
-  ``<api>/collections/<collection>/items/<id>`` for a STAC API, else the local catalog file.
+- ``derived_from`` links to every input item at its own address: the href discovery recorded (the
+  item's ``canonical`` link, else its ``self`` link, as the catalog gave them), else
+  ``<api>/collections/<collection>/items/<id>`` for a STAC API. A loopback address (``127.0.0.1``,
+  ``localhost``, ``::1``: an embedded server, such as the demo's, that stops after the run) is never
+  published; an item with no lasting address of its own (a loopback-only one, or a line of a local
+  ``.ndjson`` file without links) is named in ``seg2change:unlinked_inputs`` instead.
 
 The documents are built as plain dictionaries rather than with pystac's object model because
 they must be written to temporary names and renamed into place (pystac's ``save`` writes in place
@@ -39,13 +43,16 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import ipaddress
 import json
+import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import jsonschema
 import jsonschema.exceptions
@@ -73,12 +80,16 @@ __all__ = [
     "build_collection",
     "build_item",
     "derived_from",
+    "is_loopback",
+    "unlinked_inputs",
     "multihash_sha256",
     "software_versions",
     "validate_published",
     "validate_stac",
     "write_stac",
 ]
+
+log = logging.getLogger(__name__)
 
 STAC_VERSION = "1.1.0"
 PROJECTION_EXTENSION = "https://stac-extensions.github.io/projection/v2.0.0/schema.json"
@@ -156,33 +167,69 @@ def software_versions() -> dict[str, str]:
     return versions
 
 
+def is_loopback(href: str) -> bool:
+    """Whether ``href`` is a URL on this machine's loopback interface (``127.0.0.0/8``, ``::1``,
+    ``localhost``), which no one else can reach and which closes with its server."""
+    host = urlsplit(href).hostname if "://" in href else None
+    if not host:
+        return False
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _item_href(item: Mapping[str, Any], catalog: str) -> str | None:
+    """An input item's lasting address, or None (see the module's notes)."""
+    href = item.get("href")
+    if not href and catalog.startswith(("http://", "https://")) and item.get("collection"):
+        href = f"{catalog.rstrip('/')}/collections/{item['collection']}/items/{item['id']}"
+    if not href or is_loopback(str(href)):
+        return None
+    return str(href)
+
+
 def derived_from(provenance: Mapping[str, Any]) -> list[dict[str, str]]:
-    """``derived_from`` links to the input items of a discovery record (see ``Discovery.provenance``)."""
+    """``derived_from`` links to the input items of a discovery record (see ``Discovery.provenance``),
+    each at its own lasting address; items without one are left out (see :func:`unlinked_inputs`)."""
     catalog = str(provenance.get("catalog", ""))
-    is_api = catalog.startswith(("http://", "https://"))
     links: list[dict[str, str]] = []
     seen: set[str] = set()
     for epoch, items in (provenance.get("items") or {}).items():
         for item in items:
-            href = item.get("href")
-            if not href:
-                if is_api and item.get("collection"):
-                    href = f"{catalog.rstrip('/')}/collections/{item['collection']}/items/{item['id']}"
-                else:
-                    href = catalog
-            key = f"{href}#{item['id']}"
-            if key in seen:
+            href = _item_href(item, catalog)
+            if href is None or href in seen:
                 continue
-            seen.add(key)
+            seen.add(href)
             links.append(
                 {
                     "rel": "derived_from",
-                    "href": str(href),
+                    "href": href,
                     "type": "application/geo+json",
                     "title": f"{epoch}: {item['id']}",
                 }
             )
     return links
+
+
+def unlinked_inputs(provenance: Mapping[str, Any]) -> list[str]:
+    """``"<epoch>: <id>"`` of the input items that have no lasting address to link."""
+    catalog = str(provenance.get("catalog", ""))
+    unlinked = [
+        f"{epoch}: {item['id']}"
+        for epoch, items in (provenance.get("items") or {}).items()
+        for item in items
+        if _item_href(item, catalog) is None
+    ]
+    if unlinked:
+        log.warning(
+            "%d input item(s) have no lasting address (a loopback STAC API, or a local catalog file "
+            "without item links); the STAC names them in seg2change:unlinked_inputs instead of linking them",
+            len(unlinked),
+        )
+    return unlinked
 
 
 def _iso(value: str | datetime) -> str:
@@ -294,6 +341,7 @@ def build_item(
             "seg2change:classes": list(info.classes),
             "seg2change:targets": list(info.targets),
             "seg2change:models": models,
+            **({"seg2change:unlinked_inputs": unlinked} if (unlinked := unlinked_inputs(provenance)) else {}),
         },
         "links": [
             {"rel": "root", "href": "./collection.json", "type": "application/json"},

@@ -77,9 +77,10 @@ _OWNED = (
 )
 _GENERATOR = "pipeline.synthetic"
 #: Version of what the generator draws, recorded in :data:`MARKER`. Raised whenever one spec gives
-#: other pixels (2: construction makes a whole estate, grass between the new buildings), so that
-#: :func:`ensure_scene` makes a scene of an earlier version again instead of reusing it.
-GENERATOR_VERSION = 2
+#: other pixels or items (2: construction makes a whole estate, grass between the new buildings;
+#: 3: each item links its static catalog file as ``canonical``), so that :func:`ensure_scene`
+#: makes a scene of an earlier version again instead of reusing it.
+GENERATOR_VERSION = 3
 _TMP_TILE = 256
 _COG_PROFILE: dict[str, Any] = {
     "driver": "GTiff",
@@ -390,6 +391,16 @@ def generate_scene(
     collection_path = root / "collection.json"
     items_path = root / "items.ndjson"
     catalog_dir = root / "catalog"
+    for item in items:
+        # The item's lasting address: a STAC API serving items.ndjson (the demo's, on a loopback
+        # port that closes after the run) gives its own self links; outputs link this one instead.
+        item["links"] = [
+            {
+                "rel": "canonical",
+                "href": str(catalog_dir / item["id"] / f"{item['id']}.json"),
+                "type": "application/geo+json",
+            }
+        ]
     write_collection(collection, collection_path)
     write_items_ndjson(items, items_path)
     write_catalog(collection, items, catalog_dir)

@@ -19,12 +19,14 @@ from typing import Any
 
 import numpy as np
 import pystac
+import pystac_client
 import pytest
 import rasterio
 import zarr
 from engine_inputs import ORIGIN, run_small_engine, write_patch_cube
 from pyproj import Transformer
 
+from pipeline.discover import Discovery
 from pipeline.errors import PublishError, StacValidationError
 from pipeline.publish import (
     PublishResult,
@@ -41,8 +43,12 @@ from pipeline.publish.stac import (
     PROJECTION_EXTENSION,
     ZARR_MEDIA_TYPE,
     derived_from,
+    is_loopback,
+    unlinked_inputs,
 )
 from pipeline.spec import JobSpec
+from pipeline.stac_servers import serve_collection
+from pipeline.synthetic import SceneSpec, generate_scene
 
 # The input cube's band/epoch names are fixed-width strings on purpose (see pipeline.cube).
 pytestmark = pytest.mark.filterwarnings("ignore:The data type .* does not have a Zarr V3 specification")
@@ -244,14 +250,97 @@ def test_item_describes_grid_time_processing_and_inputs(
     assert all(not link["href"].startswith("/") for link in item["links"] if link["rel"] != "derived_from")
 
 
-def test_derived_from_points_at_a_local_catalog_file(tmp_path: Path) -> None:
+def test_derived_from_never_points_at_one_catalog_file_for_every_item(tmp_path: Path) -> None:
     catalog = str(tmp_path / "items.ndjson")
-    links = derived_from(
-        {"catalog": catalog, "items": {"before": [{"id": "a", "collection": "c", "href": None}], "after": []}}
-    )
-    assert links == [
-        {"rel": "derived_from", "href": catalog, "type": "application/geo+json", "title": "before: a"}
+    own = str(tmp_path / "catalog" / "b" / "b.json")
+    provenance = {
+        "catalog": catalog,
+        "items": {
+            "before": [{"id": "a", "collection": "c", "href": None}],
+            "after": [{"id": "b", "collection": "c", "href": own}],
+        },
+    }
+    assert derived_from(provenance) == [
+        {"rel": "derived_from", "href": own, "type": "application/geo+json", "title": "after: b"}
     ]
+    assert unlinked_inputs(provenance) == ["before: a"]
+
+
+LOOPBACK_API = "http://127.0.0.1:41234"
+LOOPBACK_PROVENANCE = {
+    "catalog": LOOPBACK_API,
+    "collections": ["synthetic-s2"],
+    "items": {
+        "before": [
+            {
+                "id": "a",
+                "collection": "synthetic-s2",
+                "href": f"{LOOPBACK_API}/collections/synthetic-s2/items/a",
+            },
+            {"id": "b", "collection": "synthetic-s2", "href": None},  # would be constructed on the API
+        ],
+        "after": [
+            {"id": "c", "collection": "synthetic-s2", "href": "http://localhost:8080/items/c"},
+            {"id": "d", "collection": "synthetic-s2", "href": "http://[::1]:8080/items/d"},
+            {"id": "e", "collection": "synthetic-s2", "href": "https://earth-search.aws.element84.com/v1/e"},
+        ],
+    },
+}
+
+
+def test_loopback_addresses_are_recognised() -> None:
+    for href in ("http://127.0.0.1:1/x", "http://127.5.0.1/x", "http://localhost/x", "http://[::1]:80/x"):
+        assert is_loopback(href), href
+    for href in ("https://earth-search.aws.element84.com/v1", "/data/items.ndjson", "s3://bucket/x", ""):
+        assert not is_loopback(href), href
+
+
+def test_no_published_stac_link_names_a_loopback_address(
+    job: JobSpec, run: tuple[Path, Path], tmp_path: Path
+) -> None:
+    result = publish(job, run[1], run[0], LOOPBACK_PROVENANCE, tmp_path / "out", progress=False)
+    hrefs = []
+    for path in (result.stac_collection.local_path, result.stac_item.local_path):
+        doc = json.loads(path.read_text())
+        hrefs += [link["href"] for link in doc["links"]]
+        hrefs += [asset["href"] for asset in doc.get("assets", {}).values()]
+    assert hrefs and not [h for h in hrefs if "127.0.0.1" in h or "localhost" in h or "[::1]" in h]
+    item = json.loads(result.stac_item.local_path.read_text())
+    assert [link["href"] for link in item["links"] if link["rel"] == "derived_from"] == [
+        "https://earth-search.aws.element84.com/v1/e"
+    ]
+    assert item["properties"]["seg2change:unlinked_inputs"] == [
+        "before: a",
+        "before: b",
+        "after: c",
+        "after: d",
+    ]
+
+
+def test_served_scene_items_are_linked_at_their_catalog_files_not_at_the_server(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """As in the demo: a generated scene served by the embedded STAC API, whose port closes after the run."""
+    scene = generate_scene(SceneSpec(size=256, seed=3, block_size=256), tmp_path_factory.mktemp("scene"))
+    with serve_collection(scene.collection_path, scene.items_path, kind="rustac") as server:
+        assert is_loopback(server.url)
+        client = pystac_client.Client.open(server.url)
+        found = list(client.search(collections=[scene.spec.collection_id]).items_as_dicts())
+        discovery = Discovery(
+            items={"before": found[:2], "after": found[2:]},
+            filter_mode="client",
+            catalog=server.url,
+            cloud_limit=100.0,
+            collections=(scene.spec.collection_id,),
+        )
+        provenance = discovery.provenance()
+    assert len(found) == len(scene.items)
+    links = derived_from(provenance)
+    assert len(links) == len(found) and not unlinked_inputs(provenance)
+    for link in links:
+        assert Path(link["href"]).parent.parent == scene.catalog_dir
+        item = pystac.Item.from_file(link["href"])  # the item's own file, readable after the server stops
+        assert link["title"].endswith(item.id)
 
 
 @pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
