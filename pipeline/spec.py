@@ -32,6 +32,7 @@ from pyproj import CRS, Transformer
 from pyproj.aoi import AreaOfInterest as ProjAreaOfInterest
 from pyproj.database import query_utm_crs_info
 
+from pipeline import antimeridian
 from pipeline.bands import COMMON_NAMES, DEFAULT_BANDS
 from pipeline.engine_spec import ClusterSpec, ModelSpec, PromptSpec, TilingSpec
 from pipeline.errors import JobSpecError, StorageError
@@ -154,9 +155,19 @@ class AreaOfInterest(BaseModel):
             raise ValueError(f"AOI crs {self.crs!r} is not a CRS pyproj knows; use e.g. 'EPSG:4326'") from exc
         if self.bbox is not None:
             xmin, ymin, xmax, ymax = self.bbox
+            geographic = CRS.from_user_input(self.crs).is_geographic
+            if geographic and xmin > xmax and ymin < ymax and xmax + 360 - xmin < 180:
+                if not (-180 <= xmax < xmin <= 180):
+                    raise ValueError(
+                        f"AOI bbox {self.bbox} crosses the antimeridian (xmin > xmax) but its longitudes "
+                        "are outside -180..180; write them in -180..180, e.g. (179.9, -17.1, -179.9, -17.0)"
+                    )
+                return self
             if not (xmin < xmax and ymin < ymax):
                 raise ValueError(
-                    f"AOI bbox {self.bbox} is empty or reversed; write it as (xmin, ymin, xmax, ymax)"
+                    f"AOI bbox {self.bbox} is empty or reversed; write it as (xmin, ymin, xmax, ymax) "
+                    "(a longitude/latitude bbox narrower than 180° may cross the antimeridian with "
+                    "xmin > xmax, e.g. (179.9, -17.1, -179.9, -17.0))"
                 )
             return self
         try:
@@ -183,16 +194,46 @@ class AreaOfInterest(BaseModel):
             raise ValueError("AOI geometry is empty or has no area; give a polygon that encloses the area")
         return self
 
+    @property
+    def crosses_antimeridian(self) -> bool:
+        """True for a longitude/latitude AOI that crosses ±180° (see :mod:`pipeline.antimeridian`)."""
+        if not CRS.from_user_input(self.crs).is_geographic:
+            return False
+        if self.bbox is not None:
+            return self.bbox[0] > self.bbox[2]
+        return antimeridian.crosses(shapely.geometry.shape(self.geometry))
+
     def shape(self) -> shapely.Geometry:
-        """Return the AOI as a shapely geometry in :attr:`crs`."""
+        """Return the AOI as a shapely geometry in :attr:`crs`.
+
+        An AOI crossing the antimeridian is returned split at ±180° (a MultiPolygon whose parts
+        lie on either side), as GeoJSON (RFC 7946) and STAC searches want it.
+        """
+        if self.crosses_antimeridian:
+            return antimeridian.split(self._unwrapped())
         if self.bbox is not None:
             return shapely.box(*self.bbox)
         return shapely.geometry.shape(self.geometry)
 
+    def _unwrapped(self) -> shapely.Geometry:
+        """The AOI with longitudes continuous across ±180° (west of it shifted by +360°)."""
+        if self.bbox is not None:
+            xmin, ymin, xmax, ymax = self.bbox
+            return shapely.box(xmin, ymin, xmax + 360, ymax)
+        return antimeridian.unwrap(shapely.geometry.shape(self.geometry))
+
     def shape_in(self, crs: CRS | str) -> shapely.Geometry:
-        """Return the AOI reprojected to another CRS (densified so edges stay faithful)."""
+        """Return the AOI reprojected to another CRS (densified so edges stay faithful).
+
+        Raises
+        ------
+        JobSpecError
+            The AOI crosses the antimeridian and ``crs`` cannot hold its two sides as one area.
+        """
         target = CRS.from_user_input(crs)
         source = CRS.from_user_input(self.crs)
+        if self.crosses_antimeridian and not target.is_geographic:
+            return antimeridian.project(self.shape(), self._unwrapped(), target)
         geom = self.shape()
         if source == target:
             return geom
@@ -206,7 +247,11 @@ class AreaOfInterest(BaseModel):
 
     def utm_crs(self) -> CRS:
         """Return the UTM zone CRS of the AOI's centroid."""
-        centre = self.wgs84().centroid
+        if self.crosses_antimeridian:
+            centre = self._unwrapped().centroid
+            centre = shapely.Point((centre.x + 180) % 360 - 180, centre.y)
+        else:
+            centre = self.wgs84().centroid
         infos = query_utm_crs_info(
             datum_name="WGS 84",
             area_of_interest=ProjAreaOfInterest(centre.x, centre.y, centre.x, centre.y),
@@ -500,6 +545,8 @@ class JobSpec(BaseModel):
                     f"unknown band {band!r}; use a common name ({', '.join(COMMON_NAMES)}) "
                     "or map it to an asset key in band_map"
                 )
+        if self.aoi.crosses_antimeridian:
+            self.target_bounds()  # refuses a grid that cannot hold both sides of ±180° as one area
         return self
 
     @classmethod
