@@ -49,6 +49,14 @@ of its chunks in place, or unmarked; unmarked blocks are recomputed in full by t
 overwrites whatever partial chunks they left, so the finished cube has the same bytes as an
 uninterrupted run. An unreadable marker (never expected, given atomic writes) counts as not done.
 
+Creation is detectably incomplete: :func:`create_change_cube` first writes a creation marker
+beside the cube (``.change_cube.zarr.creating``), then the cube, and removes the marker last. A run
+that finds the marker (its predecessor was killed while creating) deletes the half-made cube and
+creates it again; a creation task that Dask runs a second time (its first result lost with a
+worker) finds the finished cube of the same job and leaves it as it is. Finalisation writes
+``complete`` into the root metadata and consolidates again; a run killed between the last block
+and ``complete`` finds every block done and only finalises.
+
 Where it lies
 -------------
 Every function takes a local path or an fsspec URL (:class:`~pipeline.storage.Location`); on an
@@ -79,6 +87,7 @@ from pyproj import CRS
 from pipeline import __version__
 from pipeline.cube import cf_coordinates, gdal_crs_attribute
 from pipeline.errors import ChangeCubeMismatchError, OutputExistsError
+from pipeline.faults import fault_point
 from pipeline.storage import EMPTY_FOLDER_WARNING, Location, LocationLike
 from pipeline.tiling import Window
 
@@ -95,6 +104,7 @@ __all__ = [
     "CubeState",
     "check_reusable",
     "create_change_cube",
+    "creation_marker",
     "finalise_change_cube",
     "inspect_change_cube",
     "open_change_cube",
@@ -212,6 +222,8 @@ class CubeState:
         Every block is done.
     attrs
         Its root attributes.
+    creating
+        Its creation never finished (the creation marker is there): it is to be created again.
     """
 
     exists: bool
@@ -219,11 +231,20 @@ class CubeState:
     fingerprint: str | None = None
     complete: bool = False
     attrs: Mapping[str, Any] | None = None
+    creating: bool = False
+
+
+def creation_marker(path: LocationLike) -> Location:
+    """The marker that lies beside a change cube while it is being created."""
+    location = Location.parse(path)
+    return location.parent / f".{location.name}.creating"
 
 
 def inspect_change_cube(path: LocationLike) -> CubeState:
     """Say what ``path`` holds: nothing, something else, or a (partial or complete) change cube."""
     location = Location.parse(path)
+    if creation_marker(location).exists():
+        return CubeState(exists=True, creating=True)
     if not location.exists():
         return CubeState(exists=False)
     try:
@@ -279,8 +300,9 @@ def check_reusable(
 
 
 def remove_change_cube(path: LocationLike) -> None:
-    """Delete an output path (a change cube or what else lies there)."""
+    """Delete an output path (a change cube or what else lies there), and its creation marker."""
     Location.parse(path).remove()
+    creation_marker(path).remove()
 
 
 def create_change_cube(
@@ -295,10 +317,15 @@ def create_change_cube(
 ) -> None:
     """Write the empty change cube: metadata, coordinates, no data chunks, no block marked done.
 
+    Idempotent, so that Dask may run it again when the worker holding its result is lost: a
+    finished cube with the same ``fingerprint`` attribute is left as it is, and one whose
+    creation was interrupted (:func:`creation_marker`) is deleted and created again.
+
     Parameters
     ----------
     path
-        Where to create it (a local path or an fsspec URL); must not exist.
+        Where to create it (a local path or an fsspec URL); nothing but this job's cube (finished or
+        interrupted) may lie there.
     layout
         Block grid, classes, targets and Zarr format.
     y, x
@@ -394,12 +421,20 @@ def create_change_cube(
         }
     )
     location = Location.parse(path)
-    if location.is_local:
-        location.local_path.parent.mkdir(parents=True, exist_ok=True)
+    marker = creation_marker(location)
+    if marker.exists():
+        remove_change_cube(location)
     elif location.exists():
+        state = inspect_change_cube(location)
+        if state.is_change_cube and state.fingerprint == attrs.get("fingerprint"):
+            return
         raise OutputExistsError(
             f"{location} already exists; the change cube is created only where nothing is"
         )
+    marker.write_text(json.dumps({"fingerprint": attrs.get("fingerprint")}))
+    fault_point("change-cube:creating")
+    if location.is_local:
+        location.local_path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", EMPTY_FOLDER_WARNING)
         # Consolidated metadata is a zarr-python extension for v3; it is what makes opening fast.
@@ -411,6 +446,9 @@ def create_change_cube(
             zarr_format=layout.zarr_format,
             consolidated=True,
         )
+    fault_point("change-cube:arrays-written")
+    marker.remove()
+    fault_point("change-cube:created")
 
 
 def _string_labels(values: tuple[str, ...], zarr_format: Literal[2, 3]) -> NDArray[Any]:
@@ -483,17 +521,21 @@ def write_block(path: LocationLike, window: Window, block: tuple[int, int], laye
             array[:, rows, cols] = data
         else:
             array[rows, cols] = data
+    fault_point("block:chunks-written")
     _array(path, DONE, "r+")[block] = 1
+    fault_point("block:written")
 
 
 def finalise_change_cube(path: LocationLike) -> None:
-    """Record that every block is done and consolidate the metadata again."""
+    """Record that every block is done and consolidate the metadata again (idempotent)."""
+    fault_point("finalise:start")
     store = Location.parse(path).zarr_store()
     with warnings.catch_warnings():
         # As in create_change_cube: the extension that makes opening fast.
         warnings.filterwarnings("ignore", "Consolidated metadata", UserWarning)
         group = zarr.open_group(store, mode="r+")
         group.attrs["complete"] = True
+        fault_point("finalise:marked")
         zarr.consolidate_metadata(store)
 
 

@@ -20,6 +20,7 @@ import uuid
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import dask
@@ -37,6 +38,8 @@ from pipeline import __version__
 from pipeline.bands import resolve_asset_key
 from pipeline.discover import Discovery
 from pipeline.errors import CubeError, OutputExistsError
+from pipeline.faults import fault_point
+from pipeline.output_lock import hold_output
 from pipeline.progress import make_progress
 from pipeline.spec import JobSpec
 from pipeline.storage import EMPTY_FOLDER_WARNING, Location, LocationLike
@@ -52,6 +55,7 @@ __all__ = [
     "open_cube",
     "region_bounds",
     "prepare_cube",
+    "remove_partial_cubes",
     "write_cube",
 ]
 
@@ -350,12 +354,14 @@ def write_cube(
                     block = blocks(ys, xs) if blocks else ds.isel(y=ys, x=xs)
                     block = block[spatial].drop_vars(list(block[spatial].coords))
                     block.to_zarr(store, region={"y": ys, "x": xs}, mode="r+", consolidated=False)
+                    fault_point("prepare:block-written")
                     display.advance(task)
             # Consolidated first, then marked complete, then consolidated again: a cube marked
             # complete always has consolidated metadata, whatever moment a run is killed.
             zarr.consolidate_metadata(store)
             zarr.open_group(store, mode="r+", use_consolidated=False).attrs["complete"] = True
             zarr.consolidate_metadata(store)
+            fault_point("prepare:written")
     except BaseException:
         if target.is_local:
             shutil.rmtree(target.local_path, ignore_errors=True)
@@ -424,6 +430,22 @@ _INPUT_FIELDS = (
 )
 
 
+def remove_partial_cubes(path: LocationLike) -> list[Path]:
+    """Delete what killed runs left of the local cube ``path``: its ``.NAME.partial-*`` folders.
+
+    Only a run that holds the output's lock (:mod:`pipeline.output_lock`) may call this: a live
+    run's partial cube is then never among them. Returns what was removed.
+    """
+    location = Location.parse(path)
+    if not location.is_local or not location.local_path.parent.is_dir():
+        return []
+    partials = sorted(location.local_path.parent.glob(f".{location.name}.partial-*"))
+    for partial in partials:
+        log.info("removing %s, left by a run that was stopped while it prepared the input cube", partial)
+        shutil.rmtree(partial, ignore_errors=True)
+    return partials
+
+
 def input_fingerprint(job: JobSpec, discovery: Discovery) -> str:
     """Hash of what determines an input cube: the data-plane fields of the job and the items used."""
     doc = {
@@ -457,6 +479,14 @@ def prepare_cube(
     """
     path = cube_path(job)
     path.check_access()
+    with hold_output(path.parent, job=f"input cube of job {job.output}"):
+        return _prepare_locked(job, discovery, path, progress=progress, scheduler=scheduler, reuse=reuse)
+
+
+def _prepare_locked(
+    job: JobSpec, discovery: Discovery, path: Location, *, progress: bool, scheduler: Any, reuse: bool
+) -> PreparedCube:
+    remove_partial_cubes(path)
     fingerprint = input_fingerprint(job, discovery)
     if path.exists() and not job.overwrite:
         stored = _root_attrs(path).get("input_fingerprint")

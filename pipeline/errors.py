@@ -83,3 +83,10 @@ class StorageError(Seg2ChangeError):
 
 
 __all__ += ["StorageError"]
+
+
+class OutputLockedError(Seg2ChangeError):
+    """Another live run holds the lock of the output folder; the message names it."""
+
+
+__all__ += ["OutputLockedError"]

@@ -37,7 +37,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
@@ -69,7 +69,7 @@ from pipeline.change_cube import (
 from pipeline.cluster import connect
 from pipeline.cube import open_cube
 from pipeline.engine_spec import ClusterSpec, ModelSpec, PromptSpec, TilingSpec
-from pipeline.errors import CubeError, InferenceError, JobSpecError
+from pipeline.errors import ClusterError, CubeError, InferenceError, JobSpecError
 from pipeline.input_reader import forget_run, read_window
 from pipeline.models import (
     LoadedModels,
@@ -80,6 +80,7 @@ from pipeline.models import (
     model_identities,
     start_building,
 )
+from pipeline.output_lock import hold_output
 from pipeline.progress import make_progress
 from pipeline.spec import JobSpec
 from pipeline.storage import Location, LocationLike
@@ -135,6 +136,9 @@ _NOT_INFERENCE = {
 }
 
 F32 = NDArray[np.float32]
+
+#: Seconds a run waits for workers once the cluster has none left, before it gives up.
+WORKERLESS_SECONDS = 60.0
 
 
 # --------------------------------------------------------------------------- the input cube
@@ -842,89 +846,117 @@ def run_inference(
     }
     fingerprint = _fingerprint(inference)
 
-    state = inspect_change_cube(out_path)
-    if force and state.exists:
-        log.info("force: replacing %s", out_path)
-        remove_change_cube(out_path)
-        state = CubeState(exists=False)
-    check_reusable(out_path, state, fingerprint, inference)
-    all_blocks = tuple(blocks)
-    if state.complete:
-        log.info("%s is already complete for this job; nothing to do (force=True recomputes it)", out_path)
-        return InferenceResult(
-            out_path, fingerprint, len(blocks), (), all_blocks, time.perf_counter() - started, 0.0, 0.0, 0
-        )
-
-    runtime = ModelRuntime(models, cube.bands)
-    create: Callable[[], None] | None = None
-    if state.exists and state.attrs is not None:
-        fit = json.loads(state.attrs.get("model_fit", "null"))
-        runtime = replace(runtime, fit=None if fit is None else (float(fit[0]), float(fit[1])))
-        done = read_done(out_path, blocks)
-        log.info("resuming %s: %d of %d blocks already done", out_path, int(done.sum()), len(blocks))
-    else:
-        runtime = fit_for_cube(runtime, cube)
-        layout = ChangeCubeLayout(blocks, prompt_set.labels, prompt_set.targets, job.zarr_format)
-        attrs = {
-            "job": job.model_dump_json(),
-            "inference": json.dumps(inference, sort_keys=True, default=str),
-            "fingerprint": fingerprint,
-            "models": json.dumps([m.as_dict() for m in identities]),
-            "model_fit": json.dumps(runtime.fit),
-            "tiling": json.dumps(inference["tiling"]),
-            "prompts": json.dumps(prompt_doc),
-            "software_version": __version__,
-        }
-
-        create = partial(
-            create_change_cube,
-            out_path,
-            layout,
-            y=cube.y,
-            x=cube.x,
-            crs=cube.crs,
-            transform=cube.transform,
-            attrs=attrs,
-        )
-        done = np.zeros(blocks.shape, dtype=bool)
-    skipped = tuple(b for b in all_blocks if done[b])
-    pending = [b for b in all_blocks if not done[b]]
-    plan = TilePlan(grid, blocks, strip_blocks(block_size, tiling.strip_size))
-    planned = list(plan.plan(pending))
-    log.info(
-        "inference: %d blocks of %d px (%d to compute), %d tiles of %d px overlap %d (%d to compute), "
-        "strips of %d blocks, models %s",
-        len(blocks),
-        block_size,
-        len(pending),
-        len(grid),
-        tile_size,
-        tiling.overlap,
-        plan.count_tiles(planned),
-        plan.strip_blocks,
-        ", ".join(m.name for m in identities),
-    )
-
-    wants_gpu = models.device == "cuda"
-    with connect(cluster, gpu=wants_gpu) as session:
-        context = BlockContext(
-            cube_path=str(cube.path),
-            out_path=str(out_path),
-            grid=grid,
-            blocks=blocks,
-            blender=blender,
-            batch_size=tiling.batch_size,
-            runtime=replace(runtime, torch_threads=session.torch_threads),
-            prompts=prompt_set,
-            run=uuid.uuid4().hex,
-        )
-        try:
-            reports = _run_blocks(
-                session.client, context, plan, planned, session.model_task_resources(), progress, create
+    with hold_output(out_path.parent, job=f"{out_path.name} of job {fingerprint[:12]}"):
+        state = inspect_change_cube(out_path)
+        if state.creating:
+            log.warning("%s was being created when an earlier run stopped; creating it again", out_path)
+            remove_change_cube(out_path)
+            state = CubeState(exists=False)
+        if force and state.exists:
+            log.info("force: replacing %s", out_path)
+            remove_change_cube(out_path)
+            state = CubeState(exists=False)
+        check_reusable(out_path, state, fingerprint, inference)
+        all_blocks = tuple(blocks)
+        if state.complete:
+            log.info(
+                "%s is already complete for this job; nothing to do (force=True recomputes it)", out_path
             )
-        finally:
-            session.client.run(forget_run, context.run)
-    finalise_change_cube(out_path)
+            return InferenceResult(
+                out_path, fingerprint, len(blocks), (), all_blocks, time.perf_counter() - started, 0.0, 0.0, 0
+            )
+
+        runtime = ModelRuntime(models, cube.bands)
+        recorded_threads: int | None = None
+        attrs: dict[str, Any] = {}
+        if state.exists and state.attrs is not None:
+            fit = json.loads(state.attrs.get("model_fit", "null"))
+            runtime = replace(runtime, fit=None if fit is None else (float(fit[0]), float(fit[1])))
+            recorded_threads = json.loads(state.attrs.get("torch_threads", "null"))
+            done = read_done(out_path, blocks)
+            log.info("resuming %s: %d of %d blocks already done", out_path, int(done.sum()), len(blocks))
+        else:
+            runtime = fit_for_cube(runtime, cube)
+            attrs = {
+                "job": job.model_dump_json(),
+                "inference": json.dumps(inference, sort_keys=True, default=str),
+                "fingerprint": fingerprint,
+                "models": json.dumps([m.as_dict() for m in identities]),
+                "model_fit": json.dumps(runtime.fit),
+                "tiling": json.dumps(inference["tiling"]),
+                "prompts": json.dumps(prompt_doc),
+                "software_version": __version__,
+            }
+            done = np.zeros(blocks.shape, dtype=bool)
+        skipped = tuple(b for b in all_blocks if done[b])
+        pending = [b for b in all_blocks if not done[b]]
+        plan = TilePlan(grid, blocks, strip_blocks(block_size, tiling.strip_size))
+        planned = list(plan.plan(pending))
+        log.info(
+            "inference: %d blocks of %d px (%d to compute), %d tiles of %d px overlap %d (%d to compute), "
+            "strips of %d blocks, models %s",
+            len(blocks),
+            block_size,
+            len(pending),
+            len(grid),
+            tile_size,
+            tiling.overlap,
+            plan.count_tiles(planned),
+            plan.strip_blocks,
+            ", ".join(m.name for m in identities),
+        )
+
+        reports: list[BlockReport] = []
+        if planned:
+            wants_gpu = models.device == "cuda"
+            with connect(cluster, gpu=wants_gpu) as session:
+                # Torch's intra-op threads change a model's float sums in the last bits: a resume
+                # computes with the threads the cube was started with, whatever the cluster now.
+                threads = recorded_threads if recorded_threads is not None else session.torch_threads
+                create: Callable[[], None] | None = None
+                if not state.exists:
+                    create = partial(
+                        create_change_cube,
+                        out_path,
+                        ChangeCubeLayout(blocks, prompt_set.labels, prompt_set.targets, job.zarr_format),
+                        y=cube.y,
+                        x=cube.x,
+                        crs=cube.crs,
+                        transform=cube.transform,
+                        attrs={**attrs, "torch_threads": json.dumps(threads)},
+                    )
+                context = BlockContext(
+                    cube_path=str(cube.path),
+                    out_path=str(out_path),
+                    grid=grid,
+                    blocks=blocks,
+                    blender=blender,
+                    batch_size=tiling.batch_size,
+                    runtime=replace(runtime, torch_threads=threads),
+                    prompts=prompt_set,
+                    run=uuid.uuid4().hex,
+                )
+                try:
+                    reports = _run_blocks(
+                        session.client,
+                        context,
+                        plan,
+                        planned,
+                        session.model_task_resources(),
+                        progress,
+                        create,
+                    )
+                except (OSError, TimeoutError) as exc:
+                    raise ClusterError(
+                        f"lost the Dask cluster while computing {out_path} ({type(exc).__name__}: {exc}); "
+                        "blocks finished so far are kept: check that the scheduler and workers run "
+                        "(their logs say why they stopped), then run the same job again to resume"
+                    ) from exc
+                finally:
+                    _forget_run(session.client, context.run)
+        else:
+            log.info("every block of %s is done; only marking it complete", out_path)
+        finalise_change_cube(out_path)
     wall = time.perf_counter() - started
     result = InferenceResult(
         path=out_path,
@@ -946,6 +978,44 @@ def run_inference(
         result.task_seconds,
     )
     return result
+
+
+def _forget_run(client: Client, run: str) -> None:
+    """Drop the run's cached input chunks on every worker; a cluster already gone has nothing to drop."""
+    try:
+        client.run(forget_run, run)
+    except Exception as exc:  # the error that stopped the run is the one to report, not this one
+        log.debug("could not clear the input caches of run %s: %s", run[:8], exc)
+
+
+def _completed(client: Client, futures: Sequence[Future]) -> Iterator[Future]:
+    """Yield ``futures`` as they finish, or raise :class:`ClusterError` once the cluster has had no
+    worker for :data:`WORKERLESS_SECONDS` (Dask would wait for new workers for ever)."""
+    pending = as_completed(list(futures))
+    workerless_since: float | None = None
+    checked = 0.0
+    while not pending.is_empty():
+        batch = pending.next_batch(block=False)
+        if batch:
+            workerless_since = None
+            yield from batch
+            continue
+        time.sleep(0.05)
+        now = time.monotonic()
+        if now - checked < 1.0:
+            continue
+        checked = now
+        if client.nthreads():
+            workerless_since = None
+        elif workerless_since is None:
+            workerless_since = now
+        elif now - workerless_since > WORKERLESS_SECONDS:
+            raise ClusterError(
+                f"the Dask cluster at {client.scheduler_info().get('address', '?')} has had no worker for "
+                f"{WORKERLESS_SECONDS:.0f} s: all its workers were lost (their logs say why: memory "
+                "limit, killed, machine gone); blocks finished so far are kept: start workers and run "
+                "the same job again to resume"
+            )
 
 
 def _run_blocks(
@@ -1052,7 +1122,7 @@ def _run_blocks(
     with make_progress(enabled=progress) as bar:
         task = bar.add_task("inference", total=len(blocks))
         try:
-            for future in as_completed(list(blocks)):
+            for future in _completed(client, list(blocks)):
                 if future.status != "finished":
                     block = blocks[future]
                     if created is not None and created.status == "error":

@@ -4,6 +4,11 @@ Running the same job again reuses what is done: the input cube when it was made 
 fields and the same scenes, the change cube's finished blocks, and the published files are simply
 written again from the finished change cube. ``force`` recomputes everything.
 
+A run holds the output folder's lock (:mod:`pipeline.output_lock`) from start to end: a second
+run of the same output, ``--force`` or not, is refused while the first lives, and a lock left by
+a killed run is recovered. Holding it, the run removes what killed runs left behind (partial
+input cubes, COG staging files) before it writes.
+
 The output may be a local folder or an fsspec URL (``output: s3://bucket/prefix``, see
 :mod:`pipeline.storage`): the cubes are written there directly (by the Dask workers for the change
 cube), the published files are made in a local temporary folder and uploaded.
@@ -20,12 +25,14 @@ from distributed import Client
 from pipeline.cube import PreparedCube, prepare_cube
 from pipeline.discover import Discovery, discover
 from pipeline.errors import JobSpecError
+from pipeline.faults import fault_point
 from pipeline.infer import InferenceResult, run_inference
+from pipeline.output_lock import hold_output
 from pipeline.publish import PublishResult, publish
 from pipeline.spec import JobSpec
 from pipeline.storage import Location
 
-__all__ = ["CHANGE_CUBE_NAME", "RunResult", "change_cube_path", "run_job"]
+__all__ = ["CHANGE_CUBE_NAME", "RunResult", "change_cube_path", "remove_staging_files", "run_job"]
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +54,20 @@ class RunResult:
 def change_cube_path(job: JobSpec) -> Location:
     """Return the location of the job's change cube."""
     return Location(job.output) / CHANGE_CUBE_NAME
+
+
+def remove_staging_files(output: Location) -> list[Path]:
+    """Delete the COG staging files (``cogs/.*.staging-*.tif``) that killed runs left in a local output.
+
+    Only a run that holds the output's lock may call this (no live run is then writing them).
+    """
+    if not output.is_local or not (output.local_path / "cogs").is_dir():
+        return []
+    staged = sorted((output.local_path / "cogs").glob(".*.staging-*.tif"))
+    for path in staged:
+        log.info("removing %s, left by a run that was stopped while it wrote the COGs", path)
+        path.unlink(missing_ok=True)
+    return staged
 
 
 def run_job(
@@ -74,6 +95,8 @@ def run_job(
     StorageError
         The output's bucket is missing or cannot be reached with the credentials at hand
         (checked before any work).
+    OutputLockedError
+        Another live run writes the same output; the message names it.
     """
     if job.prompts is None:
         raise JobSpecError(
@@ -84,24 +107,28 @@ def run_job(
         job = job.model_copy(update={"overwrite": True})
     output = Location(job.output)
     output.check_access()
-    found = discover(job)
-    cube = prepare_cube(job, found, progress=progress, reuse=True)
-    inference = run_inference(
-        job, cube.path, change_cube_path(job), cluster=client, force=force, progress=progress
-    )
-    log.info(
-        "change cube %s: %d block(s) computed, %d already done",
-        inference.path,
-        len(inference.computed),
-        len(inference.skipped),
-    )
-    publication = publish(
-        job,
-        inference.path,
-        cube.path,
-        found,
-        output,
-        zones=Path(job.zones) if job.zones else None,
-        progress=progress,
-    )
+    with hold_output(output, job=f"job {job.output}"):
+        found = discover(job)
+        cube = prepare_cube(job, found, progress=progress, reuse=True)
+        inference = run_inference(
+            job, cube.path, change_cube_path(job), cluster=client, force=force, progress=progress
+        )
+        log.info(
+            "change cube %s: %d block(s) computed, %d already done",
+            inference.path,
+            len(inference.computed),
+            len(inference.skipped),
+        )
+        remove_staging_files(output)
+        fault_point("publish:start")
+        publication = publish(
+            job,
+            inference.path,
+            cube.path,
+            found,
+            output,
+            zones=Path(job.zones) if job.zones else None,
+            progress=progress,
+        )
+        fault_point("publish:done")
     return RunResult(job, found, cube, inference, publication)

@@ -1,0 +1,154 @@
+"""One writer per output: the lock refuses a second live run by name, and recovers a dead run's lock."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+from engine_inputs import PROMPTS, engine_job, write_patch_cube
+
+import pipeline.output_lock
+from pipeline.engine_spec import ClusterSpec, TilingSpec
+from pipeline.errors import OutputLockedError
+from pipeline.infer import run_inference
+from pipeline.output_lock import LOCK_NAME, hold_output, read_lock
+from pipeline.storage import Location
+
+
+@pytest.fixture
+def other_process() -> Iterator[subprocess.Popen[bytes]]:
+    """A live process of this host that is not this one (the holder of another run's lock)."""
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        yield process
+    finally:
+        process.kill()
+        process.wait()
+
+
+def write_foreign_lock(
+    output: Location,
+    *,
+    pid: int,
+    host: str | None = None,
+    expires_in: float = 600.0,
+    started: float | None = None,
+) -> None:
+    now = time.time()
+    doc = {
+        "host": host or socket.gethostname(),
+        "pid": pid,
+        "started": started if started is not None else 0.0 if host else psutil.Process(pid).create_time(),
+        "job": "job /data/berlin",
+        "run": "feedc0de" * 4,
+        "acquired": now - 30,
+        "expires": now + expires_in,
+    }
+    (output / LOCK_NAME).write_text(json.dumps(doc))
+
+
+def test_a_live_runs_lock_is_refused_with_its_holder_named(
+    tmp_path: Path, other_process: subprocess.Popen[bytes]
+) -> None:
+    output = Location(tmp_path)
+    write_foreign_lock(output, pid=other_process.pid)
+    with pytest.raises(OutputLockedError) as refused, hold_output(output, job="job /data/other"):
+        pass
+    message = str(refused.value)
+    assert f"process {other_process.pid} on host {socket.gethostname()}" in message
+    assert "run feedc0de (job /data/berlin)" in message and "choose another output" in message
+    assert read_lock(output) is not None and read_lock(output).run == "feedc0de" * 4  # type: ignore[union-attr]
+
+
+def test_a_dead_processs_lock_on_this_host_is_recovered(
+    tmp_path: Path, other_process: subprocess.Popen[bytes], caplog: pytest.LogCaptureFixture
+) -> None:
+    output = Location(tmp_path)
+    write_foreign_lock(output, pid=other_process.pid)
+    other_process.kill()
+    other_process.wait()
+    with caplog.at_level(logging.WARNING, "pipeline.output_lock"), hold_output(output, job="mine") as holder:
+        assert read_lock(output) == holder
+    assert f"process {other_process.pid} no longer runs on this host" in caplog.text
+    assert not (tmp_path / LOCK_NAME).exists()
+
+
+def test_a_reused_process_id_does_not_keep_a_dead_runs_lock(tmp_path: Path) -> None:
+    """The lock's pid now belongs to another process (started later): the lock is stale."""
+    output = Location(tmp_path)
+    write_foreign_lock(output, pid=psutil.Process().ppid(), started=1.0)
+    with hold_output(output, job="mine"):
+        pass
+
+
+def test_another_hosts_lock_is_kept_until_its_lease_expires(tmp_path: Path) -> None:
+    output = Location(tmp_path)
+    write_foreign_lock(output, pid=4242, host="worker-7.example")
+    with (
+        pytest.raises(OutputLockedError, match="process 4242 on host worker-7.example"),
+        hold_output(output),
+    ):
+        pass
+    write_foreign_lock(output, pid=4242, host="worker-7.example", expires_in=-5)
+    with hold_output(output) as holder:
+        assert holder.host == socket.gethostname()
+
+
+def test_the_lock_is_reentrant_in_a_process_and_renewed_while_held(tmp_path: Path) -> None:
+    output = Location(tmp_path)
+    with hold_output(output, lease_seconds=0.3) as outer:
+        with hold_output(output) as inner:
+            assert inner == outer
+        assert read_lock(output) is not None  # the inner release gives nothing back
+        time.sleep(0.5)
+        renewed = read_lock(output)
+        assert renewed is not None and renewed.run == outer.run and renewed.expires > outer.expires
+    assert read_lock(output) is None
+
+
+def test_an_unreadable_lock_counts_as_expired(tmp_path: Path) -> None:
+    (tmp_path / LOCK_NAME).write_text('{"host": "a", "pi')
+    with hold_output(Location(tmp_path)):
+        pass
+
+
+def test_the_lock_works_on_an_object_store(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pipeline.output_lock, "_SETTLE_SECONDS", 0.01)
+    output = Location("memory://bucket/jobs/lock-test")
+    with hold_output(output, job="remote") as holder:
+        assert (output / LOCK_NAME).exists() and read_lock(output) == holder
+    assert not (output / LOCK_NAME).exists()
+    write_foreign_lock(output, pid=4242, host="worker-7.example")
+    with pytest.raises(OutputLockedError, match="worker-7.example"), hold_output(output):
+        pass
+    (output / LOCK_NAME).remove()
+
+
+def test_force_never_deletes_a_cube_under_a_live_run(
+    tmp_path: Path, other_process: subprocess.Popen[bytes]
+) -> None:
+    cube = write_patch_cube(tmp_path / "input_cube.zarr", 64, 64, chunk=64)
+    out = tmp_path / "job" / "change_cube.zarr"
+    out.mkdir(parents=True)
+    (out / "zarr.json").write_text("{}")  # what a live run is writing
+    write_foreign_lock(Location(out.parent), pid=other_process.pid)
+    with pytest.raises(OutputLockedError, match=f"process {other_process.pid}"):
+        run_inference(
+            engine_job(out.parent),
+            cube,
+            out,
+            tiling=TilingSpec(tile_size=64, overlap=16, block_size=64),
+            cluster=ClusterSpec(n_workers=1, threads_per_worker=1, processes=False),
+            prompts=PROMPTS,
+            force=True,
+            progress=False,
+        )
+    assert (out / "zarr.json").read_text() == "{}"
