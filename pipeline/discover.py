@@ -195,7 +195,7 @@ def _sign_assets(items: list[dict[str, Any]], signer: HrefSigner, name: str) -> 
             asset["href"] = signed
 
 
-def _api_error(exc: Exception, action: str, url: str, catalog: CatalogSpec) -> CatalogError:
+def _api_error(exc: Exception, action: str, url: str, catalog: CatalogSpec, *, opening: bool) -> CatalogError:
     """A CatalogError for a request that failed for good: what was asked, of which URL, and what to do."""
     status = getattr(exc, "status_code", None)
     tries = (
@@ -214,9 +214,10 @@ def _api_error(exc: Exception, action: str, url: str, catalog: CatalogSpec) -> C
             f"{action} at {url} was refused: HTTP {status} ({body}); this is not retried: check the "
             "job's catalog URL, collections, windows and AOI"
         )
+    failed = f"could not reach the STAC API at {url}" if opening else f"{action} at {url} failed"
     return CatalogError(
-        f"{action} at {url} failed {tries} ({exc}); check the URL, that the server is running and "
-        "that this machine can reach it"
+        f"{failed} {tries} ({exc}); check the URL, that the server is running and that this machine "
+        "can reach it"
     )
 
 
@@ -231,7 +232,7 @@ def _search_api(
     try:
         client = Client.open(url, stac_io=stac_api_io(catalog), timeout=catalog.timeout)
     except (APIError, OSError, pystac.STACError, ValueError) as exc:
-        raise _api_error(exc, "opening the STAC API", url, catalog) from None
+        raise _api_error(exc, "opening the STAC API", url, catalog, opening=True) from None
     kwargs: dict[str, Any] = {
         "collections": list(collections),
         "intersects": shapely.geometry.mapping(aoi),
@@ -254,7 +255,7 @@ def _search_api(
         search_url = search.url
         return [dict(item) for item in search.items_as_dicts()], mode
     except (APIError, OSError) as exc:
-        raise _api_error(exc, "the STAC search", search_url, catalog) from None
+        raise _api_error(exc, "the STAC search", search_url, catalog, opening=False) from None
 
 
 def _describe(mode: FilterMode) -> str:

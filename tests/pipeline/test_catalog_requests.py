@@ -109,7 +109,7 @@ def test_an_unreachable_api_fails_after_the_retries_and_names_it(tmp_path: Path)
     with pytest.raises(CatalogError) as info:
         discover(_job({"url": url, "retries": 2, "backoff": 0.01}, tmp_path))
     message = str(info.value)
-    assert f"opening the STAC API at {url} failed after 2 retries" in message
+    assert f"could not reach the STAC API at {url} after 2 retries" in message
     assert "that the server is running" in message
 
 
