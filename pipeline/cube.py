@@ -36,6 +36,7 @@ from pyproj import CRS
 
 from pipeline import __version__
 from pipeline.bands import resolve_asset_key
+from pipeline.containment import check_asset_hrefs
 from pipeline.discover import Discovery
 from pipeline.errors import CubeError, OutputExistsError
 from pipeline.faults import fault_point
@@ -479,6 +480,7 @@ def prepare_cube(
     """
     path = cube_path(job)
     path.check_access()
+    check_asset_hrefs(job, discovery.items)
     with hold_output(path.parent, job=f"input cube of job {job.output}"):
         return _prepare_locked(job, discovery, path, progress=progress, scheduler=scheduler, reuse=reuse)
 

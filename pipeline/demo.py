@@ -106,6 +106,8 @@ def demo_job_fields(scene: GeneratedScene, catalog: str, output: Path) -> dict[s
         "block_size": 512,
         "prompts": DEMO_PROMPTS,
         "models": {"checkpoint": str(checkpoint) if checkpoint else None, "segmenter": "spectral"},
+        # The scene's COGs lie beside its items; served by a STAC API they are read only from there.
+        "asset_roots": [str(scene.root)],
     }
 
 

@@ -85,6 +85,18 @@ class StorageError(Seg2ChangeError):
 __all__ += ["StorageError"]
 
 
+class JobTooLargeError(JobSpecError):
+    """A job exceeds its size limit (``limits.max_pixels``); the message holds the estimate."""
+
+
+class ContainmentError(JobSpecError):
+    """A path leaves where it must stay: an asset outside the catalog's folder, an output inside the
+    inputs or inside another job's cube; the message names both and the fix."""
+
+
+__all__ += ["ContainmentError", "JobTooLargeError"]
+
+
 class OutputLockedError(Seg2ChangeError):
     """Another live run holds the lock of the output folder; the message names it."""
 

@@ -17,17 +17,20 @@ cube), the published files are made in a local temporary folder and uploaded.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from distributed import Client
 
+from pipeline.cost import JobEstimate
 from pipeline.cube import PreparedCube, prepare_cube
 from pipeline.discover import Discovery, discover
 from pipeline.errors import JobSpecError
 from pipeline.faults import fault_point
 from pipeline.infer import InferenceResult, run_inference
 from pipeline.output_lock import hold_output
+from pipeline.preflight import preflight
 from pipeline.publish import PublishResult, publish
 from pipeline.spec import JobSpec
 from pipeline.storage import Location
@@ -71,7 +74,12 @@ def remove_staging_files(output: Location) -> list[Path]:
 
 
 def run_job(
-    job: JobSpec, *, force: bool = False, progress: bool = True, client: Client | None = None
+    job: JobSpec,
+    *,
+    force: bool = False,
+    progress: bool = True,
+    client: Client | None = None,
+    on_estimate: Callable[[JobEstimate], None] | None = None,
 ) -> RunResult:
     """Run a job end to end.
 
@@ -85,6 +93,9 @@ def run_job(
         Show progress bars.
     client
         A ready Dask client to compute on (left open); default: the job's ``cluster``.
+    on_estimate
+        Called with the job's size estimate (:mod:`pipeline.cost`) once every check that needs no
+        pixels has passed (:mod:`pipeline.preflight`), before discovery.
 
     Returns
     -------
@@ -105,6 +116,9 @@ def run_job(
         )
     if force and not job.overwrite:
         job = job.model_copy(update={"overwrite": True})
+    checked = preflight(job, inference=True)
+    if on_estimate is not None:
+        on_estimate(checked.estimate)
     output = Location(job.output)
     output.check_access()
     with hold_output(output, job=f"job {job.output}"):

@@ -44,6 +44,7 @@ __all__ = [
     "CatalogSpec",
     "GridSpec",
     "JobSpec",
+    "LimitsSpec",
     "QualitySpec",
     "TimeWindow",
     "load_job",
@@ -411,6 +412,35 @@ class QualitySpec(BaseModel):
         return value
 
 
+#: Largest grid (pixels of the AOI's bounds) a job may cover without ``limits.allow_large``:
+#: 2e9 px is about 450 km x 450 km at 10 m, an input cube of about 100 GB with six bands.
+DEFAULT_MAX_PIXELS = 2_000_000_000
+
+
+class LimitsSpec(BaseModel):
+    """How large a job may be before it is refused (see :mod:`pipeline.cost`).
+
+    Attributes
+    ----------
+    max_pixels
+        Largest number of grid pixels (the AOI's bounds at the grid's resolution).
+    allow_large
+        Run a job over ``max_pixels`` anyway (the command line's ``--allow-large``).
+    """
+
+    model_config = _FROZEN
+
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    allow_large: bool = False
+
+    @field_validator("max_pixels")
+    @classmethod
+    def _positive(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError(f"max_pixels must be at least 1, got {value}; e.g. {DEFAULT_MAX_PIXELS}")
+        return value
+
+
 class JobSpec(BaseModel):
     """Everything one change-detection job needs, validated.
 
@@ -451,6 +481,11 @@ class JobSpec(BaseModel):
         Optional GeoJSON file of polygons for per-zone statistics.
     overwrite
         Replace an existing output. Without it an existing output is an error.
+    limits
+        The size over which a job is refused unless allowed (see :class:`LimitsSpec`).
+    asset_roots
+        Local folders that asset files may lie in besides a local catalog's own folder (see
+        :mod:`pipeline.containment`); relative paths are taken from the job file.
     """
 
     model_config = _FROZEN
@@ -474,6 +509,8 @@ class JobSpec(BaseModel):
     cluster: ClusterSpec = ClusterSpec()
     zones: str | None = None
     overwrite: bool = False
+    limits: LimitsSpec = LimitsSpec()
+    asset_roots: tuple[str, ...] = ()
 
     @field_validator("collections", "bands", mode="before")
     @classmethod
@@ -615,6 +652,14 @@ def _resolve_relative(doc: dict[str, Any], base: Path) -> dict[str, Any]:
         aoi = dict(aoi)
         aoi["geometry"] = str((base / aoi["geometry"]).resolve())
         out["aoi"] = aoi
+    roots = out.get("asset_roots")
+    if isinstance(roots, list | tuple):
+        out["asset_roots"] = [
+            str((base / r).resolve())
+            if isinstance(r, str) and "://" not in r and not r.startswith("/")
+            else r
+            for r in roots
+        ]
     zones = out.get("zones")
     if isinstance(zones, str) and "://" not in zones and not zones.startswith("/"):
         out["zones"] = str((base / zones).resolve())
@@ -627,7 +672,7 @@ def _resolve_relative(doc: dict[str, Any], base: Path) -> dict[str, Any]:
                 models[key] = str((base / value).resolve())
         out["models"] = models
     output = out.get("output")
-    if isinstance(output, str) and "://" not in output and not output.startswith("/"):
+    if isinstance(output, str) and output.strip() and "://" not in output and not output.startswith("/"):
         out["output"] = str((base / output).resolve())
     return out
 

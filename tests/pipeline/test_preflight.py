@@ -1,0 +1,147 @@
+"""Checks before work: the size estimate and its limit, the models, the scheduler; nothing written."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Any, NoReturn
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+import pipeline.run
+from pipeline.cost import check_job_size, estimate_job
+from pipeline.demo import demo_checkpoint
+from pipeline.errors import ClusterError, JobSpecError, JobTooLargeError
+from pipeline.preflight import preflight
+from pipeline.run import run_job
+from pipeline.spec import JobSpec
+from pipeline.tiling import TileGrid
+from seg2change_core.errors import ModelError
+
+EUROPE = {"bbox": [-10.0, 35.0, 30.0, 70.0]}
+
+
+def fields(tmp_path: Path, **changes: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "aoi": {"bbox": [13.0, 52.0, 13.05, 52.03]},
+        "before": "2024-05-01/2024-05-31",
+        "after": "2024-07-01/2024-07-31",
+        "catalog": "http://127.0.0.1:9/",
+        "collections": ["s2"],
+        "output": str(tmp_path / "out"),
+        "prompts": {"classes": "water;building"},
+    }
+    base.update(changes)
+    return base
+
+
+@pytest.fixture
+def no_discovery(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make any catalog search fail the test: every check here must come before discovery."""
+
+    def refuse(*_: object, **__: object) -> NoReturn:
+        raise AssertionError("discovery ran before the checks that need no pixels")
+
+    monkeypatch.setattr(pipeline.run, "discover", refuse)
+
+
+def test_estimate_counts_the_grid_blocks_tiles_and_bytes(tmp_path: Path) -> None:
+    job = JobSpec.build(
+        **fields(
+            tmp_path,
+            aoi={"bbox": [500000, 5800000, 510240, 5810240], "crs": "EPSG:32633"},
+            block_size=512,
+            tiling={"tile_size": 256, "overlap": 32},
+        )
+    )
+    estimate = estimate_job(job)
+    assert (estimate.width, estimate.height, estimate.pixels) == (1024, 1024, 1024 * 1024)
+    assert estimate.blocks == 4
+    assert estimate.tiles == len(TileGrid(1024, 1024, 256, 32))
+    assert estimate.input_bytes == 1024 * 1024 * 2 * (6 * 4 + 1)
+    assert estimate.worker_bytes > 0 and estimate.client_bytes > 0
+    assert not estimate.over_limit
+
+
+def test_continent_is_refused_with_the_estimate(tmp_path: Path, no_discovery: None) -> None:
+    job = JobSpec.build(**fields(tmp_path, aoi=EUROPE))
+    with pytest.raises(JobTooLargeError) as caught:
+        run_job(job, progress=False)
+    message = str(caught.value)
+    assert "too large to start" in message
+    assert "blocks of 1024 px" in message and "tiles of 512 px" in message
+    assert "on the client" in message and "per worker" in message
+    assert "--allow-large" in message and "limits.max_pixels" in message
+    assert not (tmp_path / "out").exists()
+
+
+def test_limit_is_configurable_and_allow_large_goes_past_it(tmp_path: Path) -> None:
+    small_limit = JobSpec.build(**fields(tmp_path, limits={"max_pixels": 1000}))
+    with pytest.raises(JobTooLargeError, match=r"limit 1e\+03"):
+        check_job_size(small_limit)
+    allowed = JobSpec.build(**fields(tmp_path, aoi=EUROPE, limits={"allow_large": True}))
+    estimate = check_job_size(allowed)
+    assert estimate.over_limit and estimate.pixels > 10**11
+    with pytest.raises(JobSpecError, match="max_pixels must be at least 1"):
+        JobSpec.build(**fields(tmp_path, limits={"max_pixels": 0}))
+
+
+def test_cli_refuses_a_continent_and_names_the_flag(tmp_path: Path) -> None:
+    from flows.cli import app
+
+    job_file = tmp_path / "job.yaml"
+    job_file.write_text(yaml.safe_dump(fields(tmp_path, aoi=EUROPE)))
+    for command in ("run", "prepare"):
+        result = CliRunner().invoke(app, [command, str(job_file), "--no-progress"])
+        assert result.exit_code == 2, result.output
+        text = " ".join(result.output.split())
+        assert "too large to start" in text and "--allow-large" in text
+    assert not (tmp_path / "out").exists()
+
+
+def test_overlap_over_half_the_models_tile_is_refused_before_work(tmp_path: Path, no_discovery: None) -> None:
+    checkpoint = demo_checkpoint()
+    assert checkpoint is not None, "the demo checkpoint ships in seg2change_core/assets"
+    job = JobSpec.build(**fields(tmp_path, models={"checkpoint": str(checkpoint)}, tiling={"overlap": 300}))
+    with pytest.raises(JobSpecError, match=r"overlap 300 exceeds half the tile \(504 px\)"):
+        run_job(job, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_unreadable_checkpoint_is_refused_before_work(tmp_path: Path, no_discovery: None) -> None:
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"not a safetensors file")
+    job = JobSpec.build(**fields(tmp_path, models={"checkpoint": str(broken)}))
+    with pytest.raises(ModelError, match="broken.safetensors"):
+        run_job(job, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_clip_weights_are_refused_before_work(tmp_path: Path, no_discovery: None) -> None:
+    tokenizer = tmp_path / "bpe_simple_vocab_16e6.txt.gz"
+    tokenizer.write_bytes(b"")
+    options = {"weights": str(tmp_path / "clip.safetensors"), "tokenizer": str(tokenizer)}
+    job = JobSpec.build(**fields(tmp_path, models={"segmenter": "clip", "segmenter_options": options}))
+    with pytest.raises(ModelError, match=r"CLIP weights file .*clip.safetensors' does not exist"):
+        run_job(job, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_unreachable_scheduler_is_refused_before_work(tmp_path: Path, no_discovery: None) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    job = JobSpec.build(**fields(tmp_path, cluster={"address": f"tcp://127.0.0.1:{port}"}))
+    with pytest.raises(ClusterError, match=f"cannot reach the Dask scheduler at tcp://127.0.0.1:{port}"):
+        run_job(job, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_prepare_checks_need_no_models(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"not a safetensors file")
+    job = JobSpec.build(**fields(tmp_path, models={"checkpoint": str(broken)}))
+    checked = preflight(job, inference=False)
+    assert checked.tile_size is None and checked.estimate.pixels > 0
