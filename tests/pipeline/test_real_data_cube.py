@@ -85,6 +85,7 @@ def test_oscd_city_cube_is_georeferenced(shared_data: Path, tmp_path: Path) -> N
         collections=["oscd"],
         quality="none",
         output=str(tmp_path / "out"),
+        asset_roots=[str(city)],  # the band files stay in the shared data, outside the catalog's folder
         block_size=256,
         zarr_format=3 if GDAL_READS_ZARR3 else 2,  # GDAL < 3.11 reads only Zarr v2 of zarr-python's
     )
