@@ -26,10 +26,11 @@ import shapely
 import shapely.geometry
 from pystac_client import Client
 from pystac_client.conformance import ConformanceClasses
+from pystac_client.errors import ClientTypeError
 from pystac_client.exceptions import APIError
 
 from pipeline.catalog_io import RETRY_STATUSES, backoff_wait_s, stac_api_io
-from pipeline.errors import CatalogError, NothingFoundError
+from pipeline.errors import CatalogError, CatalogUnavailableError, NothingFoundError
 from pipeline.signers import HrefSigner, resolve_signer
 from pipeline.spec import CatalogSpec, JobSpec, TimeWindow
 
@@ -182,7 +183,8 @@ def _sign_assets(items: list[dict[str, Any]], signer: HrefSigner, name: str) -> 
             try:
                 signed = signer(href)
             except Exception as exc:  # the signer is the user's code or a third party's
-                raise CatalogError(
+                error = CatalogUnavailableError if isinstance(exc, OSError | TimeoutError) else CatalogError
+                raise error(
                     f"signing asset {key!r} of item {item.get('id')} with {name!r} failed "
                     f"({type(exc).__name__}: {exc}); check the signer's network access and credentials, "
                     "or remove catalog.sign if this catalog's hrefs are readable as they are"
@@ -203,7 +205,7 @@ def _api_error(exc: Exception, action: str, url: str, catalog: CatalogSpec, *, o
         f"{backoff_wait_s(catalog):.3g} s of backoff"
     )
     if status in RETRY_STATUSES:
-        return CatalogError(
+        return CatalogUnavailableError(
             f"{action} at {url} failed: the server answered HTTP {status} ({HTTPStatus(status).phrase}) "
             f"{tries}; it is overloaded or down: try again later, or wait longer with catalog.retries "
             f"(now {catalog.retries}) and catalog.backoff (now {catalog.backoff:g} s)"
@@ -214,8 +216,13 @@ def _api_error(exc: Exception, action: str, url: str, catalog: CatalogSpec, *, o
             f"{action} at {url} was refused: HTTP {status} ({body}); this is not retried: check the "
             "job's catalog URL, collections, windows and AOI"
         )
+    if isinstance(exc, pystac.STACError | ValueError | ClientTypeError) and not isinstance(exc, APIError):
+        return CatalogError(
+            f"{action} at {url} gave an answer that is not STAC ({exc}); check that the URL is the API's "
+            "root (its landing page), e.g. https://earth-search.aws.element84.com/v1"
+        )
     failed = f"could not reach the STAC API at {url}" if opening else f"{action} at {url} failed"
-    return CatalogError(
+    return CatalogUnavailableError(
         f"{failed} {tries} ({exc}); check the URL, that the server is running and that this machine "
         "can reach it"
     )
@@ -231,7 +238,7 @@ def _search_api(
     url = catalog.url
     try:
         client = Client.open(url, stac_io=stac_api_io(catalog), timeout=catalog.timeout)
-    except (APIError, OSError, pystac.STACError, ValueError) as exc:
+    except (APIError, OSError, pystac.STACError, ValueError, ClientTypeError) as exc:
         raise _api_error(exc, "opening the STAC API", url, catalog, opening=True) from None
     kwargs: dict[str, Any] = {
         "collections": list(collections),

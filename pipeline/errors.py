@@ -26,6 +26,16 @@ class NothingFoundError(CatalogError):
     """A search found no usable item for a time window."""
 
 
+class CatalogUnavailableError(CatalogError):
+    """A catalog (or its href signer's service) stayed unreachable or busy through the bounded retries.
+
+    Worth trying again later, unlike a refused request or a bad job.
+    """
+
+
+__all__ += ["CatalogUnavailableError"]
+
+
 class OutputExistsError(Seg2ChangeError):
     """The output already exists and the job was not told to overwrite it."""
 

@@ -21,7 +21,7 @@ from test_discover import EXPECTED, ITEMS
 
 from pipeline.catalog_io import backoff_wait_s, retry_policy
 from pipeline.discover import discover
-from pipeline.errors import CatalogError, JobSpecError
+from pipeline.errors import CatalogError, CatalogUnavailableError, JobSpecError
 from pipeline.signers import resolve_signer
 from pipeline.spec import CatalogSpec, JobSpec
 
@@ -85,7 +85,7 @@ def test_an_api_that_stays_unavailable_fails_after_the_bounded_count(tmp_path: P
     catalog = {"retries": 3, "backoff": 0.01}
     with fake_api(ITEMS, always={"POST /search": 503}) as api:
         job = _job({"url": api.url, **catalog}, tmp_path)
-        with pytest.raises(CatalogError) as info:
+        with pytest.raises(CatalogUnavailableError) as info:  # worth trying again later
             discover(job)
     assert api.count("POST /search") == 4  # the request and 3 retries, then no more
     message = str(info.value)
@@ -98,6 +98,7 @@ def test_a_refused_search_is_not_retried(tmp_path: Path) -> None:
     with fake_api(ITEMS, always={"POST /search": 400}) as api, pytest.raises(CatalogError) as info:
         discover(_job(api.url, tmp_path))
     assert api.count("POST /search") == 1
+    assert not isinstance(info.value, CatalogUnavailableError)  # the same request would fail again
     assert "was refused: HTTP 400" in str(info.value)
     assert "not retried" in str(info.value)
 
@@ -106,11 +107,20 @@ def test_an_unreachable_api_fails_after_the_retries_and_names_it(tmp_path: Path)
     with fake_api(ITEMS) as api:
         url = api.url
     # The server is gone: the port refuses connections.
-    with pytest.raises(CatalogError) as info:
+    with pytest.raises(CatalogUnavailableError) as info:
         discover(_job({"url": url, "retries": 2, "backoff": 0.01}, tmp_path))
     message = str(info.value)
     assert f"could not reach the STAC API at {url} after 2 retries" in message
     assert "that the server is running" in message
+
+
+def test_an_answer_that_is_not_stac_says_to_give_the_api_root(tmp_path: Path) -> None:
+    # The root answers JSON, but no STAC landing page.
+    with fake_api(ITEMS, always={"GET /": 200}) as api, pytest.raises(CatalogError) as info:
+        discover(_job(api.url, tmp_path))
+    assert api.count("GET /") == 1
+    assert f"opening the STAC API at {api.url} gave an answer that is not STAC" in str(info.value)
+    assert "the API's root" in str(info.value)
 
 
 def test_backoff_grows_exponentially_and_is_bounded() -> None:
@@ -226,6 +236,8 @@ def test_a_broken_signer_is_a_catalog_error(tmp_path: Path, sign: str, expected:
     with pytest.raises(CatalogError) as info:
         discover(_job({"url": str(catalog), "sign": sign}, tmp_path))
     assert expected in str(info.value)
+    # Only a signer that could not reach its service is worth running again.
+    assert isinstance(info.value, CatalogUnavailableError) == sign.endswith(":refuse")
 
 
 def test_a_signer_module_in_the_current_folder_is_found(
