@@ -8,9 +8,10 @@ Prefect server) and prints the result as JSON.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import date, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -41,6 +42,19 @@ def _json_option(value: str | None, what: str) -> dict[str, Any] | None:
     return doc
 
 
+def _fail(exc: Seg2ChangeError) -> NoReturn:
+    make_console(stderr=True).print(error_text(exc))
+    raise typer.Exit(code=2) from None
+
+
+def _check(build: Callable[[], object]) -> None:
+    """Build the run's jobs here first, so that a bad one is refused before Prefect loads."""
+    try:
+        build()
+    except Seg2ChangeError as exc:
+        _fail(exc)
+
+
 def _run(flow: Any, scheduler: str | None, **parameters: Any) -> None:
     from flows.tasks import task_runner
 
@@ -48,8 +62,7 @@ def _run(flow: Any, scheduler: str | None, **parameters: Any) -> None:
     try:
         result = runner(**parameters)
     except Seg2ChangeError as exc:
-        make_console(stderr=True).print(error_text(exc))
-        raise typer.Exit(code=2) from None
+        _fail(exc)
     typer.echo(json.dumps(result, indent=2, default=str))
 
 
@@ -85,27 +98,27 @@ def respond(
     force: Annotated[bool, typer.Option("--force", hidden=True, help=FORCE_ALIAS_HELP)] = False,
 ) -> None:
     """Map the change around a reported event (flood, fire, storm, earthquake) and print its statistics."""
+    from flows.events import event_job
+
+    event: dict[str, Any] = {
+        "area": area,
+        "event_date": _parse_date(event_date),
+        "hazard": hazard,
+        "catalog": catalog,
+        "collections": collections,
+        "output": output,
+        "area_crs": area_crs,
+        "before_days": before_days,
+        "after_days": after_days,
+        "prompts": _json_option(prompts, "--prompts"),
+        "block_size": block_size,
+        "job_options": _json_option(job_options, "--job-options"),
+        **({} if tile_size is None else {"tile_size": tile_size}),
+    }
+    _check(lambda: event_job(**event))
     from flows.response import response_flow
 
-    _run(
-        response_flow,
-        scheduler,
-        area=area,
-        event_date=_parse_date(event_date),
-        hazard=hazard,
-        catalog=catalog,
-        collections=collections,
-        output=output,
-        area_crs=area_crs,
-        before_days=before_days,
-        after_days=after_days,
-        prompts=_json_option(prompts, "--prompts"),
-        block_size=block_size,
-        **({} if tile_size is None else {"tile_size": tile_size}),
-        priority=priority,
-        job_options=_json_option(job_options, "--job-options"),
-        force=overwrite_flag(overwrite, force),
-    )
+    _run(response_flow, scheduler, **event, priority=priority, force=overwrite_flag(overwrite, force))
 
 
 def monitor(
@@ -127,17 +140,18 @@ def monitor(
     force: Annotated[bool, typer.Option("--force", hidden=True, help=FORCE_ALIAS_HELP)] = False,
 ) -> None:
     """Compute, per region, the change of the period just ended against the one before it."""
+    from flows.regions import monitoring_plan
+
+    run: dict[str, Any] = {
+        "zones": str(zones) if zones else None,
+        "base_job": str(base_job) if base_job else None,
+        "job_files": [str(f) for f in job_files] if job_files else None,
+        "output": output,
+        "cadence": cadence,
+        "run_date": _parse_date(run_date) if run_date else datetime.now().date(),
+        "zones_crs": zones_crs,
+    }
+    _check(lambda: monitoring_plan(**run))
     from flows.monitoring import monitoring_flow
 
-    _run(
-        monitoring_flow,
-        scheduler,
-        zones=str(zones) if zones else None,
-        base_job=str(base_job) if base_job else None,
-        job_files=[str(f) for f in job_files] if job_files else None,
-        output=output,
-        cadence=cadence,
-        run_date=_parse_date(run_date) if run_date else datetime.now().date(),
-        zones_crs=zones_crs,
-        force=overwrite_flag(overwrite, force),
-    )
+    _run(monitoring_flow, scheduler, **run, force=overwrite_flag(overwrite, force))

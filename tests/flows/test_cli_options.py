@@ -71,3 +71,19 @@ def test_change_cube_refusals_name_the_flag(tmp_path: Path) -> None:
         )
     for message in (str(not_ours.value), str(other_job.value)):
         assert OVERWRITE_FLAG in message and DEPRECATED_ALIAS not in message
+
+
+def test_the_demo_default_folder_is_ignored_by_git() -> None:
+    import inspect
+    import shutil
+    import subprocess
+
+    from flows.cli import demo
+
+    repo = Path(__file__).resolve().parents[2]
+    if shutil.which("git") is None or not (repo / ".git").exists():
+        pytest.skip("not a git checkout")
+    default = inspect.signature(demo).parameters["workdir"].default
+    probe = repo / default / "scene" / "items.ndjson"
+    done = subprocess.run(["git", "-C", str(repo), "check-ignore", "-q", str(probe)], check=False)
+    assert done.returncode == 0, f"{default}/ is not in .gitignore"

@@ -67,6 +67,29 @@ def test_wrong_type_is_refused_before_heavy_imports(tmp_path: Path) -> None:
     assert result["heavy"] == []
 
 
+def test_respond_refuses_a_misspelt_job_option_before_prefect(tmp_path: Path) -> None:
+    args = ["respond", "--area", "13.3,52.45,13.45,52.55", "--event-date", "2024-06-01", "--hazard", "flood"]
+    args += [
+        "--catalog",
+        "https://stac.example.org/v1",
+        "--collections",
+        "s2",
+        "--output",
+        str(tmp_path / "o"),
+    ]
+    result = _invoke_in_fresh_process([*args, "--job-options", '{"clod_limit": 30}'])
+    assert result["code"] == 2
+    assert "clod_limit" in str(result["stderr"]) and "not a known field" in str(result["stderr"])
+    assert result["heavy"] == []
+
+
+def test_monitor_refuses_a_misspelt_job_file_before_prefect(tmp_path: Path) -> None:
+    result = _invoke_in_fresh_process(["monitor", str(_misspelt(tmp_path)), "--run-date", "2024-07-03"])
+    assert result["code"] == 2
+    assert "region 'job'" in str(result["stderr"]) and "clod_limit" in str(result["stderr"])
+    assert result["heavy"] == []
+
+
 def test_misspelt_key_exits_non_zero_from_the_installed_command(tmp_path: Path) -> None:
     command = Path(sys.executable).with_name("seg2change")
     done = subprocess.run(

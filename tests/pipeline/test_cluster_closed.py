@@ -105,3 +105,16 @@ def test_the_readme_says_how_to_open_the_dashboard_safely() -> None:
     assert job_field is not None
     assert ClusterSpec.build(**yaml.safe_load(job_field.group(1))).dashboard == f"{LOOPBACK}:8787"
     assert "--dashboard 127.0.0.1:8787" in section and "ssh -N -L 8787:127.0.0.1:8787" in section
+
+
+def test_the_flows_local_task_runner_starts_a_closed_cluster() -> None:
+    from flows.tasks import task_runner
+    from pipeline.cluster import local_cluster_of
+
+    runner = task_runner("local")
+    assert runner.cluster_class is local_cluster_of
+    before = set(_listeners())
+    with local_cluster_of(**{**runner.cluster_kwargs, "n_workers": 1}) as cluster:
+        opened = set(_listeners()) - before
+        assert cluster.scheduler_address.startswith(f"tcp://{LOOPBACK}:")
+        assert opened and {ip for ip, _ in opened} == {LOOPBACK}

@@ -1,0 +1,159 @@
+"""The job of a reported event (flood, fire, storm, earthquake): its windows, area and prompts.
+
+Pure functions, without Prefect: :mod:`flows.response` runs the job they build, and the command
+line builds it first, so that a bad event is refused before Prefect and the engine are imported.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+from pipeline.errors import JobSpecError
+from pipeline.spec import JobSpec
+
+__all__ = [
+    "HAZARD_PROMPTS",
+    "RESPONSE_TILE_SIZE",
+    "Hazard",
+    "event_job",
+    "event_windows",
+    "parse_area",
+]
+
+Hazard = Literal["flood", "fire", "storm", "earthquake"]
+
+#: Model tile side of a response job: the smallest valid CACH tile (a multiple of 14 * 18 = 252 px,
+#: see :mod:`seg2change_core.cach.geometry`), small so that the first blocks come quickly.
+RESPONSE_TILE_SIZE = 252
+
+#: Default prompts per hazard: the classes to map and the target whose gain is the affected area.
+HAZARD_PROMPTS: dict[str, dict[str, list[str]]] = {
+    "flood": {"classes": ["water", "vegetation", "built-up", "bare soil"], "targets": ["water"]},
+    "fire": {
+        "classes": ["burned area", "vegetation", "bare soil", "water", "built-up"],
+        "targets": ["burned area"],
+    },
+    "storm": {
+        "classes": ["building,roof,house", "vegetation", "bare soil", "water"],
+        "targets": ["building"],
+    },
+    "earthquake": {
+        "classes": ["building,roof,house", "vegetation", "bare soil", "water"],
+        "targets": ["building"],
+    },
+}
+
+
+def event_windows(event_date: date, before_days: int = 60, after_days: int = 14) -> tuple[str, str]:
+    """Return the (before, after) windows of an event as ``START/END`` strings.
+
+    ``before`` is ``[event - before_days, event - 1 day]``; ``after`` is
+    ``[event, event + after_days]``, both ends included.
+
+    Examples
+    --------
+    >>> event_windows(date(2024, 6, 1))
+    ('2024-04-02/2024-05-31', '2024-06-01/2024-06-15')
+    """
+    if before_days < 1 or after_days < 0:
+        raise JobSpecError(
+            f"before_days must be >= 1 and after_days >= 0, got {before_days} and {after_days}; "
+            "e.g. 60 and 14"
+        )
+    before = f"{event_date - timedelta(days=before_days)}/{event_date - timedelta(days=1)}"
+    after_end = event_date + timedelta(days=max(after_days, 1))
+    return before, f"{event_date}/{after_end}"
+
+
+def parse_area(area: str | Sequence[float] | Mapping[str, Any], crs: str = "EPSG:4326") -> dict[str, Any]:
+    """Turn an event area into the job's ``aoi`` field.
+
+    Parameters
+    ----------
+    area
+        A GeoJSON file path, a GeoJSON document (mapping or JSON text), a bbox
+        ``[xmin, ymin, xmax, ymax]`` or the text ``"xmin,ymin,xmax,ymax"``.
+    crs
+        CRS of the bbox or geometry coordinates.
+    """
+    if isinstance(area, Mapping):
+        return {"geometry": _geometry(dict(area)), "crs": crs}
+    if isinstance(area, str):
+        text = area.strip()
+        if text.startswith("{"):
+            try:
+                return {"geometry": _geometry(json.loads(text)), "crs": crs}
+            except json.JSONDecodeError as exc:
+                raise JobSpecError(f"area looks like JSON but is not ({exc}); give valid GeoJSON") from None
+        if text.startswith("["):
+            return parse_area(json.loads(text), crs)
+        parts = [p for p in text.replace(" ", ",").split(",") if p]
+        if len(parts) == 4:
+            try:
+                return {"bbox": [float(p) for p in parts], "crs": crs}
+            except ValueError:
+                pass
+        if Path(text).expanduser().is_file():
+            return {"geometry": str(Path(text).expanduser().resolve()), "crs": crs}
+        raise JobSpecError(
+            f"area {area!r} is neither a GeoJSON file, GeoJSON text nor a bbox 'xmin,ymin,xmax,ymax'; "
+            "give one of those"
+        )
+    values = list(area)
+    if len(values) != 4:
+        raise JobSpecError(f"area bbox {values} must have four numbers: xmin, ymin, xmax, ymax")
+    return {"bbox": [float(v) for v in values], "crs": crs}
+
+
+def _geometry(doc: dict[str, Any]) -> dict[str, Any]:
+    if doc.get("type") == "FeatureCollection":
+        return doc  # AreaOfInterest unions the features
+    return doc.get("geometry", doc) if doc.get("type") == "Feature" else doc
+
+
+def event_job(
+    area: str | Sequence[float] | Mapping[str, Any],
+    event_date: date,
+    hazard: Hazard,
+    catalog: str,
+    collections: str | Sequence[str],
+    output: str,
+    *,
+    area_crs: str = "EPSG:4326",
+    before_days: int = 60,
+    after_days: int = 14,
+    prompts: Mapping[str, Any] | None = None,
+    block_size: int = 512,
+    tile_size: int = RESPONSE_TILE_SIZE,
+    job_options: Mapping[str, Any] | None = None,
+) -> JobSpec:
+    """Build and validate the job of an event (see :func:`response_flow` for the parameters).
+
+    Raises
+    ------
+    JobSpecError
+        Any invalid field, with the fix in the message.
+    """
+    if hazard not in HAZARD_PROMPTS:
+        raise JobSpecError(f"hazard {hazard!r} is unknown; use one of {', '.join(HAZARD_PROMPTS)}")
+    before, after = event_windows(event_date, before_days, after_days)
+    options = dict(job_options or {})
+    tiling = {"tile_size": tile_size, "block_size": block_size, "overlap": min(64, tile_size // 4)}
+    tiling.update(options.pop("tiling", None) or {})
+    fields: dict[str, Any] = {
+        "aoi": parse_area(area, area_crs),
+        "before": before,
+        "after": after,
+        "catalog": catalog,
+        "collections": collections,
+        "output": output,
+        "block_size": block_size,
+        "prompts": dict(prompts) if prompts is not None else HAZARD_PROMPTS[hazard],
+        "tiling": tiling,
+    }
+    fields.update(options)
+    return JobSpec.build(**fields)
