@@ -198,3 +198,23 @@ def test_the_signed_example_without_its_package_says_what_to_install() -> None:
     assert "module 'planetary_computer' is not installed" in message
     assert "-m pip install planetary-computer" in message
     assert "Traceback" not in message
+
+
+def test_the_readme_states_the_retry_defaults_the_code_has() -> None:
+    from urllib3.util.retry import RequestHistory
+
+    from pipeline.catalog_io import MAX_SLEEP_S, retry_policy
+    from pipeline.spec import CatalogSpec
+
+    catalog = CatalogSpec(url="https://earth-search.aws.element84.com/v1")
+    policy = retry_policy(catalog)
+    waits = []
+    for n in range(1, catalog.retries + 1):
+        history = tuple(RequestHistory("POST", "/search", None, 503, None) for _ in range(n))
+        waits.append(policy.new(history=history).get_backoff_time())
+    text = " ".join(_readme().split())
+    assert f"at most `catalog.retries` times (default {catalog.retries})" in text
+    assert f"(`catalog.backoff`, default {catalog.backoff:g}: waits of 0, 1, 2, 4 and 8 s" in text
+    assert waits == [0, 1, 2, 4, 8]
+    assert f"`Retry-After` up to {MAX_SLEEP_S:.0f} s" in text
+    assert f"`catalog.timeout` (default {catalog.timeout:.0f} s)" in text
