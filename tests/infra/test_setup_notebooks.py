@@ -26,7 +26,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 README = REPO / "notebooks" / "README.md"
-INSTALL = '.venv/bin/python -m pip install -c requirements/constraints.txt -e ".[notebooks]"'
+INSTALL = '.venv/bin/python -m pip install -c .venv/seg2change-constraints.txt -e ".[notebooks]"'
 LAUNCH = ".venv/bin/jupyter lab notebooks/"
 
 
