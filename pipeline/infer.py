@@ -860,7 +860,7 @@ def run_inference(
         all_blocks = tuple(blocks)
         if state.complete:
             log.info(
-                "%s is already complete for this job; nothing to do (force=True recomputes it)", out_path
+                "%s is already complete for this job; nothing to do (--overwrite recomputes it)", out_path
             )
             return InferenceResult(
                 out_path, fingerprint, len(blocks), (), all_blocks, time.perf_counter() - started, 0.0, 0.0, 0
