@@ -385,8 +385,8 @@ def summarise_statistics(statistics_json: LocationLike, zone: str = "all") -> di
     rows = [r for r in doc["rows"] if r["zone"] == zone]
     targets: dict[str, dict[str, float]] = {}
     for target in doc["targets"]:
-        changed = sum(r["area_m2"] for r in rows if r["kind"] == "target" and r["class_from"] == target)
-        moves = [r for r in rows if r["kind"] == "transition" and r["class_from"] != r["class_to"]]
+        changed = sum(r["area_m2"] for r in rows if r["kind"] == "target" and r["target"] == target)
+        moves = [r for r in rows if r["kind"] == "transition"]  # class_from != class_to
         targets[target] = {
             "changed_m2": float(changed),
             "gained_m2": float(sum(r["area_m2"] for r in moves if r["class_to"] == target)),

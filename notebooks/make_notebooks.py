@@ -72,11 +72,11 @@ NB01: list[Cell] = [
         """
         ## Open the cube
 
-        `decode_coords="all"` turns `spatial_ref` into a coordinate, so that rioxarray finds the CRS
-        and the transform. `mask_and_scale=False` keeps the layers in their stored integer types
-        with their nodata values (255 for the `uint8` layers, 65535 for `transition`, NaN for
-        `change_probability`); without it xarray turns every layer that has a fill value into
-        `float32` with NaN, which is fine for plotting but not for class codes.
+        A plain `xr.open_zarr` is enough: every layer lists `spatial_ref` as a coordinate, so
+        rioxarray finds the CRS and the transform, and the integer layers keep their stored types
+        with their nodata values in `.rio.nodata` and the `nodata` attribute (255 for the `uint8`
+        layers, 65535 for `transition`; NaN for `change_probability`). A cube written as Zarr v2
+        (`zarr_format: 2`) keeps CF `_FillValue` instead: open it with `mask_and_scale=False`.
 
         | variable | meaning |
         |---|---|
@@ -95,7 +95,8 @@ NB01: list[Cell] = [
         import rioxarray  # noqa: F401  (registers the .rio accessor)
         import xarray as xr
 
-        cube = xr.open_zarr(OUTPUT / "change_cube.zarr", consolidated=True, decode_coords="all", mask_and_scale=False)
+        cube = xr.open_zarr(OUTPUT / "change_cube.zarr")
+        assert cube.rio.crs is not None and cube["transition"].dtype == "uint16"
         cube
         """,
     ),
@@ -220,7 +221,10 @@ NB01: list[Cell] = [
         by chunk, so this works for areas that do not fit in memory), decode each code
         `before * K + after` into class names, and multiply by the pixel area
         `|res_x * res_y|` (square metres on a metric grid). The published `statistics.parquet`
-        holds the same numbers for the whole area (`zone == "all"`) and for each zone of the job.
+        holds the same numbers for the whole area (`zone == "all"`) and for each zone of the job:
+        kind `transition` where the class changed, kind `class_unchanged` where the change model
+        found change but the segmenter saw the same class on both dates ("changed, class
+        unchanged"), and one row of kind `changed` with their total.
         """,
     ),
     (
@@ -251,8 +255,10 @@ NB01: list[Cell] = [
         "code",
         """
         published = pd.read_parquet(OUTPUT / "statistics.parquet")
-        whole = published[(published["zone"] == "all") & (published["kind"] == "transition")]
-        whole = whole.astype({"class_from": str, "class_to": str})
+        whole = published[(published["zone"] == "all") & published["kind"].isin(["transition", "class_unchanged"])]
+        whole = whole.astype({"class_from": str, "class_to": str})[["class_from", "class_to", "pixels", "area_m2", "area_ha"]]
+        total = published[(published["zone"] == "all") & (published["kind"] == "changed")]
+        assert total["pixels"].tolist() == [whole["pixels"].sum()]
 
         both = mine.merge(whole, on=["class_from", "class_to"], how="outer", suffixes=("_cube", "_published"))
         assert both.notna().all().all(), f"transitions in one table only:\\n{both[both.isna().any(axis=1)]}"
@@ -275,7 +281,7 @@ NB01: list[Cell] = [
         valid = cube["change"] != 255
         per_target = ((cube["target_change"] == 1) & valid).sum(dim=("y", "x")).compute()
         targets = published[(published["zone"] == "all") & (published["kind"] == "target")]
-        for name, pixels in zip(targets["class_from"], targets["pixels"], strict=True):
+        for name, pixels in zip(targets["target"], targets["pixels"], strict=True):
             assert int(per_target.sel(target=name)) == pixels, (name, int(per_target.sel(target=name)), pixels)
             print(f"{name:>12}: {pixels:>9,} px  {pixels * pixel_area / 10_000:,.2f} ha")
         """,

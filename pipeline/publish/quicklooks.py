@@ -2,7 +2,8 @@
 
 The two true-colour images come from the *input* cube's red, green and blue bands (percentile
 stretched by :func:`pipeline.quicklook.render_quicklook`); the change panel paints every changed
-pixel in the colour of its transition, with a legend that gives each transition's area. Big areas
+pixel in the colour of its transition, with a legend that gives each transition's area (a change
+where the class stayed the same is labelled "changed, class unchanged (<class>)"). Big areas
 are read with a stride, straight from Zarr, so that the longest side is at most ``max_side``
 pixels; small ones are enlarged by an integer factor so the legend and titles stay legible.
 """
@@ -21,6 +22,7 @@ from numpy.typing import NDArray
 from pipeline.change_cube import TRANSITION_NO_CHANGE
 from pipeline.errors import PublishError
 from pipeline.publish.cogs import ChangeCubeInfo
+from pipeline.publish.legend import transition_label
 from pipeline.quicklook import render_quicklook
 from pipeline.storage import Location, LocationLike, replace_atomically
 
@@ -161,8 +163,7 @@ def write_quicklook(
     )
     shown = order[: len(PALETTE)]
     labels = {
-        c: f"{info.classes[c // k]} -> {info.classes[c % k]}  {transition_pixels[c] * area_ha:,.1f} ha"
-        for c in shown
+        c: f"{transition_label(info.classes, c)}  {transition_pixels[c] * area_ha:,.1f} ha" for c in shown
     }
     colours = {c: PALETTE[i] for i, c in enumerate(shown)}
     other = k * k

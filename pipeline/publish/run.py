@@ -232,7 +232,9 @@ def _publish(
         pixels = {
             code[r.class_from] * k + code[r.class_to]: r.pixels
             for r in stats.zone_rows(ALL_ZONE)
-            if r.kind == "transition" and r.class_to is not None
+            if r.kind in ("transition", "class_unchanged")
+            and r.class_from is not None
+            and r.class_to is not None
         }
         before, after = job_doc["before"], job_doc["after"]
         titles = (

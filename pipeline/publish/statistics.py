@@ -7,8 +7,25 @@ For the whole area and for each zone of an optional GeoJSON FeatureCollection, e
 - pixels, valid pixels (data on both dates), nodata pixels and changed pixels (``change == 1``);
 - per target class, the pixels where ``target_change`` is 1 (a change into or out of the class);
 - per transition code ``before * K + after`` (``K`` classes), the changed pixels, decoded to the
-  class names ``class_from -> class_to`` (a code whose two classes are equal is a change the
-  agnostic head found where the segmenter saw the same class on both dates).
+  class names ``class_from -> class_to``. A code whose two classes are equal is a change the
+  change model found where the segmenter saw the same class on both dates (a new building in a
+  built-up area): its kind is ``class_unchanged``, named "changed, class unchanged (<class>)".
+
+The long table (:data:`COLUMNS`, described for readers in :data:`COLUMN_DESCRIPTIONS`) has one row
+per zone and
+
+- kind ``changed``: all changed pixels (the changed total; ``target``, ``class_from`` and
+  ``class_to`` empty);
+- kind ``target``: change into or out of the class named in ``target`` (``class_from`` and
+  ``class_to`` empty; a pixel that changed from one target class into another counts for both);
+- kind ``transition``: changed pixels whose class went from ``class_from`` to another ``class_to``;
+- kind ``class_unchanged``: changed pixels whose class stayed ``class_from`` (= ``class_to``).
+
+The transition and class_unchanged rows add up to the changed total. ``label`` names each row in
+words; ``area_m2`` and ``area_ha`` are the pixels' area in square metres and hectares. The Parquet
+file's key-value metadata (``pyarrow.parquet.read_schema(path).metadata``) and the JSON's
+``metadata`` carry the CRS (WKT and EPSG code), the pixel area, the job (output, windows,
+fingerprint) and the models, and each column's description.
 
 Areas are pixel counts times the pixel area (square metres from the grid's transform and CRS
 unit). Zones may be in any CRS (a GeoJSON ``crs`` member names it; default WGS84 longitude/
@@ -16,8 +33,8 @@ latitude); each zone is reprojected to the grid (densified first) and rasterized
 with :func:`rasterio.features.rasterize` (``all_touched=False``: a pixel belongs to a zone when its
 centre lies inside), zone by zone, so overlapping zones each count their own pixels.
 
-The long table (one row per zone, kind, class pair) is written as Parquet and, with the per-zone
-totals, as JSON; :func:`statistics_table` renders it for a terminal with rich.
+The long table is written as Parquet and, with the per-zone totals, as JSON;
+:func:`statistics_table` renders it for a terminal with rich.
 """
 
 from __future__ import annotations
@@ -25,12 +42,14 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import rasterio.features
 import rasterio.windows
 import shapely
@@ -44,16 +63,20 @@ from rich.text import Text
 from pipeline.change_cube import TRANSITION_NO_CHANGE, UINT8_NODATA
 from pipeline.errors import PublishError
 from pipeline.publish.cogs import ChangeCubeInfo, block_windows
+from pipeline.publish.legend import transition_label
 from pipeline.storage import replace_atomically
 
 __all__ = [
     "ALL_ZONE",
+    "COLUMNS",
+    "COLUMN_DESCRIPTIONS",
     "ChangeStatistics",
     "StatisticsRow",
     "Zone",
     "ZoneTotals",
     "compute_statistics",
     "load_zones",
+    "statistics_metadata",
     "statistics_table",
     "write_statistics",
 ]
@@ -63,7 +86,23 @@ ALL_ZONE = "all"
 #: Square metres in a hectare.
 M2_PER_HA = 10_000.0
 
-Kind = Literal["target", "transition"]
+Kind = Literal["changed", "target", "transition", "class_unchanged"]
+
+#: Columns of the long table, in order.
+COLUMNS = ("zone", "kind", "target", "class_from", "class_to", "label", "pixels", "area_m2", "area_ha")
+#: What each column holds (written into the Parquet and JSON files for their readers).
+COLUMN_DESCRIPTIONS: Mapping[str, str] = {
+    "zone": f"zone id; {ALL_ZONE!r} is the whole area",
+    "kind": "changed (all changed pixels), target (change into or out of a target class), transition "
+    "(changed, class_from -> another class_to), class_unchanged (changed, class stayed class_from)",
+    "target": "the target class of a 'target' row, else empty",
+    "class_from": "class on the before date of a transition or class_unchanged row, else empty",
+    "class_to": "class on the after date of a transition or class_unchanged row, else empty",
+    "label": "the row in words",
+    "pixels": "changed pixels",
+    "area_m2": "area of those pixels in square metres (m2)",
+    "area_ha": "area of those pixels in hectares (ha, 10,000 m2)",
+}
 
 
 @dataclass(frozen=True)
@@ -83,19 +122,25 @@ class StatisticsRow:
     zone
         Zone id (:data:`ALL_ZONE` for the whole area).
     kind
-        ``"target"``: change into or out of a target class (``class_from`` is the target,
-        ``class_to`` is None); ``"transition"``: changed pixels going from ``class_from`` on the
-        before date to ``class_to`` on the after date.
+        ``"changed"`` (the changed total), ``"target"``, ``"transition"`` or ``"class_unchanged"``
+        (see the module's notes).
+    target
+        The target class of a ``"target"`` row, else None.
     class_from, class_to
-        Class names.
+        Class names on the before and after dates of a ``"transition"`` or ``"class_unchanged"``
+        row, else None.
+    label
+        The row in words.
     pixels, area_m2, area_ha
         Changed pixels and their area.
     """
 
     zone: str
     kind: Kind
-    class_from: str
+    target: str | None
+    class_from: str | None
     class_to: str | None
+    label: str
     pixels: int
     area_m2: float
     area_ha: float
@@ -121,8 +166,8 @@ class ChangeStatistics:
     Attributes
     ----------
     rows
-        The long table: per zone, the target rows (every target, in target order) and then the
-        transition rows (transitions present, most pixels first).
+        The long table: per zone, the changed total, the target rows (every target, in target
+        order) and then the transition and class_unchanged rows (those present, most pixels first).
     totals
         Per zone totals, the whole area first.
     pixel_area_m2
@@ -131,6 +176,9 @@ class ChangeStatistics:
         Class and target labels.
     crs
         The grid's CRS (WKT).
+    metadata
+        What a reader of the files needs besides the table (CRS, pixel area, job, models...), as
+        strings: the Parquet key-value metadata and the JSON's ``metadata``.
     """
 
     rows: tuple[StatisticsRow, ...]
@@ -139,31 +187,33 @@ class ChangeStatistics:
     classes: tuple[str, ...]
     targets: tuple[str, ...]
     crs: str
+    metadata: Mapping[str, str] = field(default_factory=dict)
 
-    COLUMNS = ("zone", "kind", "class_from", "class_to", "pixels", "area_m2", "area_ha")
+    COLUMNS = COLUMNS
 
     def to_frame(self) -> pd.DataFrame:
-        """The long table as a DataFrame with :attr:`COLUMNS`."""
-        frame = pd.DataFrame([asdict(r) for r in self.rows], columns=list(self.COLUMNS))
-        return frame.astype(
-            {
-                "zone": "string",
-                "kind": "string",
-                "class_from": "string",
-                "class_to": "string",
-                "pixels": "int64",
-                "area_m2": "float64",
-                "area_ha": "float64",
-            }
-        )
+        """The long table as a DataFrame with :data:`COLUMNS`."""
+        frame = pd.DataFrame([asdict(r) for r in self.rows], columns=list(COLUMNS))
+        text = {c: "string" for c in ("zone", "kind", "target", "class_from", "class_to", "label")}
+        return frame.astype({**text, "pixels": "int64", "area_m2": "float64", "area_ha": "float64"})
+
+    def to_arrow(self) -> pa.Table:
+        """The long table as an Arrow table carrying :attr:`metadata` and the column descriptions."""
+        table = pa.Table.from_pandas(self.to_frame(), preserve_index=False)
+        fields = [f.with_metadata({"description": COLUMN_DESCRIPTIONS[f.name]}) for f in table.schema]
+        metadata = {**(table.schema.metadata or {}), **self.metadata}
+        return table.cast(pa.schema(fields, metadata=metadata))
 
     def to_json_dict(self) -> dict[str, Any]:
-        """The JSON document: pixel area, classes, targets, per-zone totals and the rows."""
+        """The JSON document: pixel area, classes, targets, metadata, columns, per-zone totals and
+        the rows."""
         return {
             "pixel_area_m2": self.pixel_area_m2,
             "classes": list(self.classes),
             "targets": list(self.targets),
             "crs": self.crs,
+            "metadata": dict(self.metadata),
+            "columns": dict(COLUMN_DESCRIPTIONS),
             "zones": {t.zone: {k: v for k, v in asdict(t).items() if k != "zone"} for t in self.totals},
             "rows": [asdict(r) for r in self.rows],
         }
@@ -339,6 +389,20 @@ def compute_statistics(
             progress("statistics", n + 1, len(windows))
 
     area = info.pixel_area_m2
+
+    def row(zone: str, kind: Kind, label: str, pixels: int, **names: str | None) -> StatisticsRow:
+        return StatisticsRow(
+            zone=zone,
+            kind=kind,
+            target=names.get("target"),
+            class_from=names.get("class_from"),
+            class_to=names.get("class_to"),
+            label=label,
+            pixels=pixels,
+            area_m2=pixels * area,
+            area_ha=pixels * area / M2_PER_HA,
+        )
+
     rows_out: list[StatisticsRow] = []
     totals: list[ZoneTotals] = []
     for zone_id, c in counts.items():
@@ -353,26 +417,24 @@ def compute_statistics(
                 changed_area_ha=c.changed * area / M2_PER_HA,
             )
         )
+        rows_out.append(row(zone_id, "changed", "changed (all classes)", c.changed))
         for target, pixels in zip(info.targets, c.targets.tolist(), strict=True):
             rows_out.append(
-                StatisticsRow(
-                    zone_id, "target", target, None, pixels, pixels * area, pixels * area / M2_PER_HA
-                )
+                row(zone_id, "target", f"{target}: changed into or out of", pixels, target=target)
             )
         order = sorted(
             np.flatnonzero(c.transitions).tolist(), key=lambda code: (-int(c.transitions[code]), code)
         )
         for code in order:
-            pixels = int(c.transitions[code])
+            before, after = divmod(code, k)
             rows_out.append(
-                StatisticsRow(
+                row(
                     zone_id,
-                    "transition",
-                    info.classes[code // k],
-                    info.classes[code % k],
-                    pixels,
-                    pixels * area,
-                    pixels * area / M2_PER_HA,
+                    "class_unchanged" if before == after else "transition",
+                    transition_label(info.classes, code),
+                    int(c.transitions[code]),
+                    class_from=info.classes[before],
+                    class_to=info.classes[after],
                 )
             )
     return ChangeStatistics(
@@ -382,7 +444,44 @@ def compute_statistics(
         classes=info.classes,
         targets=info.targets,
         crs=info.crs.to_wkt(),
+        metadata=statistics_metadata(info),
     )
+
+
+def statistics_metadata(info: ChangeCubeInfo) -> dict[str, str]:
+    """What a reader of the statistics files needs besides the table, as strings.
+
+    Keys: ``crs`` (WKT), ``crs_epsg`` (``EPSG:<code>`` or empty), ``pixel_area_m2``, ``area_units``,
+    ``classes`` and ``targets`` (JSON lists), ``job_output``, ``before``, ``after`` (the job's
+    windows, ``start/end``), ``fingerprint`` (of the job's inference), ``models`` (JSON: name,
+    source, checkpoint SHA-256 of each), ``software`` and ``transition_codes``. A job has no name
+    of its own: its output and fingerprint identify it.
+    """
+    try:
+        job = json.loads(str(info.attrs.get("job", "{}")))
+    except json.JSONDecodeError:
+        job = {}
+
+    def window(name: str) -> str:
+        value = job.get(name) or {}
+        return f"{value.get('start', '')}/{value.get('end', '')}" if value else ""
+
+    epsg = info.crs.to_epsg()
+    return {
+        "crs": info.crs.to_wkt(),
+        "crs_epsg": f"EPSG:{epsg}" if epsg else "",
+        "pixel_area_m2": repr(info.pixel_area_m2),
+        "area_units": "area_m2: square metres; area_ha: hectares (10,000 m2)",
+        "classes": json.dumps(list(info.classes)),
+        "targets": json.dumps(list(info.targets)),
+        "job_output": str(job.get("output", "")),
+        "before": window("before"),
+        "after": window("after"),
+        "fingerprint": info.fingerprint,
+        "models": str(info.attrs.get("models", "[]")),
+        "software": str(info.attrs.get("software", "")),
+        "transition_codes": "class_before * K + class_after, K = len(classes); 65534 unchanged, 65535 nodata",
+    }
 
 
 # --------------------------------------------------------------------------- output
@@ -391,7 +490,7 @@ def compute_statistics(
 def write_statistics(stats: ChangeStatistics, parquet: Path, json_path: Path) -> tuple[Path, Path]:
     """Write the long table as Parquet and the whole document as JSON (each replaced atomically)."""
     with replace_atomically(parquet) as tmp:
-        stats.to_frame().to_parquet(tmp, index=False)
+        pq.write_table(stats.to_arrow(), tmp)
     with replace_atomically(json_path) as tmp:
         tmp.write_text(json.dumps(stats.to_json_dict(), indent=2) + "\n")
     return parquet, json_path
@@ -417,32 +516,20 @@ def statistics_table(stats: ChangeStatistics, *, zone: str | None = None, limit:
     for name, justify in (
         ("zone", "left"),
         ("kind", "left"),
-        ("from", "left"),
-        ("to", "left"),
+        ("what", "left"),
         ("pixels", "right"),
         ("area (ha)", "right"),
     ):
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
     zones = [t.zone for t in stats.totals if zone is None or t.zone == zone]
-    totals = {t.zone: t for t in stats.totals}
     for z in zones:
-        t = totals[z]
-        table.add_row(
-            z, Text("changed", style="bold"), "", "", f"{t.changed_pixels:,}", f"{t.changed_area_ha:,.2f}"
-        )
         shown = 0
         for row in stats.zone_rows(z):
-            if row.kind == "transition":
+            if row.kind in ("transition", "class_unchanged"):
                 if limit is not None and shown >= limit:
                     continue
                 shown += 1
-            table.add_row(
-                z,
-                row.kind,
-                row.class_from,
-                row.class_to or "",
-                f"{row.pixels:,}",
-                f"{row.area_ha:,.2f}",
-            )
+            kind = Text(row.kind, style="bold") if row.kind == "changed" else row.kind
+            table.add_row(z, kind, row.label, f"{row.pixels:,}", f"{row.area_ha:,.2f}")
         table.add_section()
     return table

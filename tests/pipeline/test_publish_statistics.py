@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 import shapely
 import shapely.geometry
@@ -40,9 +41,6 @@ from pipeline.publish import (
     statistics_table,
     write_statistics,
 )
-
-# The change cube's target names are fixed-width strings on purpose (see pipeline.change_cube).
-pytestmark = pytest.mark.filterwarnings("ignore:The data type .* does not have a Zarr V3 specification")
 
 CLASSES = ("background", "water", "building")
 TARGETS = ("water", "building")
@@ -144,10 +142,18 @@ def check_zone(stats: ChangeStatistics, zone: str, expected: dict[str, Any]) -> 
     assert totals.nodata_pixels == expected["pixels"] - expected["valid"]
     assert totals.changed_area_m2 == expected["changed"] * PIXEL_M2
     rows = stats.zone_rows(zone)
-    pairs = {(r.class_from, r.class_to): r for r in rows if r.kind == "transition"}
+    assert [(r.kind, r.pixels) for r in rows[:1]] == [("changed", expected["changed"])]
+    pairs = {(r.class_from, r.class_to): r for r in rows if r.kind in ("transition", "class_unchanged")}
     assert {k: r.pixels for k, r in pairs.items()} == expected["pairs"]
-    targets = {r.class_from: r for r in rows if r.kind == "target"}
+    for (before, after), r in pairs.items():
+        assert r.target is None
+        if before == after:
+            assert r.kind == "class_unchanged" and r.label == f"changed, class unchanged ({before})"
+        else:
+            assert r.kind == "transition" and r.label == f"{before} -> {after}"
+    targets = {r.target: r for r in rows if r.kind == "target"}
     assert {t: r.pixels for t, r in targets.items()} == expected["targets"]
+    assert all(r.class_from is None and r.class_to is None for r in targets.values())
     for row in rows:
         assert row.area_m2 == row.pixels * PIXEL_M2
         assert row.area_ha == pytest.approx(row.pixels * PIXEL_M2 / 10_000, rel=1e-12)
@@ -163,10 +169,11 @@ def test_whole_area_counts_and_areas_are_exact(
     assert expected["pixels"] - expected["valid"] == 10 * W + 3 * (H - 10)  # the two nodata stripes
     # The hand-placed patch is in there, and every changed pixel is in exactly one transition.
     assert expected["pairs"][("water", "building")] >= 120
-    transitions = [r for r in stats.rows if r.kind == "transition"]
+    transitions = [r for r in stats.rows if r.kind in ("transition", "class_unchanged")]
     assert sum(r.pixels for r in transitions) == expected["changed"]
     assert [r.pixels for r in transitions] == sorted((r.pixels for r in transitions), reverse=True)
-    assert [r.class_from for r in stats.rows if r.kind == "target"] == list(TARGETS)
+    assert {r.kind for r in transitions} == {"transition", "class_unchanged"}  # the random maps have both
+    assert [r.target for r in stats.rows if r.kind == "target"] == list(TARGETS)
 
 
 def test_counts_do_not_depend_on_the_block_size(
@@ -221,11 +228,11 @@ def test_zones_split_the_area_exactly(
         by_zone, "2", expected_counts(layers, (rows >= 1) & (rows < 10) & (columns >= 1) & (columns < 10))
     )
     # The halves add up to the whole area, row by row.
-    whole = {(r.kind, r.class_from, r.class_to): r.pixels for r in by_zone.zone_rows(ALL_ZONE)}
-    halves: Counter[tuple[str, str, str | None]] = Counter()
+    whole = {(r.kind, r.target, r.class_from, r.class_to): r.pixels for r in by_zone.zone_rows(ALL_ZONE)}
+    halves: Counter[tuple[str, str | None, str | None, str | None]] = Counter()
     for zone in ("west", "east"):
         for r in by_zone.zone_rows(zone):
-            halves[(r.kind, r.class_from, r.class_to)] += r.pixels
+            halves[(r.kind, r.target, r.class_from, r.class_to)] += r.pixels
     assert {k: v for k, v in halves.items() if v} == {k: v for k, v in whole.items() if v}
     assert by_zone.zone_rows(ALL_ZONE) == stats.zone_rows(ALL_ZONE)
 
@@ -233,12 +240,37 @@ def test_zones_split_the_area_exactly(
 def test_parquet_and_json_hold_the_long_table_and_totals(tmp_path: Path, stats: ChangeStatistics) -> None:
     parquet, doc_path = write_statistics(stats, tmp_path / "statistics.parquet", tmp_path / "statistics.json")
     frame = pd.read_parquet(parquet)
-    assert list(frame.columns) == ["zone", "kind", "class_from", "class_to", "pixels", "area_m2", "area_ha"]
+    assert list(frame.columns) == [
+        "zone",
+        "kind",
+        "target",
+        "class_from",
+        "class_to",
+        "label",
+        "pixels",
+        "area_m2",
+        "area_ha",
+    ]
     pd.testing.assert_frame_equal(frame, stats.to_frame())
     assert len(frame) == len(stats.rows)
-    assert frame.loc[frame.kind == "target", "class_to"].isna().all()
+    assert frame.loc[frame.kind == "target", ["class_from", "class_to"]].isna().all().all()
+    assert frame.loc[frame.kind != "target", "target"].isna().all()
+    changed = frame[frame.kind == "changed"]
+    assert changed.pixels.tolist() == [frame[frame.kind.isin(["transition", "class_unchanged"])].pixels.sum()]
+    same = frame[frame.kind == "class_unchanged"]
+    assert len(same) and (same.class_from == same.class_to).all()
+    assert same.label.str.startswith("changed, class unchanged (").all()
+    schema = pq.read_schema(parquet)
+    meta = {k.decode(): v.decode() for k, v in (schema.metadata or {}).items()}
+    assert CRS.from_wkt(meta["crs"]) == CRS_UTM and meta["crs_epsg"] == "EPSG:32633"
+    assert float(meta["pixel_area_m2"]) == PIXEL_M2
+    assert json.loads(meta["classes"]) == list(CLASSES) and json.loads(meta["targets"]) == list(TARGETS)
+    assert meta["fingerprint"] == "hand-built" and "models" in meta and "job_output" in meta
+    assert b"hectares" in schema.field("area_ha").metadata[b"description"]
     assert (frame.area_m2 == frame.pixels * PIXEL_M2).all()
     doc = json.loads(doc_path.read_text())
+    assert doc["metadata"] == {k: v for k, v in meta.items() if k != "pandas"}
+    assert set(doc["columns"]) == set(frame.columns)
     totals = {t.zone: t for t in stats.totals}[ALL_ZONE]
     assert doc["zones"][ALL_ZONE]["valid_pixels"] == totals.valid_pixels
     assert doc["zones"][ALL_ZONE]["nodata_pixels"] == totals.nodata_pixels
@@ -255,11 +287,12 @@ def test_parquet_and_json_hold_the_long_table_and_totals(tmp_path: Path, stats: 
 def test_rich_table_lists_the_rows(stats: ChangeStatistics) -> None:
     table = statistics_table(stats)
     assert isinstance(table, Table)
-    assert table.row_count == len(stats.rows) + len(stats.totals)
+    assert table.row_count == len(stats.rows)
     console = Console(record=True, width=160)
     console.print(table)
     text = console.export_text()
     assert "water" in text and "building" in text and "background" in text
+    assert "changed, class unchanged (water)" in text and "water -> building" in text
     limited = statistics_table(stats, zone=ALL_ZONE, limit=2)
     assert limited.row_count == 1 + len(TARGETS) + 2
 
