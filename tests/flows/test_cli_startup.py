@@ -67,6 +67,23 @@ def test_wrong_type_is_refused_before_heavy_imports(tmp_path: Path) -> None:
     assert result["heavy"] == []
 
 
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--dashboard", "8787"], "is not host:port"),
+        (["--dashboard", "127.0.0.1:8787", "--scheduler", "tcp://10.0.0.5:8786"], "local cluster only"),
+    ],
+)
+def test_run_refuses_a_bad_dashboard_before_any_work(
+    tmp_path: Path, options: list[str], message: str
+) -> None:
+    result = _invoke_in_fresh_process(["run", str(_misspelt(tmp_path, "cloud_limit: 30")), *options])
+    assert result["code"] == 2
+    assert message in str(result["stderr"])
+    assert result["heavy"] == []
+    assert not (tmp_path / "out").exists()
+
+
 def test_respond_refuses_a_misspelt_job_option_before_prefect(tmp_path: Path) -> None:
     args = ["respond", "--area", "13.3,52.45,13.45,52.55", "--event-date", "2024-06-01", "--hazard", "flood"]
     args += [
