@@ -447,7 +447,16 @@ def submit_job(job: JobSpec, period: str, *, force: bool = False) -> tuple[Any, 
     -------
     infer, publish
         The futures of the inference task (its dict) and of the publish task (its dict).
+
+    Raises
+    ------
+    Seg2ChangeError
+        A check that needs no pixels failed (:func:`pipeline.preflight.preflight`); nothing is submitted.
     """
+    from pipeline.preflight import preflight
+
+    # Every check that needs no pixels (output, models, scheduler, size) fails the flow at once.
+    preflight(job, inference=True)
     # Futures stand in for the values they resolve to; Prefect waits for them before each stage.
     found: Any = discover_task.submit(job, period=period)
     cube: Any = prepare_task.submit(job, found, period=period)

@@ -145,3 +145,12 @@ def test_prepare_checks_need_no_models(tmp_path: Path) -> None:
     job = JobSpec.build(**fields(tmp_path, models={"checkpoint": str(broken)}))
     checked = preflight(job, inference=False)
     assert checked.tile_size is None and checked.estimate.pixels > 0
+
+
+def test_prefect_jobs_are_checked_before_any_task_is_submitted(tmp_path: Path) -> None:
+    from flows.tasks import submit_job
+
+    job = JobSpec.build(**fields(tmp_path, aoi=EUROPE))
+    with pytest.raises(JobTooLargeError, match="too large to start"):
+        submit_job(job, "event")  # outside a flow: submitting a task would fail otherwise
+    assert not (tmp_path / "out").exists()
