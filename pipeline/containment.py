@@ -10,7 +10,8 @@ Two rules, checked before any pixel is read or written:
   GDAL's ``/vsicurl/`` and other network prefixes) are not local and are not confined here.
 - **Outputs**: the output folder is neither empty, nor a file, nor inside the job's inputs (the
   catalog's folder, an asset root) nor inside another job's cube (any ``*.zarr`` store on its way),
-  and a local output's nearest existing folder is writable.
+  and a local output's nearest existing folder is writable; once the items are known, an
+  object-store output is not inside the folder of any of their remote assets either.
 """
 
 from __future__ import annotations
@@ -75,7 +76,8 @@ def _inside(path: Path, roots: Iterable[Path]) -> bool:
 
 
 def check_asset_hrefs(job: JobSpec, items: Mapping[str, Iterable[Mapping[str, Any]]]) -> None:
-    """Refuse any item asset whose local file lies outside the catalog's folder and ``asset_roots``.
+    """Refuse any item asset whose local file lies outside the catalog's folder and ``asset_roots``,
+    and an object-store output inside the folder of a remote asset (found only once items are known).
 
     Parameters
     ----------
@@ -90,14 +92,16 @@ def check_asset_hrefs(job: JobSpec, items: Mapping[str, Iterable[Mapping[str, An
         Naming the item, the asset, the file and the folders allowed.
     """
     roots = input_roots(job)
+    output = Location(job.output)
     for epoch_items in items.values():
         for item in epoch_items:
             for key, asset in item.get("assets", {}).items():
                 href = str(asset.get("href", ""))
                 path = local_asset_path(href)
-                if path is None:
-                    continue
                 where = f"asset {key!r} of item {item.get('id')!r}"
+                if path is None:
+                    _check_apart(output, href.rsplit("/", 1)[0], where)
+                    continue
                 if not path.is_absolute():
                     raise ContainmentError(
                         f"{where} has the relative href {href!r}, which a STAC API cannot anchor to a "
@@ -111,6 +115,17 @@ def check_asset_hrefs(job: JobSpec, items: Mapping[str, Iterable[Mapping[str, An
                         f"assets from ({allowed}); if the file is meant to be read, add its folder to "
                         "the job's asset_roots, otherwise the catalog is not to be trusted"
                     )
+
+
+def _check_apart(output: Location, folder: str, where: str) -> None:
+    """Refuse an object-store output inside the folder (prefix) of a remote asset."""
+    if output.is_local or "://" not in folder:
+        return
+    if f"{output}/".startswith(f"{folder.rstrip('/')}/"):
+        raise ContainmentError(
+            f"output {output} lies inside {folder}, the folder of the {where} (the job's inputs); "
+            "outputs must never mix with the scenes: give a prefix outside it"
+        )
 
 
 def _store_named_on(path: PurePosixPath | Path) -> str | None:

@@ -110,6 +110,12 @@ def test_api_items_may_name_local_files_only_in_asset_roots(tmp_path: Path) -> N
         "after": [_item("a", "2024-07-05T10:00:00Z", "s3://bucket/a.tif")],
     }
     check_asset_hrefs(job, remote)
+    inside_scenes = _job("http://127.0.0.1:9/", tmp_path).model_copy(update={"output": "s3://bucket/results"})
+    with pytest.raises(
+        ContainmentError,
+        match="output s3://bucket/results lies inside s3://bucket, the folder of the asset .red. of item .a.",
+    ):
+        check_asset_hrefs(inside_scenes, remote)
     allowed = _job("http://127.0.0.1:9/", tmp_path / "out", asset_roots=[str(tmp_path / "scene")])
     inside = {"before": [_item("b", "2024-05-05T10:00:00Z", str(tmp_path / "scene" / "b.tif"))], "after": []}
     check_asset_hrefs(allowed, inside)
