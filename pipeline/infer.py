@@ -988,6 +988,14 @@ def _forget_run(client: Client, run: str) -> None:
         log.debug("could not clear the input caches of run %s: %s", run[:8], exc)
 
 
+def _scheduler_address(client: Client) -> str:
+    """The scheduler's address as the client last knew it (no request: it may be gone)."""
+    try:
+        return str(client.scheduler_info().get("address", "?"))
+    except Exception:
+        return "?"
+
+
 def _completed(client: Client, futures: Sequence[Future]) -> Iterator[Future]:
     """Yield ``futures`` as they finish, or raise :class:`ClusterError` once the cluster has had no
     worker for :data:`WORKERLESS_SECONDS` (Dask would wait for new workers for ever)."""
@@ -1011,7 +1019,7 @@ def _completed(client: Client, futures: Sequence[Future]) -> Iterator[Future]:
             workerless_since = now
         elif now - workerless_since > WORKERLESS_SECONDS:
             raise ClusterError(
-                f"the Dask cluster at {client.scheduler_info().get('address', '?')} has had no worker for "
+                f"the Dask cluster at {_scheduler_address(client)} has had no worker for "
                 f"{WORKERLESS_SECONDS:.0f} s: all its workers were lost (their logs say why: memory "
                 "limit, killed, machine gone); blocks finished so far are kept: start workers and run "
                 "the same job again to resume"
@@ -1133,7 +1141,15 @@ def _run_blocks(
                             f"cannot create the change cube {context.out_path} ({type(failure).__name__}: "
                             f"{failure}); check that the workers can write there"
                         ) from failure
-                    exc = future.exception()
+                    exc = None if future.status == "cancelled" else future.exception()
+                    if exc is None:
+                        # Cancelled by no one here: the client lost its scheduler, and with it every task.
+                        raise ClusterError(
+                            f"lost the Dask scheduler {_scheduler_address(client)} while block {block} "
+                            f"was pending (the client is {client.status}): the scheduler stopped or "
+                            "cannot be reached; blocks finished so far are kept: start the scheduler "
+                            "(or use a local cluster) and run the same job again to resume"
+                        )
                     if isinstance(exc, Seg2ChangeError):
                         log.error("block %s failed: %s", block, exc)
                         raise exc
