@@ -433,3 +433,26 @@ def test_publish_refuses_what_it_cannot_describe(
     with pytest.raises(PublishError, match="not a seg2change change cube"):
         publish(job, cube, cube, PROVENANCE, tmp_path, progress=False)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_quicklook_legend_names_same_class_change_as_such(
+    run: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pipeline.publish.quicklooks as quicklooks
+
+    info = describe_change_cube(run[1])
+    k = len(info.classes)
+    water, building = info.classes.index("water"), info.classes.index("building")
+    drawn: dict[int, str] = {}
+
+    def capture(
+        before: Any, after: Any, codes: Any, labels: dict[int, str], colours: Any, path: Path, **kw: Any
+    ) -> None:
+        drawn.update(labels)
+        Path(path).write_bytes(b"")
+
+    monkeypatch.setattr(quicklooks, "render_quicklook", capture)
+    pixels = {water * k + water: 300, water * k + building: 200}
+    write_quicklook(info, run[0], tmp_path / "q.png", transition_pixels=pixels)
+    assert drawn[water * k + water].startswith("changed, class unchanged (water)")
+    assert drawn[water * k + building].startswith("water -> building")
