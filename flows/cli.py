@@ -111,16 +111,15 @@ def discover(
 
     try:
         job = load_job(job_file)
+        from pipeline.cost import estimate_job
         from pipeline.discover import discover as run_discovery
 
+        _print_estimate(estimate_job(job))
         found = run_discovery(job)
     except Seg2ChangeError as exc:
         _fail(exc)
         return
     _print_discovery(found.provenance())
-    from pipeline.cost import estimate_job
-
-    _print_estimate(estimate_job(load_job(job_file)))
 
 
 @app.command()

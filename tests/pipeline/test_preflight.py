@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 from pathlib import Path
 from typing import Any, NoReturn
@@ -154,3 +155,41 @@ def test_prefect_jobs_are_checked_before_any_task_is_submitted(tmp_path: Path) -
     with pytest.raises(JobTooLargeError, match="too large to start"):
         submit_job(job, "event")  # outside a flow: submitting a task would fail otherwise
     assert not (tmp_path / "out").exists()
+
+
+def _far_catalog(tmp_path: Path) -> Path:
+    """A local catalog whose one item lies nowhere near Europe."""
+    item = {
+        "type": "Feature",
+        "stac_version": "1.1.0",
+        "id": "fiji",
+        "collection": "s2",
+        "bbox": [179.0, -18.0, 179.5, -17.5],
+        "geometry": {
+            "type": "Polygon",
+            "coordinates": [[[179.0, -18.0], [179.5, -18.0], [179.5, -17.5], [179.0, -17.5], [179.0, -18.0]]],
+        },
+        "properties": {"datetime": "2024-05-05T10:00:00Z", "eo:cloud_cover": 1.0},
+        "assets": {},
+        "links": [],
+    }
+    path = tmp_path / "catalog" / "items.ndjson"
+    path.parent.mkdir()
+    path.write_text(json.dumps(item) + "\n")
+    return path
+
+
+def test_allow_large_goes_on_to_discovery_and_discover_prints_the_estimate(tmp_path: Path) -> None:
+    from flows.cli import app
+
+    job_file = tmp_path / "job.yaml"
+    job_file.write_text(yaml.safe_dump(fields(tmp_path, aoi=EUROPE, catalog=str(_far_catalog(tmp_path)))))
+    result = CliRunner().invoke(app, ["prepare", str(job_file), "--allow-large", "--no-progress"])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2, result.output
+    assert "estimate: 367,502 x 403,036 px" in text and "too large" not in text
+    assert "no before scene found" in text  # the size check let it through to the search
+    assert not (tmp_path / "out").exists()
+    result = CliRunner().invoke(app, ["discover", str(job_file)])
+    text = " ".join(result.output.split())
+    assert "estimate: 367,502 x 403,036 px" in text
