@@ -40,6 +40,7 @@ from pipeline.publish.stac import (
     StacValidation,
     build_collection,
     build_item,
+    is_loopback,
     validate_stac,
     write_stac,
 )
@@ -121,11 +122,14 @@ def _lineage(job: Mapping[str, Any], provenance: Mapping[str, Any], models: list
     names = {m.get("role"): m.get("name") for m in models}
     prompts = job.get("prompts") or {}
     classes = "; ".join(prompts.get("classes", [])) or "the job's classes"
+    catalog = str(provenance.get("catalog"))
+    if is_loopback(catalog):
+        catalog = "a STAC API on the processing machine's loopback interface, gone after the run"
     return (
         f"Median clear-sky composites of {len(items.get('before', []))} scene(s) in "
         f"{job['before']['start']}/{job['before']['end']} and {len(items.get('after', []))} scene(s) in "
         f"{job['after']['start']}/{job['after']['end']} from {', '.join(provenance.get('collections', []))} "
-        f"of {provenance.get('catalog')}; per-pixel change probability from the {names.get('change', '?')} "
+        f"of {catalog}; per-pixel change probability from the {names.get('change', '?')} "
         f"change model and class maps from the {names.get('segmenter', '?')} open-vocabulary segmenter "
         f"({classes}), computed tile by tile, blended, and gated into class transitions by seg2change."
     )

@@ -305,6 +305,9 @@ def test_no_published_stac_link_names_a_loopback_address(
         hrefs += [link["href"] for link in doc["links"]]
         hrefs += [asset["href"] for asset in doc.get("assets", {}).values()]
     assert hrefs and not [h for h in hrefs if "127.0.0.1" in h or "localhost" in h or "[::1]" in h]
+    # Nor does any other text of the STAC (the lineage names the catalog) give the dead address.
+    for path in (result.stac_collection.local_path, result.stac_item.local_path):
+        assert "127.0.0.1" not in path.read_text() and "localhost" not in path.read_text()
     item = json.loads(result.stac_item.local_path.read_text())
     assert [link["href"] for link in item["links"] if link["rel"] == "derived_from"] == [
         "https://earth-search.aws.element84.com/v1/e"
