@@ -156,7 +156,7 @@ def serve(
         str, typer.Option(help="Server: 'rustac' (in-memory) or 'pgstac' (PostgreSQL).")
     ] = "rustac",
 ) -> None:
-    """Serve a collection from a local STAC API until interrupted (Ctrl-C or SIGTERM stops and cleans up)."""
+    """Serve a collection from a local STAC API until interrupted (Ctrl-C, SIGTERM or SIGHUP stop and clean up)."""
     import signal
     import time
 
@@ -165,9 +165,10 @@ def serve(
     def _stop(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
-    # Python's default SIGTERM ends the process at once: the server's own process group and its
-    # temporary folder would outlive it. Raising here unwinds the ``with`` block, which stops both.
-    previous = signal.signal(signal.SIGTERM, _stop)
+    # Python's default SIGTERM (and SIGHUP, a closed terminal) ends the process at once: the server's
+    # own process group and its temporary folder would outlive it. Raising here unwinds the ``with``
+    # block, which stops both.
+    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         with serve_collection(collection, items, kind=kind) as server:  # type: ignore[arg-type]
             out.print(styled("STAC API at ", (server.url, "bold"), " (Ctrl-C to stop)"))
@@ -178,7 +179,8 @@ def serve(
     except Seg2ChangeError as exc:
         _fail(exc)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 @app.command()

@@ -1,4 +1,4 @@
-"""``seg2change serve`` stopped by SIGTERM stops its STAC server and removes its temporary folder."""
+"""``seg2change serve`` stopped by SIGTERM (or SIGINT, SIGHUP) stops its STAC server and removes its temporary folder."""
 
 from __future__ import annotations
 
@@ -27,7 +27,9 @@ def _wait_for_line(proc: subprocess.Popen[str], text: str, timeout: float = 60.0
     raise AssertionError(f"'{text}' never printed (exit code {proc.poll()})")
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize(
+    "sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=["SIGTERM", "SIGINT", "SIGHUP"]
+)
 def test_signal_stops_the_server_and_removes_its_folder(tmp_path: Path, sig: signal.Signals) -> None:
     scene = generate_scene(SceneSpec(size=256, acquisitions_per_epoch=1), tmp_path / "scene")
     temp = tmp_path / "tmp"
