@@ -82,4 +82,4 @@ def stac_api_io(catalog: CatalogSpec) -> StacApiIO:
 
 def backoff_wait_s(catalog: CatalogSpec) -> float:
     """Seconds the backoff sleeps in all before a request is given up (without ``Retry-After``)."""
-    return sum(min(MAX_SLEEP_S, catalog.backoff * 2 ** (n - 1)) for n in range(2, catalog.retries + 1))
+    return sum(min(MAX_SLEEP_S, catalog.backoff * 2.0 ** (n - 1)) for n in range(2, catalog.retries + 1))

@@ -5,7 +5,7 @@ A :data:`ClusterBackendSpec` is one of four frozen pydantic models told apart by
     {kind: local, n_workers: 4}
     {kind: address, address: "tcp://10.0.0.5:8786", gpu: true}
     {kind: slurm, queue: gpu, cores: 8, memory: 64GiB, gpus_per_job: 1, jobs: 4}
-    {kind: kubernetes, image: ghcr.io/org/seg2change-gpu-worker:0.1.0, n_workers: 4, gpu: true}
+    {kind: kubernetes, image: ghcr.io/org/seg2change-gpu-worker:1.2.0, n_workers: 4, gpu: true}
 
 :func:`build_cluster` turns a spec into the cluster it describes. With ``start=False`` (default)
 nothing is started anywhere: the result carries the rendered configuration (the keyword arguments
@@ -33,6 +33,7 @@ import dask.config
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from pipeline import __version__
 from pipeline.cluster import GPU_RESOURCE
 from pipeline.engine_spec import ClusterSpec
 from pipeline.errors import ClusterError, JobSpecError
@@ -51,8 +52,9 @@ __all__ = [
     "render_daskcluster",
 ]
 
-#: Image of the GPU worker (``infra/docker/Dockerfile.gpu-worker``); override per deployment.
-DEFAULT_IMAGE = "ghcr.io/seg2change/seg2change-gpu-worker:0.1.0"
+#: Image of the GPU worker (``infra/docker/Dockerfile.gpu-worker``), tagged with the installed
+#: version; override per deployment.
+DEFAULT_IMAGE = f"ghcr.io/seg2change/seg2change-gpu-worker:{__version__}"
 
 #: Scheduler address written into a SLURM job script rendered without a running scheduler.
 PLACEHOLDER_SCHEDULER = "tcp://<scheduler-address>:8786"

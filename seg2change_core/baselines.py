@@ -81,7 +81,8 @@ def cva_magnitude(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
     """
     diff = after - before
     diff = torch.where(torch.isfinite(diff), diff, torch.zeros((), dtype=diff.dtype, device=diff.device))
-    return torch.linalg.vector_norm(diff, dim=1, keepdim=True)
+    magnitude: torch.Tensor = torch.linalg.vector_norm(diff, dim=1, keepdim=True)
+    return magnitude
 
 
 def otsu_threshold(values: torch.Tensor) -> CVAFit:

@@ -155,7 +155,8 @@ def surface_reflectance(
 def encode(reflectance: NDArray[np.float32]) -> NDArray[np.uint16]:
     """Reflectance to DN (``round(r / SCALE)``, clipped to ``1..65535`` so 0 stays nodata)."""
     dn = np.rint(reflectance * np.float32(1 / SCALE))
-    return np.clip(dn, 1, 65535).astype(np.uint16)
+    encoded: NDArray[np.uint16] = np.clip(dn, 1, 65535).astype(np.uint16)
+    return encoded
 
 
 def decode(dn: NDArray[np.uint16]) -> NDArray[np.float32]:

@@ -110,7 +110,8 @@ class PatchEmbed(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C, H, W)`` image to ``(B, H/p * W/p, D)`` row-major tokens."""
-        return self.proj(x).flatten(2).transpose(1, 2)
+        tokens: torch.Tensor = self.proj(x).flatten(2).transpose(1, 2)
+        return tokens
 
 
 class Attention(nn.Module):
@@ -201,7 +202,8 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Transform ``(B, N, dim)`` tokens."""
         x = x + self.ls1(self.attn(self.norm1(x)))
-        return x + self.ls2(self.mlp(self.norm2(x)))
+        out: torch.Tensor = x + self.ls2(self.mlp(self.norm2(x)))
+        return out
 
 
 class DinoVisionTransformer(nn.Module):

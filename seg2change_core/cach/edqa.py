@@ -208,7 +208,8 @@ class DifferenceQueryBlock(nn.Module):
         x = diff + self.conv_dr(torch.cat(maps, dim=1))
         tokens = x.permute(0, 2, 3, 1)
         tokens = tokens + self.mlp(self.norm2(tokens))
-        return tokens.permute(0, 3, 1, 2).contiguous()
+        out: torch.Tensor = tokens.permute(0, 3, 1, 2).contiguous()
+        return out
 
 
 class _SpatialFusion(nn.Module):

@@ -37,7 +37,7 @@ class ResidualConvUnit(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the residual unit to a ``(B, C, H, W)`` map."""
-        out = self.conv2(F.relu(self.conv1(F.relu(x))))
+        out: torch.Tensor = self.conv2(F.relu(self.conv1(F.relu(x))))
         return out + x
 
 

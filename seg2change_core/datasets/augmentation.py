@@ -243,7 +243,8 @@ def photometric_jitter(
     x = ((x - mean) * contrast + mean) * gain + shift
     if noise > 0:
         x = x + rng.normal(0.0, rng.uniform(0.0, noise), size=x.shape).astype(np.float32)
-    return np.clip(x, 0.0, None) * np.float32(value_range)
+    scaled: Float32 = np.clip(x, 0.0, None) * np.float32(value_range)
+    return scaled
 
 
 def paste_patches(

@@ -60,7 +60,8 @@ def _single_band(data: Array, path: Path | str) -> Array:
     if data.ndim == 2:
         return data
     if data.shape[0] == 1 or all(np.array_equal(data[0], band) for band in data[1:]):
-        return data[0]
+        first: Array = data[0]
+        return first
     raise DatasetError(
         f"label {path} has {data.shape[0]} different bands; a label must have one band "
         "(or identical bands, as some RGB-saved masks do)"

@@ -181,7 +181,8 @@ class Attention(nn.Module):
 
     def _merge(self, out: torch.Tensor) -> torch.Tensor:
         b, h, n, d = out.shape
-        return self.out_proj(out.transpose(1, 2).reshape(b, n, h * d))
+        merged: torch.Tensor = self.out_proj(out.transpose(1, 2).reshape(b, n, h * d))
+        return merged
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         q, k, v = self._qkv(x)
@@ -221,7 +222,8 @@ class ResidualAttentionBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), attn_mask)
-        return x + self.mlp(self.ln_2(x))
+        out: torch.Tensor = x + self.mlp(self.ln_2(x))
+        return out
 
 
 class Transformer(nn.Module):
@@ -283,7 +285,8 @@ class VisionTransformer(nn.Module):
         """Global image embedding ``(B, embed_dim)`` (the CLS token, as CLIP was trained)."""
         x, _ = self.embed(image)
         x = self.transformer(x)
-        return self.ln_post(x[:, 0]) @ self.proj
+        embedding: torch.Tensor = self.ln_post(x[:, 0]) @ self.proj
+        return embedding
 
     def dense(
         self, image: torch.Tensor, attention: DenseAttention = "qq+kk"
@@ -344,7 +347,8 @@ class CLIP(nn.Module):
 
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
         """Global image embeddings ``(B, embed_dim)`` of CLIP-normalised model-sized images."""
-        return self.visual(image)
+        embedding: torch.Tensor = self.visual(image)
+        return embedding
 
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
         """Text embeddings ``(N, embed_dim)`` of token ids ``(N, context_length)``.
@@ -355,7 +359,10 @@ class CLIP(nn.Module):
         x = self.token_embedding(tokens) + self.positional_embedding.to(self.token_embedding.weight.dtype)
         mask = self.get_buffer("attn_mask").to(x.dtype)
         x = self.ln_final(self.transformer(x, mask))
-        return x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)] @ self.text_projection
+        embedding: torch.Tensor = (
+            x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)] @ self.text_projection
+        )
+        return embedding
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

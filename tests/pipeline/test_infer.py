@@ -7,6 +7,7 @@ spectral segmenter, which need no weights.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import threading
 import time
@@ -319,7 +320,7 @@ def test_change_cube_is_georeferenced_consolidated_and_records_the_job(
     models = json.loads(str(attrs["models"]))
     assert models[0]["name"] == "cva-otsu-baseline" and models[0]["sha256"] == "none"
     assert models[1]["name"] == "spectral"
-    assert attrs["software_version"] == "0.1.0"
+    assert attrs["software_version"] == importlib.metadata.version("seg2change")
     assert zarr.open_consolidated(str(out), mode="r").attrs["complete"] is True
     assert array(out, "transition").dtype == np.uint16
     assert array(out, "target_change").shape == (2, 1100, 900)
