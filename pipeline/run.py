@@ -5,7 +5,7 @@ fields and the same scenes, the change cube's finished blocks, and the published
 written again from the finished change cube. ``force`` recomputes everything.
 
 A run holds the output folder's lock (:mod:`pipeline.output_lock`) from start to end: a second
-run of the same output, ``--force`` or not, is refused while the first lives, and a lock left by
+run of the same output, ``--overwrite`` (``force=True``) or not, is refused while the first lives, and a lock left by
 a killed run is recovered. Holding it, the run removes what killed runs left behind (partial
 input cubes, COG staging files) before it writes.
 
