@@ -21,11 +21,16 @@ This module is pure planning (no Dask, no arrays), so it is tested on its own.
 
 from __future__ import annotations
 
+import bisect
+import functools
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from pipeline.change_cube import BlockGrid
 from pipeline.tiling import Tile, TileGrid
+
+if TYPE_CHECKING:  # a type only: planning stays free of the Zarr/xarray imports (the job estimate uses it)
+    from pipeline.change_cube import BlockGrid
 
 __all__ = ["GroupKey", "PlannedBlock", "TilePlan", "strip_blocks"]
 
@@ -104,15 +109,22 @@ class TilePlan:
         """The tiles a group computes, in grid order."""
         return tuple(t for t in self.owned_tiles(group.owner) if t.row == group.tile_row)
 
+    @functools.cached_property
+    def _starts(self) -> tuple[list[int], list[int]]:
+        """First row and first column of every tile row and column, ascending."""
+        rows, cols = self.grid.shape
+        return (
+            [self.grid.tile(r, 0).window.y0 for r in range(rows)],
+            [self.grid.tile(0, c).window.x0 for c in range(cols)],
+        )
+
     def owned_tiles(self, owner: tuple[int, int]) -> tuple[Tile, ...]:
         """The tiles block ``owner`` holds, in grid order (possibly none)."""
         window = self.blocks.window(*owner)
-        rows = [
-            r for r in range(self.grid.shape[0]) if window.y0 <= self.grid.tile(r, 0).window.y0 < window.y1
-        ]
-        cols = [
-            c for c in range(self.grid.shape[1]) if window.x0 <= self.grid.tile(0, c).window.x0 < window.x1
-        ]
+        row_starts, col_starts = self._starts
+        # Searched, not scanned: planning a block costs the same on a small area and on a continent.
+        rows = range(bisect.bisect_left(row_starts, window.y0), bisect.bisect_left(row_starts, window.y1))
+        cols = range(bisect.bisect_left(col_starts, window.x0), bisect.bisect_left(col_starts, window.x1))
         return tuple(self.grid.tile(r, c) for r in rows for c in cols)
 
     def strip_of(self, block: tuple[int, int]) -> int:

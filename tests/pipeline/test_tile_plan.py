@@ -120,3 +120,26 @@ def test_task_order_runs_groups_before_their_blocks_and_defers_the_row_before_th
     # With nothing to defer, blocks stay right after their last group.
     assert plain == plan.task_order(planned, defer=0)
     assert plan.task_order([], defer=2) == []
+
+
+@pytest.mark.parametrize(
+    ("size", "tile", "overlap", "block"),
+    [
+        ((1024, 1024), 512, 64, 512),
+        ((1100, 900), 128, 32, 256),
+        ((700, 1300), 256, 64, 128),
+        ((300, 300), 512, 0, 128),
+    ],
+)
+def test_owned_tiles_are_those_whose_first_pixel_lies_in_the_block(
+    size: tuple[int, int], tile: int, overlap: int, block: int
+) -> None:
+    plan = make_plan(size, tile, overlap, block, strip=10_000)
+    for owner in plan.blocks:
+        window = plan.blocks.window(*owner)
+        expected = tuple(
+            t
+            for t in plan.grid
+            if window.y0 <= t.window.y0 < window.y1 and window.x0 <= t.window.x0 < window.x1
+        )
+        assert plan.owned_tiles(owner) == expected
