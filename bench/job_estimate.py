@@ -5,7 +5,7 @@ its estimate (spec validation + :func:`pipeline.preflight.preflight`, as ``run``
 discovery), and the estimate's figures. Then it measures what :data:`pipeline.cost.CLIENT_BYTES_PER_BLOCK`
 stands for: the client memory that :func:`pipeline.cube.assemble_cube` (the lazy input cube over the
 whole AOI) takes per block, for AOIs of growing size, with two made-up items per window (nothing is
-read or written).
+read or written), and the client's time to plan every block of inference (:mod:`pipeline.tile_plan`).
 
 Run: ``OMP_NUM_THREADS=1 .venv/bin/python bench/job_estimate.py [--sides 1 2 4]``
 """
@@ -21,12 +21,15 @@ from typing import Any
 
 import psutil
 
+from pipeline.change_cube import BlockGrid
 from pipeline.cost import CLIENT_BYTES_PER_BLOCK
 from pipeline.cube import assemble_cube
 from pipeline.discover import Discovery
 from pipeline.errors import JobTooLargeError
 from pipeline.preflight import preflight
 from pipeline.spec import JobSpec
+from pipeline.tile_plan import TilePlan, strip_blocks
+from pipeline.tiling import TileGrid
 
 EUROPE = [-10.0, 35.0, 30.0, 70.0]
 
@@ -110,13 +113,30 @@ def client_growth(sides: list[float], output: Path) -> None:
     print(f"pipeline.cost.CLIENT_BYTES_PER_BLOCK = {CLIENT_BYTES_PER_BLOCK}")
 
 
+def planning(sides: list[int]) -> None:
+    print("\nclient time to plan every block of a square grid (512 px tiles, overlap 64, 1024 px blocks):")
+    print(f"{'side (px)':>10} {'blocks':>7} {'plan s':>7} {'count tiles s':>14} {'tiles':>8}")
+    for side in sides:
+        plan = TilePlan(TileGrid(side, side, 512, 64), BlockGrid(side, side, 1024), strip_blocks(1024))
+        started = time.perf_counter()
+        planned = list(plan.plan(plan.blocks))
+        planned_s = time.perf_counter() - started
+        started = time.perf_counter()
+        tiles = plan.count_tiles(planned)
+        print(
+            f"{side:>10} {len(planned):>7} {planned_s:>7.2f} {time.perf_counter() - started:>14.2f} {tiles:>8}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sides", type=float, nargs="+", default=[1.0, 2.0, 4.0, 8.0])
+    parser.add_argument("--plan-sides", type=int, nargs="+", default=[16384, 32768, 65536])
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         refusal(Path(folder) / "out")
         client_growth(args.sides, Path(folder) / "out")
+    planning(args.plan_sides)
 
 
 if __name__ == "__main__":

@@ -4,11 +4,11 @@
 
 1. the output: not empty, not a file, writable, not inside the inputs or another job's cube
    (:func:`pipeline.containment.check_output`), its bucket reachable (object stores);
-2. the models (with ``inference``): the checkpoint loads strictly, the segmenter builds (CLIP
+2. the size: the job's estimate against ``limits.max_pixels`` (:func:`pipeline.cost.check_job_size`);
+3. the models (with ``inference``): the checkpoint loads strictly, the segmenter builds (CLIP
    weights exist and load), both read bands the job has, and the tile size agrees with the
    overlap (an overlap over half the model's tile is refused);
-3. the scheduler (``cluster.address``): something listens there;
-4. the size: the job's estimate against ``limits.max_pixels`` (:func:`pipeline.cost.check_job_size`).
+4. the scheduler (``cluster.address``): something listens there.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from urllib.parse import urlparse
 
 from pipeline.containment import check_output
-from pipeline.cost import JobEstimate, check_job_size
+from pipeline.cost import JobEstimate, check_job_size, estimate_job
 from pipeline.errors import ClusterError, JobSpecError
 from pipeline.spec import JobSpec
 from pipeline.storage import Location
@@ -121,6 +121,9 @@ def preflight(job: JobSpec, *, inference: bool) -> Preflight:
     """
     check_output(job)
     Location(job.output).check_access()
+    # The size decides by pixels alone, so it is checked before the models are loaded: a continent
+    # is refused without importing torch (its message counts tiles of the job's tile size, or 512).
+    estimate = check_job_size(job)
     tile: int | None = None
     if inference:
         if job.prompts is None:
@@ -131,6 +134,6 @@ def preflight(job: JobSpec, *, inference: bool) -> Preflight:
         tile = check_models(job)
         if job.cluster.address is not None:
             check_scheduler(job.cluster.address)
-    estimate = check_job_size(job, tile_size=tile)
+        estimate = estimate_job(job, tile_size=tile)
     log.info("job estimate: %s", estimate.describe())
     return Preflight(estimate, tile)
