@@ -300,9 +300,16 @@ def check_reusable(
 
 
 def remove_change_cube(path: LocationLike) -> None:
-    """Delete an output path (a change cube or what else lies there), and its creation marker."""
+    """Delete an output path (a change cube or what else lies there), and its creation marker.
+
+    The marker is written first, so that a run killed while deleting leaves a cube that the next
+    run recognises as half-made and creates again (rather than refusing it as "not a change cube").
+    """
+    marker = creation_marker(path)
+    marker.write_text(json.dumps({"removing": True}))
     Location.parse(path).remove()
-    creation_marker(path).remove()
+    fault_point("change-cube:removed")
+    marker.remove()
 
 
 def create_change_cube(

@@ -27,6 +27,7 @@ FAULT_VARIABLE = "SEG2CHANGE_FAULT"
 FAULT_POINTS: dict[str, str] = {
     "prepare:block-written": "an input-cube block is written into the partial input cube",
     "prepare:written": "every input-cube block is written, the cube not yet moved into place",
+    "change-cube:removed": "an earlier change cube is deleted (force), its marker still there",
     "change-cube:creating": "the creation marker is written, the change cube not yet",
     "change-cube:arrays-written": "the change cube's arrays are written, the creation marker still there",
     "change-cube:created": "the change cube is created, no block written",

@@ -55,7 +55,9 @@ def store_bytes(path: Path) -> dict[str, bytes]:
     return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
 
 
-def run_engine(cube: Path, out: Path, *, torch_threads: int = 1) -> pipeline.infer.InferenceResult:
+def run_engine(
+    cube: Path, out: Path, *, torch_threads: int = 1, force: bool = False
+) -> pipeline.infer.InferenceResult:
     return pipeline.infer.run_inference(
         JOB,
         cube,
@@ -64,6 +66,7 @@ def run_engine(cube: Path, out: Path, *, torch_threads: int = 1) -> pipeline.inf
         tiling=TILING,
         cluster=cluster(torch_threads),
         prompts=PROMPTS,
+        force=force,
         progress=False,
     )
 
@@ -74,7 +77,9 @@ _ENGINE_CHILD = textwrap.dedent(
     from pathlib import Path
     sys.path.insert(0, {tests!r})
     import test_kill_points
-    test_kill_points.run_engine(Path(sys.argv[1]), Path(sys.argv[2]), torch_threads=int(sys.argv[3]))
+    test_kill_points.run_engine(
+        Path(sys.argv[1]), Path(sys.argv[2]), torch_threads=int(sys.argv[3]), force=sys.argv[4:] == ["force"]
+    )
     """
 )
 
@@ -135,6 +140,18 @@ def test_engine_killed_at_a_step_boundary_resumes_to_the_same_bytes(
     assert not creation_marker(out).exists() and not (tmp_path / LOCK_NAME).exists()
     again = run_engine(cube, out)
     assert again.computed == () and store_bytes(out) == uninterrupted
+
+
+def test_a_forced_run_killed_while_it_deletes_the_old_cube_is_resumed_without_force(
+    tmp_path: Path, cube: Path, uninterrupted: dict[str, bytes]
+) -> None:
+    out = tmp_path / "change_cube.zarr"
+    run_engine(cube, out)
+    script = _ENGINE_CHILD.format(tests=str(Path(__file__).parent))
+    killed_child(script, [str(cube), str(out), "1", "force"], "change-cube:removed")
+    assert inspect_change_cube(out).creating
+    rerun = run_engine(cube, out)
+    assert len(rerun.computed) == BLOCKS and store_bytes(out) == uninterrupted
 
 
 def test_a_resume_on_another_thread_layout_gives_the_first_layouts_bytes(
@@ -213,6 +230,9 @@ def test_job_killed_while_preparing_or_publishing_resumes_to_the_same_bytes(
     killed_child(_JOB_CHILD, [str(job_file)], point)
     if point.startswith("prepare"):
         assert list(output.glob(".input_cube.zarr.partial-*")), "the kill leaves a partial input cube"
+    # What a kill while a COG was written leaves (pipeline.publish.cogs writes each COG's GeoTIFF there).
+    (output / "cogs").mkdir(exist_ok=True)
+    (output / "cogs" / ".change_probability.staging-0badc0de.tif").write_bytes(b"II*\x00 cut short")
 
     run_job(job, progress=False)
     assert published_bytes(output) == job_reference
