@@ -1,4 +1,20 @@
-"""Shared test fixtures: where the real data lives, SeaweedFS, and skipping when either is absent."""
+"""Shared test fixtures (the real data, SeaweedFS) and the test layers every test is marked with.
+
+Layers (``pytest -m unit`` is the fast subset):
+
+``unit``
+    Runs in the test's own process and starts no Dask cluster, server or child process.
+``integration``
+    Starts a Dask cluster, a STAC, object-store or Prefect server, or a child process (the CLI,
+    GDAL tools, the set-up script), or reads the real data in ``../shared/data``.
+``e2e``
+    Whole runs as a user makes them: the demo, the Prefect flows, the notebooks, installs.
+
+A test marked with a layer keeps it. Otherwise its module's entry in :data:`MODULE_LAYERS` decides,
+then the fixtures it uses (:data:`INTEGRATION_FIXTURES`) and marks (:data:`INTEGRATION_MARKS`), then
+its folder (:data:`FOLDER_LAYERS`). A new test module that starts a cluster, a server or a process
+in a ``unit`` folder belongs in :data:`MODULE_LAYERS`.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +26,83 @@ import dask
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+TESTS = REPO / "tests"
 SHARED = REPO.parent / "shared"
 SHARED_DATA = SHARED / "data"
+
+#: The test layers, registered as markers in pyproject.toml.
+LAYERS = ("unit", "integration", "e2e")
+
+#: Layer of the modules (paths relative to tests/) that differ from their folder's.
+MODULE_LAYERS: dict[str, str] = {
+    "flows/test_flows.py": "e2e",
+    "infra/test_habits.py": "unit",
+    "infra/test_image_install.py": "e2e",
+    "infra/test_manifests.py": "unit",
+    "infra/test_notebooks.py": "e2e",
+    "infra/test_setup_notebooks.py": "e2e",
+    "pipeline/test_antimeridian.py": "integration",
+    "pipeline/test_catalog_requests.py": "integration",
+    "pipeline/test_cluster_closed.py": "integration",
+    "pipeline/test_cluster_faults.py": "integration",
+    "pipeline/test_demo.py": "e2e",
+    "pipeline/test_demo_checkpoint.py": "e2e",
+    "pipeline/test_discover.py": "integration",
+    "pipeline/test_infer.py": "integration",
+    "pipeline/test_kill_points.py": "integration",
+    "pipeline/test_object_store.py": "integration",
+    "pipeline/test_output_lock.py": "integration",
+    "pipeline/test_outputs_open.py": "integration",
+    "pipeline/test_prepare_synthetic.py": "integration",
+    "pipeline/test_publish_cogs.py": "integration",
+    "pipeline/test_publish_stac.py": "integration",
+    "pipeline/test_real_data_cube.py": "integration",
+    "pipeline/test_restart.py": "integration",
+    "pipeline/test_signed_catalog_run.py": "integration",
+    "pipeline/test_stac_servers.py": "integration",
+    "pipeline/test_synthetic.py": "integration",
+}
+#: Fixtures that make a test an integration test wherever it lives.
+INTEGRATION_FIXTURES = frozenset({"shared_data", "weed"})
+#: Marks that make a test an integration test wherever it lives.
+INTEGRATION_MARKS = frozenset({"pgstac", "shared_data"})
+#: Layer of a folder's tests (first folder under tests/; "" for tests/ itself).
+FOLDER_LAYERS: dict[str, str] = {
+    "": "integration",
+    "core": "unit",
+    "flows": "integration",
+    "infra": "integration",
+    "pipeline": "unit",
+}
+
+
+def layer_of(module: str, fixtures: frozenset[str] = frozenset(), marks: frozenset[str] = frozenset()) -> str:
+    """The layer of a test in ``module`` (a path relative to tests/) using ``fixtures`` and ``marks``."""
+    if module in MODULE_LAYERS:
+        return MODULE_LAYERS[module]
+    if fixtures & INTEGRATION_FIXTURES or marks & INTEGRATION_MARKS:
+        return "integration"
+    folder = module.split("/")[0] if "/" in module else ""
+    if folder not in FOLDER_LAYERS:
+        raise ValueError(
+            f"tests/{module}: folder {folder!r} has no layer; add it to FOLDER_LAYERS in tests/conftest.py"
+        )
+    return FOLDER_LAYERS[folder]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every collected test with its layer unless it names one itself."""
+    for item in items:
+        marks = frozenset(mark.name for mark in item.iter_markers())
+        if marks & set(LAYERS):
+            continue
+        try:
+            module = item.path.resolve().relative_to(TESTS).as_posix()
+        except ValueError:  # collected outside tests/: the notebooks (pytest --nbmake notebooks/)
+            item.add_marker("e2e")
+            continue
+        fixtures = frozenset(getattr(item, "fixturenames", ()))
+        item.add_marker(layer_of(module, fixtures, marks))
 
 
 @pytest.fixture(scope="session")
