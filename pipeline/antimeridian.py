@@ -97,15 +97,15 @@ def split(unwrapped: shapely.Geometry) -> shapely.Geometry:
     return shapely.MultiPolygon(parts)
 
 
-def project(parts: shapely.Geometry, unwrapped: shapely.Geometry, target: CRS) -> shapely.Geometry:
+def project(parts: shapely.Geometry, source: CRS, target: CRS) -> shapely.Geometry:
     """Project the split parts of an AOI to a projected CRS, refusing one that tears them apart.
 
     Parameters
     ----------
     parts
-        The AOI split at ±180° (:func:`split`).
-    unwrapped
-        The same AOI unwrapped (:func:`unwrap`), whose size the projected area is compared with.
+        The AOI split at ±180° (:func:`split`), in the geographic CRS ``source``.
+    source
+        The AOI's geographic CRS.
     target
         The grid's CRS.
 
@@ -114,7 +114,7 @@ def project(parts: shapely.Geometry, unwrapped: shapely.Geometry, target: CRS) -
     JobSpecError
         The two sides of the antimeridian do not meet in ``target`` (e.g. Web Mercator).
     """
-    transformer = Transformer.from_crs(CRS.from_epsg(4326), target, always_xy=True)
+    transformer = Transformer.from_crs(source, target, always_xy=True)
     projected = []
     for part in _polygons(parts):
         xmin, ymin, xmax, ymax = part.bounds
@@ -123,9 +123,9 @@ def project(parts: shapely.Geometry, unwrapped: shapely.Geometry, target: CRS) -
         projected.append(
             shapely.transform(dense, lambda xy: np.column_stack(transformer.transform(xy[:, 0], xy[:, 1])))
         )
-    xmin, ymin, xmax, ymax = unwrapped.bounds
-    east = [p for p, source in zip(projected, _polygons(parts), strict=True) if source.bounds[2] >= 180]
-    west = [p for p, source in zip(projected, _polygons(parts), strict=True) if source.bounds[0] <= -180]
+    sides = list(zip(projected, _polygons(parts), strict=True))
+    east = [done for done, part in sides if part.bounds[2] >= 180]
+    west = [done for done, part in sides if part.bounds[0] <= -180]
     if east and west:
         union = shapely.union_all(projected)
         gap = shapely.distance(shapely.union_all(east), shapely.union_all(west))

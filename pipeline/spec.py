@@ -234,7 +234,7 @@ class AreaOfInterest(BaseModel):
         target = CRS.from_user_input(crs)
         source = CRS.from_user_input(self.crs)
         if self.crosses_antimeridian and not target.is_geographic:
-            return antimeridian.project(self.shape(), self._unwrapped(), target)
+            return antimeridian.project(self.shape(), source, target)
         geom = self.shape()
         if source == target:
             return geom

@@ -141,3 +141,10 @@ def test_ordinary_aoi_does_not_cross() -> None:
     job = JobSpec.build(**fields({"bbox": [13.0, 52.0, 13.1, 52.1]}))
     assert not job.aoi.crosses_antimeridian
     assert job.target_crs().to_epsg() == 32633
+
+
+def test_aoi_in_another_geographic_crs_is_projected_from_it() -> None:
+    nad83 = JobSpec.build(**fields({"bbox": BBOX, "crs": "EPSG:4269"}))
+    wgs84 = JobSpec.build(**fields({"bbox": BBOX}))
+    assert nad83.aoi.crosses_antimeridian
+    assert nad83.target_bounds() == pytest.approx(wgs84.target_bounds(), abs=20)
