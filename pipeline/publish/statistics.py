@@ -24,7 +24,7 @@ per zone and
 The transition and class_unchanged rows add up to the changed total. ``label`` names each row in
 words; ``area_m2`` and ``area_ha`` are the pixels' area in square metres and hectares. The Parquet
 file's key-value metadata (``pyarrow.parquet.read_schema(path).metadata``) and the JSON's
-``metadata`` carry the CRS (WKT and EPSG code), the pixel area, the job (output, windows,
+``metadata`` carry the CRS (WKT and EPSG code), the pixel area, the job (name, windows,
 fingerprint) and the models, and each column's description.
 
 Areas are pixel counts times the pixel area (square metres from the grid's transform and CRS
@@ -452,10 +452,12 @@ def statistics_metadata(info: ChangeCubeInfo) -> dict[str, str]:
     """What a reader of the statistics files needs besides the table, as strings.
 
     Keys: ``crs`` (WKT), ``crs_epsg`` (``EPSG:<code>`` or empty), ``pixel_area_m2``, ``area_units``,
-    ``classes`` and ``targets`` (JSON lists), ``job_output``, ``before``, ``after`` (the job's
+    ``classes`` and ``targets`` (JSON lists), ``job_name``, ``before``, ``after`` (the job's
     windows, ``start/end``), ``fingerprint`` (of the job's inference), ``models`` (JSON: name,
     source, checkpoint SHA-256 of each), ``software`` and ``transition_codes``. A job has no name
-    of its own: its output and fingerprint identify it.
+    field: ``job_name`` is the name of its output folder (``berlin`` for ``./out/berlin`` or
+    ``s3://bucket/jobs/berlin``), not the whole path, so the files are the same wherever the
+    folder is written or moved (as the STAC's relative hrefs are).
     """
     try:
         job = json.loads(str(info.attrs.get("job", "{}")))
@@ -474,7 +476,7 @@ def statistics_metadata(info: ChangeCubeInfo) -> dict[str, str]:
         "area_units": "area_m2: square metres; area_ha: hectares (10,000 m2)",
         "classes": json.dumps(list(info.classes)),
         "targets": json.dumps(list(info.targets)),
-        "job_output": str(job.get("output", "")),
+        "job_name": str(job.get("output", "")).rstrip("/").rsplit("/", 1)[-1],
         "before": window("before"),
         "after": window("after"),
         "fingerprint": info.fingerprint,

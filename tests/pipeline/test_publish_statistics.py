@@ -265,7 +265,7 @@ def test_parquet_and_json_hold_the_long_table_and_totals(tmp_path: Path, stats: 
     assert CRS.from_wkt(meta["crs"]) == CRS_UTM and meta["crs_epsg"] == "EPSG:32633"
     assert float(meta["pixel_area_m2"]) == PIXEL_M2
     assert json.loads(meta["classes"]) == list(CLASSES) and json.loads(meta["targets"]) == list(TARGETS)
-    assert meta["fingerprint"] == "hand-built" and "models" in meta and "job_output" in meta
+    assert meta["fingerprint"] == "hand-built" and "models" in meta and "job_name" in meta
     assert b"hectares" in schema.field("area_ha").metadata[b"description"]
     assert (frame.area_m2 == frame.pixels * PIXEL_M2).all()
     doc = json.loads(doc_path.read_text())
