@@ -35,7 +35,7 @@ from affine import Affine
 from pyproj import CRS
 
 from pipeline import __version__
-from pipeline.bands import resolve_asset_key
+from pipeline.bands import band_asset
 from pipeline.containment import check_asset_hrefs
 from pipeline.discover import Discovery
 from pipeline.errors import CubeError, OutputExistsError
@@ -90,13 +90,13 @@ def _normalise_assets(item: dict[str, Any], job: JobSpec) -> dict[str, Any]:
     assets = item.get("assets", {})
     renamed: dict[str, Any] = {}
     for band in job.bands:
-        key = job.band_map.get(band) or resolve_asset_key(assets, band)
-        if key is None or key not in assets:
+        asset = band_asset(assets, band, job.band_map.get(band))
+        if asset is None:
             raise CubeError(
                 f"item {item['id']} has no asset for band {band!r} (assets: {', '.join(sorted(assets))}); "
                 "drop the band or map it in band_map"
             )
-        renamed[band] = assets[key]
+        renamed[band] = asset
     if job.quality.asset is not None:
         if job.quality.asset not in assets:
             raise CubeError(
