@@ -372,7 +372,7 @@ def _print_cube(cube: PreparedCube) -> None:
 
 def _register_commands() -> None:
     """Add the commands defined beside this module (models, flows) to the app."""
-    from flows.commands_flows import monitor, respond
+    from flows.commands_flows import catalog, monitor, respond
     from flows.commands_model import evaluate, make_demo_checkpoint
     from flows.commands_train import train
 
@@ -381,6 +381,7 @@ def _register_commands() -> None:
     app.command(name="make-demo-checkpoint")(make_demo_checkpoint)
     app.command()(respond)
     app.command()(monitor)
+    app.command()(catalog)
 
 
 _register_commands()

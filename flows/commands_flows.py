@@ -1,4 +1,5 @@
-"""Command-line front of the flows: ``seg2change respond`` and ``seg2change monitor``.
+"""Command-line front of the flows: ``seg2change respond``, ``seg2change monitor`` and
+``seg2change catalog`` (the user's own GeoTIFFs as a STAC ItemCollection a job reads).
 
 Plain typer command functions; :mod:`flows.cli` registers them (``app.command()(respond)``).
 Each runs its flow in this process (against ``PREFECT_API_URL`` when set, else a temporary local
@@ -19,7 +20,7 @@ from flows.console import error_text, make_console
 from flows.options import FORCE_ALIAS_HELP, overwrite_flag
 from seg2change_core.errors import Seg2ChangeError
 
-__all__ = ["monitor", "respond"]
+__all__ = ["catalog", "monitor", "respond"]
 
 
 def _parse_date(value: str) -> date:
@@ -155,3 +156,79 @@ def monitor(
     from flows.monitoring import monitoring_flow
 
     _run(monitoring_flow, scheduler, **run, force=overwrite_flag(overwrite, force))
+
+
+def _parse_datetime(value: str) -> datetime:
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise typer.BadParameter(
+            f"{value!r} is not a date or time; write it as YYYY-MM-DD or YYYY-MM-DDTHH:MM:SS"
+        ) from None
+
+
+def catalog(
+    sources: Annotated[
+        list[str],
+        typer.Argument(help="Folders (their *.tif at any depth), glob patterns or GeoTIFF/COG files."),
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", help="ItemCollection JSON to write (.ndjson: one item a line).")
+    ],
+    when: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--datetime",
+            help="Acquisition date or time (ISO 8601): once for all sources, or once per source in order. "
+            "Default: from --name-date, else the files' DATETIME tag.",
+        ),
+    ] = None,
+    name_date: Annotated[
+        str | None, typer.Option(help="strptime pattern of the date in the file names, e.g. '%Y%m%d'.")
+    ] = None,
+    collection: Annotated[str, typer.Option(help="Collection id of the items (the job's collections).")] = (
+        "own-imagery"
+    ),
+    bands: Annotated[
+        str | None,
+        typer.Option(
+            help="Common names of the bands in file order, comma-separated, e.g. 'red,green,blue' "
+            "(default: from each file's colour interpretation)."
+        ),
+    ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out file.")] = False,
+) -> None:
+    """Describe GeoTIFF/COG files as a STAC ItemCollection (own CRS, footprint, time, bands) for a job."""
+    from rich.table import Table
+
+    from pipeline.own_imagery import catalog_rasters, write_item_collection
+
+    moments = [_parse_datetime(value) for value in when or ()]
+    names = [b.strip() for b in bands.split(",") if b.strip()] if bands else None
+    try:
+        items = catalog_rasters(
+            sources, collection=collection, datetimes=moments, name_pattern=name_date, bands=names
+        )
+        written = write_item_collection(items, out, overwrite=overwrite)
+    except Seg2ChangeError as exc:
+        _fail(exc)
+    console = make_console()
+    table = Table(title=f"{len(items)} item(s) in collection {collection!r}")
+    for column in ("item", "datetime", "crs", "shape", "bands"):
+        table.add_column(column)
+    for item in items:
+        listed = item.assets["image"].extra_fields.get("eo:bands", [])
+        table.add_row(
+            item.id,
+            item.datetime.isoformat() if item.datetime else "",
+            f"EPSG:{item.properties.get('proj:epsg')}",
+            "x".join(str(v) for v in item.properties.get("proj:shape", [])),
+            ",".join(str(b.get("common_name") or b.get("name")) for b in listed),
+        )
+    console.print(table)
+    folders = sorted({str(Path(str(i.assets["image"].href)).parent) for i in items})
+    console.print(f"wrote {written}")
+    console.print(
+        f"use it in a job: catalog: {written}, collections: [{collection}], quality: none, "
+        f"cloud_limit: 100, asset_roots: [{', '.join(folders)}]"
+    )
