@@ -218,3 +218,15 @@ def test_the_readme_states_the_retry_defaults_the_code_has() -> None:
     assert waits == [0, 1, 2, 4, 8]
     assert f"`Retry-After` up to {MAX_SLEEP_S:.0f} s" in text
     assert f"`catalog.timeout` (default {catalog.timeout:.0f} s)" in text
+
+
+def test_the_readme_reference_job_names_only_real_fields(tmp_path: Path) -> None:
+    reference = next(yaml.safe_load(b) for b in _yaml_blocks() if "zones" in (yaml.safe_load(b) or {}))
+    (tmp_path / "districts.geojson").write_text(
+        json.dumps({"type": "FeatureCollection", "features": []})
+    )
+    job_file = tmp_path / "job.yaml"
+    job_file.write_text(yaml.safe_dump(reference))
+    job = load_job(job_file)
+    assert set(reference) <= set(JobSpec.model_fields)
+    assert job.limits.max_pixels == reference["limits"]["max_pixels"] and not job.limits.allow_large
