@@ -34,6 +34,7 @@ from pipeline.errors import InferenceError
 from seg2change_core.baselines import CVABaseline, CVAFit
 from seg2change_core.change_model import ChangeModel, InputNormalisation
 from seg2change_core.checkpoints import load_change_model, read_checkpoint_info
+from seg2change_core.errors import SegmenterError
 from seg2change_core.segmenters import Segmenter, get_segmenter
 
 __all__ = [
@@ -230,6 +231,22 @@ def _band_indices(role: str, name: str, wanted: tuple[str, ...], cube: tuple[str
     return tuple(cube.index(b) for b in wanted)
 
 
+#: Bands of visible-light imagery (8-bit RGB aerial or satellite pictures), from which the
+#: spectral segmenter's indices (NDVI, NDWI, NDBI...) cannot be computed.
+VISIBLE_BANDS = frozenset({"coastal", "blue", "green", "red"})
+
+
+def _refuse_visible_only(bands: tuple[str, ...]) -> None:
+    if bands and set(bands) <= VISIBLE_BANDS:
+        raise SegmenterError(
+            f"the spectral segmenter reads near-infrared and short-wave infrared bands (its classes come "
+            f"from indices such as NDVI and NDWI), but the cube has only {', '.join(bands)} (RGB "
+            "imagery); for RGB imagery use the 'clip' segmenter with local CLIP weights "
+            "(models: {segmenter: clip, segmenter_options: {weights: ..., tokenizer: ...}}), or add "
+            "nir/swir16/swir22 bands if the imagery has them"
+        )
+
+
 def build_models(runtime: ModelRuntime) -> LoadedModels:
     """Build the change model and the segmenter a runtime describes (no caching).
 
@@ -264,6 +281,7 @@ def build_models(runtime: ModelRuntime) -> LoadedModels:
     options: dict[str, Any] = dict(spec.segmenter_options)
     if spec.segmenter == "spectral":
         options.setdefault("bands", runtime.cube_bands)
+        _refuse_visible_only(tuple(options["bands"]))
     elif spec.segmenter == "clip":
         options.setdefault("device", str(device))
     segmenter = get_segmenter(spec.segmenter, **options)

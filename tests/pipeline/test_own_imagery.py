@@ -253,3 +253,16 @@ def test_joplin_folders_catalog_with_their_own_crs() -> None:
     post = shapely.union_all([shapely.geometry.shape(i.geometry) for i in items if i.datetime.day == 25])
     # SOURCES.md: the dates overlap about -94.4996..-94.4812 E, 37.0628..37.0751 N.
     assert pre.intersection(post).contains(shapely.Point(-94.495, 37.070))
+
+
+def test_spectral_segmenter_refuses_rgb_only_imagery_naming_clip() -> None:
+    from pipeline.engine_spec import ModelSpec
+    from pipeline.models import ModelRuntime, build_models
+    from seg2change_core.errors import SegmenterError
+
+    with pytest.raises(SegmenterError, match="RGB imagery.*'clip' segmenter"):
+        build_models(ModelRuntime(ModelSpec(), ("red", "green", "blue"), fit=(0.1, 1.0)))
+    built = build_models(
+        ModelRuntime(ModelSpec(), ("blue", "green", "red", "nir", "swir16", "swir22"), fit=(0.1, 1.0))
+    )
+    assert built.segmenter.name == "spectral"
