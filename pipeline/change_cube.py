@@ -223,7 +223,8 @@ class CubeState:
     attrs
         Its root attributes.
     creating
-        Its creation never finished (the creation marker is there): it is to be created again.
+        Its creation never finished (the creation marker is there, or arrays are missing): it is to
+        be created again.
     """
 
     exists: bool
@@ -261,7 +262,15 @@ def inspect_change_cube(path: LocationLike) -> CubeState:
         fingerprint=None if fingerprint is None else str(fingerprint),
         complete=bool(attrs.get("complete", False)),
         attrs=attrs,
+        # A cube whose creation was cut short before creation markers existed lacks arrays.
+        creating=bool(_missing_arrays(location)),
     )
+
+
+def _missing_arrays(location: Location) -> list[str]:
+    """The arrays of a change cube that its store lacks (read past the consolidated metadata)."""
+    group = zarr.open_group(location.zarr_store(read_only=True), mode="r", use_consolidated=False)
+    return [name for name in (*LAYERS, DONE) if name not in group]
 
 
 def check_reusable(

@@ -848,7 +848,7 @@ def run_inference(
 
     with hold_output(out_path.parent, job=f"{out_path.name} of job {fingerprint[:12]}"):
         state = inspect_change_cube(out_path)
-        if state.creating:
+        if state.creating and (not state.is_change_cube or state.fingerprint == fingerprint):
             log.warning("%s was being created when an earlier run stopped; creating it again", out_path)
             remove_change_cube(out_path)
             state = CubeState(exists=False)

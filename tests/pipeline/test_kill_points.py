@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -152,6 +153,25 @@ def test_a_forced_run_killed_while_it_deletes_the_old_cube_is_resumed_without_fo
     assert inspect_change_cube(out).creating
     rerun = run_engine(cube, out)
     assert len(rerun.computed) == BLOCKS and store_bytes(out) == uninterrupted
+
+
+def test_a_cube_whose_creation_was_cut_short_without_a_marker_is_created_again(
+    tmp_path: Path, cube: Path, uninterrupted: dict[str, bytes]
+) -> None:
+    """As an earlier version left it when killed while creating: no marker, arrays missing, no
+    consolidated metadata (was: an ArrayNotFoundError traceback on every rerun)."""
+    out = tmp_path / "change_cube.zarr"
+    script = _ENGINE_CHILD.format(tests=str(Path(__file__).parent))
+    killed_child(script, [str(cube), str(out), "1"], "change-cube:arrays-written")
+    creation_marker(out).remove()
+    shutil.rmtree(out / "block_done")
+    shutil.rmtree(out / "transition")
+    root = json.loads((out / "zarr.json").read_text())
+    root.pop("consolidated_metadata", None)
+    (out / "zarr.json").write_text(json.dumps(root))
+    assert inspect_change_cube(out).creating
+    run_engine(cube, out)
+    assert store_bytes(out) == uninterrupted
 
 
 def test_a_resume_on_another_thread_layout_gives_the_first_layouts_bytes(
