@@ -48,6 +48,7 @@ MODULE_LAYERS: dict[str, str] = {
     "pipeline/test_demo.py": "e2e",
     "pipeline/test_demo_checkpoint.py": "e2e",
     "pipeline/test_discover.py": "integration",
+    "pipeline/test_feature_impact.py": "e2e",
     "pipeline/test_infer.py": "integration",
     "pipeline/test_kill_points.py": "integration",
     "pipeline/test_object_store.py": "integration",
