@@ -285,6 +285,7 @@ def write_cube(
     progress: bool = True,
     zarr_format: int = 3,
     blocks: BlockSource | None = None,
+    resume_key: str | None = None,
 ) -> Location:
     """Write a lazy cube to Zarr, one spatial block at a time, never replacing a good output by a broken one.
 
@@ -308,6 +309,12 @@ def write_cube(
         Builds the lazy dataset of one ``(rows, cols)`` region. Default: slices of ``ds``. Building
         each block's graph afresh keeps the cost per block independent of the area, where slicing
         one huge graph costs time in proportion to the whole graph for every block.
+    resume_key
+        On a local disk: name the partial cube after this key (the input fingerprint: the same key
+        must mean the same pixels) and record each block written, in a folder beside it
+        (``.NAME.partial-KEY.blocks``), so that a call with the same key after a run was killed or
+        failed part-way writes only the blocks that are missing. Without it, a fresh partial cube is
+        written and removed on failure. Object stores are written in place from the start.
 
     Returns
     -------
@@ -319,12 +326,21 @@ def write_cube(
         raise OutputExistsError(
             f"{location} already exists; pass --overwrite to replace it, or choose another output"
         )
+    written: Path | None = None
     if location.is_local:
         location.local_path.parent.mkdir(parents=True, exist_ok=True)
-        target = location.parent / f".{location.name}.partial-{uuid.uuid4().hex[:8]}"
+        key = resume_key[:16] if resume_key else uuid.uuid4().hex[:8]
+        target = location.parent / f".{location.name}.partial-{key}"
+        if resume_key:
+            written = Path(f"{target}.blocks")
     else:
         location.remove()
         target = location
+    resuming = written is not None and written.is_dir() and target.exists()
+    if written is not None and not resuming:
+        # A partial cube whose metadata was never finished: nothing in it to keep.
+        shutil.rmtree(target.local_path, ignore_errors=True)
+        shutil.rmtree(written, ignore_errors=True)
     ds = ds.assign_attrs(complete=False)
     for name, variable in ds.data_vars.items():
         if variable.chunks:
@@ -341,21 +357,36 @@ def write_cube(
             warnings.filterwarnings("ignore", "All-NaN slice encountered", RuntimeWarning)
             warnings.filterwarnings("ignore", EMPTY_FOLDER_WARNING)
             store = target.zarr_store()
-            ds.to_zarr(
-                store,
-                mode=target.zarr_create_mode,
-                zarr_format=zarr_format,
-                consolidated=False,
-                compute=False,
-            )
+            if resuming:
+                assert written is not None
+                log.info(
+                    "resuming the partial input cube %s: %d of %d blocks already written",
+                    target,
+                    sum(1 for _ in written.iterdir()),
+                    len(regions),
+                )
+            else:
+                ds.to_zarr(
+                    store,
+                    mode=target.zarr_create_mode,
+                    zarr_format=zarr_format,
+                    consolidated=False,
+                    compute=False,
+                )
+                if written is not None:
+                    written.mkdir()
             display = make_progress(enabled=progress)
             with display:
                 task = display.add_task("writing cube blocks", total=len(regions))
                 for ys, xs in regions:
-                    block = blocks(ys, xs) if blocks else ds.isel(y=ys, x=xs)
-                    block = block[spatial].drop_vars(list(block[spatial].coords))
-                    block.to_zarr(store, region={"y": ys, "x": xs}, mode="r+", consolidated=False)
-                    fault_point("prepare:block-written")
+                    marker = None if written is None else written / f"{ys.start}-{xs.start}"
+                    if marker is None or not marker.exists():
+                        block = blocks(ys, xs) if blocks else ds.isel(y=ys, x=xs)
+                        block = block[spatial].drop_vars(list(block[spatial].coords))
+                        block.to_zarr(store, region={"y": ys, "x": xs}, mode="r+", consolidated=False)
+                        if marker is not None:
+                            marker.touch()
+                        fault_point("prepare:block-written")
                     display.advance(task)
             # Consolidated first, then marked complete, then consolidated again: a cube marked
             # complete always has consolidated metadata, whatever moment a run is killed.
@@ -364,6 +395,8 @@ def write_cube(
             zarr.consolidate_metadata(store)
             fault_point("prepare:written")
     except BaseException:
+        if written is not None:
+            raise  # kept, to be resumed
         if target.is_local:
             shutil.rmtree(target.local_path, ignore_errors=True)
         else:
@@ -371,6 +404,8 @@ def write_cube(
                 target.remove()
         raise
     if location.is_local:
+        if written is not None:
+            shutil.rmtree(written)
         if location.exists():
             location.remove()
         target.local_path.rename(location.local_path)
@@ -431,8 +466,9 @@ _INPUT_FIELDS = (
 )
 
 
-def remove_partial_cubes(path: LocationLike) -> list[Path]:
-    """Delete what killed runs left of the local cube ``path``: its ``.NAME.partial-*`` folders.
+def remove_partial_cubes(path: LocationLike, *, keep: str | None = None) -> list[Path]:
+    """Delete what killed runs left of the local cube ``path``: its ``.NAME.partial-*`` folders,
+    except those of the resume key ``keep`` (:func:`write_cube`).
 
     Only a run that holds the output's lock (:mod:`pipeline.output_lock`) may call this: a live
     run's partial cube is then never among them. Returns what was removed.
@@ -440,7 +476,12 @@ def remove_partial_cubes(path: LocationLike) -> list[Path]:
     location = Location.parse(path)
     if not location.is_local or not location.local_path.parent.is_dir():
         return []
-    partials = sorted(location.local_path.parent.glob(f".{location.name}.partial-*"))
+    kept = f".{location.name}.partial-{keep[:16]}" if keep else None
+    partials = [
+        p
+        for p in sorted(location.local_path.parent.glob(f".{location.name}.partial-*"))
+        if kept is None or p.name not in (kept, f"{kept}.blocks")
+    ]
     for partial in partials:
         log.info("removing %s, left by a run that was stopped while it prepared the input cube", partial)
         shutil.rmtree(partial, ignore_errors=True)
@@ -488,13 +529,15 @@ def prepare_cube(
 def _prepare_locked(
     job: JobSpec, discovery: Discovery, path: Location, *, progress: bool, scheduler: Any, reuse: bool
 ) -> PreparedCube:
-    remove_partial_cubes(path)
     fingerprint = input_fingerprint(job, discovery)
+    # A partial cube of this job and these items is resumed; other partials are removed.
+    remove_partial_cubes(path, keep=None if job.overwrite else fingerprint)
     if path.exists() and not job.overwrite:
         stored = _root_attrs(path).get("input_fingerprint")
         complete = cube_is_complete(path)
         if reuse and complete and stored == fingerprint:
             log.info("reusing the input cube %s (same job fields and items)", path)
+            remove_partial_cubes(path)
             return describe_cube(path, discovery)
         if not complete and stored == fingerprint:
             # This job's own cube, left half-written by a run that was killed: start it again.
@@ -518,6 +561,7 @@ def _prepare_locked(
             progress=progress,
             zarr_format=job.zarr_format,
             blocks=lambda rows, cols: _assemble(job, discovery, region_bounds(job, rows, cols)),
+            resume_key=fingerprint,
         )
     (path.parent / "provenance.json").write_text(json.dumps(discovery.provenance(), indent=2))
     return describe_cube(path, discovery)

@@ -7,7 +7,8 @@ never interrupted, with no creation marker, lock, partial input cube or staging 
 
 The engine cases (creation, each block, finalisation) run :func:`pipeline.infer.run_inference` on
 a 128 px cube of four blocks; the whole-job cases (prepare blocks, publish) run
-:func:`pipeline.run.run_job` on a 256 px synthetic scene.
+:func:`pipeline.run.run_job` on a 256 px synthetic scene (a partial input cube is resumed block
+by block).
 """
 
 from __future__ import annotations
@@ -20,12 +21,15 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 from engine_inputs import PROMPTS, engine_job, write_patch_cube
 
+import pipeline.cube
 import pipeline.infer
 from pipeline.change_cube import BlockGrid, creation_marker, inspect_change_cube
+from pipeline.cube import open_cube
 from pipeline.demo import demo_checkpoint, demo_job_fields
 from pipeline.engine_spec import ClusterSpec, ModelSpec, TilingSpec
 from pipeline.faults import FAULT_POINTS, FAULT_VARIABLE
@@ -241,7 +245,11 @@ def job_reference(scene_job: JobSpec, tmp_path_factory: pytest.TempPathFactory) 
     "point", ["prepare:block-written@2", "prepare:written", "publish:start", "publish:done"]
 )
 def test_job_killed_while_preparing_or_publishing_resumes_to_the_same_bytes(
-    tmp_path: Path, scene_job: JobSpec, job_reference: dict[str, object], point: str
+    tmp_path: Path,
+    scene_job: JobSpec,
+    job_reference: dict[str, object],
+    point: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     output = tmp_path / "job"
     job = scene_job.model_copy(update={"output": str(output)})
@@ -254,8 +262,20 @@ def test_job_killed_while_preparing_or_publishing_resumes_to_the_same_bytes(
     (output / "cogs").mkdir(exist_ok=True)
     (output / "cogs" / ".change_probability.staging-0badc0de.tif").write_bytes(b"II*\x00 cut short")
 
+    assembled: list[object] = []
+    real_assemble = pipeline.cube._assemble
+
+    def assemble(*args: Any) -> Any:
+        assembled.append(args[2])
+        return real_assemble(*args)
+
+    monkeypatch.setattr(pipeline.cube, "_assemble", assemble)
     run_job(job, progress=False)
     assert published_bytes(output) == job_reference
+    if point == "prepare:block-written@2":
+        # The partial input cube is resumed: the whole (lazy) cube once, then the missing blocks.
+        blocks = len(BlockGrid(*open_cube(output / "input_cube.zarr")["reflectance"].shape[2:], 128))
+        assert len(assembled) == 1 + blocks - 2
     assert not list(output.glob(".input_cube.zarr.partial-*"))
     assert not list((output / "cogs").glob(".*.staging-*"))
     assert not (output / LOCK_NAME).exists()
