@@ -38,9 +38,10 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, replace
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -136,6 +137,7 @@ _NOT_INFERENCE = {
 }
 
 F32 = NDArray[np.float32]
+T = TypeVar("T")
 
 #: Seconds a run waits for workers once the cluster has none left, before it gives up.
 WORKERLESS_SECONDS = 60.0
@@ -909,7 +911,7 @@ def run_inference(
         reports: list[BlockReport] = []
         if planned:
             wants_gpu = models.device == "cuda"
-            with connect(cluster, gpu=wants_gpu) as session:
+            with _closed_quietly_on_error(connect(cluster, gpu=wants_gpu)) as session:
                 # Torch's intra-op threads change a model's float sums in the last bits: a resume
                 # computes with the threads the cube was started with, whatever the cluster now.
                 threads = recorded_threads if recorded_threads is not None else session.torch_threads
@@ -978,6 +980,25 @@ def run_inference(
         result.task_seconds,
     )
     return result
+
+
+@contextmanager
+def _closed_quietly_on_error(manager: AbstractContextManager[T]) -> Iterator[T]:
+    """Enter ``manager``; when the block raises, an error while closing it is logged instead of
+    raised over the block's error (closing a cluster whose scheduler was lost fails too)."""
+    value = manager.__enter__()
+    try:
+        yield value
+    except BaseException as exc:
+        try:
+            suppress = manager.__exit__(type(exc), exc, exc.__traceback__)
+        except Exception as closing:
+            log.debug("closing after %s failed as well: %s", type(exc).__name__, closing)
+            suppress = False
+        if not suppress:
+            raise
+    else:
+        manager.__exit__(None, None, None)
 
 
 def _forget_run(client: Client, run: str) -> None:

@@ -136,3 +136,23 @@ def test_losing_the_scheduler_is_a_clear_error_not_a_cleanup_traceback(
             run(cube, tmp_path / "change_cube.zarr", client)
     assert "run the same job again to resume" in str(lost.value)
     assert not isinstance(lost.value.__context__, OSError)
+
+
+class _FailsToClose:
+    """A context manager whose closing fails, as closing a cluster whose scheduler is gone does."""
+
+    def __enter__(self) -> str:
+        return "session"
+
+    def __exit__(self, *exc: object) -> None:
+        raise OSError("Timed out trying to connect to tcp://10.0.0.9:8786")
+
+
+def test_a_failure_to_close_the_cluster_never_hides_the_runs_error() -> None:
+    closing = pipeline.infer._closed_quietly_on_error
+    with pytest.raises(ClusterError, match="the cause") as raised, closing(_FailsToClose()) as session:
+        assert session == "session"
+        raise ClusterError("the cause")
+    assert raised.value.__context__ is None
+    with pytest.raises(OSError, match="Timed out"), closing(_FailsToClose()):
+        pass  # with nothing else to report, the closing error is the error
