@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from datetime import date, datetime
+from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -71,9 +71,43 @@ def respond(
     area: Annotated[str, typer.Option(help="GeoJSON file or text, or bbox 'xmin,ymin,xmax,ymax'.")],
     event_date: Annotated[str, typer.Option(help="Day of the event, YYYY-MM-DD.")],
     hazard: Annotated[str, typer.Option(help="flood, fire, storm or earthquake.")],
-    catalog: Annotated[str, typer.Option(help="STAC API URL or local catalog file.")],
-    collections: Annotated[str, typer.Option(help="Collection ids, comma-separated.")],
     output: Annotated[str, typer.Option(help="Output folder.")],
+    catalog: Annotated[
+        str | None,
+        typer.Option(
+            help="STAC API URL or local catalog file (an ItemCollection, .ndjson, or a static catalog.json "
+            "with child links; one written by 'seg2change catalog' brings its own defaults)."
+        ),
+    ] = None,
+    collections: Annotated[
+        str | None,
+        typer.Option(help="Collection ids, comma-separated (default with own imagery: its collection)."),
+    ] = None,
+    before_images: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Own imagery before the event: folder, glob or file (repeatable); instead of --catalog."
+        ),
+    ] = None,
+    after_images: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Own imagery after the event: folder, glob or file (repeatable); instead of --catalog."
+        ),
+    ] = None,
+    footprints: Annotated[
+        str | None,
+        typer.Option(
+            help="Building (or parcel) polygons, GeoJSON or GeoParquet: a per-feature impact table."
+        ),
+    ] = None,
+    footprint_zone: Annotated[
+        str | None,
+        typer.Option(help="Property of the footprints naming their zone, for the summary by zone."),
+    ] = None,
+    affected_threshold: Annotated[
+        float, typer.Option(help="Changed fraction of a footprint from which it counts as affected.")
+    ] = 0.25,
     area_crs: Annotated[str, typer.Option(help="CRS of the area's coordinates.")] = "EPSG:4326",
     before_days: Annotated[int, typer.Option(help="Days before the event in the before window.")] = 60,
     after_days: Annotated[int, typer.Option(help="Days after the event in the after window.")] = 14,
@@ -98,12 +132,26 @@ def respond(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Recompute outputs that exist.")] = False,
     force: Annotated[bool, typer.Option("--force", hidden=True, help=FORCE_ALIAS_HELP)] = False,
 ) -> None:
-    """Map the change around a reported event (flood, fire, storm, earthquake) and print its statistics."""
-    from flows.events import event_job
+    """Map the change around a reported event (flood, fire, storm, earthquake) and print its statistics.
 
+    The imagery comes from a STAC catalog (--catalog) or from the responders' own GeoTIFFs
+    (--before-images, --after-images); with --footprints the change inside each footprint is
+    measured too, and footprints outside the imagery are reported as not covered.
+    """
+    from flows.events import check_footprints, event_job
+
+    event_day = _parse_date(event_date)
+    _check(lambda: check_footprints(footprints, output, affected_threshold))
+    catalog, collections = _imagery(catalog, collections, before_images, after_images, event_day, output)
+    try:
+        from pipeline.own_imagery import own_imagery_options
+
+        options = own_imagery_options(catalog, _json_option(job_options, "--job-options"))
+    except Seg2ChangeError as exc:
+        _fail(exc)
     event: dict[str, Any] = {
         "area": area,
-        "event_date": _parse_date(event_date),
+        "event_date": event_day,
         "hazard": hazard,
         "catalog": catalog,
         "collections": collections,
@@ -113,13 +161,89 @@ def respond(
         "after_days": after_days,
         "prompts": _json_option(prompts, "--prompts"),
         "block_size": block_size,
-        "job_options": _json_option(job_options, "--job-options"),
+        "job_options": options,
         **({} if tile_size is None else {"tile_size": tile_size}),
     }
     _check(lambda: event_job(**event))
     from flows.response import response_flow
 
-    _run(response_flow, scheduler, **event, priority=priority, force=overwrite_flag(overwrite, force))
+    _run(
+        response_flow,
+        scheduler,
+        **event,
+        priority=priority,
+        force=overwrite_flag(overwrite, force),
+        footprints=footprints,
+        footprint_zone=footprint_zone,
+        affected_threshold=affected_threshold,
+    )
+
+
+def _imagery(
+    catalog: str | None,
+    collections: str | None,
+    before: list[str] | None,
+    after: list[str] | None,
+    event_day: date,
+    output: str,
+) -> tuple[str, str]:
+    """The catalog and collections of a response: given, or an ItemCollection of the own imagery.
+
+    Own imagery is dated by its side of the event (the day before, the event day), so files need no
+    time of their own; its items are written to ``<output>.catalog/items.json``, beside the output
+    folder and never inside it.
+    """
+    if catalog is not None:
+        if before or after:
+            raise typer.BadParameter("give either --catalog or --before-images/--after-images, not both")
+        if collections is None:
+            items_collections = _own_collections(catalog)
+            if not items_collections:
+                raise typer.BadParameter(
+                    "--collections is required with a STAC API or a catalog of other items"
+                )
+            return catalog, items_collections
+        return catalog, collections
+    if not before or not after:
+        raise typer.BadParameter(
+            "give --catalog, or the own imagery of both dates with --before-images and --after-images"
+        )
+    from pipeline.own_imagery import DEFAULT_COLLECTION, catalog_rasters, write_item_collection
+
+    if "://" in output:
+        raise typer.BadParameter(
+            "own imagery is catalogued beside a local output folder; give a local --output, or catalog "
+            "the images first with 'seg2change catalog' and pass --catalog"
+        )
+    folder = Path(f"{output.rstrip('/')}.catalog")
+    moments = [
+        datetime.combine(event_day - timedelta(days=1), time(12)),
+        datetime.combine(event_day, time(12)),
+    ]
+    try:
+        items = catalog_rasters(
+            [*before, *after], datetimes=[moments[0]] * len(before) + [moments[1]] * len(after)
+        )
+        folder.mkdir(parents=True, exist_ok=True)
+        written = write_item_collection(items, folder / "items.json", overwrite=True)
+    except Seg2ChangeError as exc:
+        _fail(exc)
+    return str(written), collections or DEFAULT_COLLECTION
+
+
+def _own_collections(catalog: str) -> str | None:
+    if catalog.startswith(("http://", "https://")) or not Path(catalog).is_file():
+        return None
+    from pipeline.discover import open_catalog_items
+    from pipeline.own_imagery import OWN_IMAGERY_PROPERTY
+
+    try:
+        items = list(open_catalog_items(catalog))
+    except Seg2ChangeError:
+        return None
+    if not items or not all(i.get("properties", {}).get(OWN_IMAGERY_PROPERTY) for i in items):
+        return None
+    return ",".join(sorted({str(i.get("collection")) for i in items}))
 
 
 def monitor(

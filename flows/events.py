@@ -19,6 +19,7 @@ __all__ = [
     "HAZARD_PROMPTS",
     "RESPONSE_TILE_SIZE",
     "Hazard",
+    "check_footprints",
     "event_job",
     "event_windows",
     "parse_area",
@@ -157,3 +158,24 @@ def event_job(
     }
     fields.update(options)
     return JobSpec.build(**fields)
+
+
+def check_footprints(footprints: str | None, output: str, threshold: float) -> None:
+    """Refuse footprints that cannot be measured, before any work.
+
+    Raises
+    ------
+    JobSpecError
+        A missing footprints file, a threshold outside (0, 1], or an output that is not a local folder.
+    """
+    if footprints is None:
+        return
+    if not Path(footprints).expanduser().is_file():
+        raise JobSpecError(f"footprints file {footprints} does not exist; give a GeoJSON or GeoParquet file")
+    if not 0 < threshold <= 1:
+        raise JobSpecError(f"affected_threshold is a changed fraction in (0, 1], got {threshold}; e.g. 0.25")
+    if "://" in output:
+        raise JobSpecError(
+            f"per-feature impact is written to local output folders only, and {output} is not one; "
+            "give a local output folder, or leave out the footprints"
+        )

@@ -10,6 +10,13 @@ results come quickly, and the flow run is tagged with its
 priority. The flow returns the change statistics in the same flow run, with the area that became
 the hazard's target class (for a flood: the newly flooded area) and publishes them as artifacts.
 
+The imagery may be the responders' own: a local catalog made by ``seg2change catalog`` (or by
+the command line's ``--before-images``/``--after-images``) brings its defaults (no quality band,
+no cloud cover, the files' folders as asset roots, their bands and finest resolution; see
+:func:`pipeline.own_imagery.own_imagery_options`). Given ``footprints`` (building polygons), the
+flow also measures the change inside each one (:mod:`pipeline.publish.features`), writes the
+per-feature table beside the other outputs and returns its summary, also as an artifact.
+
 It is started from the command line (``seg2change respond``), from ``run_deployment`` or by a
 Prefect event ``seg2change.event.reported`` through the deployment trigger of ``prefect.yaml``.
 """
@@ -18,13 +25,23 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import date
+from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger, tags
+from prefect import flow, get_run_logger, tags, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from flows.events import HAZARD_PROMPTS, RESPONSE_TILE_SIZE, Hazard, event_job, event_windows, parse_area
+from flows.events import (
+    HAZARD_PROMPTS,
+    RESPONSE_TILE_SIZE,
+    Hazard,
+    check_footprints,
+    event_job,
+    event_windows,
+    parse_area,
+)
 from flows.tasks import submit_job, task_runner
+from pipeline.own_imagery import own_imagery_options
 from pipeline.spec import JobSpec
 
 __all__ = [
@@ -34,9 +51,17 @@ __all__ = [
     "Hazard",
     "event_job",
     "event_windows",
+    "feature_impact_task",
     "parse_area",
     "response_flow",
 ]
+
+#: Files of the per-feature impact, in the output folder.
+FEATURE_FILES = {
+    "features_parquet": "features.parquet",
+    "features_geojson": "features.geojson",
+    "features_summary": "features_summary.json",
+}
 
 #: Key of the response artifacts (the table has ``-table`` appended).
 RESPONSE_ARTIFACT_KEY = "seg2change-response"
@@ -47,6 +72,33 @@ def _affected(summary: Mapping[str, Any], job: JobSpec) -> tuple[str, float]:
     targets = summary["targets"]
     name = next(iter(targets)) if targets else (job.prompts.targets or ("",))[0]
     return name, float(targets.get(name, {}).get("gained_m2", 0.0))
+
+
+@task(name="feature-impact", task_run_name="feature-impact-{period}")
+def feature_impact_task(
+    change_cube: str, output: str, footprints: str, zone_field: str | None, threshold: float, period: str
+) -> dict[str, Any]:
+    """Measure the change inside each footprint and write the per-feature table beside the outputs.
+
+    Returns
+    -------
+    dict
+        ``summary`` (per zone: footprints, covered, partly covered, not covered, affected),
+        ``threshold`` and the paths of the files written.
+    """
+    from pipeline.publish.cogs import describe_change_cube
+    from pipeline.publish.features import feature_impact, read_footprints, write_feature_impact
+
+    impact = feature_impact(
+        describe_change_cube(change_cube),
+        read_footprints(Path(footprints), zone_field=zone_field),
+        threshold=threshold,
+    )
+    paths = {key: Path(output) / name for key, name in FEATURE_FILES.items()}
+    write_feature_impact(
+        impact, paths["features_parquet"], paths["features_geojson"], paths["features_summary"]
+    )
+    return {"summary": impact.summary, "threshold": threshold, **{k: str(v) for k, v in paths.items()}}
 
 
 @flow(
@@ -71,6 +123,9 @@ def response_flow(
     priority: int = 1,
     job_options: dict[str, Any] | None = None,
     force: bool = False,
+    footprints: str | None = None,
+    footprint_zone: str | None = None,
+    affected_threshold: float = 0.25,
 ) -> dict[str, Any]:
     """Map the change around an event and return its statistics in the same flow run.
 
@@ -103,6 +158,12 @@ def response_flow(
         ``cluster``, ``tiling``...).
     force
         Recompute outputs that exist.
+    footprints
+        GeoJSON or GeoParquet polygons (buildings...) to measure the change in, one row each.
+    footprint_zone
+        Property of the footprints naming their zone, for the summary by zone.
+    affected_threshold
+        Changed fraction of a footprint from which it counts as affected.
 
     Returns
     -------
@@ -111,7 +172,8 @@ def response_flow(
         counts), ``outputs`` (paths of COGs, STAC, statistics, quick-look), ``statistics`` (the
         whole area's summary: changed area, per target gained/lost area), and ``affected_class``
         / ``affected_area_m2`` / ``affected_area_ha``: the area that became the hazard's target
-        class (for a flood: the newly flooded area).
+        class (for a flood: the newly flooded area); with footprints, ``features`` (the summary
+        by zone and the table's paths).
 
     Raises
     ------
@@ -119,6 +181,8 @@ def response_flow(
         Invalid parameters, at once and without retries.
     """
     logger = get_run_logger()
+    check_footprints(footprints, output, affected_threshold)
+    job_options = own_imagery_options(catalog, job_options)
     job = event_job(
         area,
         event_date,
@@ -141,6 +205,18 @@ def response_flow(
         infer, published = submit_job(job, f"{hazard}-{event_date}", force=force)
         outputs = published.result()
         inference = infer.result()
+        features = (
+            feature_impact_task(
+                inference["path"],
+                job.output,
+                footprints,
+                footprint_zone,
+                affected_threshold,
+                f"{hazard}-{event_date}",
+            )
+            if footprints
+            else None
+        )
     summary = outputs.pop("summary")
     affected_class, affected_m2 = _affected(summary, job)
     result = {
@@ -160,6 +236,8 @@ def response_flow(
         "affected_area_m2": affected_m2,
         "affected_area_ha": affected_m2 / 10_000.0,
     }
+    if features is not None:
+        result["features"] = features
     _publish_artifacts(result)
     return result
 
@@ -196,6 +274,22 @@ def _publish_artifacts(result: Mapping[str, Any]) -> None:
             "",
         ]
     )
+    features = result.get("features")
+    if features is not None:
+        create_table_artifact(
+            key=f"{RESPONSE_ARTIFACT_KEY}-features",
+            table=[{"zone": zone, **counts} for zone, counts in features["summary"].items()],
+            description=(
+                f"footprints per zone: covered, not covered (outside the imagery, never counted "
+                f"unchanged) and affected (changed fraction >= {features['threshold']:g})"
+            ),
+        )
+        counts = features["summary"]["all"]
+        markdown += (
+            f"- **footprints affected: {counts['affected']} of {counts['footprints']}** "
+            f"({counts['not_covered']} not covered by the imagery)\n"
+            f"- per-feature table: [features.geojson](file://{features['features_geojson']})\n"
+        )
     create_markdown_artifact(
         key=RESPONSE_ARTIFACT_KEY, markdown=markdown, description="seg2change disaster response summary"
     )

@@ -38,6 +38,8 @@ __all__ = [
     "catalog_rasters",
     "datetime_from_name",
     "find_rasters",
+    "job_defaults",
+    "own_imagery_options",
     "write_item_collection",
 ]
 
@@ -45,6 +47,9 @@ __all__ = [
 DEFAULT_COLLECTION = "own-imagery"
 #: Key of the one asset of each item.
 IMAGE_ASSET = "image"
+#: Item property that marks items made here (their defaults are found by :func:`job_defaults`).
+OWN_IMAGERY_PROPERTY = "seg2change:own_imagery"
+_METRES_PER_DEGREE = 111_320.0
 #: File suffixes taken from a folder (a file given by name may have any suffix GDAL reads).
 RASTER_SUFFIXES = (".tif", ".tiff", ".TIF", ".TIFF")
 
@@ -325,7 +330,74 @@ def _describe(
             band["common_name"] = name
     if gsd is not None:
         item.properties.setdefault("gsd", gsd)
+    item.properties[OWN_IMAGERY_PROPERTY] = True
     return item
+
+
+def _pixel_metres(item: Mapping[str, Any]) -> float | None:
+    props = item.get("properties", {})
+    transform = props.get("proj:transform")
+    if not transform:
+        return None
+    step = min(abs(float(transform[0])), abs(float(transform[4])))
+    if props.get("proj:epsg") in (4326, 4269, 4258):  # degrees: metres along a meridian
+        return step * _METRES_PER_DEGREE
+    return step
+
+
+def job_defaults(items: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """Job fields that fit items made by :func:`catalog_rasters`; empty for any other catalog.
+
+    Own imagery has no quality band and no cloud cover, its files lie outside the catalog's
+    folder, and its resolution is its own: the defaults are ``quality: none``, ``cloud_limit: 100``,
+    ``asset_roots`` (the files' folders), ``bands`` (the common names every item has, in the first
+    item's order) and ``grid.resolution`` (the finest pixel of the items, in metres, as the AOI's
+    UTM grid wants it).
+
+    Parameters
+    ----------
+    items
+        STAC item dictionaries.
+    """
+    items = list(items)
+    if not items or not all(i.get("properties", {}).get(OWN_IMAGERY_PROPERTY) for i in items):
+        return {}
+    folders: set[str] = set()
+    common: list[str] | None = None
+    for item in items:
+        asset = item.get("assets", {}).get(IMAGE_ASSET, {})
+        href = str(asset.get("href", ""))
+        if href and "://" not in href:
+            folders.add(str(Path(href).parent))
+        names = [str(b.get("common_name")) for b in asset.get("eo:bands", []) if b.get("common_name")]
+        common = names if common is None else [n for n in common if n in names]
+    out: dict[str, Any] = {"quality": "none", "cloud_limit": 100, "asset_roots": sorted(folders)}
+    if common:
+        out["bands"] = common
+    steps = [m for m in (_pixel_metres(i) for i in items) if m]
+    if steps:
+        out["grid"] = {"resolution": round(min(steps), 3)}
+    return out
+
+
+def own_imagery_options(catalog: str, options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A job's further fields with :func:`job_defaults` of a local catalog of own imagery beneath them.
+
+    The given ``options`` win; a ``grid`` mapping is merged key by key. A STAC API URL, or a local
+    catalog of other items, leaves ``options`` as they are.
+    """
+    out = dict(options or {})
+    if catalog.startswith(("http://", "https://")) or not Path(catalog).expanduser().is_file():
+        return out
+    from pipeline.discover import open_catalog_items
+
+    defaults = job_defaults(open_catalog_items(str(Path(catalog).expanduser())))
+    for key, value in defaults.items():
+        if key == "grid" and isinstance(out.get("grid"), Mapping):
+            out["grid"] = {**value, **out["grid"]}
+        else:
+            out.setdefault(key, value)
+    return out
 
 
 def write_item_collection(items: Iterable[pystac.Item], out: Path, *, overwrite: bool = False) -> Path:
