@@ -54,6 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from engine_efficiency import machine_header  # noqa: E402
 
 import pipeline.infer  # noqa: E402
+import pipeline.output_lock  # noqa: E402
 from pipeline.change_cube import BlockGrid  # noqa: E402
 from pipeline.cube import write_cube  # noqa: E402
 from pipeline.demo import demo_checkpoint  # noqa: E402
@@ -194,8 +195,17 @@ def lock_cases(folder: Path) -> list[list[str]]:
 
     def foreign(pid: int, host: str, expires_in: float, started: float) -> None:
         now = time.time()
-        doc = {"host": host, "pid": pid, "started": started, "job": "job /data/berlin", "run": "feedc0de" * 4,
-               "acquired": now - 30, "expires": now + expires_in}  # fmt: skip
+        boot = pipeline.output_lock._boot_id() if host == socket.gethostname() else ""
+        doc = {
+            "host": host,
+            "boot": boot,
+            "pid": pid,
+            "started": started,
+            "job": "job /data/berlin",
+            "run": "feedc0de" * 4,
+            "acquired": now - 30,
+            "expires": now + expires_in,
+        }
         (output / LOCK_NAME).write_text(json.dumps(doc))
 
     def attempt(label: str) -> None:

@@ -9,8 +9,10 @@ expiry time that a thread of the holder pushes forward while the run lives.
 Another run that finds the lock refuses to start, naming the holder, unless the lock is stale:
 
 * its lease expired (the holder stopped renewing it: killed, frozen, or its machine gone), or
-* it was taken on this host by a process that no longer runs (checked by process id and start
-  time, so a reused process id does not keep a dead run's lock alive).
+* it was taken on this machine by a process that no longer runs (checked by process id and start
+  time, so a reused process id does not keep a dead run's lock alive). "This machine" means the
+  same host name and the same boot (Linux's boot id), so a machine of the same name elsewhere, or
+  one rebooted since, never judges a live run's process by its own process table.
 
 A stale lock is replaced, with a warning that names its holder. Taking the lock is atomic on a
 local disk (exclusive create); on an object store, which has no exclusive create here, the run
@@ -31,6 +33,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import psutil
 
@@ -57,6 +60,8 @@ class LockHolder:
     ----------
     host
         Host name of the holding process.
+    boot
+        Boot id of its machine (empty where the system has none).
     pid
         Its process id.
     started
@@ -72,6 +77,7 @@ class LockHolder:
     """
 
     host: str
+    boot: str
     pid: int
     started: float
     job: str
@@ -88,9 +94,17 @@ class LockHolder:
         """Why this lock no longer protects a live run, or None when its run may still be alive."""
         if now > self.expires:
             return f"its lease expired {now - self.expires:.0f} s ago"
-        if self.host == socket.gethostname() and not _process_alive(self.pid, self.started):
+        here = self.host == socket.gethostname() and self.boot == _boot_id()
+        if here and not _process_alive(self.pid, self.started):
             return f"process {self.pid} no longer runs on this host"
         return None
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
 
 
 def _process_alive(pid: int, started: float) -> bool:
@@ -117,7 +131,7 @@ def read_lock(output: LocationLike) -> LockHolder | None:
         doc = json.loads(text)
         return LockHolder(**{k: doc[k] for k in LockHolder.__dataclass_fields__})
     except (json.JSONDecodeError, KeyError, TypeError):
-        return LockHolder("?", -1, 0.0, "unreadable lock", "????????", 0.0, 0.0)
+        return LockHolder("?", "", -1, 0.0, "unreadable lock", "????????", 0.0, 0.0)
 
 
 class _Lease:
@@ -184,6 +198,10 @@ def _take(output: Location, holder: LockHolder) -> None:
         if reason is None:
             raise _refusal(output, current)
         log.warning("recovering the stale lock of %s: %s held it, and %s", output, current.describe(), reason)
+        again = read_lock(output)
+        if again is not None and again.run != current.run:
+            # Another run recovered it first and holds it now.
+            raise _refusal(output, again)
         location.remove()
     if location.is_local:
         location.local_path.parent.mkdir(parents=True, exist_ok=True)
@@ -237,6 +255,7 @@ def hold_output(
             now = time.time()
             holder = LockHolder(
                 host=socket.gethostname(),
+                boot=_boot_id(),
                 pid=os.getpid(),
                 started=psutil.Process().create_time(),
                 job=job or str(location),

@@ -22,6 +22,8 @@ from pipeline.infer import run_inference
 from pipeline.output_lock import LOCK_NAME, hold_output, read_lock
 from pipeline.storage import Location
 
+BOOT_ID = pipeline.output_lock._boot_id()
+
 
 @pytest.fixture
 def other_process() -> Iterator[subprocess.Popen[bytes]]:
@@ -41,10 +43,12 @@ def write_foreign_lock(
     host: str | None = None,
     expires_in: float = 600.0,
     started: float | None = None,
+    boot: str | None = None,
 ) -> None:
     now = time.time()
     doc = {
         "host": host or socket.gethostname(),
+        "boot": boot if boot is not None else "" if host else BOOT_ID,
         "pid": pid,
         "started": started if started is not None else 0.0 if host else psutil.Process(pid).create_time(),
         "job": "job /data/berlin",
@@ -86,6 +90,19 @@ def test_a_reused_process_id_does_not_keep_a_dead_runs_lock(tmp_path: Path) -> N
     output = Location(tmp_path)
     write_foreign_lock(output, pid=psutil.Process().ppid(), started=1.0)
     with hold_output(output, job="mine"):
+        pass
+
+
+def test_a_lock_of_a_machine_of_the_same_name_is_not_judged_by_this_machines_processes(
+    tmp_path: Path, other_process: subprocess.Popen[bytes]
+) -> None:
+    """Same host name, another boot (another machine, or this one before a reboot): the pid says
+    nothing here, only the lease does."""
+    output = Location(tmp_path)
+    other_process.kill()
+    other_process.wait()
+    write_foreign_lock(output, pid=other_process.pid, boot="another-boot", started=1.0)
+    with pytest.raises(OutputLockedError, match=f"process {other_process.pid}"), hold_output(output):
         pass
 
 
