@@ -157,8 +157,10 @@ class _Lease:
                 )
                 return
             self.holder = _with_expiry(self.holder, time.time() + self.lease_seconds)
-            with contextlib.suppress(Exception):
+            try:
                 self.location.write_text(_dump(self.holder))
+            except Exception as exc:  # the next renewal tries again, before the lease ends
+                log.warning("could not renew the lock %s: %s", self.location, exc)
 
     def release(self) -> None:
         self._stop.set()
@@ -204,14 +206,19 @@ def _take(output: Location, holder: LockHolder) -> None:
             raise _refusal(output, again)
         location.remove()
     if location.is_local:
-        location.local_path.parent.mkdir(parents=True, exist_ok=True)
+        # Written aside, then linked into place: the lock appears whole or not at all (a reader
+        # never finds it empty), and the link fails when another run's lock is there.
+        path = location.local_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        aside = path.with_name(f"{path.name}.{holder.run[:8]}")
         try:
-            fd = os.open(location.local_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            aside.write_text(_dump(holder))
+            os.link(aside, path)
         except FileExistsError:
             raced = read_lock(output)
             raise _refusal(output, raced or current or holder) from None
-        with os.fdopen(fd, "w") as f:
-            f.write(_dump(holder))
+        finally:
+            aside.unlink(missing_ok=True)
         return
     location.write_text(_dump(holder))
     time.sleep(_SETTLE_SECONDS)

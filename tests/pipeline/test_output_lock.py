@@ -169,3 +169,31 @@ def test_force_never_deletes_a_cube_under_a_live_run(
             progress=False,
         )
     assert (out / "zarr.json").read_text() == "{}"
+
+
+_CONTENDER = """
+import sys, time
+from pipeline.errors import OutputLockedError
+from pipeline.output_lock import hold_output
+while time.time() < float(sys.argv[2]):
+    time.sleep(0.001)
+try:
+    with hold_output(sys.argv[1], job="contender"):
+        time.sleep(max(0.0, float(sys.argv[2]) + 5 - time.time()))  # past a late contender's start
+    print("took it")
+except OutputLockedError:
+    print("refused")
+"""
+
+
+def test_of_runs_that_start_together_exactly_one_takes_the_lock(tmp_path: Path) -> None:
+    start = time.time() + 3.0  # every contender has imported by then
+    contenders = [
+        subprocess.Popen(
+            [sys.executable, "-c", _CONTENDER, str(tmp_path), str(start)], stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(4)
+    ]
+    outcomes = sorted(c.communicate(timeout=60)[0].strip() for c in contenders)
+    assert outcomes == ["refused", "refused", "refused", "took it"]
+    assert not list(tmp_path.iterdir())
