@@ -22,6 +22,7 @@ import logging
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -384,6 +385,9 @@ def write_cog(
                 overview_resampling=spec.resampling,  # type: ignore[arg-type]
                 allow_intermediate_compression=True,
                 forward_band_tags=True,
+                # Staged on disk whatever the size (rio-cogeo's default holds layers under 120 Mpx in
+                # memory): the same bytes, and publishing's memory stays one window per layer.
+                in_memory=False,
                 quiet=True,
             )
             valid, errors, _ = cog_validate(str(tmp), quiet=True)
@@ -408,6 +412,7 @@ def write_cogs(
     layers: Sequence[str] = tuple(COG_LAYERS),
     overview_level: int | None = None,
     progress: Callable[[str, int, int], None] | None = None,
+    workers: int = 1,
 ) -> dict[str, CogLayer]:
     """Write ``<folder>/<layer>.tif`` for each layer (see :func:`write_cog`).
 
@@ -415,11 +420,27 @@ def write_cogs(
     ----------
     progress
         Called as ``progress("COGs", done, total)`` after each layer.
+    workers
+        Layers written at the same time, each in its own thread (GDAL and the Zarr codecs release
+        the GIL); each holds one window and its own staging file, and the files are the same.
+
+    Returns
+    -------
+    dict
+        The written COG per layer, in the order of ``layers``.
     """
-    written: dict[str, CogLayer] = {}
-    for n, layer in enumerate(layers):
-        written[layer] = write_cog(info, layer, folder / f"{layer}.tif", overview_level=overview_level)
-        log.info("COG %s: %s (overviews %s)", layer, written[layer].path, written[layer].overviews)
-        if progress is not None:
-            progress("COGs", n + 1, len(layers))
-    return written
+    if workers < 1:
+        raise PublishError(f"workers={workers}: give at least 1 thread to write the COGs")
+
+    def one(layer: str) -> CogLayer:
+        written = write_cog(info, layer, folder / f"{layer}.tif", overview_level=overview_level)
+        log.info("COG %s: %s (overviews %s)", layer, written.path, written.overviews)
+        return written
+
+    done: dict[str, CogLayer] = {}
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cog") as pool:
+        for written in pool.map(one, layers):
+            done[written.layer] = written
+            if progress is not None:
+                progress("COGs", len(done), len(layers))
+    return {layer: done[layer] for layer in layers}

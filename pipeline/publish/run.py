@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import tempfile
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -90,6 +92,11 @@ class PublishResult:
     quicklook: Location
     statistics: ChangeStatistics
     validation: tuple[StacValidation, ...]
+
+
+def _cog_threads() -> int:
+    """Threads for the COG layers: the cores this process may use, less the one counting statistics."""
+    return max(1, len(os.sched_getaffinity(0)) - 1)
 
 
 def _job_doc(job: JobSpec | Mapping[str, Any] | None, attrs: Mapping[str, Any]) -> dict[str, Any]:
@@ -227,8 +234,16 @@ def _publish(
         return None if out.is_local else path
 
     stac_dir = local / "stac"
-    with staged_progress(enabled=progress) as update:
-        cogs = write_cogs(info, local / "cogs", progress=update)
+    with (
+        staged_progress(enabled=progress) as update,
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="publish") as background,
+    ):
+        # The COGs (GDAL, in threads of their own) overlap the statistics and the quick-look here:
+        # each step reads the change cube by windows and releases the GIL while it decodes, counts
+        # and compresses, so the cores share the work.
+        cogs_written = background.submit(
+            write_cogs, info, local / "cogs", progress=update, workers=_cog_threads()
+        )
         stats = compute_statistics(info, zones=zone_list, progress=update)
         parquet, stats_json = write_statistics(stats, local / "statistics.parquet", local / "statistics.json")
         k = len(info.classes)
@@ -250,6 +265,7 @@ def _publish(
             info, input_cube, local / "quicklook.png", transition_pixels=pixels, titles=titles
         )
         update("quick-look", 1, 1)
+        cogs = cogs_written.result()
 
         assets = [
             AssetFile("change_cube", info.path, ZARR_MEDIA_TYPE, ("data",), "change cube (Zarr)"),

@@ -1,0 +1,158 @@
+"""Publishing with its steps overlapped (COG layers in threads beside the statistics and the
+quick-look) and the COGs staged on disk writes the same bytes as one step after the other.
+
+A small input cube (changes, a cloud, a nodata row, 128-px chunks) goes through the real engine
+(classical CVA baseline + spectral segmenter, one in-process worker).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from engine_inputs import ORIGIN, run_small_engine, write_patch_cube
+
+import pipeline.publish.cogs as cogs_module
+from pipeline.errors import PublishError
+from pipeline.publish import (
+    ALL_ZONE,
+    ChangeCubeInfo,
+    ChangeStatistics,
+    compute_statistics,
+    describe_change_cube,
+    publish,
+    write_cogs,
+    write_quicklook,
+)
+from pipeline.spec import JobSpec
+
+pytestmark = pytest.mark.filterwarnings("ignore:The data type .* does not have a Zarr V3 specification")
+
+HEIGHT, WIDTH = 300, 260
+PROVENANCE: dict[str, Any] = {
+    "catalog": "https://stac.example.com/v1",
+    "collections": ["sentinel-2-l2a"],
+    "cloud_limit": 50.0,
+    "items": {"before": [], "after": []},
+}
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory: pytest.TempPathFactory) -> JobSpec:
+    return JobSpec.build(
+        aoi={
+            "bbox": (ORIGIN[0], ORIGIN[1] - 10 * HEIGHT, ORIGIN[0] + 10 * WIDTH, ORIGIN[1]),
+            "crs": "EPSG:32633",
+        },
+        before="2023-06-01/2023-06-30",
+        after="2024-06-01/2024-06-30",
+        catalog=PROVENANCE["catalog"],
+        collections="sentinel-2-l2a",
+        grid={"crs": "EPSG:32633"},
+        output=str(tmp_path_factory.mktemp("run")),
+    )
+
+
+@pytest.fixture(scope="module")
+def run(job: JobSpec) -> tuple[Path, Path]:
+    out = Path(job.output)
+    clouds = ((0, slice(90, 130), slice(60, 120)),)
+    cube = write_patch_cube(
+        out / "input_cube.zarr", HEIGHT, WIDTH, chunk=128, seed=5, change_fraction=0.25, gaps=clouds
+    )
+    return cube, run_small_engine(job, cube, out / "change_cube.zarr").path
+
+
+@pytest.fixture(scope="module")
+def info(run: tuple[Path, Path]) -> ChangeCubeInfo:
+    return describe_change_cube(run[1])
+
+
+def files(folder: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+    }
+
+
+def test_cog_layers_in_threads_are_byte_identical_to_one_at_a_time(
+    info: ChangeCubeInfo, tmp_path: Path
+) -> None:
+    one = write_cogs(info, tmp_path / "one", workers=1)
+    three = write_cogs(info, tmp_path / "three", workers=3)
+    assert list(three) == list(one) == list(cogs_module.COG_LAYERS)
+    assert files(tmp_path / "three") == files(tmp_path / "one")
+    assert len(files(tmp_path / "one")) == 9  # five COGs and four category files
+
+
+def test_cogs_staged_on_disk_equal_rio_cogeo_in_memory(
+    info: ChangeCubeInfo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The COGs are staged on disk at every size; below 120 Mpx rio-cogeo would have used memory."""
+    seen: list[bool | None] = []
+    translate = cogs_module.cog_translate
+
+    def in_memory(*args: Any, **kwargs: Any) -> Any:
+        seen.append(kwargs.get("in_memory"))
+        return translate(*args, **{**kwargs, "in_memory": True})
+
+    disk = write_cogs(info, tmp_path / "disk")
+    monkeypatch.setattr(cogs_module, "cog_translate", in_memory)
+    write_cogs(info, tmp_path / "memory")
+    assert seen == [False] * len(disk)
+    assert files(tmp_path / "disk") == files(tmp_path / "memory")
+
+
+def test_overlapped_publish_writes_the_bytes_of_the_steps_run_one_after_the_other(
+    job: JobSpec, run: tuple[Path, Path], info: ChangeCubeInfo, tmp_path: Path
+) -> None:
+    cube, change = run
+    result = publish(job, change, cube, PROVENANCE, tmp_path / "out", progress=False)
+    write_cogs(info, tmp_path / "steps" / "cogs", workers=1)
+    stats = compute_statistics(info)
+    assert result.statistics.to_frame().equals(stats.to_frame())
+    published = files(tmp_path / "out")
+    assert files(tmp_path / "steps" / "cogs") == {
+        k.removeprefix("cogs/"): v for k, v in published.items() if k.startswith("cogs/")
+    }
+    titles = ("before jun 2023", "after jun 2024", "change by transition")
+    write_quicklook(
+        info,
+        cube,
+        tmp_path / "steps" / "quicklook.png",
+        transition_pixels=_transition_pixels(stats, info),
+        titles=titles,
+    )
+    assert (tmp_path / "steps" / "quicklook.png").read_bytes() == published["quicklook.png"]
+
+
+def _transition_pixels(stats: ChangeStatistics, info: ChangeCubeInfo) -> dict[int, int]:
+    """Changed pixels per transition code, as publish hands them to the quick-look."""
+    k = len(info.classes)
+    code = {c: i for i, c in enumerate(info.classes)}
+    return {
+        code[r.class_from] * k + code[r.class_to]: r.pixels
+        for r in stats.zone_rows(ALL_ZONE)
+        if r.kind in ("transition", "class_unchanged") and r.class_from is not None and r.class_to is not None
+    }
+
+
+def test_a_cog_that_fails_in_its_thread_fails_publish_before_any_stac(
+    job: JobSpec, run: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write = cogs_module.write_cog
+
+    def failing(info: ChangeCubeInfo, layer: str, path: Path, **kwargs: Any) -> Any:
+        if layer == "transition":
+            raise PublishError("the COG written for transition is not valid (injected)")
+        return write(info, layer, path, **kwargs)
+
+    monkeypatch.setattr(cogs_module, "write_cog", failing)
+    with pytest.raises(PublishError, match="transition is not valid"):
+        publish(job, run[1], run[0], PROVENANCE, tmp_path, progress=False)
+    assert not (tmp_path / "stac").exists()
+
+
+def test_write_cogs_refuses_no_threads(info: ChangeCubeInfo, tmp_path: Path) -> None:
+    with pytest.raises(PublishError, match="at least 1 thread"):
+        write_cogs(info, tmp_path, workers=0)
