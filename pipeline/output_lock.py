@@ -213,7 +213,13 @@ def _take(output: Location, holder: LockHolder) -> None:
         aside = path.with_name(f"{path.name}.{holder.run[:8]}")
         try:
             aside.write_text(_dump(holder))
-            os.link(aside, path)
+            try:
+                os.link(aside, path)
+            except FileExistsError:
+                raise
+            except OSError:  # a file system without hard links: an exclusive create
+                with os.fdopen(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644), "w") as f:
+                    f.write(_dump(holder))
         except FileExistsError:
             raced = read_lock(output)
             raise _refusal(output, raced or current or holder) from None

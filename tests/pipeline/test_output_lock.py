@@ -197,3 +197,18 @@ def test_of_runs_that_start_together_exactly_one_takes_the_lock(tmp_path: Path) 
     outcomes = sorted(c.communicate(timeout=60)[0].strip() for c in contenders)
     assert outcomes == ["refused", "refused", "refused", "took it"]
     assert not list(tmp_path.iterdir())
+
+
+def test_a_file_system_without_hard_links_gets_an_exclusive_create(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, other_process: subprocess.Popen[bytes]
+) -> None:
+    def no_links(*_: object) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(pipeline.output_lock.os, "link", no_links)
+    output = Location(tmp_path)
+    with hold_output(output, job="mine") as holder:
+        assert read_lock(output) == holder
+    write_foreign_lock(output, pid=other_process.pid)
+    with pytest.raises(OutputLockedError, match=f"process {other_process.pid}"), hold_output(output):
+        pass
