@@ -4,8 +4,9 @@ Given polygons (GeoJSON, or GeoParquet with a WKB geometry column), :func:`featu
 the change cube block by block, rasterises the footprints that touch each block
 (``rasterio.features``, pixel centres inside the polygon) and accumulates per footprint: pixels
 covered by data, changed pixels, the sum of the change probability and the class histograms of
-both dates. Memory is the block's arrays plus a few numbers per footprint, so 100,000 footprints
-over a city stay within the engine's bound (``bench/feature_impact.py``).
+both dates. Footprints are held as WKB with their bounds, and a block's candidates are turned into
+geometries only while it is counted, so memory is the block's arrays plus about two hundred bytes
+per footprint (``bench/feature_impact.py``).
 
 A footprint without any pixel holding data on both dates (outside the imagery, in its nodata, or
 outside the cube) is ``not covered``, never ``unchanged``; one with data on part of its area is
@@ -56,6 +57,9 @@ NOT_COVERED = "not covered"
 #: A footprint with data on at least this share of its area is ``covered``.
 COVERED_SHARE = 0.5
 _NODATA = 255
+_ALL = slice(None)
+#: Footprints turned into geometries at a time when their bounds and areas are measured.
+_CHUNK = 10_000
 
 
 @dataclass(frozen=True)
@@ -64,8 +68,8 @@ class Footprints:
 
     Attributes
     ----------
-    geometries
-        Shapely polygons, in ``crs``.
+    wkb
+        The polygons as WKB (bytes), in ``crs``; :meth:`geometries` builds shapely objects.
     ids
         One id per footprint (its ``id`` property or member, else its index).
     zones
@@ -74,13 +78,24 @@ class Footprints:
         CRS of the coordinates.
     """
 
-    geometries: np.ndarray
+    wkb: np.ndarray
     ids: np.ndarray
     zones: np.ndarray
     crs: CRS
 
     def __len__(self) -> int:
-        return len(self.geometries)
+        return len(self.wkb)
+
+    def geometries(self, rows: slice | np.ndarray = _ALL, crs: CRS | None = None) -> np.ndarray:
+        """Shapely polygons of some rows (default all), reprojected to ``crs`` when given."""
+        shapes: np.ndarray = shapely.from_wkb(self.wkb[rows])
+        if crs is None or crs == self.crs:
+            return shapes
+        transformer = Transformer.from_crs(self.crs, crs, always_xy=True)
+        projected: np.ndarray = shapely.transform(
+            shapes, lambda xy: np.column_stack(transformer.transform(xy[:, 0], xy[:, 1]))
+        )
+        return projected
 
 
 def _geojson_crs(doc: Mapping[str, Any]) -> CRS:
@@ -133,7 +148,11 @@ def read_footprints(path: Path, *, zone_field: str | None = None) -> Footprints:
     ids = [p.get("id", f.get("id", i)) for i, (p, f) in enumerate(zip(props, features, strict=True))]
     zones = _zones(props, zone_field, path)
     return _checked(
-        geometries, np.asarray([str(i) for i in ids], dtype=object), zones, _geojson_crs(doc), path
+        shapely.to_wkb(geometries),
+        np.asarray([str(i) for i in ids], dtype=object),
+        zones,
+        _geojson_crs(doc),
+        path,
     )
 
 
@@ -148,9 +167,16 @@ def _zones(props: Sequence[Mapping[str, Any]], zone_field: str | None, path: Pat
     return np.asarray([str(p.get(zone_field, "none")) for p in props], dtype=object)
 
 
+def _primary_column(schema: pa.Schema) -> str:
+    geo = json.loads((schema.metadata or {}).get(b"geo", b"{}"))
+    return str(geo.get("primary_column", "geometry"))
+
+
 def _read_geoparquet(path: Path, zone_field: str | None) -> Footprints:
     try:
-        table = pq.read_table(path)
+        schema = pq.read_schema(path)
+        wanted = {"id", zone_field, _primary_column(schema)}
+        table = pq.read_table(path, columns=[c for c in schema.names if c in wanted])
     except (OSError, pa.ArrowInvalid) as exc:
         raise PublishError(f"cannot read the footprints {path} ({exc}); give a GeoParquet file") from None
     geo = json.loads((table.schema.metadata or {}).get(b"geo", b"{}"))
@@ -159,23 +185,46 @@ def _read_geoparquet(path: Path, zone_field: str | None) -> Footprints:
         raise PublishError(f"{path} has no geometry column {column!r}; write it as GeoParquet (WKB)")
     crs_doc = geo.get("columns", {}).get(column, {}).get("crs")
     crs = CRS.from_user_input(crs_doc) if crs_doc else CRS.from_user_input("OGC:CRS84")
-    geometries = shapely.from_wkb(table.column(column).to_numpy(zero_copy_only=False))
-    rows = table.drop([column]).to_pylist()
-    ids = [r.get("id", i) for i, r in enumerate(rows)]
-    return _checked(
-        geometries, np.asarray([str(i) for i in ids], dtype=object), _zones(rows, zone_field, path), crs, path
-    )
-
-
-def _checked(geometries: np.ndarray, ids: np.ndarray, zones: np.ndarray, crs: CRS, path: Path) -> Footprints:
-    kinds = shapely.get_type_id(geometries)
-    bad = np.flatnonzero(~np.isin(kinds, (3, 6)))  # Polygon, MultiPolygon
-    if bad.size:
+    wkb = table.column(column).to_numpy(zero_copy_only=False)
+    n = table.num_rows
+    if "id" in table.column_names:
+        ids = np.asarray([str(i) for i in table.column("id").to_pylist()], dtype=object)
+    else:
+        ids = np.asarray([str(i) for i in range(n)], dtype=object)
+    if zone_field is None:
+        zones = np.full(n, "all", dtype=object)
+    elif zone_field not in table.column_names:
         raise PublishError(
-            f"footprint {ids[bad[0]]!r} in {path} is a {shapely.get_type_id(geometries[bad[0]])} geometry "
-            f"(type id), not a polygon ({bad.size} such); give polygon footprints"
+            f"the footprints in {path} have no column {zone_field!r}; name a column they carry"
         )
-    return Footprints(geometries, ids, zones, crs)
+    else:
+        zones = np.asarray(
+            ["none" if z is None else str(z) for z in table.column(zone_field).to_pylist()], dtype=object
+        )
+    return _checked(wkb, ids, zones, crs, path)
+
+
+_TYPE_NAMES = {
+    0: "Point",
+    1: "LineString",
+    2: "LinearRing",
+    4: "MultiPoint",
+    5: "MultiLineString",
+    7: "GeometryCollection",
+}
+
+
+def _checked(wkb: np.ndarray, ids: np.ndarray, zones: np.ndarray, crs: CRS, path: Path) -> Footprints:
+    for start in range(0, len(wkb), _CHUNK):
+        kinds = shapely.get_type_id(shapely.from_wkb(wkb[start : start + _CHUNK]))
+        bad = np.flatnonzero(~np.isin(kinds, (3, 6)))  # Polygon, MultiPolygon
+        if bad.size:
+            kind = _TYPE_NAMES.get(int(kinds[bad[0]]), "missing")
+            raise PublishError(
+                f"footprint {ids[start + bad[0]]!r} in {path} is a {kind} geometry, not a polygon; "
+                "give polygon footprints"
+            )
+    return Footprints(wkb, ids, zones, crs)
 
 
 @dataclass(frozen=True)
@@ -190,10 +239,8 @@ class FeatureImpact:
         (with data), ``changed_pixels``, ``changed_fraction``, ``mean_change_probability``,
         ``class_before`` and ``class_after`` (majority class of each date, empty when not
         covered), ``affected``.
-    geometries
-        The footprints, in their own CRS (``crs``).
-    crs
-        CRS of ``geometries``.
+    footprints
+        The footprints (WKB in their own CRS).
     threshold
         Changed fraction from which a footprint is affected.
     summary
@@ -201,20 +248,9 @@ class FeatureImpact:
     """
 
     table: pd.DataFrame
-    geometries: np.ndarray
-    crs: CRS
+    footprints: Footprints
     threshold: float
     summary: dict[str, dict[str, int]] = field(default_factory=dict)
-
-
-def _projected(footprints: Footprints, crs: CRS) -> np.ndarray:
-    if footprints.crs == crs:
-        return footprints.geometries
-    transformer = Transformer.from_crs(footprints.crs, crs, always_xy=True)
-    projected: np.ndarray = shapely.transform(
-        footprints.geometries, lambda xy: np.column_stack(transformer.transform(xy[:, 0], xy[:, 1]))
-    )
-    return projected
 
 
 def feature_impact(
@@ -248,8 +284,12 @@ def feature_impact(
         )
     n = len(footprints)
     k = len(info.classes)
-    grid = _projected(footprints, info.crs)
-    tree = shapely.STRtree(grid)
+    bounds = np.empty((n, 4))
+    area = np.empty(n)
+    for start in range(0, n, _CHUNK):
+        shapes = footprints.geometries(slice(start, start + _CHUNK), info.crs)
+        bounds[start : start + len(shapes)] = shapely.bounds(shapes)
+        area[start : start + len(shapes)] = shapely.area(shapes)
     pixels = np.zeros(n, np.int64)
     changed = np.zeros(n, np.int64)
     probability = np.zeros(n, np.float64)
@@ -265,10 +305,13 @@ def feature_impact(
             cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start
         )
         block_transform = rasterio.windows.transform(window, info.transform)
-        hits = tree.query(shapely.box(*rasterio.windows.bounds(window, info.transform)))
+        west, south, east, north = rasterio.windows.bounds(window, info.transform)
+        hits = np.flatnonzero(
+            (bounds[:, 0] < east) & (bounds[:, 2] > west) & (bounds[:, 1] < north) & (bounds[:, 3] > south)
+        )
         if hits.size:
             labels = rasterio.features.rasterize(
-                zip(grid[hits], hits + 1, strict=True),
+                zip(footprints.geometries(hits, info.crs), hits + 1, strict=True),
                 out_shape=(window.height, window.width),
                 transform=block_transform,
                 fill=0,
@@ -277,18 +320,24 @@ def feature_impact(
             change = np.asarray(arrays["change"][rows, cols])
             valid = (labels > 0) & (change != _NODATA)
             index = labels[valid] - 1
+            del labels
             pixels += np.bincount(index, minlength=n)
-            changed += np.bincount(index, weights=(change[valid] == 1), minlength=n).astype(np.int64)
-            prob = np.asarray(arrays["change_probability"][rows, cols])[valid]
-            probability += np.bincount(index, weights=np.nan_to_num(prob.astype(np.float64)), minlength=n)
+            changed += np.bincount(index[change[valid] == 1], minlength=n)
+            del change
+            prob = np.nan_to_num(np.asarray(arrays["change_probability"][rows, cols])[valid])
+            probability += np.bincount(index, weights=prob, minlength=n)
+            del prob
+            key_type = np.int32 if n * (k + 1) < np.iinfo(np.int32).max else np.int64
+            keys_base = index.astype(key_type) * (k + 1)
             for epoch in ("before", "after"):
-                classes = np.asarray(arrays[f"class_{epoch}"][rows, cols])[valid].astype(np.int64)
-                keys, counts = np.unique(index * (k + 1) + np.minimum(classes, k), return_counts=True)
+                classes = np.asarray(arrays[f"class_{epoch}"][rows, cols])[valid]
+                keys, counts = np.unique(
+                    keys_base + np.minimum(classes, k).astype(key_type), return_counts=True
+                )
                 histograms[epoch].append((keys, counts))
         if progress is not None:
             progress("features", done, len(windows))
     pixel_area = abs(info.transform.a * info.transform.e)
-    area = shapely.area(grid)
     coverage = np.clip(np.divide(pixels * pixel_area, area, out=np.zeros(n), where=area > 0), 0.0, 1.0)
     status = np.where(pixels == 0, NOT_COVERED, np.where(coverage >= COVERED_SHARE, COVERED, PARTLY_COVERED))
     fraction = np.divide(changed, pixels, out=np.full(n, np.nan), where=pixels > 0)
@@ -308,7 +357,7 @@ def feature_impact(
             "affected": (pixels > 0) & (np.nan_to_num(fraction) >= threshold),
         }
     )
-    return FeatureImpact(table, footprints.geometries, footprints.crs, threshold, _summary(table))
+    return FeatureImpact(table, footprints, threshold, _summary(table))
 
 
 def _majority(
@@ -365,16 +414,19 @@ def write_feature_impact(
         },
     }
     table = pa.Table.from_pandas(impact.table, preserve_index=False)
-    table = table.append_column("geometry", pa.array(shapely.to_wkb(impact.geometries), type=pa.binary()))
-    types = sorted(set(shapely.get_type_id(impact.geometries).tolist()))
+    footprints = impact.footprints
+    table = table.append_column("geometry", pa.array(footprints.wkb, type=pa.binary()))
+    types: set[int] = set()
+    for start in range(0, len(footprints), _CHUNK):
+        types.update(shapely.get_type_id(footprints.geometries(slice(start, start + _CHUNK))).tolist())
     geo = {
         "version": "1.1.0",
         "primary_column": "geometry",
         "columns": {
             "geometry": {
                 "encoding": "WKB",
-                "geometry_types": [{3: "Polygon", 6: "MultiPolygon"}[t] for t in types],
-                "crs": impact.crs.to_json_dict(),
+                "geometry_types": [{3: "Polygon", 6: "MultiPolygon"}[t] for t in sorted(types)],
+                "crs": footprints.crs.to_json_dict(),
             }
         },
     }
@@ -386,25 +438,34 @@ def write_feature_impact(
         }
     )
     _atomic(parquet, lambda tmp: pq.write_table(table, tmp))
-    wgs84 = _projected(
-        Footprints(
-            impact.geometries, impact.table["id"].to_numpy(), impact.table["zone"].to_numpy(), impact.crs
-        ),
-        CRS.from_user_input("OGC:CRS84"),
-    )
-    records = impact.table.astype(object).where(impact.table.notna(), None).to_dict("records")
-    features = [
-        {"type": "Feature", "id": row["id"], "properties": row, "geometry": json.loads(shape)}
-        for row, shape in zip(records, shapely.to_geojson(wgs84), strict=True)
-    ]
-    _atomic(
-        geojson,
-        lambda tmp: tmp.write_text(
-            json.dumps({"type": "FeatureCollection", "features": features}, default=_plain)
-        ),
-    )
+    _atomic(geojson, lambda tmp: _write_geojson(impact, tmp))
     _atomic(summary, lambda tmp: tmp.write_text(json.dumps({**meta, "summary": impact.summary}, indent=2)))
     return parquet, geojson, summary
+
+
+#: Rows converted to GeoJSON at a time: the file is streamed, so memory does not grow with the table.
+_GEOJSON_ROWS = 5_000
+
+
+def _write_geojson(impact: FeatureImpact, path: Path) -> None:
+    to_wgs84 = CRS.from_user_input("OGC:CRS84")
+    table = impact.table
+    with path.open("w") as out:
+        out.write('{"type": "FeatureCollection", "features": [')
+        for start in range(0, len(table), _GEOJSON_ROWS):
+            rows = table.iloc[start : start + _GEOJSON_ROWS]
+            shapes = shapely.to_geojson(
+                impact.footprints.geometries(slice(start, start + _GEOJSON_ROWS), to_wgs84)
+            )
+            records = rows.astype(object).where(rows.notna(), None).to_dict("records")
+            for n, (row, shape) in enumerate(zip(records, shapes, strict=True)):
+                head = "\n" if start + n == 0 else ",\n"
+                properties = json.dumps(row, default=_plain)
+                identifier = json.dumps(row["id"], default=_plain)
+                out.write(
+                    f'{head}{{"type": "Feature", "id": {identifier}, "properties": {properties}, "geometry": {shape}}}'
+                )
+        out.write("\n]}\n")
 
 
 def _plain(value: Any) -> Any:
