@@ -214,7 +214,7 @@ def lock_cases(folder: Path) -> list[list[str]]:
             with hold_output(output, job="bench"):
                 outcome = "taken (stale lock recovered)"
         except OutputLockedError as exc:
-            outcome = f"refused: {str(exc)[:80]}…"
+            outcome = f"refused, naming {str(exc).partition(' is being written by ')[2].partition(';')[0]}"
         rows.append([label, "-", outcome, "-", "-", f"{time.perf_counter() - start:.2f}"])
 
     try:
