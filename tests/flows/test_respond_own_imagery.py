@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 import re
@@ -16,6 +17,8 @@ import shapely
 import shapely.geometry
 import torch
 import xarray as xr
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.settings import (
     PREFECT_HOME,
     PREFECT_SERVER_ANALYTICS_ENABLED,
@@ -247,3 +250,15 @@ def test_catalog_then_respond_on_joplin_gives_cube_cogs_and_per_building_table(
     assert summary["not_covered"] == int((table["status"] == "not covered").sum())
     geojson = json.loads(Path(features["features_geojson"]).read_text())
     assert len(geojson["features"]) == 2823
+    # The flow run's artifacts carry the per-feature summary.
+    artifact = asyncio.run(_latest_artifact("seg2change-response-features"))
+    rows = artifact if isinstance(artifact, list) else json.loads(str(artifact))
+    assert {r["zone"]: r["not_covered"] for r in rows} == {"all": summary["not_covered"]}
+    markdown = asyncio.run(_latest_artifact("seg2change-response"))
+    assert f"footprints affected: {summary['affected']} of 2823" in str(markdown)
+
+
+async def _latest_artifact(key: str) -> object:
+    async with get_client() as client:
+        found = await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+    return sorted(found, key=lambda a: a.created)[-1].data

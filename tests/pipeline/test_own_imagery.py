@@ -124,6 +124,7 @@ def test_datetime_from_name_patterns() -> None:
         datetime_from_name("x", "%d %B %Y")
 
 
+@pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")  # the file without a CRS
 def test_clear_errors(two_dates: Path, tmp_path: Path) -> None:
     with pytest.raises(CatalogError, match="--datetime"):
         catalog_rasters([two_dates / "post"])  # no tag, no pattern, no date given
@@ -266,3 +267,33 @@ def test_spectral_segmenter_refuses_rgb_only_imagery_naming_clip() -> None:
         ModelRuntime(ModelSpec(), ("blue", "green", "red", "nir", "swir16", "swir22"), fit=(0.1, 1.0))
     )
     assert built.segmenter.name == "spectral"
+
+
+def test_own_catalog_brings_its_job_defaults_and_options_win(two_dates: Path, tmp_path: Path) -> None:
+    from pipeline.own_imagery import job_defaults, own_imagery_options
+
+    items = list(catalog_rasters([two_dates / "pre"], collection="own"))
+    items += list(catalog_rasters([two_dates / "post"], collection="own", name_pattern="post_%Y%m%d"))
+    catalog = write_item_collection(items, tmp_path / "items.json")
+    defaults = job_defaults(open_catalog_items(catalog))
+    assert defaults == {
+        "quality": "none",
+        "cloud_limit": 100,
+        "asset_roots": sorted(str((two_dates / d).resolve()) for d in ("post", "pre")),
+        "bands": ["red", "green", "blue"],
+        # pre: 10 m; post: 1e-4 degrees, about 11.1 m along a meridian: the finer wins.
+        "grid": {"resolution": 10.0},
+    }
+    given = own_imagery_options(str(catalog), {"cloud_limit": 20, "grid": {"crs": "EPSG:32615"}})
+    assert given["cloud_limit"] == 20 and given["grid"] == {"resolution": 10.0, "crs": "EPSG:32615"}
+    assert given["quality"] == "none"
+    # Any other catalog is left alone: a STAC API, or items not made by seg2change catalog.
+    assert own_imagery_options("https://earth-search.aws.element84.com/v1", {"bands": ["red"]}) == {
+        "bands": ["red"]
+    }
+    other = tmp_path / "other.json"
+    docs = [i.to_dict(transform_hrefs=False) for i in items]
+    for doc in docs:
+        doc["properties"].pop("seg2change:own_imagery")
+    other.write_text(json.dumps({"type": "FeatureCollection", "features": docs}))
+    assert own_imagery_options(str(other), None) == {}
