@@ -11,6 +11,8 @@ Per stage it prints
 
 * wall seconds, and wall per megapixel (the last table compares the sizes);
 * model seconds (the engine's model-call seconds, infer only);
+* CPU seconds of the process tree and ``busy`` = CPU seconds / (wall x cores): the share of the
+  cores the stage kept busy (on a shared machine the other jobs' share is missing from it too);
 * bytes read and written by the process tree (``/proc/<pid>/io`` rchar/wchar: page-cache hits
   included, so it is the traffic the stage asks for, not what reached the disk);
 * peak RSS of the client (``VmHWM``, reset at each stage start via ``/proc/self/clear_refs``) and
@@ -77,6 +79,7 @@ class TreeSampler:
         self.me = psutil.Process()
         self.peak: dict[int, int] = {}
         self.io: dict[int, tuple[int, int]] = {}
+        self.cpu: dict[int, float] = {}
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -86,10 +89,12 @@ class TreeSampler:
             try:
                 rss = proc.memory_info().rss
                 io = proc.io_counters()
+                times = proc.cpu_times()
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
             with self._lock:
                 self.peak[proc.pid] = max(self.peak.get(proc.pid, 0), rss)
+                self.cpu[proc.pid] = times.user + times.system
                 self.io[proc.pid] = (
                     getattr(io, "read_chars", io.read_bytes),
                     getattr(io, "write_chars", io.write_bytes),
@@ -107,13 +112,13 @@ class TreeSampler:
         self._stop.set()
         self._thread.join()
 
-    def snapshot(self) -> tuple[dict[int, int], dict[int, tuple[int, int]]]:
-        """Sample now; return (peak RSS, io) per pid, and reset the peaks."""
+    def snapshot(self) -> tuple[dict[int, int], dict[int, tuple[int, int]], dict[int, float]]:
+        """Sample now; return (peak RSS, io, CPU seconds) per pid, and reset the peaks."""
         self._sample()
         with self._lock:
-            peaks, io = dict(self.peak), dict(self.io)
+            peaks, io, cpu = dict(self.peak), dict(self.io), dict(self.cpu)
             self.peak.clear()
-        return peaks, io
+        return peaks, io, cpu
 
 
 @dataclass
@@ -123,6 +128,7 @@ class Stage:
     name: str
     wall: float = 0.0
     model_seconds: float | None = None
+    cpu_seconds: float = 0.0
     read_bytes: int = 0
     written_bytes: int = 0
     client_peak: int = 0
@@ -140,13 +146,14 @@ class Recorder:
 
     @contextmanager
     def stage(self, name: str) -> Iterator[Stage]:
-        _, io_before = self.sampler.snapshot()
+        _, io_before, cpu_before = self.sampler.snapshot()
         _reset_hwm()
         record = Stage(name)
         start = time.perf_counter()
         yield record
         record.wall = time.perf_counter() - start
-        peaks, io_after = self.sampler.snapshot()
+        peaks, io_after, cpu_after = self.sampler.snapshot()
+        record.cpu_seconds = sum(t - cpu_before.get(pid, 0.0) for pid, t in cpu_after.items())
         me = os.getpid()
         record.client_peak = max(_vm_hwm(), peaks.get(me, 0))
         record.worker_peaks = sorted((v for pid, v in peaks.items() if pid != me), reverse=True)
@@ -276,14 +283,15 @@ def report(results: list[dict[str, Any]]) -> None:
         size, mpx = res["size"], res["size"] ** 2 / 1e6
         print(f"\n## {size} x {size} px ({res['area_km2']:.1f} km^2, {mpx:.1f} Mpx), {res['cores']} cores")
         print(
-            f"{'stage':>10} {'wall s':>8} {'s/Mpx':>7} {'model s':>8} {'read MB':>9} {'written MB':>10} "
+            f"{'stage':>10} {'wall s':>8} {'s/Mpx':>7} {'model s':>8} {'cpu s':>7} {'busy':>5} {'read MB':>9} {'written MB':>10} "
             f"{'client MB':>10} {'workers MB':>12} {'load1':>6}"
         )
         for s in res["stages"]:
             workers = ",".join(_mb(w) for w in s["worker_peaks"][:4]) or "in-proc"
             model = f"{s['model_seconds']:.1f}" if s["model_seconds"] is not None else "-"
             print(
-                f"{s['name']:>10} {s['wall']:>8.1f} {s['wall'] / mpx:>7.3f} {model:>8} {_mb(s['read_bytes']):>9} "
+                f"{s['name']:>10} {s['wall']:>8.1f} {s['wall'] / mpx:>7.3f} {model:>8} {s['cpu_seconds']:>7.1f} "
+                f"{s['cpu_seconds'] / max(s['wall'] * res['cores'], 1e-9):>5.2f} {_mb(s['read_bytes']):>9} "
                 f"{_mb(s['written_bytes']):>10} {_mb(s['client_peak']):>10} {workers:>12} {s['load1']:>6.2f}"
             )
         if "model_seconds" not in res:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import rasterio
 from engine_inputs import ORIGIN, run_small_engine, write_patch_cube
 
 import pipeline.publish.cogs as cogs_module
@@ -101,6 +102,27 @@ def test_cogs_staged_on_disk_equal_rio_cogeo_in_memory(
     write_cogs(info, tmp_path / "memory")
     assert seen == [False] * len(disk)
     assert files(tmp_path / "disk") == files(tmp_path / "memory")
+
+
+def test_the_staging_compression_leaves_the_cog_bytes_as_they_were(
+    info: ChangeCubeInfo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Staging in ZSTD level 1 (fast) gives the bytes that DEFLATE staging (before) gave."""
+    staged: list[str] = []
+    translate = cogs_module.cog_translate
+
+    def spy(source: str, *args: Any, **kwargs: Any) -> Any:
+        with rasterio.open(source) as src:
+            staged.append(src.profile["compress"])
+        return translate(source, *args, **kwargs)
+
+    monkeypatch.setattr(cogs_module, "cog_translate", spy)
+    zstd = write_cogs(info, tmp_path / "zstd")
+    monkeypatch.setattr(cogs_module, "STAGING_COMPRESSION", {"compress": "deflate"})
+    write_cogs(info, tmp_path / "deflate")
+    assert len(zstd) == 5
+    assert staged == ["zstd"] * 5 + ["deflate"] * 5
+    assert files(tmp_path / "zstd") == files(tmp_path / "deflate")
 
 
 def test_overlapped_publish_writes_the_bytes_of_the_steps_run_one_after_the_other(
