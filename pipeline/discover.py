@@ -12,6 +12,7 @@ found, after the search.
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 from collections.abc import Iterator
@@ -299,9 +300,17 @@ def open_catalog_items(catalog: CatalogSpec | str | Path) -> Iterator[dict[str, 
     Parameters
     ----------
     catalog
-        An ItemCollection JSON, an ``.ndjson`` file of items, or a static Catalog/Collection JSON.
+        An ItemCollection JSON, an ``.ndjson`` file of items, a static Catalog/Collection JSON, or a
+        folder or glob pattern of GeoTIFF/COG files (see :func:`pipeline.own_imagery.catalog_rasters`).
     """
     path = Path(catalog.url if isinstance(catalog, CatalogSpec) else catalog)
+    if path.is_dir() or glob.has_magic(str(path)):
+        from pipeline.own_imagery import catalog_rasters
+
+        pattern = catalog.name_date if isinstance(catalog, CatalogSpec) else None
+        for item in catalog_rasters([path], name_pattern=pattern):
+            yield _with_epsg(item.to_dict(transform_hrefs=False))
+        return
     try:
         if path.suffix == ".ndjson":
             yield from (

@@ -192,7 +192,7 @@ def _acquired(
         raise CatalogError(
             f"{path} carries no acquisition time (no {' / '.join(_DATETIME_TAGS[:2])} tag); give it with "
             "--datetime (one for all sources or one per source), or read it from the file name with "
-            "--name-date, e.g. '%Y%m%d'"
+            "--name-date (catalog.name_date in a job), e.g. '%Y%m%d'"
         )
     return moment
 

@@ -18,7 +18,7 @@ from rasterio.transform import from_origin
 from pipeline.bands import band_asset
 from pipeline.cube import assemble_cube
 from pipeline.discover import discover, open_catalog_items
-from pipeline.errors import CatalogError
+from pipeline.errors import CatalogError, JobSpecError
 from pipeline.own_imagery import catalog_rasters, datetime_from_name, find_rasters, write_item_collection
 from pipeline.spec import JobSpec
 
@@ -297,3 +297,23 @@ def test_own_catalog_brings_its_job_defaults_and_options_win(two_dates: Path, tm
         doc["properties"].pop("seg2change:own_imagery")
     other.write_text(json.dumps({"type": "FeatureCollection", "features": docs}))
     assert own_imagery_options(str(other), None) == {}
+
+
+def test_job_catalog_may_be_a_folder_or_glob_of_images(tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    _write_rgb(images / "pre_20110501.tif", crs="EPSG:26915", origin=UTM_ORIGIN, res=10.0)
+    _write_rgb(images / "post_20110525.tif", crs="EPSG:4326", origin=LONLAT_ORIGIN, res=1e-4, seed=1)
+    fields = _job(images, tmp_path / "out", []).model_dump(mode="json")
+    for url in (str(images), str(images / "*.tif")):
+        fields.update(catalog={"url": url, "name_date": "%Y%m%d"}, collections=["own-imagery"])
+        job = JobSpec.build(**fields)
+        assert job.catalog.is_images and not job.catalog.is_api
+        found = discover(job)
+        assert [i["id"] for i in found.items["before"]] == ["pre_20110501"]
+        assert [i["id"] for i in found.items["after"]] == ["post_20110525"]
+    assert "name_date" not in JobSpec.build(**{**fields, "catalog": str(images)}).model_dump()["catalog"]
+    with pytest.raises(JobSpecError, match="folder of GeoTIFFs"):
+        JobSpec.build(**{**fields, "catalog": str(tmp_path / "missing")})
+    undated = JobSpec.build(**{**fields, "catalog": str(images)})
+    with pytest.raises(CatalogError, match="--name-date"):
+        discover(undated)
