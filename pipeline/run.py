@@ -59,16 +59,30 @@ def change_cube_path(job: JobSpec) -> Location:
     return Location(job.output) / CHANGE_CUBE_NAME
 
 
+#: Names of the files that publishing writes aside and renames (or converts) into place: COG staging
+#: GeoTIFFs (``.NAME.staging-XXXXXXXX.tif``) and :func:`pipeline.storage.replace_atomically`'s
+#: temporary files (``.NAME.tmp-XXXXXXXX.SUFFIX``).
+_STAGING_PATTERNS = (".*.staging-*", ".*.tmp-*")
+
+
 def remove_staging_files(output: Location) -> list[Path]:
-    """Delete the COG staging files (``cogs/.*.staging-*.tif``) that killed runs left in a local output.
+    """Delete what killed runs left of the published files in a local output: COG staging files and
+    atomic writes' temporary files, in the output folder and under ``cogs/`` and ``stac/`` (the
+    Zarr stores are not searched: they keep their own state).
 
     Only a run that holds the output's lock may call this (no live run is then writing them).
     """
-    if not output.is_local or not (output.local_path / "cogs").is_dir():
+    if not output.is_local or not output.local_path.is_dir():
         return []
-    staged = sorted((output.local_path / "cogs").glob(".*.staging-*.tif"))
+    root = output.local_path
+    found: set[Path] = set()
+    for pattern in _STAGING_PATTERNS:
+        found.update(root.glob(pattern))
+        for folder in ("cogs", "stac"):
+            found.update((root / folder).rglob(pattern))
+    staged = sorted(p for p in found if p.is_file())
     for path in staged:
-        log.info("removing %s, left by a run that was stopped while it wrote the COGs", path)
+        log.info("removing %s, left by a run that was stopped while it published", path)
         path.unlink(missing_ok=True)
     return staged
 

@@ -261,6 +261,9 @@ def test_job_killed_while_preparing_or_publishing_resumes_to_the_same_bytes(
     # What a kill while a COG was written leaves (pipeline.publish.cogs writes each COG's GeoTIFF there).
     (output / "cogs").mkdir(exist_ok=True)
     (output / "cogs" / ".change_probability.staging-0badc0de.tif").write_bytes(b"II*\x00 cut short")
+    # And what a kill leaves of a file written aside and renamed into place (replace_atomically).
+    (output / "cogs" / ".change.tif.tmp-0badc0de.tif").write_bytes(b"II*\x00 cut short")
+    (output / ".statistics.json.tmp-0badc0de.json").write_text('{"cut": ')
 
     assembled: list[object] = []
     real_assemble = pipeline.cube._assemble
@@ -277,5 +280,6 @@ def test_job_killed_while_preparing_or_publishing_resumes_to_the_same_bytes(
         blocks = len(BlockGrid(*open_cube(output / "input_cube.zarr")["reflectance"].shape[2:], 128))
         assert len(assembled) == 1 + blocks - 2
     assert not list(output.glob(".input_cube.zarr.partial-*"))
-    assert not list((output / "cogs").glob(".*.staging-*"))
+    assert not list((output / "cogs").glob(".*.staging-*")) and not list((output / "cogs").glob(".*.tmp-*"))
+    assert not list(output.glob(".*.tmp-*"))
     assert not (output / LOCK_NAME).exists()
