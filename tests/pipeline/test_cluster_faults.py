@@ -20,7 +20,7 @@ import dask
 import numpy as np
 import pytest
 from affine import Affine
-from distributed import Client, LocalCluster
+from distributed import Client, LocalCluster, get_worker
 from engine_inputs import PROMPTS, engine_job, write_patch_cube
 from pyproj import CRS
 
@@ -199,3 +199,36 @@ def test_losing_one_of_two_workers_is_survived_with_the_same_bytes(
     assert store_bytes(tmp_path / "faulted" / "change_cube.zarr") == store_bytes(
         tmp_path / "reference" / "change_cube.zarr"
     )
+
+
+def test_a_creation_task_run_again_after_its_worker_died_finds_its_cube_and_goes_on(
+    tmp_path: Path, cube: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker dies after creating the cube and before its task reports back: Dask runs the
+    creation again on the other worker, which finds the finished cube of the same job and leaves it
+    (was: "cannot create the change cube ... FileExistsError")."""
+    real = pipeline.infer.create_change_cube
+    died = tmp_path / "first-creator"  # a file: Dask may run a copy of the function below
+
+    def create_then_die(*args: Any, **kwargs: Any) -> None:
+        real(*args, **kwargs)
+        if not died.exists():
+            worker = get_worker()
+            died.write_text(worker.address)
+            worker.io_loop.add_callback(worker.close)
+            time.sleep(2)  # the worker closes before this task can report back
+
+    monkeypatch.setattr(pipeline.infer, "create_change_cube", create_then_die)
+    with (
+        LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=False,
+            dashboard_address=None,
+            worker_dashboard_address=None,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        result = run(cube, tmp_path / "change_cube.zarr", client)
+        assert died.read_text() not in client.nthreads() and len(client.nthreads()) == 1
+    assert len(result.computed) == len(BlockGrid(SIZE, SIZE, BLOCK))
