@@ -73,6 +73,10 @@ log = logging.getLogger(__name__)
 TILE_SIZE = 512
 #: Compression of the staging GeoTIFF that rio-cogeo turns into the COG (not the COG's own).
 STAGING_COMPRESSION: Mapping[str, Any] = {"compress": "zstd", "zstd_level": 1}
+#: GDAL's block cache while the COGs are written. GDAL's default (5 % of the machine's memory) let
+#: a layer's dirty staging blocks pile up: at 6,144 px the five layers peaked at 548 MB above the
+#: process's start, against 177 MB with this cache, in the same time and with the same bytes.
+GDAL_CACHE_BYTES = 64 * 2**20
 #: STAC media type of a COG.
 COG_MEDIA_TYPE = "image/tiff; application=geotiff; profile=cloud-optimized"
 
@@ -442,7 +446,10 @@ def write_cogs(
         return written
 
     done: dict[str, CogLayer] = {}
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cog") as pool:
+    with (
+        rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES),
+        ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cog") as pool,
+    ):
         for written in pool.map(one, layers):
             done[written.layer] = written
             if progress is not None:
