@@ -1163,13 +1163,19 @@ def _run_blocks(
                             f"{failure}); check that the workers can write there"
                         ) from failure
                     exc = None if future.status == "cancelled" else future.exception()
-                    if exc is None:
+                    if exc is None and client.status != "running":
                         # Cancelled by no one here: the client lost its scheduler, and with it every task.
                         raise ClusterError(
                             f"lost the Dask scheduler {_scheduler_address(client)} while block {block} "
                             f"was pending (the client is {client.status}): the scheduler stopped or "
                             "cannot be reached; blocks finished so far are kept: start the scheduler "
                             "(or use a local cluster) and run the same job again to resume"
+                        )
+                    if exc is None:
+                        raise ClusterError(
+                            f"the Dask scheduler {_scheduler_address(client)} cancelled the task of block "
+                            f"{block} (seen after workers were lost); blocks finished so far are kept: "
+                            "check the workers' logs and run the same job again to resume"
                         )
                     if isinstance(exc, Seg2ChangeError):
                         log.error("block %s failed: %s", block, exc)

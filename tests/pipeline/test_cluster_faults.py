@@ -160,47 +160,6 @@ def test_a_failure_to_close_the_cluster_never_hides_the_runs_error() -> None:
         pass  # with nothing else to report, the closing error is the error
 
 
-def test_losing_one_of_two_workers_is_survived_with_the_same_bytes(
-    tmp_path: Path, cube: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The worker that ran the creation task is lost part-way: the run finishes on the other one
-    with the bytes of a run that lost nothing. (Whether Dask must run the creation again depends on
-    whether the other worker already fetched its result; that a second creation of the same job's
-    cube changes nothing is checked on its own above.)"""
-
-    def two_workers() -> LocalCluster:
-        return LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=False,
-            dashboard_address=None,
-            worker_dashboard_address=None,
-        )
-
-    with two_workers() as cluster, Client(cluster) as client:
-        run(cube, tmp_path / "reference" / "change_cube.zarr", client)
-    with two_workers() as cluster, Client(cluster) as client:
-
-        def lose_the_creator() -> None:
-            """Close the worker that holds the creation task's result."""
-            holders = client.who_has()
-            creator = next(
-                a for key, addresses in holders.items() if "infer-create" in key for a in addresses
-            )
-            worker = next(w for w in cluster.workers.values() if w.address == creator)
-            client.sync(worker.close)
-            lost.append(creator)
-
-        lost: list[str] = []
-        after_first_block(monkeypatch, lose_the_creator)
-        result = run(cube, tmp_path / "faulted" / "change_cube.zarr", client)
-        assert lost and lost[0] not in client.nthreads()
-    assert len(result.computed) == len(BlockGrid(SIZE, SIZE, BLOCK))
-    assert store_bytes(tmp_path / "faulted" / "change_cube.zarr") == store_bytes(
-        tmp_path / "reference" / "change_cube.zarr"
-    )
-
-
 def test_a_creation_task_run_again_after_its_worker_died_finds_its_cube_and_goes_on(
     tmp_path: Path, cube: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
