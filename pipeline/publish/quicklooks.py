@@ -107,8 +107,21 @@ def _rgb(input_cube: Location, epoch: int, stride: int, shape: tuple[int, int]) 
             bands[0],
         )
         index = [0, 0, 0]
-    planes = [np.asarray(reflectance[epoch, i, ::stride, ::stride], dtype=np.float32) for i in index]
-    return np.stack(planes, axis=-1)
+    # One read of the bands wanted: a chunk holds every band of its epoch, and reading the bands
+    # one by one decoded each chunk three times.
+    wanted_bands = sorted(set(index))
+    planes = np.asarray(
+        reflectance.get_orthogonal_selection(
+            (
+                epoch,
+                np.asarray(wanted_bands, dtype=np.int64),
+                slice(None, None, stride),
+                slice(None, None, stride),
+            )
+        ),
+        dtype=np.float32,
+    )
+    return np.stack([planes[wanted_bands.index(i)] for i in index], axis=-1)
 
 
 def write_quicklook(

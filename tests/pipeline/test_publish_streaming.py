@@ -10,8 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import rasterio
+import zarr
 from engine_inputs import ORIGIN, run_small_engine, write_patch_cube
 
 import pipeline.publish.cogs as cogs_module
@@ -26,7 +28,9 @@ from pipeline.publish import (
     write_cogs,
     write_quicklook,
 )
+from pipeline.publish.quicklooks import _rgb
 from pipeline.spec import JobSpec
+from pipeline.storage import Location
 
 pytestmark = pytest.mark.filterwarnings("ignore:The data type .* does not have a Zarr V3 specification")
 
@@ -178,3 +182,20 @@ def test_a_cog_that_fails_in_its_thread_fails_publish_before_any_stac(
 def test_write_cogs_refuses_no_threads(info: ChangeCubeInfo, tmp_path: Path) -> None:
     with pytest.raises(PublishError, match="at least 1 thread"):
         write_cogs(info, tmp_path, workers=0)
+
+
+@pytest.mark.parametrize("stride", [1, 3])
+def test_the_quicklook_reads_its_bands_in_one_pass_with_the_values_of_band_by_band_reads(
+    run: tuple[Path, Path], stride: int
+) -> None:
+    cube = run[0]
+    reflectance = zarr.open_array(str(cube), path="reflectance", mode="r")
+    bands = [str(b) for b in np.asarray(zarr.open_array(str(cube), path="band", mode="r")[...])]
+    index = [bands.index(b) for b in ("red", "green", "blue")]
+    for epoch in (0, 1):
+        one_by_one = np.stack(
+            [np.asarray(reflectance[epoch, i, ::stride, ::stride], dtype=np.float32) for i in index], axis=-1
+        )
+        together = _rgb(Location.parse(cube), epoch, stride, (HEIGHT, WIDTH))
+        assert together.shape == one_by_one.shape == (-(-HEIGHT // stride), -(-WIDTH // stride), 3)
+        assert np.array_equal(together, one_by_one, equal_nan=True)
