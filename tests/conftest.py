@@ -63,6 +63,7 @@ MODULE_LAYERS: dict[str, str] = {
     "pipeline/test_signed_catalog_run.py": "integration",
     "pipeline/test_stac_servers.py": "integration",
     "pipeline/test_synthetic.py": "integration",
+    "test_readme_commands.py": "integration",
 }
 #: Fixtures that make a test an integration test wherever it lives.
 INTEGRATION_FIXTURES = frozenset({"shared_data", "weed"})

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import yaml
+from readme import readme_commands
 
 from pipeline.bands import resolve_asset_key
 from pipeline.spec import JobSpec, load_job
@@ -82,14 +83,8 @@ def _yaml_blocks() -> list[str]:
 
 
 def _commands() -> list[str]:
-    """Every command line of the README's bash blocks, continuation lines joined."""
-    lines: list[str] = []
-    for block in re.findall(r"```bash\n(.*?)```", _readme(), flags=re.S):
-        for line in block.replace("\\\n", " ").splitlines():
-            line = line.split(" #", 1)[0].strip()
-            if line and not line.startswith("#"):
-                lines.append(line)
-    return lines
+    """Every command of the README's bash blocks, continued and quoted lines joined."""
+    return readme_commands(_readme())
 
 
 @pytest.mark.parametrize("name", sorted(JOBS))
@@ -222,9 +217,7 @@ def test_the_readme_states_the_retry_defaults_the_code_has() -> None:
 
 def test_the_readme_reference_job_names_only_real_fields(tmp_path: Path) -> None:
     reference = next(yaml.safe_load(b) for b in _yaml_blocks() if "zones" in (yaml.safe_load(b) or {}))
-    (tmp_path / "districts.geojson").write_text(
-        json.dumps({"type": "FeatureCollection", "features": []})
-    )
+    (tmp_path / "districts.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": []}))
     job_file = tmp_path / "job.yaml"
     job_file.write_text(yaml.safe_dump(reference))
     job = load_job(job_file)
