@@ -131,7 +131,8 @@ COVERAGE: dict[str, Coverage] = {
     ),
     r"prefect deployment run seg2change-response/on-demand .*|prefect event emit seg2change\.event\.reported .*": exempt(
         _PUBLIC + "; the same deployment is started by run_deployment and by this event on a generated "
-        "scene in " + _SERVER
+        "scene in " + _SERVER + ", and the parameters these commands give are validated by the flow in "
+        f"{THIS}::test_the_deployment_run_and_event_commands_give_valid_response_parameters"
     ),
     r"seg2change monitor --zones examples/regions\.geojson .*": exempt(
         _PUBLIC + "; the monitoring flow runs on generated scenes in "
@@ -178,6 +179,31 @@ def test_the_readme_commands_are_read_whole() -> None:
     assert readme_commands(text) == ["x 'a #1 b'", "y    --z"]
     with pytest.raises(ValueError, match="inside a quotation"):
         readme_commands("```bash\necho 'open\n```\n")
+
+
+@pytest.mark.unit
+def test_the_deployment_run_and_event_commands_give_valid_response_parameters() -> None:
+    from flows.deploy import RESPONSE_DEPLOYMENT, RESPONSE_EVENT, TRIGGER_PARAMETERS
+    from flows.response import response_flow
+
+    run = shlex.split(_command(r"prefect deployment run .*"))
+    assert run[3] == RESPONSE_DEPLOYMENT
+    pairs = [run[i + 1].split("=", 1) for i, arg in enumerate(run) if arg == "-p"]
+    by_run: dict[str, object] = {}
+    for key, value in pairs:  # as Prefect reads -p: JSON where it parses, else the string
+        try:
+            by_run[key] = json.loads(value)
+        except json.JSONDecodeError:
+            by_run[key] = value
+    emit = shlex.split(_command(r"prefect event emit .*"))
+    assert emit[3] == RESPONSE_EVENT
+    assert re.fullmatch(r"seg2change\.event\.\S+", emit[emit.index("--resource-id") + 1])
+    payload = json.loads(emit[emit.index("--payload") + 1])
+    required = {name for name, template in TRIGGER_PARAMETERS.items() if ".get(" not in template}
+    assert required <= set(payload), f"the event's payload lacks {required - set(payload)}"
+    for params in (by_run, payload):
+        valid = response_flow.validate_parameters(params)
+        assert str(valid["event_date"]) == "2024-06-01" and valid["hazard"] == "flood"
 
 
 # --- the commands run as written -------------------------------------------------------------------
