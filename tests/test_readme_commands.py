@@ -55,7 +55,10 @@ def exempt(reason: str) -> Coverage:
 _SETUP = "infra/test_setup_failure.py::test_setup_fails_naming_the_step_and_stamps_nothing"
 _SERVER = "flows/test_prefect_server.py::test_response_deployment_on_a_real_server"
 _JOPLIN = "flows/test_respond_own_imagery.py::test_catalog_then_respond_on_joplin_gives_cube_cogs_and_per_building_table"
-_PUBLIC = "it asks a public STAC API on the internet, which tests never call"
+_PUBLIC = (
+    "it asks a public STAC API on the internet, which tests never call (its options are parsed by "
+    f"{THIS}::test_every_seg2change_command_parses)"
+)
 
 #: README command (a regular expression matching it whole) -> how it is tested.
 COVERAGE: dict[str, Coverage] = {
@@ -179,6 +182,34 @@ def test_the_readme_commands_are_read_whole() -> None:
     assert readme_commands(text) == ["x 'a #1 b'", "y    --z"]
     with pytest.raises(ValueError, match="inside a quotation"):
         readme_commands("```bash\necho 'open\n```\n")
+
+
+def _parse(argv: list[str]) -> dict[str, object]:
+    """The options ``seg2change <argv>`` gives its command, as the command line reads them (nothing runs)."""
+    import typer.main
+
+    from flows.cli import app
+
+    group = typer.main.get_command(app)
+    command = group.get_command(group.make_context("seg2change", list(argv)), argv[0])
+    assert command is not None, f"seg2change has no command {argv[0]!r}"
+    with command.make_context(argv[0], list(argv[1:])) as context:
+        return dict(context.params)
+
+
+@pytest.mark.unit
+def test_every_seg2change_command_parses() -> None:
+    """Those that need the network too: each option exists and takes the value given."""
+    commands = [shlex.split(c) for c in readme_commands()]
+    ours = [argv[1:] for argv in commands if argv[0] in {"seg2change", ".venv/bin/seg2change"}]
+    assert {"discover", "run", "train", "evaluate", "respond", "monitor", "catalog"} <= {a[0] for a in ours}
+    for argv in ours:
+        _parse(argv)
+    respond = next(a for a in ours if a[0] == "respond" and "--job-options" in a)
+    assert _parse(respond)["event_date"] is not None
+    with pytest.raises(Exception, match="--aera") as refused:  # typer's own copy of click's error
+        _parse(["respond", "--aera", *respond[2:]])
+    assert refused.typename == "NoSuchOption"
 
 
 @pytest.mark.unit
