@@ -215,14 +215,13 @@ def run_one(size: int, cache: Path, block: int | None, publish_only: bool) -> di
     cores = len(os.sched_getaffinity(0))
     result: dict[str, Any] = {"size": size, "cores": cores, "area_km2": size * size * 1e-4}
     if publish_only:
-        cube = out / "input_cube.zarr"
         if not (out / "change_cube.zarr").exists():
             raise SystemExit(f"no change cube under {out}: run a whole run of size {size} first")
         found = discover(job)
         best: Stage | None = None
         for _ in range(3):
             with recorder.stage("publish") as record:
-                publish(job, out / "change_cube.zarr", cube, found, out, progress=False)
+                publish(job, out / "change_cube.zarr", out / "input_cube.zarr", found, out, progress=False)
             best = record if best is None or record.wall < best.wall else best
         recorder.close()
         assert best is not None
