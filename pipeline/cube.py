@@ -383,7 +383,13 @@ def write_cube(
                     if marker is None or not marker.exists():
                         block = blocks(ys, xs) if blocks else ds.isel(y=ys, x=xs)
                         block = block[spatial].drop_vars(list(block[spatial].coords))
-                        block.to_zarr(store, region={"y": ys, "x": xs}, mode="r+", consolidated=False)
+                        try:
+                            block.to_zarr(store, region={"y": ys, "x": xs}, mode="r+", consolidated=False)
+                        except RuntimeError as exc:
+                            unreadable = _unreadable_asset(exc, ys, xs, resumable=written is not None)
+                            if unreadable is None:
+                                raise
+                            raise unreadable from exc
                         if marker is not None:
                             marker.touch()
                         fault_point("prepare:block-written")
@@ -495,6 +501,24 @@ def input_fingerprint(job: JobSpec, discovery: Discovery) -> str:
         "items": {epoch: sorted(item["id"] for item in items) for epoch, items in discovery.items.items()},
     }
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+def _unreadable_asset(exc: RuntimeError, ys: slice, xs: slice, *, resumable: bool) -> CubeError | None:
+    """A clear error for an asset stackstac could not open or read (``None`` for other errors).
+
+    stackstac reports a file GDAL cannot open or read (a truncated download, an HTML error page
+    saved as .tif, an href that needs signing) as ``RuntimeError("Error opening 'href': ...")``.
+    """
+    message = str(exc)
+    if not message.startswith(("Error opening", "Error reading")):
+        return None
+    kept = "The blocks written so far are kept; " if resumable else ""
+    return CubeError(
+        f"cannot read an input asset for the block at rows {ys.start}-{ys.stop}, columns "
+        f"{xs.start}-{xs.stop}: {message}. The file is not a readable raster (a truncated or "
+        "interrupted download, an error page saved in its place) or the catalog needs its hrefs "
+        f"signed (catalog.sign). {kept}replace or remove the asset in the catalog and run again."
+    )
 
 
 def prepare_cube(
