@@ -167,8 +167,10 @@ def serve(
 
     # Python's default SIGTERM (and SIGHUP, a closed terminal) ends the process at once: the server's
     # own process group and its temporary folder would outlive it. Raising here unwinds the ``with``
-    # block, which stops both.
-    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    # block, which stops both. SIGINT is set too: a process started in the background of a
+    # non-interactive shell inherits SIGINT ignored, and Python then installs no handler for it.
+    stopping = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+    previous = {sig: signal.signal(sig, _stop) for sig in stopping}
     try:
         with serve_collection(collection, items, kind=kind) as server:  # type: ignore[arg-type]
             out.print(styled("STAC API at ", (server.url, "bold"), " (Ctrl-C to stop)"))
