@@ -41,6 +41,8 @@ def test_signal_stops_the_server_and_removes_its_folder(tmp_path: Path, sig: sig
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "TMPDIR": str(temp), "OMP_NUM_THREADS": "1"},
+        # Started as a background job of a non-interactive shell (as CI may be), SIGINT arrives ignored.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )
     try:
         _wait_for_line(proc, "STAC API at http://127.0.0.1:")
