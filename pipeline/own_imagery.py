@@ -15,6 +15,7 @@ VRT files are written.
 from __future__ import annotations
 
 import glob
+import json
 import re
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -30,6 +31,7 @@ from rio_stac import create_stac_item
 
 from pipeline.bands import COMMON_NAMES
 from pipeline.errors import CatalogError
+from pipeline.storage import replace_atomically
 
 __all__ = [
     "DEFAULT_COLLECTION",
@@ -408,8 +410,6 @@ def write_item_collection(items: Iterable[pystac.Item], out: Path, *, overwrite:
     CatalogError
         ``out`` exists and ``overwrite`` is false, or its folder does not exist.
     """
-    import json
-
     if out.exists() and not overwrite:
         raise CatalogError(f"{out} exists; give another --out, or --overwrite to replace it")
     if not out.parent.is_dir():
@@ -419,7 +419,6 @@ def write_item_collection(items: Iterable[pystac.Item], out: Path, *, overwrite:
         text = "".join(json.dumps(doc) + "\n" for doc in docs)
     else:
         text = json.dumps({"type": "FeatureCollection", "features": docs}, indent=1)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(out)
+    with replace_atomically(out) as tmp:
+        tmp.write_text(text)
     return out

@@ -39,6 +39,7 @@ from pyproj import CRS, Transformer
 
 from pipeline.errors import PublishError
 from pipeline.publish.cogs import ChangeCubeInfo, block_windows
+from pipeline.storage import replace_atomically
 
 __all__ = [
     "COVERED",
@@ -437,9 +438,12 @@ def write_feature_impact(
             b"seg2change": json.dumps(meta).encode(),
         }
     )
-    _atomic(parquet, lambda tmp: pq.write_table(table, tmp))
-    _atomic(geojson, lambda tmp: _write_geojson(impact, tmp))
-    _atomic(summary, lambda tmp: tmp.write_text(json.dumps({**meta, "summary": impact.summary}, indent=2)))
+    with replace_atomically(parquet) as tmp:
+        pq.write_table(table, tmp)
+    with replace_atomically(geojson) as tmp:
+        _write_geojson(impact, tmp)
+    with replace_atomically(summary) as tmp:
+        tmp.write_text(json.dumps({**meta, "summary": impact.summary}, indent=2))
     return parquet, geojson, summary
 
 
@@ -472,9 +476,3 @@ def _plain(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     raise TypeError(f"{type(value).__name__} is not JSON")
-
-
-def _atomic(path: Path, write: Callable[[Path], object]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    tmp.replace(path)
