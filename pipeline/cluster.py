@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import warnings
 from collections import Counter
 from collections.abc import Iterator
@@ -63,6 +64,14 @@ _NO_HTTP_ROUTES: dict[str, Any] = {
     "distributed.scheduler.http.routes": [],
     "distributed.worker.http.routes": [],
 }
+
+#: The routes Dask's configuration held when this module was imported: what an asked dashboard
+#: serves, whatever another thread's closed cluster has set meanwhile.
+_HTTP_ROUTES_AT_IMPORT: dict[str, Any] = {key: dask.config.get(key) for key in _NO_HTTP_ROUTES}
+
+#: ``dask.config.set`` is not thread-safe: two clusters started at once from two threads could
+#: restore each other's routes and leave the process-wide configuration closed for good.
+_CONFIG_LOCK = threading.Lock()
 
 
 def closed_cluster_options(*, processes: bool, dashboard: str | None = None) -> dict[str, Any]:
@@ -145,10 +154,10 @@ def start_local_cluster(spec: ClusterSpec) -> LocalCluster:
     ClusterError
         When GPU workers are wanted but no CUDA device is visible.
     """
-    config = {} if spec.dashboard else _NO_HTTP_ROUTES
+    config = _HTTP_ROUTES_AT_IMPORT if spec.dashboard else _NO_HTTP_ROUTES
     # Dask warns "Port 8787 is already in use" itself when the asked port is taken; the warning is
     # turned into one log line with the address the pages really took.
-    with dask.config.set(config), warnings.catch_warnings():
+    with _CONFIG_LOCK, dask.config.set(config), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"Port \d+ is already in use")
         cluster = _local_cluster(spec)
     if spec.dashboard:
