@@ -64,7 +64,7 @@ from pipeline.change_cube import TRANSITION_NO_CHANGE, UINT8_NODATA
 from pipeline.errors import PublishError
 from pipeline.publish.cogs import ChangeCubeInfo, block_windows
 from pipeline.publish.legend import transition_label
-from pipeline.storage import replace_atomically
+from pipeline.storage import Location, LocationLike, replace_atomically
 
 __all__ = [
     "ALL_ZONE",
@@ -76,6 +76,7 @@ __all__ = [
     "ZoneTotals",
     "compute_statistics",
     "load_zones",
+    "read_statistics",
     "statistics_metadata",
     "statistics_table",
     "write_statistics",
@@ -496,6 +497,31 @@ def write_statistics(stats: ChangeStatistics, parquet: Path, json_path: Path) ->
     with replace_atomically(json_path) as tmp:
         tmp.write_text(json.dumps(stats.to_json_dict(), indent=2) + "\n")
     return parquet, json_path
+
+
+def read_statistics(json_path: LocationLike) -> ChangeStatistics:
+    """Read the statistics that :func:`write_statistics` wrote as JSON (a local path or a URL).
+
+    Raises
+    ------
+    PublishError
+        The file is missing or is not a statistics document; publish the change cube again.
+    """
+    try:
+        doc = json.loads(Location.parse(json_path).read_text())
+        return ChangeStatistics(
+            rows=tuple(StatisticsRow(**row) for row in doc["rows"]),
+            totals=tuple(ZoneTotals(zone=zone, **totals) for zone, totals in doc["zones"].items()),
+            pixel_area_m2=float(doc["pixel_area_m2"]),
+            classes=tuple(doc["classes"]),
+            targets=tuple(doc["targets"]),
+            crs=str(doc["crs"]),
+            metadata=dict(doc["metadata"]),
+        )
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise PublishError(
+            f"cannot read the statistics {json_path} ({exc}); publish the change cube again"
+        ) from None
 
 
 def statistics_table(stats: ChangeStatistics, *, zone: str | None = None, limit: int | None = None) -> Table:
