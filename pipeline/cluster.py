@@ -1,7 +1,9 @@
 """Dask clusters for inference: a local one by default, an existing scheduler, or GPU workers.
 
 :func:`connect` turns a :class:`~pipeline.engine_spec.ClusterSpec` (or a ready ``Client``) into a
-:class:`ClusterSession` and closes what it started on exit. GPU work uses Dask's *resources*:
+:class:`ClusterSession` and closes what it started on exit: a local cluster, or the workers of a
+launched back-end (``kind: slurm`` submits them as batch jobs, ``kind: kubernetes`` creates a
+``DaskCluster``; see :mod:`pipeline.cluster_backends`). GPU work uses Dask's *resources*:
 GPU workers advertise ``GPU=1`` and every model task asks for ``GPU=1``
 (:meth:`ClusterSession.model_task_resources`), so a worker never runs more model calls than it has
 GPUs and CPU-only workers of a mixed cluster never get one. The block tasks (blend, write) ask for
@@ -34,6 +36,7 @@ from typing import Any
 import dask.config
 from distributed import Client, LocalCluster
 
+from pipeline.cluster_backend_specs import GPU_RESOURCE, KubernetesBackend, SlurmBackend
 from pipeline.engine_spec import ClusterSpec
 from pipeline.errors import ClusterError
 
@@ -49,9 +52,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-#: Name of the Dask worker resource that GPU workers advertise and inference tasks request.
-GPU_RESOURCE = "GPU"
 
 #: Threads of a local GPU worker: one feeds the GPU, the other blends and writes blocks.
 _GPU_WORKER_THREADS = 2
@@ -255,6 +255,24 @@ def _check_gpu_workers(client: Client) -> None:
         )
 
 
+def _launch(backend: SlurmBackend | KubernetesBackend, stack: ExitStack) -> Client:
+    """Start a launched back-end's cluster (closed with ``stack``) and wait for its first worker."""
+    from pipeline.cluster_backends import build_cluster
+
+    built = build_cluster(backend, start=True)
+    stack.callback(built.cluster.close)
+    client: Client = stack.enter_context(Client(built.cluster))
+    try:
+        client.wait_for_workers(1, timeout=backend.start_timeout)
+    except TimeoutError as exc:
+        where = "squeue and the job logs" if backend.kind == "slurm" else "kubectl get pods and their logs"
+        raise ClusterError(
+            f"no worker of the {backend.kind} cluster joined within {backend.start_timeout:g} s; "
+            f"check why the workers did not start ({where}), or give cluster.start_timeout more time"
+        ) from exc
+    return client
+
+
 @contextmanager
 def connect(cluster: ClusterSpec | Client | None, *, gpu: bool = False) -> Iterator[ClusterSession]:
     """Connect to the cluster for one run; what is started here is closed on exit.
@@ -262,7 +280,8 @@ def connect(cluster: ClusterSpec | Client | None, *, gpu: bool = False) -> Itera
     Parameters
     ----------
     cluster
-        A spec (local cluster or ``address``), a ready ``Client`` (left open), or None for the
+        A spec (a local cluster, an ``address``, or a launched ``backend`` whose workers are
+        started here and stopped on exit), a ready ``Client`` (left open), or None for the
         default local cluster.
     gpu
         The job wants GPU workers (besides ``cluster.gpu``): tasks then request ``GPU=1``.
@@ -274,7 +293,8 @@ def connect(cluster: ClusterSpec | Client | None, *, gpu: bool = False) -> Itera
     Raises
     ------
     ClusterError
-        When the scheduler cannot be reached, or GPU workers are wanted and none exist.
+        When the scheduler cannot be reached, a launched back-end's first worker does not join in
+        time, or GPU workers are wanted and none exist.
     """
     with ExitStack() as stack:
         if isinstance(cluster, Client):
@@ -285,7 +305,10 @@ def connect(cluster: ClusterSpec | Client | None, *, gpu: bool = False) -> Itera
             spec = cluster or ClusterSpec()
             wants_gpu = gpu or spec.gpu
             threads = spec.torch_threads
-            if spec.address is not None:
+            if spec.backend is not None:
+                backend = spec.backend.model_copy(update={"gpu": wants_gpu or spec.backend.gpu})
+                client = _launch(backend, stack)
+            elif spec.address is not None:
                 try:
                     client = stack.enter_context(Client(spec.address, timeout="30s"))
                 except OSError as exc:

@@ -15,6 +15,12 @@ from typing import Any, Literal, Self
 import pydantic
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
+from pipeline.cluster_backend_specs import (
+    LAUNCHED_KINDS,
+    ClusterKind,
+    LaunchedBackend,
+    gather_backend_fields,
+)
 from pipeline.errors import JobSpecError
 from pipeline.tiling import WindowProfile
 from seg2change_core.errors import PromptError
@@ -293,6 +299,15 @@ class ClusterSpec(_Spec):
         scheduler and workers listen on 127.0.0.1 only and, unless this is set, serve no HTTP
         pages; the pages carry no authentication, so keep the host 127.0.0.1 and reach them from
         another machine through an SSH tunnel (README, "Cluster dashboard").
+    kind
+        ``local`` or ``address`` (default: ``address`` when one is given, else ``local``), or a
+        back-end whose workers the run launches and stops: ``slurm`` (dask-jobqueue) or
+        ``kubernetes`` (dask-kubernetes). A job file writes such a back-end's fields flat beside
+        ``kind`` (``{kind: slurm, queue: gpu, gpu: true, jobs: 4}``); they are gathered into
+        ``backend``.
+    backend
+        The launched back-end (:class:`~pipeline.cluster_backend_specs.SlurmBackend` or
+        :class:`~pipeline.cluster_backend_specs.KubernetesBackend`); None for the other kinds.
     """
 
     address: str | None = None
@@ -303,6 +318,42 @@ class ClusterSpec(_Spec):
     gpu: bool = False
     torch_threads: int | None = None
     dashboard: str | None = None
+    kind: ClusterKind | None = None
+    backend: LaunchedBackend | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _gather_backend(cls, value: Any) -> Any:
+        return gather_backend_fields(value)
+
+    @model_validator(mode="after")
+    def _check_kind(self) -> ClusterSpec:
+        if self.kind in LAUNCHED_KINDS:
+            local = [
+                name
+                for name in (
+                    "address",
+                    "n_workers",
+                    "threads_per_worker",
+                    "processes",
+                    "memory_limit",
+                    "dashboard",
+                )
+                if getattr(self, name) != type(self).model_fields[name].default
+            ]
+            if local:
+                raise ValueError(f"{', '.join(local)} apply to kind local or address only; drop them")
+            if self.backend is None or self.backend.kind != self.kind or self.backend.gpu != self.gpu:
+                raise ValueError(
+                    f"kind {self.kind} needs its fields beside kind, e.g. {{kind: slurm, jobs: 4}}"
+                )
+        elif self.backend is not None:
+            raise ValueError(f"backend applies to kind {' or '.join(LAUNCHED_KINDS)} only; set kind")
+        elif self.kind == "local" and self.address is not None:
+            raise ValueError("kind local takes no address; drop the address, or set kind: address")
+        elif self.kind == "address" and self.address is None:
+            raise ValueError("kind address needs the scheduler address, e.g. address: 'tcp://10.0.0.5:8786'")
+        return self
 
     @field_validator("address")
     @classmethod

@@ -46,6 +46,7 @@ MODULE_LAYERS: dict[str, str] = {
     "pipeline/test_catalog_requests.py": "integration",
     "pipeline/test_cluster_closed.py": "integration",
     "pipeline/test_cluster_faults.py": "integration",
+    "pipeline/test_cluster_launch.py": "integration",
     "pipeline/test_demo.py": "e2e",
     "pipeline/test_demo_checkpoint.py": "e2e",
     "pipeline/test_discover.py": "integration",

@@ -27,7 +27,9 @@ from pipeline.cluster_backends import (
     parse_backend,
     render_daskcluster,
 )
+from pipeline.engine_spec import ClusterSpec
 from pipeline.errors import ClusterError, JobSpecError
+from pipeline.spec import JobSpec
 
 REPO = Path(__file__).resolve().parents[2]
 INFRA = REPO / "infra"
@@ -263,6 +265,78 @@ def test_invalid_backend_specs_name_the_fix(fields: dict[str, Any], message: str
 def test_specs_round_trip_through_json() -> None:
     spec = SlurmBackend(gpu=True, cores=8, memory="64GiB", job_script_prologue=("module load cuda",))
     assert parse_backend(json.loads(spec.model_dump_json())) == spec
+
+
+# --- a job's cluster --------------------------------------------------------------------------
+
+JOB = {
+    "aoi": {"bbox": [13.0, 52.0, 13.05, 52.03]},
+    "before": "2024-05-01/2024-05-31",
+    "after": "2024-07-01/2024-07-31",
+    "catalog": "http://127.0.0.1:9/",
+    "collections": ["s2"],
+    "output": "/tmp/seg2change-test-out",
+}
+
+
+def test_a_job_with_kind_slurm_renders_its_jobqueue_job_without_submitting_it() -> None:
+    pytest.importorskip("dask_jobqueue", reason="pip install dask-jobqueue==0.9.0")
+    cluster = yaml.safe_load(
+        "{kind: slurm, queue: gpu, cores: 4, memory: 8GiB, gpu: true, jobs: 2, torch_threads: 2}"
+    )
+    job = JobSpec.build(**JOB, cluster=cluster)
+    assert job.cluster.kind == "slurm" and job.cluster.gpu and job.cluster.torch_threads == 2
+    backend = job.cluster.backend
+    assert isinstance(backend, SlurmBackend) and backend.gpu and backend.jobs == 2
+    built = build_cluster(backend, start=False)
+    assert built.cluster is None and built.config["queue"] == "gpu" and built.config["cores"] == 4
+    assert built.job_script is not None
+    lines = built.job_script.splitlines()
+    assert "#SBATCH -p gpu" in lines and "#SBATCH --gres=gpu:1" in lines
+    worker = next(line for line in lines if "dask_worker" in line)
+    assert "--resources GPU=1" in worker and "--nthreads 4" in worker
+
+
+def test_a_job_with_kind_kubernetes_holds_the_manifest_of_its_daskcluster() -> None:
+    job = JobSpec.build(**JOB, cluster={"kind": "kubernetes", "name": "run-7", "n_workers": 3})
+    assert isinstance(job.cluster.backend, KubernetesBackend)
+    manifest = build_cluster(job.cluster.backend).config
+    assert manifest["metadata"]["name"] == "run-7" and manifest["spec"]["worker"]["replicas"] == 3
+
+
+def test_a_job_with_a_launched_cluster_round_trips_through_json() -> None:
+    job = JobSpec.build(**JOB, cluster={"kind": "slurm", "cores": 8, "memory": "64GiB", "gpu": True})
+    again = JobSpec.model_validate(json.loads(job.model_dump_json()))
+    assert again == job and again.cluster.backend == job.cluster.backend
+
+
+def test_local_and_address_kinds_keep_the_cluster_spec_they_had() -> None:
+    assert ClusterSpec().backend is None and ClusterSpec().kind is None
+    local = ClusterSpec.build(kind="local", n_workers=2, processes=True)
+    assert local.backend is None and local.local_layout(8) == (2, 1)
+    address = ClusterSpec.build(kind="address", address="tcp://10.0.0.5:8786")
+    assert address.address == "tcp://10.0.0.5:8786"
+
+
+@pytest.mark.parametrize(
+    ("cluster", "message"),
+    [
+        ({"kind": "slurm", "n_workers": 3}, "n_workers: is not a known field"),
+        ({"kind": "slurm", "queues": "gpu"}, "queues: is not a known field"),
+        ({"kind": "kubernetes", "name": "Run_7"}, "not a Kubernetes resource name"),
+        ({"kind": "address"}, "kind address needs the scheduler address"),
+        ({"kind": "local", "address": "tcp://10.0.0.5:8786"}, "kind local takes no address"),
+        ({"kind": "yarn"}, "cluster.kind: Input should be 'local', 'address', 'slurm' or 'kubernetes'"),
+        (
+            {"kind": "slurm", "backend": {"kind": "slurm"}, "n_workers": 2},
+            "n_workers apply to kind local or address only",
+        ),
+        ({"backend": {"kind": "slurm"}}, "backend applies to kind slurm or kubernetes only"),
+    ],
+)
+def test_invalid_job_clusters_name_the_fix(cluster: dict[str, Any], message: str) -> None:
+    with pytest.raises(JobSpecError, match=re.escape(message)):
+        JobSpec.build(**JOB, cluster=cluster)
 
 
 # --- compose ----------------------------------------------------------------------------------
