@@ -77,9 +77,15 @@ class ModelSpec(_Spec):
         no weights.
     backbone_weights
         Backbone weights for a CACH checkpoint saved without them.
+    change_model
+        A change-model kind built without a checkpoint, by name
+        (:func:`seg2change_core.change_kinds.register_change_model`); default: the CVA baseline
+        (``"cva-baseline"``). Not with ``checkpoint``, whose metadata names its kind.
+    change_options
+        Keyword arguments of that kind's factory (JSON values).
     change_bands
-        Bands the built-in CVA baseline differences (default: every band of the cube). A
-        checkpoint's bands come from its normalisation.
+        Bands the change model built without a checkpoint reads (default: every band of the
+        cube). A checkpoint's bands come from its normalisation.
     segmenter
         Registered segmenter name (``"spectral"`` needs no weights, ``"clip"`` needs a local file).
     segmenter_options
@@ -97,6 +103,8 @@ class ModelSpec(_Spec):
 
     checkpoint: str | None = None
     backbone_weights: str | None = None
+    change_model: str | None = None
+    change_options: dict[str, Any] = pydantic.Field(default_factory=dict)
     change_bands: tuple[str, ...] | None = None
     segmenter: str = "spectral"
     segmenter_options: dict[str, Any] = pydantic.Field(default_factory=dict)
@@ -133,14 +141,31 @@ class ModelSpec(_Spec):
             raise ValueError(f"unknown segmenter {value!r}; use one of {', '.join(available_segmenters())}")
         return value
 
-    @field_validator("segmenter_options")
+    @field_validator("change_model")
     @classmethod
-    def _json_options(cls, value: dict[str, Any]) -> dict[str, Any]:
+    def _change_model(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from seg2change_core.change_kinds import available_change_models, get_change_model_kind
+        from seg2change_core.errors import ModelError
+
+        try:
+            get_change_model_kind(value)
+        except ModelError:
+            raise ValueError(
+                f"unknown change model {value!r}; use one of {', '.join(available_change_models())}, or "
+                "register yours with seg2change_core.change_kinds.register_change_model first"
+            ) from None
+        return value
+
+    @field_validator("segmenter_options", "change_options")
+    @classmethod
+    def _json_options(cls, value: dict[str, Any], info: pydantic.ValidationInfo) -> dict[str, Any]:
         try:
             json.dumps(value, sort_keys=True)
         except TypeError as exc:
             raise ValueError(
-                f"segmenter_options must hold JSON values (strings, numbers, lists, mappings): {exc}"
+                f"{info.field_name} must hold JSON values (strings, numbers, lists, mappings): {exc}"
             ) from None
         return value
 
@@ -153,9 +178,14 @@ class ModelSpec(_Spec):
 
     @model_validator(mode="after")
     def _check(self) -> ModelSpec:
+        if self.checkpoint is not None and (self.change_model is not None or self.change_options):
+            raise ValueError(
+                "change_model and change_options build a model without a checkpoint; a checkpoint's "
+                "metadata names its own kind: drop one or the other"
+            )
         if self.change_bands is not None and self.checkpoint is not None:
             raise ValueError(
-                "change_bands applies to the built-in CVA baseline only; a checkpoint's bands come "
+                "change_bands applies to a change model built without a checkpoint; a checkpoint's bands come "
                 "from its normalisation: drop change_bands"
             )
         if self.change_bands is not None and (

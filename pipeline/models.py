@@ -12,6 +12,10 @@ The classical baseline (CVA with an Otsu threshold) must not fit its threshold p
 result would depend on the tiling; :func:`fit_change_model` fits it once per job on a pixel sample
 of the cube and the fitted values travel in the runtime. The built-in baseline differences raw
 surface reflectance (normalisation ``mean 0, std 1, scale 1``).
+
+Which change model a spec means is the business of the change-model kinds
+(:mod:`seg2change_core.change_kinds`): a checkpoint's ``architecture``, else the job's
+``models.change_model``. :class:`ChangeModelInfo` lives there and is re-exported here.
 """
 
 from __future__ import annotations
@@ -31,8 +35,9 @@ import torch
 
 from pipeline.engine_spec import ModelSpec
 from pipeline.errors import InferenceError
-from seg2change_core.baselines import CVABaseline, CVAFit
-from seg2change_core.change_model import ChangeModel, InputNormalisation
+from seg2change_core.baselines import CVAFit
+from seg2change_core.change_kinds import ChangeModelInfo, get_change_model_kind, needs_job_fit
+from seg2change_core.change_model import ChangeModel
 from seg2change_core.checkpoints import load_change_model, read_checkpoint_info
 from seg2change_core.errors import SegmenterError
 from seg2change_core.segmenters import Segmenter, get_segmenter
@@ -54,8 +59,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Name of the built-in change model (the classical baseline).
-BUILTIN_CHANGE_MODEL = "cva-otsu-baseline"
+#: The change-model kind a job without checkpoint and ``change_model`` runs (the classical baseline).
+DEFAULT_CHANGE_KIND = "cva-baseline"
 
 
 def file_sha256(path: str | Path) -> str:
@@ -93,42 +98,32 @@ class ModelIdentity:
         return asdict(self)
 
 
-@dataclass(frozen=True)
-class ChangeModelInfo:
-    """What the client knows of the change model without building it.
-
-    Attributes
-    ----------
-    name
-        Model name.
-    bands
-        Bands it reads, in channel order.
-    tile_size
-        Recommended tile side, or None.
-    needs_fit
-        True for a baseline whose threshold must be fitted once per job.
-    """
-
-    name: str
-    bands: tuple[str, ...]
-    tile_size: int | None
-    needs_fit: bool
-
-
 def change_model_info(spec: ModelSpec, cube_bands: tuple[str, ...]) -> ChangeModelInfo:
-    """Describe the change model from the spec and the checkpoint's metadata (no weights read)."""
+    """Describe the change model from the spec or the checkpoint's metadata (no weights read).
+
+    The change-model kind (:mod:`seg2change_core.change_kinds`) describes it: a checkpoint's
+    ``architecture``, else the job's ``models.change_model`` (default: the CVA baseline).
+    """
     if spec.checkpoint is None:
-        return ChangeModelInfo(BUILTIN_CHANGE_MODEL, spec.change_bands or cube_bands, None, True)
+        kind = get_change_model_kind(spec.change_model or DEFAULT_CHANGE_KIND)
+        return kind.describe(spec.change_bands or cube_bands, spec.change_options)
     info = read_checkpoint_info(spec.checkpoint)
-    needs_fit = info.architecture == "cva-baseline" and info.baseline_fit is None
-    return ChangeModelInfo(info.name, info.normalisation.bands, info.tile_size, needs_fit)
+    return get_change_model_kind(info.architecture).describe_checkpoint(info)
+
+
+def _build_change_model(spec: ModelSpec, cube_bands: tuple[str, ...]) -> ChangeModel:
+    if spec.checkpoint is None:
+        kind = get_change_model_kind(spec.change_model or DEFAULT_CHANGE_KIND)
+        return kind.build(spec.change_bands or cube_bands, spec.change_options)
+    return load_change_model(spec.checkpoint, backbone_weights=spec.backbone_weights)
 
 
 def model_identities(spec: ModelSpec, cube_bands: tuple[str, ...]) -> tuple[ModelIdentity, ...]:
     """Identities of the change model and the segmenter (hashing their weights files)."""
     info = change_model_info(spec, cube_bands)
     if spec.checkpoint is None:
-        change = ModelIdentity("change", info.name, "builtin", "none")
+        source = "builtin" if spec.change_model is None else f"registered kind {spec.change_model}"
+        change = ModelIdentity("change", info.name, source, "none")
     else:
         digests = [file_sha256(spec.checkpoint)]
         if spec.backbone_weights is not None:
@@ -261,14 +256,8 @@ def build_models(runtime: ModelRuntime) -> LoadedModels:
     device = _device(spec.device)
     if device.type == "cuda":
         use_exact_float32()
-    change: ChangeModel
-    if spec.checkpoint is None:
-        bands = spec.change_bands or runtime.cube_bands
-        identity = InputNormalisation(bands, (0.0,) * len(bands), (1.0,) * len(bands), 1.0)
-        change = CVABaseline(identity, name=BUILTIN_CHANGE_MODEL)
-    else:
-        change = load_change_model(spec.checkpoint, backbone_weights=spec.backbone_weights)
-    if isinstance(change, CVABaseline) and change.fitted is None:
+    change = _build_change_model(spec, runtime.cube_bands)
+    if needs_job_fit(change):
         if runtime.fit is None:
             raise InferenceError(
                 f"the change model {change.name!r} must be fitted once per job before tiled use; "
@@ -387,14 +376,12 @@ def fit_change_model(runtime: ModelRuntime, before: torch.Tensor, after: torch.T
     if not info.needs_fit:
         return runtime
     spec = runtime.spec
-    if spec.checkpoint is None:
-        bands = spec.change_bands or runtime.cube_bands
-        model = CVABaseline(InputNormalisation(bands, (0.0,) * len(bands), (1.0,) * len(bands), 1.0))
-    else:
-        loaded = load_change_model(spec.checkpoint)
-        if not isinstance(loaded, CVABaseline):
-            raise InferenceError(f"checkpoint {spec.checkpoint} needs fitting but is not a CVA baseline")
-        model = loaded
+    model = _build_change_model(spec, runtime.cube_bands)
+    if not needs_job_fit(model):
+        raise InferenceError(
+            f"the change model {info.name!r} is described as needing a fit but is built fitted; its "
+            "kind's describe() and build() disagree"
+        )
     index = list(_band_indices("change model", info.name, model.bands, runtime.cube_bands))
     # Torch's parallel reductions round differently with different thread counts; fitting on one
     # thread gives the same bits on every machine, so a resumed or repeated job gets the same fit.

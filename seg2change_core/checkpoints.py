@@ -11,7 +11,7 @@ key                  value
 ===================  =====================================================================
 ``format``           ``seg2change-checkpoint``
 ``format_version``   ``1``
-``architecture``     ``cach`` or ``cva-baseline``
+``architecture``     the change-model kind: ``cach``, ``cva-baseline`` or a registered one
 ``name``             model name
 ``backbone``         backbone name (``dinov2_vits14``, ``compact``, ...)
 ``backbone_family``  ``dinov2``, ``compact`` or ``conv``
@@ -26,7 +26,8 @@ key                  value
 ``software_version`` ``seg2change_core.__version__`` that wrote it
 ===================  =====================================================================
 
-:func:`load_change_model` rebuilds the right model from that metadata, checks it (architecture,
+:func:`load_change_model` asks the kind named by ``architecture``
+(:mod:`seg2change_core.change_kinds`) to rebuild the model from that metadata, checks it (architecture,
 backbone, head width, every tensor's name and shape) and raises :class:`CheckpointError` naming the
 first mismatch.
 
@@ -40,21 +41,21 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
-from torch import nn
+from safetensors.torch import save_file
 
 import seg2change_core
-from seg2change_core.backbones import DINOV2_CONFIGS, DinoVisionTransformer, build_backbone, build_dinov2
-from seg2change_core.baselines import CVABaseline, CVAFit
+from seg2change_core.backbones import DINOV2_CONFIGS, DinoVisionTransformer, build_dinov2
+from seg2change_core.baselines import CVAFit
 from seg2change_core.cach import CACHConfig, CACHHead
-from seg2change_core.change_model import CACHChangeModel, ChangeModel, InputNormalisation
+from seg2change_core.change_kinds import available_change_models, get_change_model_kind, kind_of
+from seg2change_core.change_model import ChangeModel, InputNormalisation
 from seg2change_core.errors import CheckpointError, ModelError
+from seg2change_core.state_dicts import PathLike, check_state_dict, read_state_dict
 
 __all__ = [
     "ARCHITECTURES",
@@ -72,9 +73,9 @@ __all__ = [
 
 FORMAT = "seg2change-checkpoint"
 FORMAT_VERSION = "1"
+#: The built-in architectures; every registered change-model kind is one
+#: (:func:`seg2change_core.change_kinds.available_change_models`).
 ARCHITECTURES = ("cach", "cva-baseline")
-
-PathLike = str | Path
 
 
 @dataclass(frozen=True)
@@ -94,68 +95,8 @@ class CheckpointInfo:
     baseline_fit: CVAFit | None = None
     tile_size: int | None = None
     training_data: Any = None
-
-
-def read_state_dict(path: PathLike) -> dict[str, torch.Tensor]:
-    """Read a state_dict from a ``.safetensors`` file or a torch file (``weights_only=True``).
-
-    Raises
-    ------
-    CheckpointError
-        When the file is missing, unreadable, or not a mapping of names to tensors.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint file not found: {path}; give the path of an existing weights file")
-    try:
-        if path.suffix == ".safetensors":
-            loaded: Any = load_file(str(path))
-        else:
-            loaded = torch.load(path, weights_only=True, map_location="cpu")
-    except (OSError, RuntimeError, SafetensorError, ValueError, EOFError) as exc:
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
-    except Exception as exc:  # torch.load raises pickle.UnpicklingError for non-tensor content
-        raise CheckpointError(
-            f"cannot read checkpoint {path} with weights_only=True ({type(exc).__name__}: {exc}); "
-            "save it as a plain state_dict of tensors"
-        ) from exc
-    if not isinstance(loaded, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in loaded.items()
-    ):
-        raise CheckpointError(f"checkpoint {path} is not a state_dict (a mapping of names to tensors)")
-    return dict(loaded)
-
-
-def check_state_dict(module: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
-    """Load ``state_dict`` into ``module`` strictly, naming the first mismatch on failure.
-
-    Tensors are compared in the module's ``state_dict()`` order (a missing tensor or a wrong
-    shape), then the checkpoint is checked for tensors the module does not have.
-
-    Raises
-    ------
-    CheckpointError
-        Naming the first missing, mis-shaped or unexpected tensor and the shapes involved.
-    """
-    expected = module.state_dict()
-    for name, tensor in expected.items():
-        if name not in state_dict:
-            raise CheckpointError(
-                f"{source}: missing tensor {name!r} (the model expects shape {list(tensor.shape)}); "
-                f"the checkpoint does not match {type(module).__name__}"
-            )
-        if tuple(state_dict[name].shape) != tuple(tensor.shape):
-            raise CheckpointError(
-                f"{source}: tensor {name!r} has shape {list(state_dict[name].shape)} but the model expects "
-                f"{list(tensor.shape)}; the checkpoint was made for another configuration"
-            )
-    for name in state_dict:
-        if name not in expected:
-            raise CheckpointError(
-                f"{source}: unexpected tensor {name!r} that {type(module).__name__} does not have; "
-                "the checkpoint was made for another architecture"
-            )
-    module.load_state_dict(dict(state_dict), strict=True)
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    """Every metadata entry as stored (strings), for kinds that keep keys of their own."""
 
 
 def load_dinov2(path: PathLike, name: str | None = None, *, frozen: bool = True) -> DinoVisionTransformer:
@@ -232,7 +173,8 @@ def save_change_model(
     Parameters
     ----------
     model
-        A :class:`CACHChangeModel` or a :class:`CVABaseline`.
+        A model whose kind has a checkpoint format (:class:`~seg2change_core.change_model.CACHChangeModel`,
+        :class:`~seg2change_core.baselines.CVABaseline`, or a registered kind's).
     path
         Output file (``.safetensors``).
     training_data
@@ -256,29 +198,10 @@ def save_change_model(
         "software_version": seg2change_core.__version__,
         "baseline_fit": "null",
     }
-    tensors: dict[str, torch.Tensor] = {}
-    if isinstance(model, CACHChangeModel):
-        backbone = model.backbone
-        metadata.update(
-            architecture="cach",
-            backbone=str(backbone.name),
-            backbone_family=str(backbone.family),
-            backbone_config=json.dumps(backbone.config_dict()),
-            backbone_weights="included" if include_backbone else "external",
-            layers=json.dumps(list(model.layers)),
-            head_config=json.dumps(asdict(model.head.config)),
-        )
-        state = model.state_dict()
-        tensors = {
-            name: tensor.detach().contiguous().cpu()
-            for name, tensor in state.items()
-            if include_backbone or not name.startswith("backbone.")
-        }
-    elif isinstance(model, CVABaseline):
-        metadata["architecture"] = "cva-baseline"
-        metadata["baseline_fit"] = json.dumps(None if model.fitted is None else asdict(model.fitted))
-    else:
-        raise ModelError(f"cannot save a {type(model).__name__}; expected CACHChangeModel or CVABaseline")
+    kind = kind_of(model)
+    metadata["architecture"] = kind.name
+    entries, tensors = kind.checkpoint_entries(model, include_backbone=include_backbone)
+    metadata.update(entries)
     save_file(tensors, str(path), metadata={key: str(value) for key, value in metadata.items()})
 
 
@@ -309,10 +232,13 @@ def read_checkpoint_info(path: PathLike) -> CheckpointInfo:
             f"{seg2change_core.__version__} reads version {FORMAT_VERSION}"
         )
     architecture = meta.get("architecture", "")
-    if architecture not in ARCHITECTURES:
+    try:
+        get_change_model_kind(architecture)
+    except ModelError:
         raise CheckpointError(
-            f"{path}: unknown architecture {architecture!r}; this version knows {list(ARCHITECTURES)}"
-        )
+            f"{path}: unknown architecture {architecture!r}; this version knows "
+            f"{list(available_change_models())} (a kind of your own must be registered first)"
+        ) from None
     try:
         fit = json.loads(meta.get("baseline_fit", "null"))
         head = json.loads(meta.get("head_config", "null"))
@@ -331,6 +257,7 @@ def read_checkpoint_info(path: PathLike) -> CheckpointInfo:
             baseline_fit=None if fit is None else CVAFit(**fit),
             tile_size=json.loads(meta.get("tile_size", "null")),
             training_data=json.loads(meta.get("training_data", "null")),
+            metadata=dict(meta),
         )
     except (KeyError, TypeError, ValueError, ModelError) as exc:
         raise CheckpointError(f"{path}: malformed checkpoint metadata ({type(exc).__name__}: {exc})") from exc
@@ -358,39 +285,5 @@ def load_change_model(path: PathLike, *, backbone_weights: PathLike | None = Non
         On any incompatibility, naming the first mismatch.
     """
     info = read_checkpoint_info(path)
-    if info.architecture == "cva-baseline":
-        return CVABaseline(info.normalisation, fit=info.baseline_fit, name=info.name)
-
-    if info.backbone_family is None or info.backbone_config is None or info.head_config is None:
-        raise CheckpointError(
-            f"{path}: a cach checkpoint needs backbone_family, backbone_config and head_config"
-        )
-    try:
-        backbone = build_backbone(info.backbone_family, info.backbone_config)
-        model = CACHChangeModel(
-            backbone,
-            CACHHead(**asdict(info.head_config)),
-            info.normalisation,
-            layers=info.layers,
-            name=info.name,
-            tile_size=info.tile_size,
-        )
-    except ModelError as exc:
-        raise CheckpointError(f"{path}: incompatible checkpoint: {exc}") from exc
-
-    tensors = read_state_dict(path)
-    if info.backbone_weights == "included":
-        check_state_dict(model, tensors, str(path))
-    else:
-        if backbone_weights is None:
-            raise CheckpointError(
-                f"{path} was saved without backbone weights ({info.backbone}); pass "
-                "backbone_weights= with the backbone's weights file"
-            )
-        head_tensors = {k.removeprefix("head."): v for k, v in tensors.items() if k.startswith("head.")}
-        stray = [k for k in tensors if not k.startswith("head.")]
-        if stray:
-            raise CheckpointError(f"{path}: unexpected tensor {stray[0]!r} in a checkpoint without backbone")
-        check_state_dict(model.head, head_tensors, str(path))
-        check_state_dict(model.backbone, read_state_dict(backbone_weights), str(backbone_weights))
-    return model.eval()
+    kind = get_change_model_kind(info.architecture)
+    return kind.load(info, Path(path), None if backbone_weights is None else Path(backbone_weights))

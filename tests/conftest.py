@@ -44,6 +44,7 @@ MODULE_LAYERS: dict[str, str] = {
     "infra/test_setup_notebooks.py": "e2e",
     "pipeline/test_antimeridian.py": "integration",
     "pipeline/test_catalog_requests.py": "integration",
+    "pipeline/test_change_model_registry.py": "integration",
     "pipeline/test_cluster_closed.py": "integration",
     "pipeline/test_cluster_faults.py": "integration",
     "pipeline/test_cluster_launch.py": "integration",

@@ -5,12 +5,13 @@
 * :mod:`.conv`: a multi-scale residual CNN feeding the head's four levels, the one that learns
   change from a few hundred tiles (the default of the training recipes).
 
-:func:`build_backbone` rebuilds either from the ``(family, config)`` pair stored in checkpoints.
+:func:`build_backbone` rebuilds any registered family (:func:`register_backbone`) from the
+``(family, config)`` pair stored in checkpoints.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from torch import nn
@@ -36,12 +37,65 @@ __all__ = [
     "ConvPyramid",
     "DinoV2Config",
     "DinoVisionTransformer",
+    "BackboneFactory",
+    "available_backbones",
     "build_backbone",
     "build_dinov2",
+    "register_backbone",
 ]
 
+#: The families built in; :func:`available_backbones` lists every registered one.
 BACKBONE_FAMILIES = ("dinov2", "compact", "conv")
-"""Families :func:`build_backbone` knows."""
+
+#: A backbone factory: ``factory(config, frozen=...)`` with the backbone's :meth:`config_dict`.
+BackboneFactory = Callable[..., nn.Module]
+
+_FACTORIES: dict[str, BackboneFactory] = {}
+
+
+def register_backbone(family: str) -> Callable[[BackboneFactory], BackboneFactory]:
+    """Function decorator that makes a backbone family buildable by :func:`build_backbone`.
+
+    The factory takes the configuration mapping (the backbone's :meth:`config_dict`) and the
+    keyword ``frozen``; it raises ``TypeError`` or ``KeyError`` for a configuration that does not
+    fit, which :func:`build_backbone` turns into a :class:`ModelError`.
+
+    Raises
+    ------
+    ModelError
+        When another factory already has that family name.
+    """
+
+    def decorator(factory: BackboneFactory) -> BackboneFactory:
+        if family in _FACTORIES and _FACTORIES[family] is not factory:
+            raise ModelError(
+                f"a backbone family named {family!r} is already registered (known: "
+                f"{', '.join(available_backbones())}); choose another name"
+            )
+        _FACTORIES[family] = factory
+        return factory
+
+    return decorator
+
+
+def available_backbones() -> tuple[str, ...]:
+    """Registered backbone family names, sorted."""
+    return tuple(sorted(_FACTORIES))
+
+
+@register_backbone("dinov2")
+def _dinov2(config: Mapping[str, Any], *, frozen: bool = True) -> nn.Module:
+    return DinoVisionTransformer(DinoV2Config.from_dict(dict(config)), frozen=frozen)
+
+
+@register_backbone("compact")
+def _compact(config: Mapping[str, Any], *, frozen: bool = True) -> nn.Module:
+    return CompactViT(CompactConfig.from_dict(dict(config)))  # trained: never frozen
+
+
+@register_backbone("conv")
+def _conv(config: Mapping[str, Any], *, frozen: bool = True) -> nn.Module:
+    return ConvPyramid(ConvConfig.from_dict(dict(config)))  # trained: never frozen
 
 
 def build_backbone(family: str, config: Mapping[str, Any], *, frozen: bool = True) -> nn.Module:
@@ -50,7 +104,8 @@ def build_backbone(family: str, config: Mapping[str, Any], *, frozen: bool = Tru
     Parameters
     ----------
     family
-        ``"dinov2"``, ``"compact"`` or ``"conv"``.
+        A registered family: ``"dinov2"``, ``"compact"``, ``"conv"`` or one added with
+        :func:`register_backbone`.
     config
         The backbone's :meth:`config_dict` output.
     frozen
@@ -61,15 +116,14 @@ def build_backbone(family: str, config: Mapping[str, Any], *, frozen: bool = Tru
     ModelError
         For an unknown family or a configuration that does not fit it.
     """
+    factory = _FACTORIES.get(family)
+    if factory is None:
+        raise ModelError(
+            f"unknown backbone family {family!r}; this version knows {list(available_backbones())}"
+        )
     try:
-        if family == "dinov2":
-            return DinoVisionTransformer(DinoV2Config.from_dict(dict(config)), frozen=frozen)
-        if family == "compact":
-            return CompactViT(CompactConfig.from_dict(dict(config)))
-        if family == "conv":
-            return ConvPyramid(ConvConfig.from_dict(dict(config)))
+        return factory(config, frozen=frozen)
     except (TypeError, KeyError) as exc:
         raise ModelError(
             f"backbone configuration {dict(config)} does not fit family {family!r}: {exc}"
         ) from exc
-    raise ModelError(f"unknown backbone family {family!r}; this version knows {list(BACKBONE_FAMILIES)}")
