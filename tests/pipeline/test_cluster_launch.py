@@ -19,7 +19,7 @@ import pytest
 from pipeline.cluster import GPU_RESOURCE, connect
 from pipeline.engine_spec import ClusterSpec
 from pipeline.errors import ClusterError
-from pipeline.stac_servers._process import pid_alive
+from pipeline.local_servers.process import pid_alive
 
 pytest.importorskip("dask_jobqueue", reason="pip install dask-jobqueue==0.9.0")
 

@@ -40,11 +40,11 @@ from pipeline.errors import (
     ServerError,
     StorageError,
 )
-from pipeline.object_store import S3Server, SeaweedServer
+from pipeline.local_servers.object_store import S3Server, SeaweedServer
+from pipeline.local_servers.process import pid_alive
 from pipeline.publish import validate_published
 from pipeline.run import RunResult, run_job
 from pipeline.spec import JobSpec
-from pipeline.stac_servers._process import pid_alive
 from pipeline.storage import Location
 from pipeline.synthetic import GeneratedScene, SceneSpec, generate_scene
 

@@ -19,7 +19,7 @@ import pystac_client
 import pytest
 
 from pipeline.errors import CatalogError, ServerError
-from pipeline.stac_servers import (
+from pipeline.local_servers import (
     PgstacServer,
     RustacServer,
     StacServer,
@@ -27,7 +27,7 @@ from pipeline.stac_servers import (
     find_pgstac_python,
     serve_collection,
 )
-from pipeline.stac_servers._process import pid_alive, port_in_use
+from pipeline.local_servers.process import pid_alive, port_in_use
 
 COLLECTION_ID = "s2-demo"
 WEST = [10.0, 45.0, 11.0, 46.0]

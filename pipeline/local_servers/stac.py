@@ -1,10 +1,9 @@
-"""The interface shared by the local STAC servers, and reading the collections and items they load."""
+"""The interface of the local STAC servers, and reading and writing the collections and items they load."""
 
 from __future__ import annotations
 
 import json
 import os
-import weakref
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
@@ -14,7 +13,6 @@ from pipeline.errors import CatalogError
 
 __all__ = [
     "CollectionLike",
-    "ManagedServer",
     "ItemsLike",
     "StacServer",
     "read_collection",
@@ -154,31 +152,3 @@ def write_ndjson(path: Path, records: Iterable[Mapping[str, Any]]) -> Path:
             f.write(json.dumps(record, separators=(",", ":")))
             f.write("\n")
     return path
-
-
-class ManagedServer:
-    """Lifecycle shared by the servers: closed once, by :meth:`close`, a ``with`` block, garbage
-    collection or interpreter exit, through the ``weakref.finalize`` a subclass sets as
-    ``_finalizer`` (it runs the shutdown at most once)."""
-
-    _finalizer: weakref.finalize[..., Any]
-
-    @property
-    def closed(self) -> bool:
-        """Whether :meth:`close` has run."""
-        return not self._finalizer.alive
-
-    def close(self) -> None:
-        """Stop the server and everything it started, and remove its files; idempotent."""
-        self._finalizer()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

@@ -4,7 +4,7 @@
 add more; :meth:`RustacServer.load` therefore writes everything loaded so far to the server's
 folder and restarts it (0.1-0.2 s), normally on the same port. It answers bbox, datetime, ids and
 collections searches, but not ``query``, ``filter`` or ``sortby``: use
-:class:`~pipeline.stac_servers.pgstac.PgstacServer` for those.
+:class:`~pipeline.local_servers.pgstac.PgstacServer` for those.
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ from subprocess import Popen
 from typing import Any
 
 from pipeline.errors import ServerError
-from pipeline.stac_servers import _process
-from pipeline.stac_servers._base import (
+from pipeline.local_servers import process
+from pipeline.local_servers.process import ManagedServer
+from pipeline.local_servers.stac import (
     CollectionLike,
     ItemsLike,
-    ManagedServer,
     read_collection,
     read_items,
     write_json,
@@ -52,7 +52,7 @@ def find_rustac(executable: str | os.PathLike[str] | None = None) -> Path:
     ServerError
         No ``rustac`` command was found.
     """
-    return _process.find_executable(
+    return process.find_executable(
         "rustac", "install it with `pip install 'rustac>=0.9'` in the project's environment", executable
     )
 
@@ -70,7 +70,7 @@ def _shutdown(state: _State) -> None:
     try:
         if state.proc is not None:
             proc, state.proc = state.proc, None
-            _process.stop(proc)
+            process.stop(proc)
             logger.info("stopped rustac STAC API (pid %d)", proc.pid)
     finally:
         shutil.rmtree(state.workdir, ignore_errors=True)
@@ -124,7 +124,7 @@ class RustacServer(ManagedServer):
     ) -> None:
         self._executable = find_rustac(executable)
         self._host = host
-        self._port = port if port is not None else _process.free_port(host)
+        self._port = port if port is not None else process.free_port(host)
         self._startup_timeout = startup_timeout
         self._collections: dict[str, dict[str, Any]] = {}
         self._items: dict[tuple[str, str], dict[str, Any]] = {}
@@ -210,13 +210,13 @@ class RustacServer(ManagedServer):
         state = self._state
         files = self._write_files()
         if state.proc is not None:
-            _process.stop(state.proc)
+            process.stop(state.proc)
             state.proc = None
         for attempt in (1, 2):
             cmd = [str(self._executable), "serve", "--addr", f"{self._host}:{self._port}", *map(str, files)]
-            state.proc = _process.spawn(cmd, log_path=self.log_path, cwd=state.workdir)
+            state.proc = process.spawn(cmd, log_path=self.log_path, cwd=state.workdir)
             try:
-                _process.wait_ready(
+                process.wait_ready(
                     self.url,
                     _READY_PATHS,
                     proc=state.proc,
@@ -226,12 +226,12 @@ class RustacServer(ManagedServer):
                 )
             except ServerError:
                 exited = state.proc.poll() is not None
-                _process.stop(state.proc)
+                process.stop(state.proc)
                 state.proc = None
-                if attempt == 2 or not (exited and _process.port_in_use(self._port, self._host)):
+                if attempt == 2 or not (exited and process.port_in_use(self._port, self._host)):
                     raise
                 old_url = self.url
-                self._port = _process.free_port(self._host)
+                self._port = process.free_port(self._host)
                 logger.warning("port of %s was taken by another process; moving to %s", old_url, self.url)
                 continue
             break
