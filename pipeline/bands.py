@@ -3,8 +3,8 @@
 A job names bands by their STAC ``eo`` common name (``blue``, ``nir``, ``swir16``...). Catalogs key
 their assets differently: Earth Search uses the common names, Planetary Computer uses the Sentinel-2
 band ids (``B02``) or Landsat's (``SR_B2``). :func:`resolve_asset_key` finds the asset of an item
-that carries a common name, looking at the asset keys first, then at the sensor aliases below, then
-at the ``eo:bands``/``bands`` metadata of each asset. :func:`band_asset` also finds a band inside a
+that carries a common name, looking at the asset keys first, then at the sensors' asset keys
+(:mod:`pipeline.sensors`), then at the ``eo:bands``/``bands`` metadata of each asset. :func:`band_asset` also finds a band inside a
 multi-band asset (one RGB GeoTIFF) and returns an asset that reads that band alone.
 """
 
@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
+
+from pipeline.sensors import sensor_aliases
 
 __all__ = [
     "COMMON_NAMES",
@@ -44,23 +46,9 @@ COMMON_NAMES: tuple[str, ...] = (
 #: The bands the spectral segmenter and the demo models read.
 DEFAULT_BANDS: tuple[str, ...] = ("blue", "green", "red", "nir", "swir16", "swir22")
 
-#: Asset keys under which well-known sensors publish each common name.
-SENSOR_ALIASES: Mapping[str, tuple[str, ...]] = {
-    "coastal": ("B01", "SR_B1", "coastal"),
-    "blue": ("B02", "SR_B2", "B2", "blue"),
-    "green": ("B03", "SR_B3", "B3", "green"),
-    "red": ("B04", "SR_B4", "B4", "red"),
-    "rededge071": ("B05", "rededge1"),
-    "rededge075": ("B06", "rededge2"),
-    "rededge078": ("B07", "rededge3"),
-    "nir": ("B08", "SR_B5", "B5", "nir"),
-    "nir08": ("B8A", "nir08"),
-    "nir09": ("B09", "nir09"),
-    "cirrus": ("B10", "cirrus"),
-    "swir16": ("B11", "SR_B6", "B6", "swir16", "swir1"),
-    "swir22": ("B12", "SR_B7", "B7", "swir22", "swir2"),
-    "lwir11": ("ST_B10", "lwir11", "lwir"),
-}
+#: Asset keys under which the built-in sensors publish each common name
+#: (:func:`pipeline.sensors.sensor_aliases` also holds sensors registered later).
+SENSOR_ALIASES: Mapping[str, tuple[str, ...]] = sensor_aliases()
 
 
 def asset_common_names(asset: Mapping[str, Any]) -> list[str]:
@@ -102,7 +90,7 @@ def resolve_asset_key(assets: Mapping[str, Mapping[str, Any]], common_name: str)
     """
     if common_name in assets:
         return common_name
-    for alias in SENSOR_ALIASES.get(common_name, ()):
+    for alias in sensor_aliases().get(common_name, ()):
         if alias in assets:
             return alias
     for key, asset in assets.items():

@@ -3,41 +3,36 @@
 A :class:`JobSpec` is loaded from YAML (:meth:`JobSpec.from_yaml`) or built from keyword arguments by
 the command line and the flows. Every invalid field fails here, before any work starts, with a
 :class:`~pipeline.errors.JobSpecError` whose message names the field and the fix.
+
+The parts live where their knowledge is and are re-exported here: :class:`AreaOfInterest` and
+:class:`TimeWindow` in :mod:`pipeline.area`, :class:`CatalogSpec` in :mod:`pipeline.catalog_spec`,
+:class:`QualitySpec` and its presets in :mod:`pipeline.sensors`, the engine's specs in
+:mod:`pipeline.engine_spec`.
 """
 
 from __future__ import annotations
 
-import glob
 import math
-from collections.abc import Mapping
-from datetime import UTC, date, datetime, time
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import pydantic
-import shapely
-import shapely.geometry
-import shapely.validation
 import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    SerializerFunctionWrapHandler,
     field_validator,
-    model_serializer,
     model_validator,
 )
-from pyproj import CRS, Transformer
-from pyproj.aoi import AreaOfInterest as ProjAreaOfInterest
-from pyproj.database import query_utm_crs_info
+from pyproj import CRS
 
-from pipeline import antimeridian
+from pipeline.area import AreaOfInterest, TimeWindow
 from pipeline.bands import COMMON_NAMES, DEFAULT_BANDS
+from pipeline.catalog_spec import CatalogSpec
 from pipeline.engine_spec import ClusterSpec, ModelSpec, PromptSpec, TilingSpec
 from pipeline.errors import JobSpecError, StorageError
-from pipeline.signers import check_signer_name
+from pipeline.sensors import QualitySpec
 from pipeline.storage import Location
 
 __all__ = [
@@ -45,6 +40,7 @@ __all__ = [
     "CatalogSpec",
     "GridSpec",
     "JobSpec",
+    "DEFAULT_PUBLISHERS",
     "LimitsSpec",
     "QualitySpec",
     "TimeWindow",
@@ -52,321 +48,6 @@ __all__ = [
 ]
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
-
-
-def _as_utc(value: datetime | date, *, end_of_day: bool) -> datetime:
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
-    if end_of_day:
-        return datetime.combine(value, time.max, tzinfo=UTC)
-    return datetime.combine(value, time.min, tzinfo=UTC)
-
-
-class TimeWindow(BaseModel):
-    """A closed time interval. A bare date as ``end`` includes that whole day.
-
-    Accepts ``{"start": ..., "end": ...}`` or the STAC interval string ``"2024-06-01/2024-06-30"``.
-    """
-
-    model_config = _FROZEN
-
-    start: datetime
-    end: datetime
-
-    @model_validator(mode="before")
-    @classmethod
-    def _parse(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            parts = value.split("/")
-            if len(parts) != 2 or not all(parts):
-                raise ValueError(f"time window {value!r} must be 'START/END', e.g. '2024-06-01/2024-06-30'")
-            value = {"start": parts[0], "end": parts[1]}
-        if isinstance(value, Mapping):
-            out = dict(value)
-            for key, end_of_day in (("start", False), ("end", True)):
-                raw = out.get(key)
-                if isinstance(raw, str) and len(raw) == 10:
-                    raw = date.fromisoformat(raw)
-                if isinstance(raw, date):
-                    out[key] = _as_utc(raw, end_of_day=end_of_day)
-            return out
-        return value
-
-    @field_validator("start", "end")
-    @classmethod
-    def _utc(cls, value: datetime) -> datetime:
-        return _as_utc(value, end_of_day=False)
-
-    @model_validator(mode="after")
-    def _ordered(self) -> TimeWindow:
-        if self.end <= self.start:
-            raise ValueError(
-                f"time window is reversed or empty: start {self.start.isoformat()} is not before "
-                f"end {self.end.isoformat()}; swap them"
-            )
-        return self
-
-    def interval(self) -> str:
-        """Return the window as a STAC ``datetime`` search interval."""
-        fmt = "%Y-%m-%dT%H:%M:%SZ"
-        return f"{self.start.strftime(fmt)}/{self.end.strftime(fmt)}"
-
-    def contains(self, moment: datetime) -> bool:
-        """Tell whether a moment lies inside the window (both ends included)."""
-        return self.start <= _as_utc(moment, end_of_day=False) <= self.end
-
-
-class AreaOfInterest(BaseModel):
-    """The area to analyse: a GeoJSON geometry in WGS84, or a bbox with its CRS.
-
-    Exactly one of ``geometry`` and ``bbox`` is given. ``geometry`` may also be the path of a
-    GeoJSON file (a Feature, FeatureCollection or bare geometry; features are unioned).
-    """
-
-    model_config = _FROZEN
-
-    geometry: dict[str, Any] | None = None
-    bbox: tuple[float, float, float, float] | None = None
-    crs: str = "EPSG:4326"
-
-    @model_validator(mode="before")
-    @classmethod
-    def _read_file(cls, value: Any) -> Any:
-        if isinstance(value, Mapping) and isinstance(value.get("geometry"), str | Path):
-            path = Path(value["geometry"]).expanduser()
-            if not path.is_file():
-                raise ValueError(f"AOI file {path} does not exist; give a GeoJSON file or a bbox")
-            import json
-
-            out = dict(value)
-            out["geometry"] = _geometry_of(json.loads(path.read_text()))
-            return out
-        if isinstance(value, Mapping) and value.get("type") in {"Feature", "FeatureCollection"}:
-            return {"geometry": _geometry_of(dict(value))}
-        if isinstance(value, Mapping) and "coordinates" in value:
-            return {"geometry": dict(value)}
-        return value
-
-    @model_validator(mode="after")
-    def _check(self) -> AreaOfInterest:
-        if (self.geometry is None) == (self.bbox is None):
-            raise ValueError("give the AOI as exactly one of 'geometry' (GeoJSON) or 'bbox' (with 'crs')")
-        try:
-            CRS.from_user_input(self.crs)
-        except Exception as exc:
-            raise ValueError(f"AOI crs {self.crs!r} is not a CRS pyproj knows; use e.g. 'EPSG:4326'") from exc
-        if self.bbox is not None:
-            xmin, ymin, xmax, ymax = self.bbox
-            geographic = CRS.from_user_input(self.crs).is_geographic
-            if geographic and xmin > xmax and ymin < ymax and xmax + 360 - xmin < 180:
-                if not (-180 <= xmax < xmin <= 180):
-                    raise ValueError(
-                        f"AOI bbox {self.bbox} crosses the antimeridian (xmin > xmax) but its longitudes "
-                        "are outside -180..180; write them in -180..180, e.g. (179.9, -17.1, -179.9, -17.0)"
-                    )
-                return self
-            if not (xmin < xmax and ymin < ymax):
-                raise ValueError(
-                    f"AOI bbox {self.bbox} is empty or reversed; write it as (xmin, ymin, xmax, ymax) "
-                    "(a longitude/latitude bbox narrower than 180° may cross the antimeridian with "
-                    "xmin > xmax, e.g. (179.9, -17.1, -179.9, -17.0))"
-                )
-            return self
-        try:
-            geom = shapely.geometry.shape(self.geometry)
-        except Exception as exc:
-            raise ValueError(
-                f"AOI geometry is not valid GeoJSON ({exc}); check its 'type' and 'coordinates'"
-            ) from exc
-        if geom.is_empty:
-            raise ValueError("AOI geometry is empty or has no area; give a polygon that encloses the area")
-        if not geom.is_valid:
-            reason = shapely.validation.explain_validity(geom)
-            if "Self-intersection" in reason or "Ring Self" in reason:
-                raise ValueError(
-                    f"AOI geometry is invalid ({reason}); a self-intersecting polygon must be repaired, "
-                    "e.g. with shapely.make_valid(), or drawn again without crossing edges"
-                )
-            if geom.area == 0:
-                raise ValueError(
-                    "AOI geometry is empty or has no area; give a polygon that encloses the area"
-                )
-            raise ValueError(f"AOI geometry is invalid ({reason}); repair it, e.g. with shapely.make_valid()")
-        if geom.area == 0:
-            raise ValueError("AOI geometry is empty or has no area; give a polygon that encloses the area")
-        return self
-
-    @property
-    def crosses_antimeridian(self) -> bool:
-        """True for a longitude/latitude AOI that crosses ±180° (see :mod:`pipeline.antimeridian`)."""
-        if not CRS.from_user_input(self.crs).is_geographic:
-            return False
-        if self.bbox is not None:
-            return self.bbox[0] > self.bbox[2]
-        return antimeridian.crosses(shapely.geometry.shape(self.geometry))
-
-    def shape(self) -> shapely.Geometry:
-        """Return the AOI as a shapely geometry in :attr:`crs`.
-
-        An AOI crossing the antimeridian is returned split at ±180° (a MultiPolygon whose parts
-        lie on either side), as GeoJSON (RFC 7946) and STAC searches want it.
-        """
-        if self.crosses_antimeridian:
-            return antimeridian.split(self._unwrapped())
-        if self.bbox is not None:
-            return shapely.box(*self.bbox)
-        return shapely.geometry.shape(self.geometry)
-
-    def _unwrapped(self) -> shapely.Geometry:
-        """The AOI with longitudes continuous across ±180° (west of it shifted by +360°)."""
-        if self.bbox is not None:
-            xmin, ymin, xmax, ymax = self.bbox
-            return shapely.box(xmin, ymin, xmax + 360, ymax)
-        return antimeridian.unwrap(shapely.geometry.shape(self.geometry))
-
-    def shape_in(self, crs: CRS | str) -> shapely.Geometry:
-        """Return the AOI reprojected to another CRS (densified so edges stay faithful).
-
-        Raises
-        ------
-        JobSpecError
-            The AOI crosses the antimeridian and ``crs`` cannot hold its two sides as one area.
-        """
-        target = CRS.from_user_input(crs)
-        source = CRS.from_user_input(self.crs)
-        if self.crosses_antimeridian and not target.is_geographic:
-            return antimeridian.project(self.shape(), source, target)
-        geom = self.shape()
-        if source == target:
-            return geom
-        geom = shapely.segmentize(geom, max_segment_length=_densify_step(geom))
-        transformer = Transformer.from_crs(source, target, always_xy=True)
-        return shapely.transform(geom, lambda xy: _stack(transformer.transform(xy[:, 0], xy[:, 1])))
-
-    def wgs84(self) -> shapely.Geometry:
-        """Return the AOI in WGS84 longitude/latitude, as STAC searches want it."""
-        return self.shape_in("EPSG:4326")
-
-    def utm_crs(self) -> CRS:
-        """Return the UTM zone CRS of the AOI's centroid."""
-        if self.crosses_antimeridian:
-            centre = self._unwrapped().centroid
-            centre = shapely.Point((centre.x + 180) % 360 - 180, centre.y)
-        else:
-            centre = self.wgs84().centroid
-        infos = query_utm_crs_info(
-            datum_name="WGS 84",
-            area_of_interest=ProjAreaOfInterest(centre.x, centre.y, centre.x, centre.y),
-        )
-        if not infos:
-            raise JobSpecError("no UTM zone covers the AOI's centroid; set grid.crs explicitly")
-        return CRS.from_epsg(int(infos[0].code))
-
-
-def _stack(xy: tuple[Any, Any]) -> Any:
-    return np.column_stack(xy)
-
-
-def _densify_step(geom: shapely.Geometry) -> float:
-    xmin, ymin, xmax, ymax = geom.bounds
-    return max(xmax - xmin, ymax - ymin) / 32 or 1.0
-
-
-def _geometry_of(doc: dict[str, Any]) -> dict[str, Any]:
-    if doc.get("type") == "FeatureCollection":
-        geoms = [shapely.geometry.shape(f["geometry"]) for f in doc.get("features", [])]
-        if not geoms:
-            raise ValueError("AOI FeatureCollection has no features; give at least one polygon")
-        return shapely.geometry.mapping(shapely.union_all(geoms))
-    if doc.get("type") == "Feature":
-        return dict(doc["geometry"])
-    return doc
-
-
-class CatalogSpec(BaseModel):
-    """Where the scenes are listed: a STAC API URL, a local ItemCollection / static catalog file, or
-    a folder or glob pattern of the user's own GeoTIFF/COG files.
-
-    Local files may be a STAC ItemCollection (``FeatureCollection``), newline-delimited items
-    (``.ndjson``), or a static Catalog/Collection JSON whose item links are followed. A folder
-    (searched for ``*.tif`` at any depth) or a glob is catalogued when the job is discovered
-    (:mod:`pipeline.own_imagery`: collection ``own-imagery``, each file dated by ``name_date`` or its
-    DATETIME tag). A bare string is the ``url``.
-
-    Attributes
-    ----------
-    url
-        The API root URL or the catalog file.
-    sign
-        Optional href signer applied to every asset href found, after the search: a preset
-        (``planetary_computer``) or an import path ``package.module:function`` of a function that
-        takes an href and returns the href to read (see :mod:`pipeline.signers`).
-    name_date
-        For a folder or glob: the ``strptime`` pattern of the date in the file names (``%Y%m%d``).
-    retries, backoff, timeout
-        Each API request is retried at most ``retries`` times on connection errors and on HTTP
-        429/502/503/504, with exponential backoff from ``backoff`` seconds; ``timeout`` bounds the
-        wait for one answer (see :mod:`pipeline.catalog_io`).
-    """
-
-    model_config = _FROZEN
-
-    url: str
-    sign: str | None = None
-    name_date: str | None = None
-    retries: int = Field(default=5, ge=0, le=20)
-    backoff: float = Field(default=0.5, ge=0, le=60)
-    timeout: float = Field(default=60.0, gt=0)
-
-    @field_validator("sign")
-    @classmethod
-    def _known_signer(cls, value: str | None) -> str | None:
-        return None if value is None else check_signer_name(value)
-
-    @model_serializer(mode="wrap")
-    def _omit_defaults(self, handler: SerializerFunctionWrapHandler) -> Any:
-        # Jobs that leave the access fields alone dump as before: their recorded identity is unchanged.
-        doc = handler(self)
-        if isinstance(doc, dict):
-            for name in ("sign", "name_date", "retries", "backoff", "timeout"):
-                if getattr(self, name) == type(self).model_fields[name].default:
-                    doc.pop(name, None)
-        return doc
-
-    @model_validator(mode="before")
-    @classmethod
-    def _from_string(cls, value: Any) -> Any:
-        if isinstance(value, str | Path):
-            return {"url": str(value)}
-        return value
-
-    @field_validator("url")
-    @classmethod
-    def _check_url(cls, value: str) -> str:
-        if value.startswith(("http://", "https://")):
-            return value
-        path = Path(value.removeprefix("file://")).expanduser()
-        if path.is_dir():
-            return str(path.resolve())
-        if glob.has_magic(str(path)) and Path(str(path).split("*")[0]).parent.is_dir():
-            return str(path.absolute())
-        if not path.is_file():
-            raise ValueError(
-                f"catalog {value!r} is neither an http(s) STAC API URL nor an existing local file or folder "
-                "of GeoTIFFs; give the API root URL, the path of an ItemCollection/catalog JSON, or the "
-                "images' folder"
-            )
-        return str(path.resolve())
-
-    @property
-    def is_images(self) -> bool:
-        """True when the catalog is a folder or glob of image files, catalogued at discovery."""
-        return not self.is_api and (Path(self.url).is_dir() or glob.has_magic(self.url))
-
-    @property
-    def is_api(self) -> bool:
-        """True when the catalog is a STAC API reached over HTTP."""
-        return self.url.startswith(("http://", "https://"))
 
 
 class GridSpec(BaseModel):
@@ -401,34 +82,6 @@ class GridSpec(BaseModel):
         return value
 
 
-class QualitySpec(BaseModel):
-    """Which asset flags clouds, shadows and nodata, and which of its values are invalid.
-
-    Presets: ``synthetic`` (the generated scenes' ``qa`` band: 1 cloud, 2 shadow, 255 nodata),
-    ``s2-scl`` (Sentinel-2 L2A scene classification: no data, saturated, shadows, clouds, cirrus),
-    ``none`` (no quality band; only nodata is masked).
-    """
-
-    model_config = _FROZEN
-
-    asset: str | None = "qa"
-    invalid_values: tuple[int, ...] = (1, 2, 255)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _preset(cls, value: Any) -> Any:
-        presets: dict[str, dict[str, Any]] = {
-            "synthetic": {"asset": "qa", "invalid_values": (1, 2, 255)},
-            "s2-scl": {"asset": "scl", "invalid_values": (0, 1, 3, 8, 9, 10)},
-            "none": {"asset": None, "invalid_values": ()},
-        }
-        if isinstance(value, str):
-            if value not in presets:
-                raise ValueError(f"quality preset {value!r} is unknown; use one of {sorted(presets)}")
-            return presets[value]
-        return value
-
-
 #: Largest grid (pixels of the AOI's bounds) a job may cover without ``limits.allow_large``:
 #: 2e9 px is about 450 km x 450 km at 10 m, an input cube of about 100 GB with six bands.
 DEFAULT_MAX_PIXELS = 2_000_000_000
@@ -458,6 +111,10 @@ class LimitsSpec(BaseModel):
         return value
 
 
+#: The publishers of a job that names none (see :mod:`pipeline.publish.registry`).
+DEFAULT_PUBLISHERS = ("cog", "statistics", "quicklook", "stac")
+
+
 class JobSpec(BaseModel):
     """Everything one change-detection job needs, validated.
 
@@ -476,7 +133,8 @@ class JobSpec(BaseModel):
     band_map
         Optional explicit common name -> asset key mapping for catalogs with unusual keys.
     quality
-        The cloud/shadow/nodata quality band and its invalid values.
+        The cloud/shadow/nodata quality band and its invalid values or bits (a preset name of
+        :mod:`pipeline.sensors`, or fields).
     grid
         Target CRS and resolution.
     cloud_limit
@@ -503,6 +161,9 @@ class JobSpec(BaseModel):
     asset_roots
         Local folders that asset files may lie in besides a local catalog's own folder (see
         :mod:`pipeline.containment`); relative paths are taken from the job file.
+    publishers
+        The outputs to publish, in order (see :mod:`pipeline.publish.registry`): registered
+        publisher names; default :data:`DEFAULT_PUBLISHERS`.
     """
 
     model_config = _FROZEN
@@ -528,12 +189,26 @@ class JobSpec(BaseModel):
     overwrite: bool = False
     limits: LimitsSpec = LimitsSpec()
     asset_roots: tuple[str, ...] = ()
+    publishers: tuple[str, ...] = DEFAULT_PUBLISHERS
 
-    @field_validator("collections", "bands", mode="before")
+    @field_validator("collections", "bands", "publishers", mode="before")
     @classmethod
     def _split(cls, value: Any) -> Any:
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("publishers")
+    @classmethod
+    def _publishers(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        # Imported here: the publishers import GDAL and friends, and import this module.
+        from pipeline.errors import PublishError
+        from pipeline.publish.registry import resolve_publishers
+
+        try:
+            resolve_publishers(value)
+        except PublishError as exc:
+            raise ValueError(str(exc)) from None
         return value
 
     @field_validator("bands")
