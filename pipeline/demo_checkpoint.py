@@ -292,14 +292,17 @@ def make_demo_checkpoint(
     return _make(Path(out), spec, work, observer, say)
 
 
-def _make(
-    out: Path,
-    spec: DemoCheckpointSpec,
-    work: Path,
-    observer: TrainingObserver | None,
-    say: Callable[[str], None],
-) -> DemoCheckpointResult:
+@dataclass(frozen=True)
+class _Scenes:
+    """The generated scenes of one demo training run, and the normalisation fitted on them."""
 
+    train: ChangeDetectionDataset
+    validation: ChangePair
+    holdout: ChangePair
+    normalisation: InputNormalisation
+
+
+def _scenes(spec: DemoCheckpointSpec, say: Callable[[str], None]) -> _Scenes:
     say(f"generating {len(spec.train_seeds)} training scenes of {spec.scene_size} px")
     pairs = [demo_scene_pair(seed, spec.scene_size, spec.acquisitions) for seed in spec.train_seeds]
     holdout = demo_scene_pair(spec.holdout_seed, spec.holdout_size, spec.acquisitions)
@@ -317,6 +320,10 @@ def _make(
         repeats=spec.crops_per_scene,
         focus_change=spec.focus_change,
     )
+    return _Scenes(train_data, validation, holdout, normalisation)
+
+
+def _configs(spec: DemoCheckpointSpec) -> tuple[ModelConfig, TrainConfig]:
     model_config = ModelConfig(
         backbone=spec.backbone,
         widths=spec.widths,
@@ -336,18 +343,61 @@ def _make(
         bf16_autocast=spec.bf16_autocast,
         model_name=f"cach-{spec.backbone}-demo",
     )
-    say(f"training {spec.epochs} epochs of {len(train_data)} crops")
+    return model_config, config
+
+
+def _score_heldout(
+    out: Path, spec: DemoCheckpointSpec, holdout: ChangePair, say: Callable[[str], None]
+) -> tuple[CACHChangeModel, EvaluationReport, EvaluationReport, dict[str, Any]]:
+    """Score the saved model and the CVA baseline on the held-out scene."""
+    say(f"scoring the saved model and the CVA baseline on held-out scene seed {spec.holdout_seed}")
+    eval_data = ChangeDetectionDataset([holdout], ignore_value=UNSEEN_LABEL)
+    saved = load_change_model(out)
+    model_report = evaluate(saved, eval_data)
+    cva = cva_for(eval_data, BAND_NAMES)  # raw reflectance differences, as the built-in baseline
+    fit_cva_on_dataset(cva, eval_data)  # once on the scene, as evaluate's cva_fit="dataset" does
+    cva_report = evaluate(cva, eval_data, cva_fit="dataset")
+    heldout: dict[str, Any] = {
+        "seed": spec.holdout_seed,
+        "size": spec.holdout_size,
+        "model": _scores(model_report),
+        "cva_baseline": _scores(cva_report),
+        "recall_per_kind": {
+            "model": recall_per_kind(saved, holdout, spec.holdout_seed),
+            "cva_baseline": recall_per_kind(cva, holdout, spec.holdout_seed),
+        },
+    }
+    for who in ("model", "cva_baseline"):
+        recalls = heldout["recall_per_kind"][who]
+        say(
+            f"held-out {who}: IoU {heldout[who]['iou']}, recall per kind of change "
+            + ", ".join(f"{kind} {value}" for kind, value in recalls.items())
+        )
+    assert isinstance(saved, CACHChangeModel)
+    return saved, model_report, cva_report, heldout
+
+
+def _make(
+    out: Path,
+    spec: DemoCheckpointSpec,
+    work: Path,
+    observer: TrainingObserver | None,
+    say: Callable[[str], None],
+) -> DemoCheckpointResult:
+    scenes = _scenes(spec, say)
+    model_config, config = _configs(spec)
+    say(f"training {spec.epochs} epochs of {len(scenes.train)} crops")
     trained = work / "trained.safetensors"
     for stale in (work / "trained.state.pt", work / "trained.log.jsonl"):
         stale.unlink(missing_ok=True)
     started, cpu_started = time.monotonic(), time.process_time()
     result = train(
-        train_data,
-        ChangeDetectionDataset([validation], ignore_value=UNSEEN_LABEL),
+        scenes.train,
+        ChangeDetectionDataset([scenes.validation], ignore_value=UNSEEN_LABEL),
         trained,
         model_config=model_config,
         config=config,
-        normalisation=normalisation,
+        normalisation=scenes.normalisation,
         observer=observer,
     )
     train_seconds = time.monotonic() - started
@@ -373,31 +423,8 @@ def _make(
     out.parent.mkdir(parents=True, exist_ok=True)
     save_change_model(model, out, training_data=metadata)
 
-    say(f"scoring the saved model and the CVA baseline on held-out scene seed {spec.holdout_seed}")
-    eval_data = ChangeDetectionDataset([holdout], ignore_value=UNSEEN_LABEL)
-    saved = load_change_model(out)
-    model_report = evaluate(saved, eval_data)
-    cva = cva_for(eval_data, BAND_NAMES)  # raw reflectance differences, as the built-in baseline
-    fit_cva_on_dataset(cva, eval_data)  # once on the scene, as evaluate's cva_fit="dataset" does
-    cva_report = evaluate(cva, eval_data, cva_fit="dataset")
-    metadata["heldout"] = {
-        "seed": spec.holdout_seed,
-        "size": spec.holdout_size,
-        "model": _scores(model_report),
-        "cva_baseline": _scores(cva_report),
-        "recall_per_kind": {
-            "model": recall_per_kind(saved, holdout, spec.holdout_seed),
-            "cva_baseline": recall_per_kind(cva, holdout, spec.holdout_seed),
-        },
-    }
-    for who in ("model", "cva_baseline"):
-        recalls = metadata["heldout"]["recall_per_kind"][who]
-        say(
-            f"held-out {who}: IoU {metadata['heldout'][who]['iou']}, recall per kind of change "
-            + ", ".join(f"{kind} {value}" for kind, value in recalls.items())
-        )
+    saved, model_report, cva_report, metadata["heldout"] = _score_heldout(out, spec, scenes.holdout, say)
     # The scores are of the saved (half-precision) weights; store them in the same file.
-    assert isinstance(saved, CACHChangeModel)
     save_change_model(saved.half(), out, training_data=metadata)
     (work / "heldout.json").write_text(json.dumps(metadata["heldout"], indent=1))
     return DemoCheckpointResult(
