@@ -2,7 +2,7 @@
 
 * The creation task may run twice (Dask recomputes a task whose result was on a lost worker): the
   second run finds the finished cube of the same job and leaves it as it is.
-* All workers lost: a :class:`ClusterError` after :data:`pipeline.infer.WORKERLESS_SECONDS`,
+* All workers lost: a :class:`ClusterError` after :data:`pipeline.block_submission.WORKERLESS_SECONDS`,
   finished blocks kept, and a rerun resumes.
 * Scheduler lost: a :class:`ClusterError` that says so (the client's reconnection timeout bounds
   the wait), not the ``OSError`` of the cleanup that follows.
@@ -24,6 +24,8 @@ from distributed import Client, LocalCluster, get_worker
 from engine_inputs import PROMPTS, engine_job, write_patch_cube
 from pyproj import CRS
 
+import pipeline.block_submission
+import pipeline.block_tasks
 import pipeline.infer
 from pipeline.change_cube import BlockGrid, ChangeCubeLayout, create_change_cube, read_done
 from pipeline.engine_spec import TilingSpec
@@ -77,7 +79,7 @@ def cluster() -> Iterator[LocalCluster]:
 def after_first_block(monkeypatch: pytest.MonkeyPatch, fault: Callable[[], None]) -> None:
     """Run ``fault`` in a thread of its own once the first block is written (its task then waits a
     moment, so the fault lands while the run goes on)."""
-    real = pipeline.infer.write_block
+    real = pipeline.block_tasks.write_block
     fired = threading.Event()
 
     def write_block(*args: Any) -> None:
@@ -87,7 +89,7 @@ def after_first_block(monkeypatch: pytest.MonkeyPatch, fault: Callable[[], None]
             threading.Thread(target=fault, daemon=True).start()
             time.sleep(0.5)
 
-    monkeypatch.setattr(pipeline.infer, "write_block", write_block)
+    monkeypatch.setattr(pipeline.block_tasks, "write_block", write_block)
 
 
 def run(cube: Path, out: Path, client: Client) -> pipeline.infer.InferenceResult:
@@ -99,7 +101,7 @@ def run(cube: Path, out: Path, client: Client) -> pipeline.infer.InferenceResult
 def test_losing_every_worker_is_a_clear_error_after_a_bounded_wait_and_a_rerun_resumes(
     tmp_path: Path, cube: Path, cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(pipeline.infer, "WORKERLESS_SECONDS", 1.0)
+    monkeypatch.setattr(pipeline.block_submission, "WORKERLESS_SECONDS", 1.0)
     after_first_block(monkeypatch, lambda: cluster.scale(0))
     out = tmp_path / "change_cube.zarr"
     started = time.monotonic()

@@ -31,6 +31,7 @@ import pipeline.models
 from pipeline.change_cube import TRANSITION_NO_CHANGE, TRANSITION_NODATA, BlockGrid, open_change_cube
 from pipeline.cluster import connect
 from pipeline.cube import open_cube
+from pipeline.cube_fit import sample_pixels
 from pipeline.demo import demo_checkpoint
 from pipeline.engine_spec import ClusterSpec, ModelSpec, PromptSpec, TilingSpec
 from pipeline.errors import (
@@ -40,16 +41,11 @@ from pipeline.errors import (
     JobSpecError,
     OutputExistsError,
 )
-from pipeline.infer import (
-    InferenceResult,
-    describe_input,
-    infer_array,
-    predict_fixed_batches,
-    run_inference,
-    sample_pixels,
-)
+from pipeline.infer import InferenceResult, run_inference
+from pipeline.input_cube import describe_input
 from pipeline.models import LoadedModels, ModelRuntime, build_models, fit_change_model
 from pipeline.spec import JobSpec
+from pipeline.tile_kernel import infer_array, predict_fixed_batches
 from pipeline.tile_plan import TilePlan, strip_blocks
 from pipeline.tiling import BlendAccumulator, RampBlender, TileGrid, Window
 from seg2change_core.baselines import CVABaseline

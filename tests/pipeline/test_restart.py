@@ -25,6 +25,7 @@ import zarr
 from affine import Affine
 from engine_inputs import engine_job
 
+import pipeline.block_tasks
 import pipeline.infer
 from pipeline.change_cube import BlockGrid, read_done
 from pipeline.cube import write_cube
@@ -97,13 +98,13 @@ def store_bytes(path: Path) -> dict[str, bytes]:
 def recording_writes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
     """Record every block the engine writes (the tasks run in this process)."""
     written: list[tuple[int, int]] = []
-    real = pipeline.infer.write_block
+    real = pipeline.block_tasks.write_block
 
     def write_block(path: Path, window: Any, block: tuple[int, int], layers: Any) -> None:
         written.append(block)
         real(path, window, block, layers)
 
-    monkeypatch.setattr(pipeline.infer, "write_block", write_block)
+    monkeypatch.setattr(pipeline.block_tasks, "write_block", write_block)
     return written
 
 
@@ -124,7 +125,9 @@ def test_failed_run_resumes_and_matches_an_uninterrupted_run(
 ) -> None:
     out = tmp_path / "change.zarr"
     half = len(ALL_BLOCKS) // 2
-    monkeypatch.setattr(pipeline.infer, "write_block", failing_after(half, pipeline.infer.write_block))
+    monkeypatch.setattr(
+        pipeline.block_tasks, "write_block", failing_after(half, pipeline.block_tasks.write_block)
+    )
     with pytest.raises(InferenceError, match="run the same job again to resume"):
         pipeline.infer.run_inference(
             job, cube, out, tiling=TILING, cluster=CLUSTER, prompts=PROMPTS, progress=False
@@ -152,12 +155,13 @@ _CHILD = textwrap.dedent(
     import numpy as np
     import zarr
 
+    import pipeline.block_tasks
     import pipeline.infer
     from pipeline.engine_spec import ClusterSpec, PromptSpec, TilingSpec
     from pipeline.spec import JobSpec
 
     job_json, cube, out, kill_after = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])
-    real = pipeline.infer.write_block
+    real = pipeline.block_tasks.write_block
     count = [0]
 
     def write_block(path, window, block, layers):
@@ -171,7 +175,7 @@ _CHILD = textwrap.dedent(
         real(path, window, block, layers)
         count[0] += 1
 
-    pipeline.infer.write_block = write_block
+    pipeline.block_tasks.write_block = write_block
     pipeline.infer.run_inference(
         JobSpec.model_validate_json(Path(job_json).read_text()), cube, out,
         tiling=TilingSpec.model_validate_json({tiling!r}),
