@@ -25,6 +25,7 @@ from seg2change_core.change_kinds import (
 )
 from seg2change_core.change_model import ChangeModel, InputNormalisation
 from seg2change_core.checkpoints import load_change_model, save_change_model
+from seg2change_core.conformance import ChangeModelConformance
 from seg2change_core.errors import CheckpointError, ModelError
 
 GAIN = 8.0
@@ -49,6 +50,13 @@ class BandMeanDifference:
         return len(self.bands)
 
     def predict(self, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+        if before.shape != after.shape or before.dim() != 4 or before.shape[1] != self.in_channels:
+            raise ModelError(
+                f"{self.name} needs two (B, {self.in_channels}, H, W) batches of one shape, got "
+                f"{tuple(before.shape)} and {tuple(after.shape)}; select the bands {', '.join(self.bands)}"
+            )
+        # the normalisation is the identity on finite values and makes nodata 0
+        before, after = self.normalisation.apply(before), self.normalisation.apply(after)
         difference = after.mean(dim=1, keepdim=True) - before.mean(dim=1, keepdim=True)
         return torch.tanh(self.gain * difference.abs())
 
@@ -56,6 +64,15 @@ class BandMeanDifference:
 @register_change_model("test-band-mean-difference")
 def band_mean_difference(bands: tuple[str, ...], *, gain: float = 1.0) -> ChangeModel:
     return BandMeanDifference(bands, gain)
+
+
+class TestBandMeanDifferenceConformance(ChangeModelConformance):
+    """The toy passes the kit every change model passes."""
+
+    def make_model(self) -> ChangeModel:
+        return get_change_model_kind("test-band-mean-difference").build(
+            ("red", "nir", "swir16"), {"gain": 4.0}
+        )
 
 
 def toy_probability(refl: np.ndarray, gain: float) -> np.ndarray:
