@@ -245,7 +245,13 @@ def _load_entry_points() -> None:
         return
     _entry_points_loaded = True
     for point in entry_points(group=ENTRY_POINT_GROUP):
-        point.load()  # importing the module registers its kinds
+        try:
+            point.load()  # importing the module registers its kinds
+        except Exception as exc:
+            raise ModelError(
+                f"the change model entry point {point.name!r} ({point.value}) of group {ENTRY_POINT_GROUP} "
+                f"failed to load ({type(exc).__name__}: {exc}); fix or uninstall the package that declares it"
+            ) from exc
 
 
 def get_change_model_kind(name: str) -> ChangeModelKind:

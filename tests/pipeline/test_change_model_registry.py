@@ -188,3 +188,33 @@ def test_a_registered_kind_saves_and_loads_its_own_checkpoints(tmp_path: Path) -
         del change_kinds._REGISTRY["test-scaled-band-mean"], change_kinds._SOURCES["test-scaled-band-mean"]
     with pytest.raises(CheckpointError, match="unknown architecture 'test-scaled-band-mean'"):
         load_change_model(path)
+
+
+def test_an_installed_package_declares_its_kind_by_entry_point(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from importlib.metadata import EntryPoint
+
+    from seg2change_core import change_kinds
+
+    (tmp_path / "toy_plugin.py").write_text(
+        "from seg2change_core.change_kinds import register_change_model\n"
+        "from seg2change_core.baselines import CVABaseline\n"
+        "from seg2change_core.change_model import InputNormalisation\n\n"
+        "@register_change_model('test-plugin-kind')\n"
+        "def make(bands):\n"
+        "    return CVABaseline(InputNormalisation(bands, (0.0,) * len(bands), (1.0,) * len(bands)))\n"
+    )
+    (tmp_path / "broken_plugin.py").write_text("raise RuntimeError('no weights here')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    points = [EntryPoint("toy", "toy_plugin", change_kinds.ENTRY_POINT_GROUP)]
+    monkeypatch.setattr(change_kinds, "entry_points", lambda group: points)
+    monkeypatch.setattr(change_kinds, "_entry_points_loaded", False)
+    monkeypatch.setattr(change_kinds, "_REGISTRY", dict(change_kinds._REGISTRY))
+    monkeypatch.setattr(change_kinds, "_SOURCES", dict(change_kinds._SOURCES))
+    assert get_change_model_kind("test-plugin-kind").describe(("red",), {}).needs_fit
+
+    points[:] = [EntryPoint("broken", "broken_plugin", change_kinds.ENTRY_POINT_GROUP)]
+    monkeypatch.setattr(change_kinds, "_entry_points_loaded", False)
+    with pytest.raises(ModelError, match="entry point 'broken' .* failed to load .*no weights here"):
+        get_change_model_kind("test-other-kind")
