@@ -16,8 +16,9 @@ pixel grid), :mod:`~pipeline.synthetic.spec` (parameters, acquisition dates),
 :mod:`~pipeline.synthetic.landscape` (land cover, change events, the legend),
 :mod:`~pipeline.synthetic.spectra` (bands, class signatures, DN encoding),
 :mod:`~pipeline.synthetic.atmosphere` (clouds, shadows, ``qa``),
-:mod:`~pipeline.synthetic.stac` (Items, Collection, static catalog) and
-:mod:`~pipeline.synthetic.writer` (block-by-block COG writing).
+:mod:`~pipeline.synthetic.stac` (Items, Collection, static catalog),
+:mod:`~pipeline.synthetic.rasters` (block-by-block COG writing) and
+:mod:`~pipeline.synthetic.writer` (the scene folder: generate, open, reuse).
 """
 
 from pipeline.synthetic.atmosphere import QA, SHADOW_OFFSET, acquisition_window, cloud_cover

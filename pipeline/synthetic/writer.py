@@ -13,38 +13,33 @@ Layout of ``out_dir``::
     truth/class_after.tif
     truth/change.tif                 ChangeType codes (uint8, 0 = unchanged, nodata 255)
 
-The scene is computed block by block (``spec.block_size``) and written window by window into
-tiled, ZSTD-compressed GeoTIFFs under ``.tmp/``; rio-cogeo's ``cog_translate`` (on disk, not in
-memory) then turns each into a DEFLATE COG with 512 px tiles and overviews (average for
-reflectance, nearest for ``qa`` and the truth). No step holds a whole band in memory, so peak
-memory follows ``block_size``, not ``size``; the temporary files need about as much disk as the
-outputs.
+The rasters are computed block by block (``spec.block_size``) into tiled GeoTIFFs under ``.tmp/``
+and converted to COGs (:mod:`pipeline.synthetic.rasters`). No step holds a whole band in memory,
+so peak memory follows ``block_size``, not ``size``; the temporary files need about as much disk
+as the outputs.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import warnings
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import rasterio
-from rasterio.io import DatasetWriter
-from rasterio.windows import Window
-from rio_cogeo.cogeo import cog_translate
-
 from pipeline.errors import OutputExistsError, SceneError
-from pipeline.synthetic.atmosphere import QA, acquisition_window, cloud_cover
-from pipeline.synthetic.landscape import ChangeType, LandCover, landscape_window
+from pipeline.synthetic.rasters import (
+    Progress,
+    RasterTarget,
+    asset_path,
+    iter_blocks,
+    plan_rasters,
+    write_rasters,
+)
 from pipeline.synthetic.spec import Acquisition, Epoch, SceneSpec, acquisitions
-from pipeline.synthetic.spectra import BAND_NAMES, NODATA, OFFSET, SCALE, surface_reflectance
+from pipeline.synthetic.spectra import BAND_NAMES
 from pipeline.synthetic.stac import (
     QA_ASSET,
     TRUTH_ASSETS,
@@ -62,7 +57,7 @@ __all__ = [
     "GeneratedScene",
     "Progress",
     "generate_scene",
-    "iter_blocks",
+    "iter_blocks",  # re-exported: it moved to pipeline.synthetic.rasters
     "scene_is_current",
 ]
 
@@ -81,21 +76,6 @@ _GENERATOR = "pipeline.synthetic"
 #: 3: each item links its static catalog file as ``canonical``), so that :func:`ensure_scene`
 #: makes a scene of an earlier version again instead of reusing it.
 GENERATOR_VERSION = 3
-_TMP_TILE = 256
-_COG_PROFILE: dict[str, Any] = {
-    "driver": "GTiff",
-    "interleave": "pixel",
-    "tiled": True,
-    "blockxsize": 512,
-    "blockysize": 512,
-    "compress": "DEFLATE",
-    "predictor": 2,
-    "BIGTIFF": "IF_SAFER",
-}
-_GDAL_CACHE_MB = 64
-
-#: ``progress(stage, done, total)``; stages ``"blocks"`` then ``"cogs"``.
-Progress = Callable[[str, int, int], None]
 
 
 @dataclass(frozen=True)
@@ -143,34 +123,11 @@ class GeneratedScene:
 
     def asset_path(self, item_id: str, asset: str) -> Path:
         """Path of one asset's COG."""
-        return _asset_path(self.root, item_id, asset)
+        return asset_path(self.root, item_id, asset)
 
     def items_of(self, epoch: Epoch) -> list[dict[str, Any]]:
         """The Items of one epoch."""
         return [i for i in self.items if i["properties"]["synthetic:epoch"] == Epoch(epoch).value]
-
-
-def _asset_path(root: Path, item_id: str, asset: str) -> Path:
-    return root / "data" / item_id / f"{asset}.tif"
-
-
-def iter_blocks(spec: SceneSpec) -> Iterator[Window]:
-    """Windows of ``spec.block_size`` covering the scene, row by row.
-
-    Parameters
-    ----------
-    spec
-        The scene.
-
-    Yields
-    ------
-    rasterio.windows.Window
-        Integer windows; those on the right and bottom edges may be smaller.
-    """
-    step = spec.block_size
-    for row in range(0, spec.size, step):
-        for col in range(0, spec.size, step):
-            yield Window(col, row, min(step, spec.size - col), min(step, spec.size - row))
 
 
 def _prepare(out_dir: Path, overwrite: bool) -> Path:
@@ -216,85 +173,6 @@ def _write_marker(root: Path, spec: SceneSpec, complete: bool) -> None:
     os.replace(tmp, root / MARKER)
 
 
-@dataclass
-class _Target:
-    """One output raster: its temporary tiled GeoTIFF and how to turn it into a COG."""
-
-    tmp: Path
-    dst: Path
-    dtype: str
-    nodata: int
-    resampling: str
-    description: str
-    scale: float = 1.0
-    colormap: dict[int, tuple[int, int, int, int]] | None = None
-
-
-def _open_tmp(stack: contextlib.ExitStack, spec: SceneSpec, target: _Target) -> DatasetWriter:
-    target.tmp.parent.mkdir(parents=True, exist_ok=True)
-    profile = {
-        "driver": "GTiff",
-        "width": spec.size,
-        "height": spec.size,
-        "count": 1,
-        "dtype": target.dtype,
-        "nodata": target.nodata,
-        "crs": spec.crs,
-        "transform": spec.transform,
-        "tiled": True,
-        "blockxsize": _TMP_TILE,
-        "blockysize": _TMP_TILE,
-        "compress": "ZSTD",
-        "zstd_level": 1,
-        "predictor": 2,
-        "BIGTIFF": "IF_SAFER",
-    }
-    dataset: DatasetWriter = stack.enter_context(rasterio.open(target.tmp, "w", **profile))
-    dataset.set_band_description(1, target.description)
-    if target.scale != 1.0:
-        dataset.scales = (target.scale,)
-        dataset.offsets = (OFFSET,)
-    if target.colormap is not None:
-        dataset.write_colormap(1, target.colormap)
-    return dataset
-
-
-def _to_cog(target: _Target) -> None:
-    target.dst.parent.mkdir(parents=True, exist_ok=True)
-    profile = dict(_COG_PROFILE)
-    if target.dtype == "uint16":
-        # Reflectance with sensor noise barely compresses; level 1 is as small and twice as fast.
-        profile["zlevel"] = 1
-    with warnings.catch_warnings():
-        # rio-cogeo 7.0 multiplies affines with `*` (its own PendingDeprecationWarning, not ours).
-        warnings.filterwarnings("ignore", "Use `@` matmul", PendingDeprecationWarning)
-        cog_translate(
-            str(target.tmp),
-            str(target.dst),
-            profile,
-            nodata=target.nodata,
-            overview_resampling=target.resampling,  # type: ignore[arg-type]
-            in_memory=False,
-            quiet=True,
-            config={"GDAL_TIFF_OVR_BLOCKSIZE": "512", "GDAL_CACHEMAX": _GDAL_CACHE_MB},
-        )
-    target.tmp.unlink()
-
-
-def _colormap(colors: dict[int, tuple[int, int, int]]) -> dict[int, tuple[int, int, int, int]]:
-    return {code: (*rgb, 255) for code, rgb in colors.items()}
-
-
-_CHANGE_COLORS: dict[int, tuple[int, int, int]] = {
-    ChangeType.NONE: (255, 255, 255),
-    ChangeType.CONSTRUCTION: (220, 40, 40),
-    ChangeType.CLEARING: (165, 120, 80),
-    ChangeType.FLOOD: (31, 120, 180),
-    ChangeType.DRAIN: (250, 200, 120),
-    ChangeType.BURN: (40, 20, 20),
-}
-
-
 def generate_scene(
     spec: SceneSpec,
     out_dir: Path | str,
@@ -333,59 +211,26 @@ def generate_scene(
         raise SceneError(f"spec is a {type(spec).__name__}: give a pipeline.synthetic.SceneSpec")
     root = _prepare(Path(out_dir), overwrite)
     _write_marker(root, spec, complete=False)
-    tmp_dir = root / ".tmp"
     acqs = acquisitions(spec)
-    truth_dir = root / "truth"
-    truth = {
-        key: _Target(
-            tmp_dir / f"truth-{key}.tif",
-            truth_dir / name,
-            "uint8",
-            255 if key == "change" else int(LandCover.NODATA),
-            "nearest",
-            title,
-            colormap=_colormap(_CHANGE_COLORS if key == "change" else {int(c): c.color for c in LandCover}),
-        )
-        for key, (name, title) in TRUTH_ASSETS.items()
-    }
-    bands = {
-        (a.item_id, name): _Target(
-            tmp_dir / a.item_id / f"{name}.tif",
-            _asset_path(root, a.item_id, name),
-            "uint16",
-            NODATA,
-            "average",
-            name,
-            scale=SCALE,
-        )
-        for a in acqs
-        for name in BAND_NAMES
-    }
-    qas = {
-        a.item_id: _Target(
-            tmp_dir / a.item_id / f"{QA_ASSET}.tif",
-            _asset_path(root, a.item_id, QA_ASSET),
-            "uint8",
-            int(QA.NODATA),
-            "nearest",
-            "qa: 0 clear, 1 cloud, 2 cloud shadow, 255 nodata",
-        )
-        for a in acqs
-    }
-    try:
-        counts = _write_blocks(spec, acqs, truth, bands, qas, progress)
-        targets = [*truth.values(), *bands.values(), *qas.values()]
-        for done, target in enumerate(targets, 1):
-            _to_cog(target)
-            if progress is not None:
-                progress("cogs", done, len(targets))
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
+    rasters = plan_rasters(spec, root, acqs)
+    counts = write_rasters(spec, acqs, rasters, root / ".tmp", progress)
+    items = _write_stac(spec, root, acqs, counts, rasters.truth)
+    _write_marker(root, spec, complete=True)
+    return _scene(spec, root, items)
 
+
+def _write_stac(
+    spec: SceneSpec,
+    root: Path,
+    acqs: list[Acquisition],
+    counts: dict[str, tuple[int, int, int]],
+    truth: dict[str, RasterTarget],
+) -> list[dict[str, Any]]:
+    """Write the collection, the items (NDJSON) and the static catalog; return the items."""
     items = []
     for a in acqs:
         cloud, shadow, valid = counts[a.item_id]
-        hrefs = {name: str(_asset_path(root, a.item_id, name)) for name in (*BAND_NAMES, QA_ASSET)}
+        hrefs = {name: str(asset_path(root, a.item_id, name)) for name in (*BAND_NAMES, QA_ASSET)}
         items.append(build_item(spec, a, hrefs, 100.0 * cloud / valid, 100.0 * shadow / valid))
     collection = build_collection(spec, items, {key: str(t.dst) for key, t in truth.items()})
     collection_path = root / "collection.json"
@@ -404,8 +249,7 @@ def generate_scene(
     write_collection(collection, collection_path)
     write_items_ndjson(items, items_path)
     write_catalog(collection, items, catalog_dir)
-    _write_marker(root, spec, complete=True)
-    return _scene(spec, root, items)
+    return items
 
 
 def _scene(spec: SceneSpec, root: Path, items: list[dict[str, Any]]) -> GeneratedScene:
@@ -470,41 +314,3 @@ def ensure_scene(spec: SceneSpec, out_dir: Path | str, progress: Progress | None
     if scene_is_current(spec, out_dir):
         return open_scene(out_dir)
     return generate_scene(spec, out_dir, progress, overwrite=True)
-
-
-def _write_blocks(
-    spec: SceneSpec,
-    acqs: list[Acquisition],
-    truth: dict[str, _Target],
-    bands: dict[tuple[str, str], _Target],
-    qas: dict[str, _Target],
-    progress: Progress | None,
-) -> dict[str, tuple[int, int, int]]:
-    """Compute the scene block by block into the temporary GeoTIFFs; return qa counts per item."""
-    counts = {a.item_id: (0, 0, 0) for a in acqs}
-    windows = list(iter_blocks(spec))
-    with rasterio.Env(GDAL_CACHEMAX=_GDAL_CACHE_MB), contextlib.ExitStack() as stack:
-        truth_ds = {key: _open_tmp(stack, spec, t) for key, t in truth.items()}
-        band_ds = {key: _open_tmp(stack, spec, t) for key, t in bands.items()}
-        qa_ds = {key: _open_tmp(stack, spec, t) for key, t in qas.items()}
-        for done, window in enumerate(windows, 1):
-            land = landscape_window(spec, window)
-            truth_ds["class_before"].write(land.before, 1, window=window)
-            truth_ds["class_after"].write(land.after, 1, window=window)
-            truth_ds["change"].write(land.change, 1, window=window)
-            surfaces = {e: surface_reflectance(spec, window, e, land) for e in Epoch}
-            del land
-            for a in acqs:
-                arrays = acquisition_window(spec, a, window, surfaces[a.epoch])
-                for name in BAND_NAMES:
-                    band_ds[(a.item_id, name)].write(arrays[name], 1, window=window)
-                qa = arrays[QA_ASSET].astype(np.uint8)
-                qa_ds[a.item_id].write(qa, 1, window=window)
-                cloud, shadow, valid = cloud_cover(qa)
-                c0, s0, v0 = counts[a.item_id]
-                counts[a.item_id] = (c0 + cloud, s0 + shadow, v0 + valid)
-                del arrays
-            del surfaces
-            if progress is not None:
-                progress("blocks", done, len(windows))
-    return counts
