@@ -294,53 +294,18 @@ def prepare_training(
     pairs = scan_datasets(
         data_dirs, bands=bands or recipe.bands, label_encoding=label_encoding, ignore_value=ignore_value
     )
-    if split is not None:
-        chosen = Split.load(split)
-    else:
-        chosen = split_by_source(pairs, test_fraction=holdout_fraction, val_fraction=val_fraction, seed=seed)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        chosen.save(out.with_name(out.stem + ".split.json"))
+    chosen = _split(pairs, out, split, val_fraction, holdout_fraction, seed)
     train_pairs = chosen.select(pairs, "train")
     val_pairs = chosen.select(pairs, "val")
     if not train_pairs:
         raise DatasetError("the split leaves no training pairs; lower --val-fraction/--holdout-fraction")
-    first = train_pairs[0].load()
-    count = first.before.shape[0]
-    names = band_names_of(train_pairs[0]) or default_band_names(count)
-    if len(names) != count:
-        raise DatasetError(f"the bands are named {list(names)} but the images have {count}")
-    normalisation = normalisation_for(recipe.normalisation, train_pairs, names, seed=seed)
-    for pair in train_pairs[:: max(1, len(train_pairs) // 4)]:
-        check_input_scale(pair.load().before, normalisation, where=f"training pair {pair.key}")
-    counts = balanced_samples(
-        ChangeDetectionDataset(train_pairs), recipe.crop_size, change_boost=recipe.change_boost
-    )
-    train_data = ChangeDetectionDataset(
-        train_pairs,
-        crop_size=recipe.crop_size,
-        augment=True,
-        seed=seed,
-        repeats=recipe.crops_per_image,
-        samples_per_pair=counts,
-        focus_change=recipe.focus_change,
-        change_augmentation=recipe.augmentation,
-    )
-    val_data = ChangeDetectionDataset(val_pairs, crop_size=recipe.validation_crop) if val_pairs else None
-    config = recipe.train
-    bf16 = recipe.bf16 if recipe.bf16 is not None else native_bf16(config.device)
-    if bf16 != config.bf16_autocast:
-        config = TrainConfig(**{**asdict(config), "loss": config.loss, "bf16_autocast": bf16})
-    plan = None
-    if recipe.minutes is not None:
-        plan = fit_epochs_to_budget(recipe.model, config, train_data, val_data, normalisation, recipe.minutes)
-        config = TrainConfig(**{**asdict(config), "loss": config.loss, "epochs": plan.epochs})
-        if log is not None:
-            log(plan.describe())
-    datasets = sorted({dataset_of(p) for p in train_pairs})
+    normalisation = _fitted_normalisation(recipe, train_pairs, seed)
+    train_data, val_data = _datasets(recipe, train_pairs, val_pairs, seed)
+    config, plan = _fitted_config(recipe, train_data, val_data, normalisation, log)
     summary: dict[str, Any] = {
         "recipe": recipe.name,
         "data": [str(d) for d in data_dirs],
-        "datasets": datasets,
+        "datasets": sorted({dataset_of(p) for p in train_pairs}),
         "train_pairs": len(train_pairs),
         "val_pairs": len(val_pairs),
         "split_seed": chosen.seed,
@@ -362,3 +327,75 @@ def prepare_training(
         plan=plan,
         summary=summary,
     )
+
+
+def _split(
+    pairs: Sequence[PairSource],
+    out: Path,
+    split: str | Path | None,
+    val_fraction: float,
+    holdout_fraction: float,
+    seed: int,
+) -> Split:
+    """The split file given, or one drawn by source and saved beside the checkpoint."""
+    if split is not None:
+        return Split.load(split)
+    chosen = split_by_source(pairs, test_fraction=holdout_fraction, val_fraction=val_fraction, seed=seed)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    chosen.save(out.with_name(out.stem + ".split.json"))
+    return chosen
+
+
+def _fitted_normalisation(recipe: Recipe, train_pairs: Sequence[PairSource], seed: int) -> InputNormalisation:
+    """The recipe's normalisation fitted on the training pairs, whose value scale is checked against it."""
+    first = train_pairs[0].load()
+    count = first.before.shape[0]
+    names = band_names_of(train_pairs[0]) or default_band_names(count)
+    if len(names) != count:
+        raise DatasetError(f"the bands are named {list(names)} but the images have {count}")
+    normalisation = normalisation_for(recipe.normalisation, train_pairs, names, seed=seed)
+    for pair in train_pairs[:: max(1, len(train_pairs) // 4)]:
+        check_input_scale(pair.load().before, normalisation, where=f"training pair {pair.key}")
+    return normalisation
+
+
+def _datasets(
+    recipe: Recipe, train_pairs: Sequence[PairSource], val_pairs: Sequence[PairSource], seed: int
+) -> tuple[ChangeDetectionDataset, ChangeDetectionDataset | None]:
+    """Training samples (crops balanced between pairs, augmented) and validation pairs."""
+    counts = balanced_samples(
+        ChangeDetectionDataset(train_pairs), recipe.crop_size, change_boost=recipe.change_boost
+    )
+    train_data = ChangeDetectionDataset(
+        train_pairs,
+        crop_size=recipe.crop_size,
+        augment=True,
+        seed=seed,
+        repeats=recipe.crops_per_image,
+        samples_per_pair=counts,
+        focus_change=recipe.focus_change,
+        change_augmentation=recipe.augmentation,
+    )
+    val_data = ChangeDetectionDataset(val_pairs, crop_size=recipe.validation_crop) if val_pairs else None
+    return train_data, val_data
+
+
+def _fitted_config(
+    recipe: Recipe,
+    train_data: ChangeDetectionDataset,
+    val_data: ChangeDetectionDataset | None,
+    normalisation: InputNormalisation,
+    log: Callable[[str], None] | None,
+) -> tuple[TrainConfig, EpochPlan | None]:
+    """The recipe's optimisation settings with bf16 decided and the epochs fitted to its time budget."""
+    config = recipe.train
+    bf16 = recipe.bf16 if recipe.bf16 is not None else native_bf16(config.device)
+    if bf16 != config.bf16_autocast:
+        config = TrainConfig(**{**asdict(config), "loss": config.loss, "bf16_autocast": bf16})
+    if recipe.minutes is None:
+        return config, None
+    plan = fit_epochs_to_budget(recipe.model, config, train_data, val_data, normalisation, recipe.minutes)
+    config = TrainConfig(**{**asdict(config), "loss": config.loss, "epochs": plan.epochs})
+    if log is not None:
+        log(plan.describe())
+    return config, plan
