@@ -96,29 +96,8 @@ def augment_arrays(
         raise DatasetError(f"arrays to augment differ in size: {[a.shape for a in arrays]}")
     out = list(arrays)
     if crop_size is not None:
-        final_size = crop_size
-        # A zoomed-out window never reaches past the image (it would only add padding).
-        crop_size = max(1, min(round(crop_size / zoom), max(min(height, width), final_size)))
-        if height < crop_size or width < crop_size:
-            fills = pad_values or [0.0] * len(out)
-            pad_h, pad_w = max(0, crop_size - height), max(0, crop_size - width)
-            out = [
-                np.pad(a, [(0, 0)] * (a.ndim - 2) + [(0, pad_h), (0, pad_w)], constant_values=fill)
-                for a, fill in zip(out, fills, strict=True)
-            ]
-            height, width = height + pad_h, width + pad_w
-        top_range, left_range = (0, height - crop_size), (0, width - crop_size)
-        if contain is not None:
-            row, col = contain
-            top_range = (max(0, row - crop_size + 1), min(row, height - crop_size))
-            left_range = (max(0, col - crop_size + 1), min(col, width - crop_size))
-        top = int(rng.integers(top_range[0], top_range[1] + 1))
-        left = int(rng.integers(left_range[0], left_range[1] + 1))
-        out = [a[..., top : top + crop_size, left : left + crop_size] for a in out]
-        if final_size != crop_size:
-            smooth = smooth or [i < 2 for i in range(len(out))]
-            out = [_resample(a, final_size, s) for a, s in zip(out, smooth, strict=True)]
-        height = width = final_size
+        out = _crop(out, rng, crop_size, pad_values, contain, zoom, smooth)
+        height = width = crop_size
     if flip:
         if rng.random() < 0.5:
             out = [a[..., :, ::-1] for a in out]
@@ -129,6 +108,43 @@ def augment_arrays(
         if k:
             out = [np.rot90(a, k, axes=(a.ndim - 2, a.ndim - 1)) for a in out]
     return [np.ascontiguousarray(a) for a in out]
+
+
+def _crop(
+    arrays: list[Array],
+    rng: np.random.Generator,
+    crop_size: int,
+    pad_values: Sequence[float] | None,
+    contain: tuple[int, int] | None,
+    zoom: float,
+    smooth: Sequence[bool] | None,
+) -> list[Array]:
+    """The random (zoomed) crop of :func:`augment_arrays`: pad, draw the corner, cut, resample."""
+    out = arrays
+    height, width = out[0].shape[-2:]
+    final_size = crop_size
+    # A zoomed-out window never reaches past the image (it would only add padding).
+    crop_size = max(1, min(round(crop_size / zoom), max(min(height, width), final_size)))
+    if height < crop_size or width < crop_size:
+        fills = pad_values or [0.0] * len(out)
+        pad_h, pad_w = max(0, crop_size - height), max(0, crop_size - width)
+        out = [
+            np.pad(a, [(0, 0)] * (a.ndim - 2) + [(0, pad_h), (0, pad_w)], constant_values=fill)
+            for a, fill in zip(out, fills, strict=True)
+        ]
+        height, width = height + pad_h, width + pad_w
+    top_range, left_range = (0, height - crop_size), (0, width - crop_size)
+    if contain is not None:
+        row, col = contain
+        top_range = (max(0, row - crop_size + 1), min(row, height - crop_size))
+        left_range = (max(0, col - crop_size + 1), min(col, width - crop_size))
+    top = int(rng.integers(top_range[0], top_range[1] + 1))
+    left = int(rng.integers(left_range[0], left_range[1] + 1))
+    out = [a[..., top : top + crop_size, left : left + crop_size] for a in out]
+    if final_size != crop_size:
+        smooth = smooth or [i < 2 for i in range(len(out))]
+        out = [_resample(a, final_size, s) for a, s in zip(out, smooth, strict=True)]
+    return out
 
 
 def _resample(array: Array, size: int, smooth: bool) -> Array:

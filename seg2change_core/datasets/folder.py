@@ -83,6 +83,40 @@ def scan_folder(
         or labels whose encoding cannot be detected.
     """
     root = Path(root)
+    folders, use_classes = _layout(root, semantic)
+    listed = {name: _stems(path) for name, path in folders.items()}
+    names = _matched_names(listed, folders)
+    if not names:
+        raise DatasetError(f"{root}/A holds no images ({', '.join(IMAGE_SUFFIXES)}); add pairs")
+    ds_name = dataset or root.resolve().name
+    if label_encoding is None:
+        label_files = [listed["label"][name] for name in names]
+        encoding = detect_files_encoding(
+            label_files, ignore_value=ignore_value, where=f"the labels in {folders['label']}"
+        )
+    else:
+        encoding = label_encoding.with_ignore(ignore_value)
+    pairs = [
+        FolderPair(
+            name,
+            ds_name,
+            listed["A"][name],
+            listed["B"][name],
+            listed["label"][name],
+            listed["label_A"][name] if use_classes else None,
+            listed["label_B"][name] if use_classes else None,
+            encoding,
+        )
+        for name in names
+    ]
+    if check_sizes:
+        for pair in pairs:
+            _check_pair_shapes(pair)
+    return pairs
+
+
+def _layout(root: Path, semantic: bool | None) -> tuple[dict[str, Path], bool]:
+    """The sub-folders to read (``A``, ``B``, ``label`` and maybe the class maps), and whether class maps are read."""
     if not root.is_dir():
         raise DatasetError(f"dataset folder {root} does not exist; give a folder with A/, B/ and label/")
     folders = {"A": root / "A", "B": root / "B", "label": root / "label"}
@@ -102,7 +136,11 @@ def scan_folder(
     if use_classes:
         folders["label_A"] = root / "label_A"
         folders["label_B"] = root / "label_B"
-    listed = {name: _stems(path) for name, path in folders.items()}
+    return folders, use_classes
+
+
+def _matched_names(listed: dict[str, dict[str, Path]], folders: dict[str, Path]) -> list[str]:
+    """The pair names, sorted, once every name has a file in every folder."""
     names = set().union(*(set(files) for files in listed.values()))
     for name in sorted(names):
         for folder, files in listed.items():
@@ -112,33 +150,7 @@ def scan_folder(
                     f"{have} has no partner in {folders[folder]}/; every pair needs one file named "
                     f"{name}.* in each of {', '.join(f'{f}/' for f in folders)}"
                 )
-    if not names:
-        raise DatasetError(f"{root}/A holds no images ({', '.join(IMAGE_SUFFIXES)}); add pairs")
-    ds_name = dataset or root.resolve().name
-    if label_encoding is None:
-        label_files = [listed["label"][name] for name in sorted(names)]
-        encoding = detect_files_encoding(
-            label_files, ignore_value=ignore_value, where=f"the labels in {folders['label']}"
-        )
-    else:
-        encoding = label_encoding.with_ignore(ignore_value)
-    pairs = [
-        FolderPair(
-            name,
-            ds_name,
-            listed["A"][name],
-            listed["B"][name],
-            listed["label"][name],
-            listed["label_A"][name] if use_classes else None,
-            listed["label_B"][name] if use_classes else None,
-            encoding,
-        )
-        for name in sorted(names)
-    ]
-    if check_sizes:
-        for pair in pairs:
-            _check_pair_shapes(pair)
-    return pairs
+    return sorted(names)
 
 
 def _check_pair_shapes(pair: FolderPair) -> None:
