@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -22,10 +23,12 @@ from flows.console import error_text, make_console, styled
 from seg2change_core.errors import Seg2ChangeError
 
 if TYPE_CHECKING:
-    from seg2change_core.datasets import LabelEncoding
-    from seg2change_core.evaluation import DatasetsReport, EvaluationReport
+    import warnings
 
-__all__ = ["evaluate", "make_demo_checkpoint"]
+    from seg2change_core.datasets import ChangeDetectionDataset, LabelEncoding, PairSource
+    from seg2change_core.evaluation import DatasetsReport, EvaluationReport, ModelFactory
+
+__all__ = ["EvaluateOptions", "evaluate", "make_demo_checkpoint", "run_evaluate"]
 
 console = make_console(stderr=True)
 out_console = make_console()
@@ -140,154 +143,268 @@ class _PlainProgress:
             print(f"evaluating {model} on {dataset}: {done}/{total} pairs", file=sys.stderr, flush=True)
 
 
+EvalDataDirs = Annotated[
+    list[Path],
+    typer.Argument(help="Dataset folder(s): A/, B/ and label/ folders, OSCD roots or OSCD city folders."),
+]
+ModelSource = Annotated[str, typer.Option("--model", help=MODEL_HELP)]
+BaselineName = Annotated[
+    str | None,
+    typer.Option(
+        help="Baseline scored on the same data beside the model, with the IoU ratio: 'cva-std', "
+        "'cva' or 'none'. Default: cva-std for a checkpoint, none for a baseline."
+    ),
+]
+EvalBackboneWeights = Annotated[
+    Path | None, typer.Option(help="Backbone weights for a checkpoint saved without them.")
+]
+EvalSplit = Annotated[Path | None, typer.Option(help="Split file (JSON); evaluate only its --part.")]
+SplitPart = Annotated[str, typer.Option(help="Part of the split to evaluate: test, val or train.")]
+CVAFit = Annotated[
+    str, typer.Option(help="CVA threshold: 'image' (Otsu per pair) or 'dataset' (one for all).")
+]
+EvalIgnoreValue = Annotated[
+    int | None, typer.Option(help="Raw label value meaning 'not labelled' (e.g. 128); not scored.")
+]
+EvalLabelValues = Annotated[str | None, typer.Option(help=LABEL_VALUES_HELP)]
+EvalBands = Annotated[
+    str | None,
+    typer.Option(
+        help="Comma-separated bands to use, in order: names where the data names its bands (OSCD: "
+        "red,green,blue or B04,B03,B02), else red,green,blue (3 bands) or b1,b2,... by position. "
+        "A checkpoint gets them by position; without --bands it takes its own bands by name from "
+        "named data and all bands from unnamed data."
+    ),
+]
+Tiled = Annotated[bool, typer.Option(help="Score frames larger than the model's tile tile by tile, blended.")]
+TileOverlap = Annotated[
+    int | None, typer.Option(help="Overlap of neighbouring tiles in pixels (default a quarter tile).")
+]
+ReportFile = Annotated[Path | None, typer.Option(help="Write the JSON report here.")]
+EvalProgress = Annotated[bool, typer.Option(help="Show progress (plain lines when not a terminal).")]
+
+
+@dataclass(frozen=True)
+class EvaluateOptions:
+    """What ``seg2change evaluate`` was asked for (see :func:`evaluate` for each option).
+
+    Attributes
+    ----------
+    data_dirs
+        Dataset folders.
+    model
+        A checkpoint path or a baseline name (:data:`BASELINES`).
+    baseline
+        Baseline scored beside the model (``None``: cva-std for a checkpoint, none for a baseline).
+    backbone_weights, split, part, cva_fit, ignore_value, label_values, bands, tiled, tile_overlap
+        How the model is loaded, which pairs are read and how they are scored.
+    report, progress
+        Where the JSON report goes, and whether progress is shown.
+    """
+
+    data_dirs: tuple[Path, ...]
+    model: str
+    baseline: str | None = None
+    backbone_weights: Path | None = None
+    split: Path | None = None
+    part: str = "test"
+    cva_fit: str = "image"
+    ignore_value: int | None = None
+    label_values: str | None = None
+    bands: str | None = None
+    tiled: bool = True
+    tile_overlap: int | None = None
+    report: Path | None = None
+    progress: bool = True
+
+
 def evaluate(
-    data_dirs: Annotated[
-        list[Path],
-        typer.Argument(help="Dataset folder(s): A/, B/ and label/ folders, OSCD roots or OSCD city folders."),
-    ],
-    model: Annotated[str, typer.Option("--model", help=MODEL_HELP)],
-    baseline: Annotated[
-        str | None,
-        typer.Option(
-            help="Baseline scored on the same data beside the model, with the IoU ratio: 'cva-std', "
-            "'cva' or 'none'. Default: cva-std for a checkpoint, none for a baseline."
-        ),
-    ] = None,
-    backbone_weights: Annotated[
-        Path | None, typer.Option(help="Backbone weights for a checkpoint saved without them.")
-    ] = None,
-    split: Annotated[Path | None, typer.Option(help="Split file (JSON); evaluate only its --part.")] = None,
-    part: Annotated[str, typer.Option(help="Part of the split to evaluate: test, val or train.")] = "test",
-    cva_fit: Annotated[
-        str, typer.Option(help="CVA threshold: 'image' (Otsu per pair) or 'dataset' (one for all).")
-    ] = "image",
-    ignore_value: Annotated[
-        int | None, typer.Option(help="Raw label value meaning 'not labelled' (e.g. 128); not scored.")
-    ] = None,
-    label_values: Annotated[str | None, typer.Option(help=LABEL_VALUES_HELP)] = None,
-    bands: Annotated[
-        str | None,
-        typer.Option(
-            help="Comma-separated bands to use, in order: names where the data names its bands (OSCD: "
-            "red,green,blue or B04,B03,B02), else red,green,blue (3 bands) or b1,b2,... by position. "
-            "A checkpoint gets them by position; without --bands it takes its own bands by name from "
-            "named data and all bands from unnamed data."
-        ),
-    ] = None,
-    tiled: Annotated[
-        bool, typer.Option(help="Score frames larger than the model's tile tile by tile, blended.")
-    ] = True,
-    tile_overlap: Annotated[
-        int | None, typer.Option(help="Overlap of neighbouring tiles in pixels (default a quarter tile).")
-    ] = None,
-    report: Annotated[Path | None, typer.Option(help="Write the JSON report here.")] = None,
-    progress: Annotated[bool, typer.Option(help="Show progress (plain lines when not a terminal).")] = True,
+    data_dirs: EvalDataDirs,
+    model: ModelSource,
+    baseline: BaselineName = None,
+    backbone_weights: EvalBackboneWeights = None,
+    split: EvalSplit = None,
+    part: SplitPart = "test",
+    cva_fit: CVAFit = "image",
+    ignore_value: EvalIgnoreValue = None,
+    label_values: EvalLabelValues = None,
+    bands: EvalBands = None,
+    tiled: Tiled = True,
+    tile_overlap: TileOverlap = None,
+    report: ReportFile = None,
+    progress: EvalProgress = True,
 ) -> None:
     """Score a change model (or a CVA baseline) per dataset and pooled: IoU, F1, precision, recall."""
-    import warnings
-    from collections.abc import Sequence
-
-    from rich.progress import Progress
-
-    from seg2change_core.change_model import ChangeModel
-    from seg2change_core.checkpoints import load_change_model
-    from seg2change_core.datasets import (
-        ChangeDetectionDataset,
-        PairSource,
-        Split,
-        bands_for_model,
-        dataset_of,
-        scan_datasets,
-        select_bands,
+    run_evaluate(
+        EvaluateOptions(
+            tuple(data_dirs),
+            model,
+            baseline,
+            backbone_weights,
+            split,
+            part,
+            cva_fit,
+            ignore_value,
+            label_values,
+            bands,
+            tiled,
+            tile_overlap,
+            report,
+            progress,
+        )  # fmt: skip
     )
-    from seg2change_core.errors import DatasetError
-    from seg2change_core.evaluation import cva_for, evaluate_datasets
 
-    def baseline_factory(kind: str) -> Callable[[str, ChangeDetectionDataset], ChangeModel]:
-        return lambda _name, data: cva_for(data, standardised=kind == "cva-std")
+
+@dataclass(frozen=True)
+class _Plan:
+    """What to score: the datasets, the model and baseline for each, and the settings to record."""
+
+    datasets: list[tuple[str, ChangeDetectionDataset]]
+    model_for: ModelFactory
+    baseline_for: ModelFactory | None
+    baseline: str
+    settings: dict[str, Any]
+
+
+def run_evaluate(options: EvaluateOptions) -> None:
+    """Score what ``options`` ask for, print the tables and write the report.
+
+    Warnings raised while scoring are printed after the progress display is gone.
+
+    Raises
+    ------
+    typer.Exit
+        With status 2 for an error of the project's tree (its message is printed).
+    """
+    import warnings
 
     caught: list[warnings.WarningMessage] = []
     try:
-        encoding = _label_encoding(label_values)
-        if cva_fit not in ("image", "dataset"):
-            raise DatasetError(f"unknown --cva-fit {cva_fit!r}; choose image or dataset")
-        chosen_baseline = baseline or ("none" if model in BASELINES else "cva-std")
-        if chosen_baseline not in (*BASELINES, "none"):
-            raise DatasetError(f"unknown --baseline {baseline!r}; choose cva-std, cva or none")
-        pairs: list[PairSource] = scan_datasets(data_dirs, label_encoding=encoding, ignore_value=ignore_value)
-        if split is not None:
-            if part not in ("train", "val", "test"):
-                raise DatasetError(f"unknown --part {part!r}; choose test, val or train")
-            pairs = Split.load(split).select(pairs, part)  # type: ignore[arg-type]
-            if not pairs:
-                raise DatasetError(f"the split's {part} part is empty; choose another --part")
-        groups: dict[str, list[PairSource]] = {}
-        for pair in pairs:
-            groups.setdefault(dataset_of(pair), []).append(pair)
-        requested = _bands(bands)
-        model_for: Callable[[str, ChangeDetectionDataset], ChangeModel]
-        if model in BASELINES:
-            if requested is not None:
-                groups = {name: select_bands(group, requested) for name, group in groups.items()}
-            model_for = baseline_factory(model)
-        else:
-            loaded = load_change_model(model, backbone_weights=backbone_weights)
-            groups = {name: bands_for_model(group, loaded.bands, requested) for name, group in groups.items()}
-            model_for = lambda _name, _data: loaded  # noqa: E731
-        datasets: Sequence[tuple[str, ChangeDetectionDataset]] = [
-            (name, ChangeDetectionDataset(group, ignore_value=ignore_value, label_encoding=encoding))
-            for name, group in groups.items()
-        ]
-        settings = {
-            "data": [str(d) for d in data_dirs],
-            "model_source": model,
-            "split": None if split is None else str(split),
-            "part": part if split is not None else "all",
-            "ignore_value": ignore_value,
-            "label_values": None if encoding is None else encoding.describe(),
-            "bands": None if requested is None else list(requested),
-            "cva_fit": cva_fit,
-        }
-        baseline_for = None if chosen_baseline == "none" else baseline_factory(chosen_baseline)
-
-        def score(on_progress: Callable[[str, str, int, int], None] | None) -> DatasetsReport:
-            return evaluate_datasets(
-                datasets,
-                model_for,
-                baseline_for=baseline_for,
-                cva_fit=cva_fit,  # type: ignore[arg-type]
-                tiled=tiled,
-                tile_overlap=tile_overlap,
-                on_progress=on_progress,
-                settings=settings,
-            )
-
+        plan = _plan(options)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            if progress and console.is_terminal:
-                with Progress(console=console, transient=True) as bar:
-                    task = bar.add_task("evaluating", total=1)
-
-                    def show(model_name: str, dataset: str, done: int, total: int) -> None:
-                        bar.update(
-                            task, description=f"{model_name} on {dataset}", completed=done, total=total
-                        )
-
-                    result = score(show)
-            else:
-                result = score(_PlainProgress() if progress else None)
+            result = _score(plan, options)
     except Seg2ChangeError as exc:
-        for warning in caught:
-            console.print(error_text(warning.message, label="warning:", style="yellow"))
+        _print_warnings(caught)
         _fail(exc)
         return
+    _print_warnings(caught)
+    _print_datasets(result, plan.baseline)
+    _print_report(result.pooled)
+    if options.report is not None:
+        result.save(options.report)
+        out_console.print(styled("report written to ", (str(options.report), "bold")))
+
+
+def _print_warnings(caught: Sequence[warnings.WarningMessage]) -> None:
     for warning in caught:
         console.print(error_text(warning.message, label="warning:", style="yellow"))
-    _print_datasets(result, chosen_baseline)
-    _print_report(result.pooled)
-    if report is not None:
-        result.save(report)
-        out_console.print(styled("report written to ", (str(report), "bold")))
+
+
+def _plan(options: EvaluateOptions) -> _Plan:
+    """Check the choices, read and group the pairs, load the model: everything before scoring."""
+    from seg2change_core.datasets import ChangeDetectionDataset
+    from seg2change_core.errors import DatasetError
+
+    encoding = _label_encoding(options.label_values)
+    if options.cva_fit not in ("image", "dataset"):
+        raise DatasetError(f"unknown --cva-fit {options.cva_fit!r}; choose image or dataset")
+    baseline = options.baseline or ("none" if options.model in BASELINES else "cva-std")
+    if baseline not in (*BASELINES, "none"):
+        raise DatasetError(f"unknown --baseline {options.baseline!r}; choose cva-std, cva or none")
+    groups = _pairs_by_dataset(options, encoding)
+    requested = _bands(options.bands)
+    groups, model_for = _model_for(options, groups, requested)
+    datasets = [
+        (name, ChangeDetectionDataset(group, ignore_value=options.ignore_value, label_encoding=encoding))
+        for name, group in groups.items()
+    ]
+    settings = {
+        "data": [str(d) for d in options.data_dirs],
+        "model_source": options.model,
+        "split": None if options.split is None else str(options.split),
+        "part": options.part if options.split is not None else "all",
+        "ignore_value": options.ignore_value,
+        "label_values": None if encoding is None else encoding.describe(),
+        "bands": None if requested is None else list(requested),
+        "cva_fit": options.cva_fit,
+    }
+    baseline_for = None if baseline == "none" else _baseline_factory(baseline)
+    return _Plan(datasets, model_for, baseline_for, baseline, settings)
+
+
+def _pairs_by_dataset(
+    options: EvaluateOptions, encoding: LabelEncoding | None
+) -> dict[str, list[PairSource]]:
+    """The pairs of the data folders (the split's part, when a split is given), by dataset."""
+    from seg2change_core.datasets import Split, dataset_of, scan_datasets
+    from seg2change_core.errors import DatasetError
+
+    pairs: list[PairSource] = scan_datasets(
+        options.data_dirs, label_encoding=encoding, ignore_value=options.ignore_value
+    )
+    if options.split is not None:
+        part = options.part
+        if part not in ("train", "val", "test"):
+            raise DatasetError(f"unknown --part {part!r}; choose test, val or train")
+        pairs = Split.load(options.split).select(pairs, part)  # type: ignore[arg-type]
+        if not pairs:
+            raise DatasetError(f"the split's {part} part is empty; choose another --part")
+    groups: dict[str, list[PairSource]] = {}
+    for pair in pairs:
+        groups.setdefault(dataset_of(pair), []).append(pair)
+    return groups
+
+
+def _model_for(
+    options: EvaluateOptions, groups: dict[str, list[PairSource]], requested: tuple[str, ...] | None
+) -> tuple[dict[str, list[PairSource]], ModelFactory]:
+    """The model factory, and the groups with the bands it takes (a checkpoint's, or those requested)."""
+    from seg2change_core.checkpoints import load_change_model
+    from seg2change_core.datasets import bands_for_model, select_bands
+
+    if options.model in BASELINES:
+        if requested is not None:
+            groups = {name: select_bands(group, requested) for name, group in groups.items()}
+        return groups, _baseline_factory(options.model)
+    loaded = load_change_model(options.model, backbone_weights=options.backbone_weights)
+    groups = {name: bands_for_model(group, loaded.bands, requested) for name, group in groups.items()}
+    return groups, lambda _name, _data: loaded
+
+
+def _baseline_factory(kind: str) -> ModelFactory:
+    from seg2change_core.evaluation import cva_for
+
+    return lambda _name, data: cva_for(data, standardised=kind == "cva-std")
+
+
+def _score(plan: _Plan, options: EvaluateOptions) -> DatasetsReport:
+    """Run the evaluation, with rich bars on a terminal and plain lines otherwise."""
+    from rich.progress import Progress
+
+    from seg2change_core.evaluation import evaluate_datasets
+
+    def score(on_progress: Callable[[str, str, int, int], None] | None) -> DatasetsReport:
+        return evaluate_datasets(
+            plan.datasets,
+            plan.model_for,
+            baseline_for=plan.baseline_for,
+            cva_fit=options.cva_fit,  # type: ignore[arg-type]
+            tiled=options.tiled,
+            tile_overlap=options.tile_overlap,
+            on_progress=on_progress,
+            settings=plan.settings,
+        )
+
+    if not (options.progress and console.is_terminal):
+        return score(_PlainProgress() if options.progress else None)
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task("evaluating", total=1)
+
+        def show(model_name: str, dataset: str, done: int, total: int) -> None:
+            bar.update(task, description=f"{model_name} on {dataset}", completed=done, total=total)
+
+        return score(show)
 
 
 def make_demo_checkpoint(

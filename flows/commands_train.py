@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -22,8 +22,10 @@ from seg2change_core.errors import Seg2ChangeError
 
 if TYPE_CHECKING:
     from seg2change_core.recipes import Recipe
+    from seg2change_core.training import TrainResult
+    from seg2change_core.training_setup import TrainingRun
 
-__all__ = ["PLAIN_STEP_SECONDS", "train"]
+__all__ = ["PLAIN_STEP_SECONDS", "TrainOptions", "run_train", "train"]
 
 PLAIN_STEP_SECONDS = 30.0
 """Seconds between step lines when progress is printed as plain text."""
@@ -152,178 +154,247 @@ def _recipe_with(recipe: Recipe, options: dict[str, Any]) -> Recipe:
     return replace(recipe, model=model, train=train_config, **changed)
 
 
+DataDirs = Annotated[
+    list[Path],
+    typer.Argument(
+        help="Dataset folder(s) with A/, B/ and label/ (one file per pair), OSCD roots or OSCD cities."
+    ),
+]
+Out = Annotated[Path, typer.Option("--out", help="Checkpoint to write (.safetensors); the best epoch.")]
+RecipeName = Annotated[
+    str,
+    typer.Option(
+        help="Named settings: rgb (8-bit RGB), sentinel2, dinov2. Options below replace its values."
+    ),
+]
+Minutes = Annotated[
+    float | None,
+    typer.Option(help="Time budget: the epochs (and the schedule) are fitted to it. Default: the recipe's."),
+]
+Epochs = Annotated[int | None, typer.Option(help="Epochs in all (instead of fitting them to --minutes).")]
+Threads = Annotated[
+    int | None, typer.Option(help="CPU threads for torch (default: the cores this process may use).")
+]
+Device = Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N.")]
+Bf16 = Annotated[
+    bool | None,
+    typer.Option(
+        "--bf16/--no-bf16",
+        help="bfloat16 autocast; default: where the hardware has it natively (AMX/AVX-512 BF16 CPUs, GPUs).",
+    ),
+]
+Backbone = Annotated[str | None, typer.Option(help="conv, compact or a frozen DINOv2 such as dinov2_vits14.")]
+BackboneWeights = Annotated[
+    Path | None, typer.Option(help="Official DINOv2 weights file (DINOv2 backbones).")
+]
+BatchSize = Annotated[int | None, typer.Option(help="Crops per optimiser step.")]
+Lr = Annotated[float | None, typer.Option(help="Peak AdamW learning rate.")]
+WeightDecay = Annotated[float | None, typer.Option(help="AdamW weight decay.")]
+WarmupSteps = Annotated[int | None, typer.Option(help="Linear warm-up steps before the cosine decay.")]
+CropSize = Annotated[int | None, typer.Option(help="Training crop side (a multiple of 252 avoids padding).")]
+CropsPerImage = Annotated[int | None, typer.Option(help="Random crops drawn from each pair per epoch.")]
+FocusChange = Annotated[float | None, typer.Option(help="Share of crops drawn around a changed pixel.")]
+Augment = Annotated[
+    bool | None, typer.Option("--augment/--no-augment", help="Change-specific augmentation of the recipe.")
+]
+ChangedWeight = Annotated[float | None, typer.Option(help="Cross-entropy weight of the 'changed' class.")]
+Dice = Annotated[float | None, typer.Option(help="Weight of the dice term (0 = the reference loss).")]
+EmbedDim = Annotated[int | None, typer.Option(help="Token width of the conv or compact backbone.")]
+HiddenDim = Annotated[int | None, typer.Option(help="CACH decoder width.")]
+ValFraction = Annotated[
+    float, typer.Option(help="Share of tiles (whole source images) of each dataset kept for validation.")
+]
+HoldoutFraction = Annotated[
+    float, typer.Option(help="Share of tiles (whole source images) kept apart as a test part, never used.")
+]
+SplitFile = Annotated[
+    Path | None, typer.Option(help="Split file (JSON): trains on 'train', validates on 'val'.")
+]
+ValCrop = Annotated[
+    int | None,
+    typer.Option(help="Validate on the top-left crop of this side (cheaper); default whole images."),
+]
+IgnoreValue = Annotated[int | None, typer.Option(help="Raw label value meaning 'not labelled' (e.g. 128).")]
+LabelValues = Annotated[str | None, typer.Option(help=LABEL_VALUES_HELP)]
+Bands = Annotated[
+    str | None, typer.Option(help="Bands to train on, by name, in this order (e.g. red,green,blue,nir).")
+]
+Normalisation = Annotated[
+    str | None,
+    typer.Option(
+        help="'per-image' (each image by its own band statistics), 'dataset' (fitted on the training pairs) or 'imagenet'."
+    ),
+]
+Seed = Annotated[int | None, typer.Option(help="Seed of the split, the initialisation and the augmentation.")]
+Resume = Annotated[Path | None, typer.Option(help="Training state file (.state.pt) to continue from.")]
+MaxMinutes = Annotated[
+    float | None, typer.Option(help="Stop after the epoch that ends past this time (resumable).")
+]
+LogFile = Annotated[Path | None, typer.Option(help="Metrics log (JSON lines); default <out>.log.jsonl.")]
+ShowProgress = Annotated[bool, typer.Option(help="Show progress (bars on a terminal, lines otherwise).")]
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """What ``seg2change train`` was asked for (see :func:`train` for each option).
+
+    Attributes
+    ----------
+    data_dirs, out
+        Dataset folders and the checkpoint to write.
+    recipe
+        Name of the recipe.
+    recipe_changes
+        The recipe values given on the command line, by :func:`_recipe_with`'s keys (``None``:
+        not given).
+    threads, val_fraction, holdout_fraction, split, ignore_value, label_values, bands
+        How the data is read and split, and torch's threads.
+    resume, max_minutes, log, progress
+        How the run starts, stops and reports.
+    """
+
+    data_dirs: tuple[Path, ...]
+    out: Path
+    recipe: str
+    recipe_changes: dict[str, Any]
+    threads: int | None = None
+    val_fraction: float = 0.15
+    holdout_fraction: float = 0.0
+    split: Path | None = None
+    ignore_value: int | None = None
+    label_values: str | None = None
+    bands: str | None = None
+    resume: Path | None = None
+    max_minutes: float | None = None
+    log: Path | None = None
+    progress: bool = True
+
+
 def train(
-    data_dirs: Annotated[
-        list[Path],
-        typer.Argument(
-            help="Dataset folder(s) with A/, B/ and label/ (one file per pair), OSCD roots or OSCD cities."
-        ),
-    ],
-    out: Annotated[Path, typer.Option("--out", help="Checkpoint to write (.safetensors); the best epoch.")],
-    recipe: Annotated[
-        str,
-        typer.Option(
-            help="Named settings: rgb (8-bit RGB), sentinel2, dinov2. Options below replace its values."
-        ),
-    ] = "rgb",
-    minutes: Annotated[
-        float | None,
-        typer.Option(
-            help="Time budget: the epochs (and the schedule) are fitted to it. Default: the recipe's."
-        ),
-    ] = None,
-    epochs: Annotated[
-        int | None, typer.Option(help="Epochs in all (instead of fitting them to --minutes).")
-    ] = None,
-    threads: Annotated[
-        int | None, typer.Option(help="CPU threads for torch (default: the cores this process may use).")
-    ] = None,
-    device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N.")] = None,
-    bf16: Annotated[
-        bool | None,
-        typer.Option(
-            "--bf16/--no-bf16",
-            help="bfloat16 autocast; default: where the hardware has it natively (AMX/AVX-512 BF16 CPUs, GPUs).",
-        ),
-    ] = None,
-    backbone: Annotated[
-        str | None, typer.Option(help="conv, compact or a frozen DINOv2 such as dinov2_vits14.")
-    ] = None,
-    backbone_weights: Annotated[
-        Path | None, typer.Option(help="Official DINOv2 weights file (DINOv2 backbones).")
-    ] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Crops per optimiser step.")] = None,
-    lr: Annotated[float | None, typer.Option(help="Peak AdamW learning rate.")] = None,
-    weight_decay: Annotated[float | None, typer.Option(help="AdamW weight decay.")] = None,
-    warmup_steps: Annotated[
-        int | None, typer.Option(help="Linear warm-up steps before the cosine decay.")
-    ] = None,
-    crop_size: Annotated[
-        int | None, typer.Option(help="Training crop side (a multiple of 252 avoids padding).")
-    ] = None,
-    crops_per_image: Annotated[
-        int | None, typer.Option(help="Random crops drawn from each pair per epoch.")
-    ] = None,
-    focus_change: Annotated[
-        float | None, typer.Option(help="Share of crops drawn around a changed pixel.")
-    ] = None,
-    augment: Annotated[
-        bool | None,
-        typer.Option("--augment/--no-augment", help="Change-specific augmentation of the recipe."),
-    ] = None,
-    changed_weight: Annotated[
-        float | None, typer.Option(help="Cross-entropy weight of the 'changed' class.")
-    ] = None,
-    dice: Annotated[
-        float | None, typer.Option(help="Weight of the dice term (0 = the reference loss).")
-    ] = None,
-    embed_dim: Annotated[
-        int | None, typer.Option(help="Token width of the conv or compact backbone.")
-    ] = None,
-    hidden_dim: Annotated[int | None, typer.Option(help="CACH decoder width.")] = None,
-    val_fraction: Annotated[
-        float, typer.Option(help="Share of tiles (whole source images) of each dataset kept for validation.")
-    ] = 0.15,
-    holdout_fraction: Annotated[
-        float,
-        typer.Option(help="Share of tiles (whole source images) kept apart as a test part, never used."),
-    ] = 0.0,
-    split: Annotated[
-        Path | None, typer.Option(help="Split file (JSON): trains on 'train', validates on 'val'.")
-    ] = None,
-    val_crop: Annotated[
-        int | None,
-        typer.Option(help="Validate on the top-left crop of this side (cheaper); default whole images."),
-    ] = None,
-    ignore_value: Annotated[
-        int | None, typer.Option(help="Raw label value meaning 'not labelled' (e.g. 128).")
-    ] = None,
-    label_values: Annotated[str | None, typer.Option(help=LABEL_VALUES_HELP)] = None,
-    bands: Annotated[
-        str | None, typer.Option(help="Bands to train on, by name, in this order (e.g. red,green,blue,nir).")
-    ] = None,
-    normalisation: Annotated[
-        str | None,
-        typer.Option(
-            help="'per-image' (each image by its own band statistics), 'dataset' (fitted on the training pairs) or 'imagenet'."
-        ),
-    ] = None,
-    seed: Annotated[
-        int | None, typer.Option(help="Seed of the split, the initialisation and the augmentation.")
-    ] = None,
-    resume: Annotated[
-        Path | None, typer.Option(help="Training state file (.state.pt) to continue from.")
-    ] = None,
-    max_minutes: Annotated[
-        float | None, typer.Option(help="Stop after the epoch that ends past this time (resumable).")
-    ] = None,
-    log: Annotated[
-        Path | None, typer.Option(help="Metrics log (JSON lines); default <out>.log.jsonl.")
-    ] = None,
-    progress: Annotated[
-        bool, typer.Option(help="Show progress (bars on a terminal, lines otherwise).")
-    ] = True,
+    data_dirs: DataDirs,
+    out: Out,
+    recipe: RecipeName = "rgb",
+    minutes: Minutes = None,
+    epochs: Epochs = None,
+    threads: Threads = None,
+    device: Device = None,
+    bf16: Bf16 = None,
+    backbone: Backbone = None,
+    backbone_weights: BackboneWeights = None,
+    batch_size: BatchSize = None,
+    lr: Lr = None,
+    weight_decay: WeightDecay = None,
+    warmup_steps: WarmupSteps = None,
+    crop_size: CropSize = None,
+    crops_per_image: CropsPerImage = None,
+    focus_change: FocusChange = None,
+    augment: Augment = None,
+    changed_weight: ChangedWeight = None,
+    dice: Dice = None,
+    embed_dim: EmbedDim = None,
+    hidden_dim: HiddenDim = None,
+    val_fraction: ValFraction = 0.15,
+    holdout_fraction: HoldoutFraction = 0.0,
+    split: SplitFile = None,
+    val_crop: ValCrop = None,
+    ignore_value: IgnoreValue = None,
+    label_values: LabelValues = None,
+    bands: Bands = None,
+    normalisation: Normalisation = None,
+    seed: Seed = None,
+    resume: Resume = None,
+    max_minutes: MaxMinutes = None,
+    log: LogFile = None,
+    progress: ShowProgress = True,
 ) -> None:
     """Train the CACH change model with a named recipe; keep the epoch with the best validation IoU."""
+    changes = {
+        "backbone": backbone,
+        "backbone_weights": None if backbone_weights is None else str(backbone_weights),
+        "embed_dim": embed_dim,
+        "hidden_dim": hidden_dim,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "weight_decay": weight_decay,
+        "warmup_steps": warmup_steps,
+        "seed": seed,
+        "device": device,
+        "bf16": bf16,
+        "changed_class_weight": changed_weight,
+        "dice": dice,
+        "crop_size": crop_size,
+        "crops_per_image": crops_per_image,
+        "focus_change": focus_change,
+        "normalisation": normalisation,
+        "validation_crop": val_crop,
+        "minutes": minutes,
+        "augment": augment,
+    }
+    options = TrainOptions(
+        tuple(data_dirs), out, recipe, changes,
+        threads=threads, val_fraction=val_fraction, holdout_fraction=holdout_fraction, split=split,
+        ignore_value=ignore_value, label_values=label_values, bands=bands,
+        resume=resume, max_minutes=max_minutes, log=log, progress=progress,
+    )  # fmt: skip
+    run_train(options)
+
+
+def run_train(options: TrainOptions) -> None:
+    """Prepare and run the training ``options`` ask for and print where its results are.
+
+    Raises
+    ------
+    typer.Exit
+        With status 2 for an error of the project's tree (its message is printed).
+    """
     observer = None
     try:
-        from seg2change_core.training_setup import prepare_training
-
-        used_threads = _set_threads(threads)
-        chosen = _recipe_with(
-            _get_recipe(recipe),
-            {
-                "backbone": backbone,
-                "backbone_weights": None if backbone_weights is None else str(backbone_weights),
-                "embed_dim": embed_dim,
-                "hidden_dim": hidden_dim,
-                "epochs": epochs,
-                "batch_size": batch_size,
-                "lr": lr,
-                "weight_decay": weight_decay,
-                "warmup_steps": warmup_steps,
-                "seed": seed,
-                "device": device,
-                "bf16": bf16,
-                "changed_class_weight": changed_weight,
-                "dice": dice,
-                "crop_size": crop_size,
-                "crops_per_image": crops_per_image,
-                "focus_change": focus_change,
-                "normalisation": normalisation,
-                "validation_crop": val_crop,
-                "minutes": minutes,
-                "augment": augment,
-            },
-        )
-        if epochs is not None:
-            chosen = replace(chosen, minutes=None)
-        run = prepare_training(
-            chosen,
-            data_dirs,
-            out,
-            split=split,
-            val_fraction=val_fraction,
-            holdout_fraction=holdout_fraction,
-            bands=_bands(bands),
-            label_encoding=_label_encoding(label_values),
-            ignore_value=ignore_value,
-            log=lambda text: console.print(text, markup=False, soft_wrap=True),
-        )
+        run, used_threads = _prepare(options)
         console.print(
-            f"recipe {chosen.name}: {len(run.train_data.pairs)} training pairs, {run.val_pairs} validation, "
-            f"{run.held_out} held out; {used_threads} threads on {chosen.train.device}",
+            f"recipe {run.recipe.name}: {len(run.train_data.pairs)} training pairs, {run.val_pairs} "
+            f"validation, {run.held_out} held out; {used_threads} threads on {run.recipe.train.device}",
             markup=False,
             soft_wrap=True,
         )
-        observer = _observer(progress)
-        result = run.run(resume=resume, max_minutes=max_minutes, log_path=log, observer=observer)
+        observer = _observer(options.progress)
+        result = run.run(
+            resume=options.resume, max_minutes=options.max_minutes, log_path=options.log, observer=observer
+        )
     except Seg2ChangeError as exc:
         _fail(exc)
         return
     finally:
         if observer is not None:
             observer.stop()
+    _print_result(result, run)
+
+
+def _prepare(options: TrainOptions) -> tuple[TrainingRun, int]:
+    """Set the threads, put the command line into the recipe and prepare the run."""
+    from seg2change_core.training_setup import prepare_training
+
+    used_threads = _set_threads(options.threads)
+    chosen = _recipe_with(_get_recipe(options.recipe), options.recipe_changes)
+    if options.recipe_changes.get("epochs") is not None:
+        chosen = replace(chosen, minutes=None)
+    run = prepare_training(
+        chosen,
+        options.data_dirs,
+        options.out,
+        split=options.split,
+        val_fraction=options.val_fraction,
+        holdout_fraction=options.holdout_fraction,
+        bands=_bands(options.bands),
+        label_encoding=_label_encoding(options.label_values),
+        ignore_value=options.ignore_value,
+        log=lambda text: console.print(text, markup=False, soft_wrap=True),
+    )
+    return run, used_threads
+
+
+def _print_result(result: TrainResult, run: TrainingRun) -> None:
+    """Where the checkpoint and the state are, how far it got, and how to continue."""
     out_console.print(
         f"checkpoint: {result.checkpoint} (epoch {result.best_epoch})", markup=False, soft_wrap=True
     )
