@@ -295,7 +295,7 @@ def _window_side(chunk: int) -> int:
     return TILE_SIZE * max(1, -(-chunk // TILE_SIZE))
 
 
-def _spot_check(written: Any, source: zarr.Array, info: ChangeCubeInfo, layer: str) -> None:
+def _spot_check(written: Any, source: zarr.Array[Any], info: ChangeCubeInfo, layer: str) -> None:
     """Compare the first and the central tile of the COG with the Zarr (cheap; catches empty files)."""
     side = min(TILE_SIZE, info.height, info.width)
     for r0, c0 in ((0, 0), ((info.height - side) // 2, (info.width - side) // 2)):
@@ -307,6 +307,91 @@ def _spot_check(written: Any, source: zarr.Array, info: ChangeCubeInfo, layer: s
                 f"the COG written for {layer} differs from the change cube at rows {r0}-{r0 + side}, "
                 f"columns {c0}-{c0 + side}; the earlier file is kept. Check the disk and publish again"
             )
+
+
+def _staging_profile(info: ChangeCubeInfo, spec: CogSpec) -> dict[str, Any]:
+    """Creation options of a layer's tiled staging GeoTIFF."""
+    return {
+        "driver": "GTiff",
+        "width": info.width,
+        "height": info.height,
+        "count": 1,
+        "dtype": spec.dtype,
+        "crs": info.crs.to_wkt(),
+        "transform": info.transform,
+        "nodata": spec.nodata,
+        "tiled": True,
+        "blockxsize": TILE_SIZE,
+        "blockysize": TILE_SIZE,
+        "predictor": spec.predictor,
+        "BIGTIFF": "IF_SAFER",
+        **STAGING_COMPRESSION,
+    }
+
+
+def _write_staging(
+    info: ChangeCubeInfo,
+    layer: str,
+    source: zarr.Array[Any],
+    staging: Path,
+    legend: tuple[dict[int, RGBA], list[str]] | None,
+) -> None:
+    """Copy a layer window by window into the staging GeoTIFF, with its tags and colour table."""
+    spec = COG_LAYERS[layer]
+    tags = {"layer": layer, "seg2change_fingerprint": info.fingerprint}
+    if layer in ("class_before", "class_after"):
+        tags["classes"] = json.dumps(list(info.classes))
+    if layer == "transition":
+        tags.update(classes=json.dumps(list(info.classes)), num_classes=str(len(info.classes)))
+    with rasterio.open(staging, "w", **_staging_profile(info, spec)) as dst:
+        dst.set_band_description(1, spec.description)
+        dst.update_tags(**tags)
+        if legend is not None:
+            dst.write_colormap(1, legend[0])
+        for rows, cols in block_windows(info.height, info.width, _window_side(info.chunk)):
+            data = np.asarray(source[rows, cols], dtype=spec.dtype)
+            window = RasterioWindow(cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start)
+            dst.write(data, 1, window=window)
+
+
+def _translate(
+    info: ChangeCubeInfo,
+    layer: str,
+    source: zarr.Array[Any],
+    staging: Path,
+    path: Path,
+    overview_level: int | None,
+) -> tuple[int, ...]:
+    """Convert the staging GeoTIFF into the COG at ``path``, check it, and return its overviews."""
+    spec = COG_LAYERS[layer]
+    cog_profile = dict(cog_profiles.get("deflate"))
+    cog_profile.update(
+        blockxsize=TILE_SIZE, blockysize=TILE_SIZE, predictor=spec.predictor, BIGTIFF="IF_SAFER"
+    )
+    with replace_atomically(path) as tmp:
+        cog_translate(
+            str(staging),
+            str(tmp),
+            cog_profile,
+            overview_level=overview_level,
+            overview_resampling=spec.resampling,  # type: ignore[arg-type]
+            allow_intermediate_compression=True,
+            forward_band_tags=True,
+            # Staged on disk whatever the size (rio-cogeo's default holds layers under 120 Mpx in
+            # memory): the same bytes, and publishing's memory stays one window per layer.
+            in_memory=False,
+            quiet=True,
+        )
+        valid, errors, _ = cog_validate(str(tmp), quiet=True)
+        if not valid:
+            raise PublishError(
+                f"the COG written for {layer} is not valid ({'; '.join(errors)}); this is a bug, "
+                "please report it with the GDAL and rio-cogeo versions"
+            )
+        with rasterio.open(tmp) as written:
+            overviews = tuple(written.overviews(1))
+            _spot_check(written, source, info, layer)
+    return overviews
 
 
 def write_cog(
@@ -346,67 +431,10 @@ def write_cog(
     source = zarr.open_array(info.path.zarr_store(read_only=True), path=layer, mode="r")
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.with_name(f".{path.stem}.staging-{uuid.uuid4().hex[:8]}.tif")
-    tags = {"layer": layer, "seg2change_fingerprint": info.fingerprint}
-    if layer in ("class_before", "class_after"):
-        tags["classes"] = json.dumps(list(info.classes))
-    if layer == "transition":
-        tags.update(classes=json.dumps(list(info.classes)), num_classes=str(len(info.classes)))
-    profile: dict[str, Any] = {
-        "driver": "GTiff",
-        "width": info.width,
-        "height": info.height,
-        "count": 1,
-        "dtype": spec.dtype,
-        "crs": info.crs.to_wkt(),
-        "transform": info.transform,
-        "nodata": spec.nodata,
-        "tiled": True,
-        "blockxsize": TILE_SIZE,
-        "blockysize": TILE_SIZE,
-        "predictor": spec.predictor,
-        "BIGTIFF": "IF_SAFER",
-        **STAGING_COMPRESSION,
-    }
     legend = layer_legend(layer, info.classes)
     try:
-        with rasterio.open(staging, "w", **profile) as dst:
-            dst.set_band_description(1, spec.description)
-            dst.update_tags(**tags)
-            if legend is not None:
-                dst.write_colormap(1, legend[0])
-            for rows, cols in block_windows(info.height, info.width, _window_side(info.chunk)):
-                data = np.asarray(source[rows, cols], dtype=spec.dtype)
-                window = RasterioWindow(
-                    cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start
-                )
-                dst.write(data, 1, window=window)
-        cog_profile = dict(cog_profiles.get("deflate"))
-        cog_profile.update(
-            blockxsize=TILE_SIZE, blockysize=TILE_SIZE, predictor=spec.predictor, BIGTIFF="IF_SAFER"
-        )
-        with replace_atomically(path) as tmp:
-            cog_translate(
-                str(staging),
-                str(tmp),
-                cog_profile,
-                overview_level=overview_level,
-                overview_resampling=spec.resampling,  # type: ignore[arg-type]
-                allow_intermediate_compression=True,
-                forward_band_tags=True,
-                # Staged on disk whatever the size (rio-cogeo's default holds layers under 120 Mpx in
-                # memory): the same bytes, and publishing's memory stays one window per layer.
-                in_memory=False,
-                quiet=True,
-            )
-            valid, errors, _ = cog_validate(str(tmp), quiet=True)
-            if not valid:
-                raise PublishError(
-                    f"the COG written for {layer} is not valid ({'; '.join(errors)}); this is a bug, "
-                    "please report it with the GDAL and rio-cogeo versions"
-                )
-            with rasterio.open(tmp) as written:
-                overviews = tuple(written.overviews(1))
-                _spot_check(written, source, info, layer)
+        _write_staging(info, layer, source, staging, legend)
+        overviews = _translate(info, layer, source, staging, path, overview_level)
     finally:
         staging.unlink(missing_ok=True)
     sidecar = _write_category_names(path, legend[1]) if legend is not None else None
