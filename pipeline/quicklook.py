@@ -25,6 +25,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import rasterio
@@ -219,6 +220,62 @@ def _upscale(image: U8, scale: int) -> U8:
     return np.repeat(np.repeat(image, scale, axis=0), scale, axis=1) if scale > 1 else image
 
 
+def _check(
+    code_map: NDArray[Any],
+    before: U8,
+    after: U8,
+    labels: Mapping[int, str],
+    colours: Mapping[int, Colour],
+    titles: Sequence[str],
+    scale: int,
+    font_scale: int,
+) -> set[int]:
+    """Check the arguments of :func:`compose_quicklook`; return the changed codes present."""
+    if before.shape[:2] != code_map.shape or after.shape[:2] != code_map.shape:
+        raise QuicklookError(
+            f"before {before.shape[:2]}, after {after.shape[:2]} and codes {code_map.shape} must "
+            "cover the same pixels"
+        )
+    if len(titles) != 3:
+        raise QuicklookError(f"give three panel titles (before, after, change), got {len(titles)}")
+    if scale < 1 or font_scale < 1:
+        raise QuicklookError(f"scale={scale} and font_scale={font_scale} must be positive integers")
+    present = {int(c) for c in np.unique(code_map) if c >= 0}
+    unlabelled = sorted(present - set(labels))
+    uncoloured = sorted(set(labels) - set(colours))
+    if unlabelled or uncoloured:
+        raise QuicklookError(
+            f"codes without a label {unlabelled} / labels without a colour {uncoloured}: give every "
+            "changed code present a label and every label a colour (merge rare codes into one first)"
+        )
+    return present
+
+
+def _change_panel(after: U8, code_map: NDArray[Any], present: set[int], colours: Mapping[int, Colour]) -> U8:
+    """The after image in dimmed grey, changed pixels in their transition colour."""
+    grey = (after.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)) * 0.45 + 40
+    change = np.repeat(grey.astype(np.uint8)[..., None], 3, axis=2)
+    for code in present:
+        change[code_map == code] = colours[code]
+    return change
+
+
+def _draw_legend(
+    canvas: U8, top: int, entries: Sequence[tuple[Colour, str]], columns: int, row_h: int, font_scale: int
+) -> None:
+    """Draw the legend's swatches and labels from row ``top``, in ``columns`` columns."""
+    swatch = GLYPH_HEIGHT * font_scale
+    col_w = (canvas.shape[1] - 2 * _MARGIN) // columns
+    for n, (colour, text) in enumerate(entries):
+        r, c = divmod(n, columns)
+        ex, ey = _MARGIN + c * col_w, top + r * row_h
+        canvas[ey : ey + swatch, ex : ex + swatch] = _BLACK
+        canvas[ey + 1 : ey + swatch - 1, ex + 1 : ex + swatch - 1] = colour
+        draw_text(
+            canvas, ex + swatch + _GAP, ey, text, _BLACK, font_scale, max_width=col_w - swatch - 2 * _GAP
+        )
+
+
 def compose_quicklook(
     before_rgb: ArrayLike,
     after_rgb: ArrayLike,
@@ -250,29 +307,8 @@ def compose_quicklook(
             f"{code_map.dtype} of shape {code_map.shape}"
         )
     before, after = stretch_rgb(before_rgb, percentiles), stretch_rgb(after_rgb, percentiles)
-    if before.shape[:2] != code_map.shape or after.shape[:2] != code_map.shape:
-        raise QuicklookError(
-            f"before {before.shape[:2]}, after {after.shape[:2]} and codes {code_map.shape} must "
-            "cover the same pixels"
-        )
-    if len(titles) != 3:
-        raise QuicklookError(f"give three panel titles (before, after, change), got {len(titles)}")
-    if scale < 1 or font_scale < 1:
-        raise QuicklookError(f"scale={scale} and font_scale={font_scale} must be positive integers")
-    present = {int(c) for c in np.unique(code_map) if c >= 0}
-    unlabelled = sorted(present - set(labels))
-    uncoloured = sorted(set(labels) - set(colours))
-    if unlabelled or uncoloured:
-        raise QuicklookError(
-            f"codes without a label {unlabelled} / labels without a colour {uncoloured}: give every "
-            "changed code present a label and every label a colour (merge rare codes into one first)"
-        )
-
-    # Change panel: the after image in dimmed grey, changed pixels in their transition colour.
-    grey = (after.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)) * 0.45 + 40
-    change = np.repeat(grey.astype(np.uint8)[..., None], 3, axis=2)
-    for code in present:
-        change[code_map == code] = colours[code]
+    present = _check(code_map, before, after, labels, colours, titles, scale, font_scale)
+    change = _change_panel(after, code_map, present, colours)
 
     panels = [_upscale(p, scale) for p in (before, after, change)]
     ph, pw = panels[0].shape[:2]
@@ -282,8 +318,7 @@ def compose_quicklook(
 
     # Legend: swatch + label, laid out in as many columns as fit the width.
     entries = [(colours[c], labels[c]) for c in labels]
-    swatch = line
-    entry_w = max((swatch + _GAP + text_size(t, font_scale)[0] for _, t in entries), default=0) + 2 * _GAP
+    entry_w = max((line + _GAP + text_size(t, font_scale)[0] for _, t in entries), default=0) + 2 * _GAP
     columns = max(1, min(len(entries), (width - 2 * _MARGIN) // max(entry_w, 1))) if entries else 1
     rows = -(-len(entries) // columns) if entries else 0
     row_h = line + _GAP // 2 + 2
@@ -296,16 +331,7 @@ def compose_quicklook(
         left = _MARGIN + i * (pw + _GAP)
         draw_text(canvas, left, _MARGIN, title, _BLACK, font_scale, max_width=pw)
         canvas[top : top + ph, left : left + pw] = panel
-    y = top + ph + _GAP
-    col_w = (width - 2 * _MARGIN) // columns
-    for n, (colour, text) in enumerate(entries):
-        r, c = divmod(n, columns)
-        ex, ey = _MARGIN + c * col_w, y + r * row_h
-        canvas[ey : ey + swatch, ex : ex + swatch] = _BLACK
-        canvas[ey + 1 : ey + swatch - 1, ex + 1 : ex + swatch - 1] = colour
-        draw_text(
-            canvas, ex + swatch + _GAP, ey, text, _BLACK, font_scale, max_width=col_w - swatch - 2 * _GAP
-        )
+    _draw_legend(canvas, top + ph + _GAP, entries, columns, row_h, font_scale)
     return canvas
 
 
