@@ -5,7 +5,9 @@
 - :mod:`pipeline.publish.cogs`: COGs of the main layers, read back from the Zarr block by block;
 - :mod:`pipeline.publish.statistics`: changed area per target class and transition, per zone;
 - :mod:`pipeline.publish.quicklooks`: the quick-look PNG;
-- :mod:`pipeline.publish.stac`: the STAC Collection and Item, and their validation.
+- :mod:`pipeline.publish.stac`: the STAC Collection and Item (:mod:`pipeline.publish.stac_validation`:
+  their validation);
+- :mod:`pipeline.publish.zones`: the zones of per-zone statistics.
 """
 
 from pipeline.publish.cogs import (
@@ -18,17 +20,17 @@ from pipeline.publish.cogs import (
 )
 from pipeline.publish.quicklooks import write_quicklook
 from pipeline.publish.run import PublishResult, publish
-from pipeline.publish.stac import StacValidation, validate_published, validate_stac
+from pipeline.publish.stac_validation import StacValidation, validate_published, validate_stac
 from pipeline.publish.statistics import (
     ALL_ZONE,
     ChangeStatistics,
     StatisticsRow,
     ZoneTotals,
     compute_statistics,
-    load_zones,
     statistics_table,
     write_statistics,
 )
+from pipeline.publish.zones import load_zones
 
 __all__ = [
     "ALL_ZONE",

@@ -39,21 +39,14 @@ from pipeline.publish.quicklooks import write_quicklook
 from pipeline.publish.stac import (
     ZARR_MEDIA_TYPE,
     AssetFile,
-    StacValidation,
     build_collection,
     build_item,
     is_loopback,
-    validate_stac,
     write_stac,
 )
-from pipeline.publish.statistics import (
-    ALL_ZONE,
-    ChangeStatistics,
-    Zone,
-    compute_statistics,
-    load_zones,
-    write_statistics,
-)
+from pipeline.publish.stac_validation import StacValidation, validate_stac
+from pipeline.publish.statistics import ALL_ZONE, ChangeStatistics, compute_statistics, write_statistics
+from pipeline.publish.zones import Zone, load_zones
 from pipeline.spec import JobSpec
 from pipeline.storage import Location, LocationLike
 

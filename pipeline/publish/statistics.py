@@ -56,7 +56,6 @@ import shapely
 import shapely.geometry
 import zarr
 from numpy.typing import NDArray
-from pyproj import CRS, Transformer
 from rich.table import Table
 from rich.text import Text
 
@@ -64,6 +63,7 @@ from pipeline.change_cube import TRANSITION_NO_CHANGE, UINT8_NODATA
 from pipeline.errors import PublishError
 from pipeline.publish.cogs import ChangeCubeInfo, block_windows
 from pipeline.publish.legend import transition_label
+from pipeline.publish.zones import ALL_ZONE, Zone
 from pipeline.storage import Location, LocationLike, replace_atomically
 
 __all__ = [
@@ -72,18 +72,14 @@ __all__ = [
     "COLUMN_DESCRIPTIONS",
     "ChangeStatistics",
     "StatisticsRow",
-    "Zone",
     "ZoneTotals",
     "compute_statistics",
-    "load_zones",
     "read_statistics",
     "statistics_metadata",
     "statistics_table",
     "write_statistics",
 ]
 
-#: Zone name of the whole area.
-ALL_ZONE = "all"
 #: Square metres in a hectare.
 M2_PER_HA = 10_000.0
 
@@ -104,14 +100,6 @@ COLUMN_DESCRIPTIONS: Mapping[str, str] = {
     "area_m2": "area of those pixels in square metres (m2)",
     "area_ha": "area of those pixels in hectares (ha, 10,000 m2)",
 }
-
-
-@dataclass(frozen=True)
-class Zone:
-    """A zone for statistics: its id and its polygon(s) in the grid's CRS."""
-
-    id: str
-    geometry: shapely.Geometry
 
 
 @dataclass(frozen=True)
@@ -224,78 +212,6 @@ class ChangeStatistics:
         return [r for r in self.rows if r.zone == zone]
 
 
-# --------------------------------------------------------------------------- zones
-
-
-def _zone_crs(doc: Mapping[str, Any]) -> CRS:
-    named = (doc.get("crs") or {}).get("properties", {}).get("name")
-    try:
-        return CRS.from_user_input(named) if named else CRS.from_user_input("OGC:CRS84")
-    except Exception as exc:
-        raise PublishError(
-            f"the zones' crs {named!r} is unknown to pyproj; name it like 'EPSG:32633' or "
-            "'urn:ogc:def:crs:EPSG::32633', or give the zones in WGS84 without a crs member"
-        ) from exc
-
-
-def load_zones(path: Path, crs: CRS) -> list[Zone]:
-    """Read a GeoJSON FeatureCollection of polygons and reproject it to ``crs``.
-
-    A zone's id is its ``id`` property, else its ``name`` property, else the feature's ``id``
-    member, else its index in the collection.
-
-    Raises
-    ------
-    PublishError
-        When the file is unreadable, holds no polygon features, has a non-polygon geometry,
-        repeats an id, or uses the reserved id :data:`ALL_ZONE`.
-    """
-    try:
-        doc = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise PublishError(
-            f"cannot read the zones file {path} ({exc}); give a GeoJSON FeatureCollection"
-        ) from None
-    features = doc.get("features") if doc.get("type") == "FeatureCollection" else None
-    if doc.get("type") == "Feature":
-        features = [doc]
-    if not features:
-        raise PublishError(
-            f"the zones file {path} holds no features; give a GeoJSON FeatureCollection of polygons"
-        )
-    transformer = Transformer.from_crs(_zone_crs(doc), crs, always_xy=True)
-    zones: list[Zone] = []
-    for index, feature in enumerate(features):
-        props = feature.get("properties") or {}
-        raw_id = next(
-            (v for v in (props.get("id"), props.get("name"), feature.get("id")) if v is not None), index
-        )
-        zone_id = str(raw_id)
-        geometry = shapely.geometry.shape(
-            feature.get("geometry") or {"type": "GeometryCollection", "geometries": []}
-        )
-        if geometry.geom_type not in ("Polygon", "MultiPolygon"):
-            raise PublishError(
-                f"zone {zone_id!r} in {path} is a {geometry.geom_type}, not a polygon; give polygon zones"
-            )
-        xmin, ymin, xmax, ymax = geometry.bounds
-        step = max(xmax - xmin, ymax - ymin) / 256 or 1.0
-        dense = shapely.segmentize(geometry, max_segment_length=step)
-        projected = shapely.transform(
-            dense, lambda xy: np.column_stack(transformer.transform(xy[:, 0], xy[:, 1]))
-        )
-        zones.append(Zone(zone_id, shapely.make_valid(projected)))
-    ids = [z.id for z in zones]
-    duplicated = sorted({i for i in ids if ids.count(i) > 1})
-    if duplicated:
-        raise PublishError(
-            f"zone ids {duplicated} appear more than once in {path}; give each zone a unique id or name"
-        )
-    if ALL_ZONE in ids:
-        raise PublishError(f"zone id {ALL_ZONE!r} is reserved for the whole area; rename that zone in {path}")
-    return zones
-
-
 # --------------------------------------------------------------------------- counting
 
 
@@ -350,7 +266,7 @@ def compute_statistics(
     info
         The change cube (:func:`~pipeline.publish.cogs.describe_change_cube`).
     zones
-        Zones in the grid's CRS (:func:`load_zones`).
+        Zones in the grid's CRS (:func:`~pipeline.publish.zones.load_zones`).
     progress
         Called as ``progress("statistics", done, total)`` after each block.
 
@@ -358,13 +274,33 @@ def compute_statistics(
     -------
     ChangeStatistics
     """
+    counts = _count_blocks(info, zones, progress)
+    rows: list[StatisticsRow] = []
+    totals: list[ZoneTotals] = []
+    for zone_id, zone_counts in counts.items():
+        totals.append(_zone_totals(zone_id, zone_counts, info.pixel_area_m2))
+        rows.extend(_zone_rows(info, zone_id, zone_counts))
+    return ChangeStatistics(
+        rows=tuple(rows),
+        totals=tuple(totals),
+        pixel_area_m2=info.pixel_area_m2,
+        classes=info.classes,
+        targets=info.targets,
+        crs=info.crs.to_wkt(),
+        metadata=statistics_metadata(info),
+    )
+
+
+def _count_blocks(
+    info: ChangeCubeInfo, zones: Sequence[Zone], progress: Callable[[str, int, int], None] | None
+) -> dict[str, _Counts]:
+    """The counts of the whole area and of each zone, read block by block from the change cube."""
     k = len(info.classes)
-    n_targets = len(info.targets)
     arrays = {
         name: zarr.open_array(info.path.zarr_store(read_only=True), path=name, mode="r")
         for name in ("change", "transition", "target_change")
     }
-    counts = {z: _Counts.empty(k * k, n_targets) for z in [ALL_ZONE, *(z.id for z in zones)]}
+    counts = {z: _Counts.empty(k * k, len(info.targets)) for z in [ALL_ZONE, *(z.id for z in zones)]}
     windows = list(block_windows(info.height, info.width, info.chunk))
     for n, (rows, cols) in enumerate(windows):
         change = np.asarray(arrays["change"][rows, cols])
@@ -388,10 +324,27 @@ def compute_statistics(
             counts[zone.id].add(inside, change, transition, target_change)
         if progress is not None:
             progress("statistics", n + 1, len(windows))
+    return counts
 
+
+def _zone_totals(zone: str, counts: _Counts, area: float) -> ZoneTotals:
+    return ZoneTotals(
+        zone=zone,
+        pixels=counts.pixels,
+        valid_pixels=counts.valid,
+        nodata_pixels=counts.pixels - counts.valid,
+        changed_pixels=counts.changed,
+        changed_area_m2=counts.changed * area,
+        changed_area_ha=counts.changed * area / M2_PER_HA,
+    )
+
+
+def _zone_rows(info: ChangeCubeInfo, zone: str, counts: _Counts) -> list[StatisticsRow]:
+    """The rows of one zone: the changed total, every target, then the transitions (most pixels first)."""
     area = info.pixel_area_m2
+    k = len(info.classes)
 
-    def row(zone: str, kind: Kind, label: str, pixels: int, **names: str | None) -> StatisticsRow:
+    def row(kind: Kind, label: str, pixels: int, **names: str | None) -> StatisticsRow:
         return StatisticsRow(
             zone=zone,
             kind=kind,
@@ -404,49 +357,23 @@ def compute_statistics(
             area_ha=pixels * area / M2_PER_HA,
         )
 
-    rows_out: list[StatisticsRow] = []
-    totals: list[ZoneTotals] = []
-    for zone_id, c in counts.items():
-        totals.append(
-            ZoneTotals(
-                zone=zone_id,
-                pixels=c.pixels,
-                valid_pixels=c.valid,
-                nodata_pixels=c.pixels - c.valid,
-                changed_pixels=c.changed,
-                changed_area_m2=c.changed * area,
-                changed_area_ha=c.changed * area / M2_PER_HA,
+    rows = [row("changed", "changed (all classes)", counts.changed)]
+    for target, pixels in zip(info.targets, counts.targets.tolist(), strict=True):
+        rows.append(row("target", f"{target}: changed into or out of", pixels, target=target))
+    transitions = counts.transitions
+    order = sorted(np.flatnonzero(transitions).tolist(), key=lambda code: (-int(transitions[code]), code))
+    for code in order:
+        before, after = divmod(code, k)
+        rows.append(
+            row(
+                "class_unchanged" if before == after else "transition",
+                transition_label(info.classes, code),
+                int(transitions[code]),
+                class_from=info.classes[before],
+                class_to=info.classes[after],
             )
         )
-        rows_out.append(row(zone_id, "changed", "changed (all classes)", c.changed))
-        for target, pixels in zip(info.targets, c.targets.tolist(), strict=True):
-            rows_out.append(
-                row(zone_id, "target", f"{target}: changed into or out of", pixels, target=target)
-            )
-        order = sorted(
-            np.flatnonzero(c.transitions).tolist(), key=lambda code: (-int(c.transitions[code]), code)
-        )
-        for code in order:
-            before, after = divmod(code, k)
-            rows_out.append(
-                row(
-                    zone_id,
-                    "class_unchanged" if before == after else "transition",
-                    transition_label(info.classes, code),
-                    int(c.transitions[code]),
-                    class_from=info.classes[before],
-                    class_to=info.classes[after],
-                )
-            )
-    return ChangeStatistics(
-        rows=tuple(rows_out),
-        totals=tuple(totals),
-        pixel_area_m2=area,
-        classes=info.classes,
-        targets=info.targets,
-        crs=info.crs.to_wkt(),
-        metadata=statistics_metadata(info),
-    )
+    return rows
 
 
 def statistics_metadata(info: ChangeCubeInfo) -> dict[str, str]:
