@@ -60,6 +60,7 @@ MODULE_LAYERS: dict[str, str] = {
     "pipeline/test_prepare_synthetic.py": "integration",
     "pipeline/test_publish_cogs.py": "integration",
     "pipeline/test_publish_stac.py": "integration",
+    "pipeline/test_publisher_registry.py": "integration",
     "pipeline/test_real_data_cube.py": "integration",
     "pipeline/test_restart.py": "integration",
     "pipeline/test_signed_catalog_run.py": "integration",

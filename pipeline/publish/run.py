@@ -18,14 +18,13 @@ are relative (``../cogs/change.tif``) and resolve in the bucket as they do on a 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-import os
 import tempfile
-from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,27 +33,17 @@ import zarr
 from pipeline.discover import Discovery
 from pipeline.errors import PublishError
 from pipeline.progress import staged_progress
-from pipeline.publish.cogs import COG_MEDIA_TYPE, ChangeCubeInfo, describe_change_cube, write_cogs
-from pipeline.publish.quicklooks import write_quicklook
-from pipeline.publish.stac import (
-    ZARR_MEDIA_TYPE,
-    AssetFile,
-    build_collection,
-    build_item,
-    is_loopback,
-    write_stac,
-)
-from pipeline.publish.stac_validation import StacValidation, validate_stac
-from pipeline.publish.statistics import ALL_ZONE, ChangeStatistics, compute_statistics, write_statistics
-from pipeline.publish.zones import Zone, load_zones
-from pipeline.spec import JobSpec
+from pipeline.publish.cogs import COG_MEDIA_TYPE, describe_change_cube
+from pipeline.publish.registry import Artifact, PublishContext, Publisher, needed_by, resolve_publishers
+from pipeline.publish.stac_validation import StacValidation
+from pipeline.publish.statistics import ChangeStatistics
+from pipeline.publish.zones import load_zones
+from pipeline.spec import DEFAULT_PUBLISHERS, JobSpec
 from pipeline.storage import Location, LocationLike
 
 __all__ = ["PublishResult", "publish"]
 
 log = logging.getLogger(__name__)
-
-PARQUET_MEDIA_TYPE = "application/vnd.apache.parquet"
 
 
 @dataclass(frozen=True)
@@ -63,33 +52,76 @@ class PublishResult:
 
     Attributes
     ----------
-    cogs
-        COG path per layer.
-    stac_collection, stac_item
-        The STAC documents.
-    statistics_parquet, statistics_json
-        The statistics files.
-    quicklook
-        The quick-look PNG.
-    statistics
-        The statistics (print them with :func:`pipeline.publish.statistics_table`).
-    validation
-        What the STAC validation checked (collection, item).
+    artifacts
+        The artifacts of each publisher, in the job's order of publishers.
+    locations
+        Where each artifact is published, by artifact key.
+
+    The properties name the files of the built-in publishers; each raises :class:`PublishError`
+    when its publisher was not run.
     """
 
-    cogs: Mapping[str, Location]
-    stac_collection: Location
-    stac_item: Location
-    statistics_parquet: Location
-    statistics_json: Location
-    quicklook: Location
-    statistics: ChangeStatistics
-    validation: tuple[StacValidation, ...]
+    artifacts: Mapping[str, tuple[Artifact, ...]]
+    locations: Mapping[str, Location]
 
+    def _of(self, publisher: str) -> tuple[Artifact, ...]:
+        try:
+            return self.artifacts[publisher]
+        except KeyError:
+            raise PublishError(
+                f"the job's publishers ({', '.join(self.artifacts)}) do not include {publisher!r}, so nothing "
+                f"of it was published; add {publisher!r} to the job's publishers"
+            ) from None
 
-def _cog_threads() -> int:
-    """Threads for the COG layers: the cores this process may use, less the one counting statistics."""
-    return max(1, len(os.sched_getaffinity(0)) - 1)
+    def _artifact(self, publisher: str, key: str) -> Artifact:
+        for artifact in self._of(publisher):
+            if artifact.key == key:
+                return artifact
+        raise PublishError(f"publisher {publisher!r} published no {key!r}")
+
+    @property
+    def cogs(self) -> dict[str, Location]:
+        """COG per layer."""
+        return {a.key: self.locations[a.key] for a in self._of("cog") if a.media_type == COG_MEDIA_TYPE}
+
+    @property
+    def stac_collection(self) -> Location:
+        """The STAC Collection."""
+        return self.locations[self._artifact("stac", "stac_collection").key]
+
+    @property
+    def stac_item(self) -> Location:
+        """The STAC Item."""
+        return self.locations[self._artifact("stac", "stac_item").key]
+
+    @property
+    def statistics_parquet(self) -> Location:
+        """The statistics as Parquet."""
+        return self.locations[self._artifact("statistics", "statistics_parquet").key]
+
+    @property
+    def statistics_json(self) -> Location:
+        """The statistics as JSON."""
+        return self.locations[self._artifact("statistics", "statistics_json").key]
+
+    @property
+    def quicklook(self) -> Location:
+        """The quick-look PNG."""
+        return self.locations[self._artifact("quicklook", "quicklook").key]
+
+    @property
+    def statistics(self) -> ChangeStatistics:
+        """The statistics (print them with :func:`pipeline.publish.statistics_table`)."""
+        stats: ChangeStatistics = self._artifact("statistics", "statistics_json").value
+        return stats
+
+    @property
+    def validation(self) -> tuple[StacValidation, ...]:
+        """What the STAC validation checked (collection, item)."""
+        return (
+            self._artifact("stac", "stac_collection").value,
+            self._artifact("stac", "stac_item").value,
+        )
 
 
 def _job_doc(job: JobSpec | Mapping[str, Any] | None, attrs: Mapping[str, Any]) -> dict[str, Any]:
@@ -117,34 +149,6 @@ def _provenance(discovery: Discovery | Mapping[str, Any] | None, input_cube: Loc
     return dict(json.loads(str(recorded)))
 
 
-def _lineage(job: Mapping[str, Any], provenance: Mapping[str, Any], models: list[dict[str, Any]]) -> str:
-    items = provenance.get("items") or {}
-    names = {m.get("role"): m.get("name") for m in models}
-    prompts = job.get("prompts") or {}
-    classes = "; ".join(prompts.get("classes", [])) or "the job's classes"
-    catalog = str(provenance.get("catalog"))
-    if is_loopback(catalog):
-        catalog = "a STAC API on the processing machine's loopback interface, gone after the run"
-    return (
-        f"Median clear-sky composites of {len(items.get('before', []))} scene(s) in "
-        f"{job['before']['start']}/{job['before']['end']} and {len(items.get('after', []))} scene(s) in "
-        f"{job['after']['start']}/{job['after']['end']} from {', '.join(provenance.get('collections', []))} "
-        f"of {catalog}; per-pixel change probability from the {names.get('change', '?')} "
-        f"change model and class maps from the {names.get('segmenter', '?')} open-vocabulary segmenter "
-        f"({classes}), computed tile by tile, blended, and gated into class transitions by seg2change."
-    )
-
-
-def _period(start: str, end: str) -> str:
-    """A time window as a short title: ``jun 2023``, ``jun-aug 2023`` or ``dec 2022-jan 2023``."""
-    s, e = datetime.fromisoformat(start), datetime.fromisoformat(end)
-    if (s.year, s.month) == (e.year, e.month):
-        return f"{s:%b %Y}"
-    if s.year == e.year:
-        return f"{s:%b}-{e:%b %Y}"
-    return f"{s:%b %Y}-{e:%b %Y}"
-
-
 def publish(
     job: JobSpec | Mapping[str, Any] | None,
     change_cube: LocationLike,
@@ -153,9 +157,10 @@ def publish(
     out_dir: LocationLike,
     *,
     zones: Path | None = None,
+    publishers: Sequence[str] | None = None,
     progress: bool = True,
 ) -> PublishResult:
-    """Publish a finished change cube: COGs, statistics, quick-look PNG and STAC.
+    """Publish a finished change cube: by default COGs, statistics, quick-look PNG and STAC.
 
     Parameters
     ----------
@@ -169,11 +174,15 @@ def publish(
         The discovery (or its ``provenance()`` record) whose items the STAC links as
         ``derived_from``; None reads the provenance recorded in the input cube.
     out_dir
-        Output folder, local or an fsspec URL: ``cogs/``, ``stac/``, ``statistics.parquet``,
-        ``statistics.json`` and ``quicklook.png`` are written there; nothing else in it is touched.
+        Output folder, local or an fsspec URL: by default ``cogs/``, ``stac/``,
+        ``statistics.parquet``, ``statistics.json`` and ``quicklook.png`` are written there;
+        nothing else in it is touched.
     zones
         GeoJSON FeatureCollection of polygons for per-zone statistics; default: the job's
         ``zones``, if any.
+    publishers
+        Registered publisher names, in order (see :mod:`pipeline.publish.registry`); default:
+        the job's ``publishers``, else :data:`~pipeline.spec.DEFAULT_PUBLISHERS`.
     progress
         Show progress bars.
 
@@ -184,8 +193,9 @@ def publish(
     Raises
     ------
     PublishError
-        When the change cube is missing or incomplete, the zones are unusable, or a file cannot be
-        written; earlier published files are kept.
+        When the change cube is missing or incomplete, the zones are unusable, a publisher is
+        unknown or listed before one it needs, or a file cannot be written; earlier published
+        files are kept.
     StacValidationError
         When the STAC written is invalid (a bug: please report it).
     StorageError
@@ -193,177 +203,91 @@ def publish(
     """
     out = Location.parse(out_dir)
     out.check_access()
-    input_location = Location.parse(input_cube)
     info = describe_change_cube(change_cube)
     job_doc = _job_doc(job, info.attrs)
+    chosen = resolve_publishers(tuple(publishers or job_doc.get("publishers") or DEFAULT_PUBLISHERS))
+    input_location = Location.parse(input_cube)
     provenance = _provenance(discovery, input_location)
     zones_path = zones if zones is not None else (Path(job_doc["zones"]) if job_doc.get("zones") else None)
-    zone_list = load_zones(zones_path, info.crs) if zones_path is not None else []
-    if out.is_local:
-        return _publish(info, job_doc, provenance, zone_list, input_location, out, out.local_path, progress)
-    with tempfile.TemporaryDirectory(prefix="seg2change-publish-") as staging:
-        return _publish(info, job_doc, provenance, zone_list, input_location, out, Path(staging), progress)
+    zone_list = tuple(load_zones(zones_path, info.crs)) if zones_path is not None else ()
+    with contextlib.ExitStack() as stack:
+        # A remote output's files are made in a local folder laid out like it, then uploaded.
+        local = (
+            out.local_path
+            if out.is_local
+            else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="seg2change-publish-")))
+        )
+        context = PublishContext(info, job_doc, provenance, zone_list, input_location, out, local)
+        return _publish(chosen, context, progress)
 
 
-def _publish(
-    info: ChangeCubeInfo,
-    job_doc: Mapping[str, Any],
-    provenance: Mapping[str, Any],
-    zone_list: list[Zone],
-    input_cube: Location,
-    out: Location,
-    local: Path,
-    progress: bool,
-) -> PublishResult:
-    """Write every file into the local folder ``local``, then, when ``out`` is elsewhere, upload them.
+def _publish(publishers: Sequence[Publisher], context: PublishContext, progress: bool) -> PublishResult:
+    """Run the publishers into ``context.local``, then, when the output is elsewhere, upload their files.
 
-    ``local`` is ``out`` itself for a local output, else a temporary folder laid out like ``out``.
+    ``context.local`` is the output itself for a local output, else a temporary folder laid out
+    like it; the files are uploaded in the publishers' order (the STAC, listed last, goes last,
+    once every file it describes is in place).
     """
-
-    def published(path: Path) -> Location:
-        return out.join(path.relative_to(local).as_posix())
-
-    def source(path: Path) -> Path | None:
-        return None if out.is_local else path
-
-    stac_dir = local / "stac"
-    with (
-        staged_progress(enabled=progress) as update,
-        ThreadPoolExecutor(max_workers=1, thread_name_prefix="publish") as background,
-    ):
-        # The COGs (GDAL, in threads of their own) overlap the statistics and the quick-look here:
-        # each step reads the change cube by windows and releases the GIL while it decodes, counts
-        # and compresses, so the cores share the work.
-        cogs_written = background.submit(
-            write_cogs, info, local / "cogs", progress=update, workers=_cog_threads()
-        )
-        stats = compute_statistics(info, zones=zone_list, progress=update)
-        parquet, stats_json = write_statistics(stats, local / "statistics.parquet", local / "statistics.json")
-        k = len(info.classes)
-        code = {c: i for i, c in enumerate(info.classes)}
-        pixels = {
-            code[r.class_from] * k + code[r.class_to]: r.pixels
-            for r in stats.zone_rows(ALL_ZONE)
-            if r.kind in ("transition", "class_unchanged")
-            and r.class_from is not None
-            and r.class_to is not None
-        }
-        before, after = job_doc["before"], job_doc["after"]
-        titles = (
-            f"before {_period(before['start'], before['end'])}",
-            f"after {_period(after['start'], after['end'])}",
-            "change by transition",
-        )
-        quicklook, _ = write_quicklook(
-            info, input_cube, local / "quicklook.png", transition_pixels=pixels, titles=titles
-        )
-        update("quick-look", 1, 1)
-        cogs = cogs_written.result()
-
-        assets = [
-            AssetFile("change_cube", info.path, ZARR_MEDIA_TYPE, ("data",), "change cube (Zarr)"),
-            *(
-                AssetFile(
-                    layer,
-                    published(written.path),
-                    COG_MEDIA_TYPE,
-                    ("data",),
-                    f"{layer.replace('_', ' ')} (COG)",
-                    {
-                        "description": written.spec.description,
-                        "data_type": written.spec.dtype,
-                        "nodata": "nan" if layer == "change_probability" else int(written.spec.nodata),
-                    },
-                    source=source(written.path),
-                )
-                for layer, written in cogs.items()
-            ),
-            *(
-                AssetFile(
-                    f"{layer}_categories",
-                    published(written.sidecar),
-                    "application/xml",
-                    ("metadata",),
-                    f"{layer.replace('_', ' ')} category names (GDAL .aux.xml beside the COG)",
-                    source=source(written.sidecar),
-                )
-                for layer, written in cogs.items()
-                if written.sidecar is not None
-            ),
-            AssetFile(
-                "statistics_parquet",
-                published(parquet),
-                PARQUET_MEDIA_TYPE,
-                ("metadata",),
-                "changed area statistics (Parquet)",
-                source=source(parquet),
-            ),
-            AssetFile(
-                "statistics_json",
-                published(stats_json),
-                "application/json",
-                ("metadata",),
-                "changed area statistics (JSON)",
-                source=source(stats_json),
-            ),
-            AssetFile(
-                "quicklook",
-                published(quicklook),
-                "image/png",
-                ("overview",),
-                "quick-look: before, after, change",
-                source=source(quicklook),
-            ),
-        ]
-        fingerprint = info.fingerprint[:16] or "unknown"
-        collection_id = f"seg2change-{fingerprint}"
-        item_id = (
-            f"{collection_id}-{datetime.fromisoformat(before['start']):%Y%m%d}"
-            f"-{datetime.fromisoformat(after['end']):%Y%m%d}"
-        )
-        item = build_item(
-            info,
-            item_id=item_id,
-            collection_id=collection_id,
-            start=before["start"],
-            end=after["end"],
-            provenance=provenance,
-            lineage=_lineage(job_doc, provenance, json.loads(str(info.attrs.get("models", "[]")))),
-            assets=assets,
-            item_dir=published(stac_dir),
-        )
-        collection = build_collection(item)
-        validation = (validate_stac(collection), validate_stac(item))
-        collection_path, item_path = write_stac(collection, item, stac_dir)
-        if not out.is_local:
-            # The STAC goes last, once every file it describes is in place.
-            files = [c.path for c in cogs.values()]
-            files += [c.sidecar for c in cogs.values() if c.sidecar is not None]
-            files += [
-                parquet,
-                stats_json,
-                quicklook,
-                collection_path,
-                item_path,
-            ]
+    with staged_progress(enabled=progress) as update:
+        results = _run_publishers(publishers, replace(context, progress=update))
+        files = [a.path for artifacts in results.values() for a in artifacts]
+        if not context.out.is_local:
             for n, path in enumerate(files):
-                published(path).upload(path)
+                context.published(path).upload(path)
                 update("upload", n + 1, len(files))
-        update("STAC", 1, 1)
     log.info(
-        "published %s: %d COGs, statistics (%d zone(s)), quick-look, STAC %s",
-        out,
-        len(cogs),
-        len(stats.totals),
-        published(collection_path),
+        "published %s: %s",
+        context.out,
+        ", ".join(f"{name} ({len(artifacts)} file(s))" for name, artifacts in results.items()),
     )
     return PublishResult(
-        cogs={layer: published(c.path) for layer, c in cogs.items()},
-        stac_collection=published(collection_path),
-        stac_item=published(item_path),
-        statistics_parquet=published(parquet),
-        statistics_json=published(stats_json),
-        quicklook=published(quicklook),
-        statistics=stats,
-        validation=validation,
+        artifacts=results,
+        locations={a.key: context.published(a.path) for artifacts in results.values() for a in artifacts},
     )
+
+
+def _run_publishers(
+    publishers: Sequence[Publisher], context: PublishContext
+) -> dict[str, tuple[Artifact, ...]]:
+    """Run each publisher in a thread of its own once those it needs have finished; return their artifacts.
+
+    The publishers' work reads the change cube by windows and releases the GIL while it decodes,
+    counts and compresses, so the cores share it (the COGs overlap the statistics and the
+    quick-look). The first failure, in the job's order, is raised once every publisher has stopped.
+    """
+    order = [p.name for p in publishers]
+    futures: dict[str, Future[tuple[Artifact, ...]]] = {}
+
+    def run(publisher: Publisher, waits: dict[str, Future[tuple[Artifact, ...]]]) -> tuple[Artifact, ...]:
+        earlier = {name: future.result() for name, future in waits.items()}
+        written = publisher.publish(replace(context, earlier=earlier))
+        return _checked(publisher.name, written, context.local)
+
+    with ThreadPoolExecutor(max_workers=len(publishers), thread_name_prefix="publish") as pool:
+        for publisher in publishers:
+            waits = {name: futures[name] for name in needed_by(publisher, order)}
+            futures[publisher.name] = pool.submit(run, publisher, waits)
+        results = {name: future.result() for name, future in futures.items()}
+    keys = [a.key for artifacts in results.values() for a in artifacts]
+    repeated = sorted({k for k in keys if keys.count(k) > 1})
+    if repeated:
+        raise PublishError(
+            f"artifact keys {repeated} are written by more than one publisher ({', '.join(order)}); "
+            "give each publisher's artifacts keys of their own"
+        )
+    return results
+
+
+def _checked(name: str, written: Any, local: Path) -> tuple[Artifact, ...]:
+    """A publisher's artifacts, checked: Artifacts of files inside ``local`` that exist."""
+    if not isinstance(written, Sequence) or not all(isinstance(a, Artifact) for a in written):
+        raise PublishError(
+            f"publisher {name!r} returned {written!r}; a publisher returns the list of Artifacts it wrote"
+        )
+    for artifact in written:
+        if not artifact.path.is_relative_to(local) or not artifact.path.is_file():
+            raise PublishError(
+                f"publisher {name!r} names {artifact.path} as its artifact {artifact.key!r}, which is not a "
+                f"file it wrote inside {local}; write into PublishContext.local"
+            )
+    return tuple(written)
