@@ -40,6 +40,7 @@ __all__ = [
     "CatalogSpec",
     "GridSpec",
     "JobSpec",
+    "DEFAULT_PUBLISHERS",
     "LimitsSpec",
     "QualitySpec",
     "TimeWindow",
@@ -110,6 +111,10 @@ class LimitsSpec(BaseModel):
         return value
 
 
+#: The publishers of a job that names none (see :mod:`pipeline.publish.registry`).
+DEFAULT_PUBLISHERS = ("cog", "statistics", "quicklook", "stac")
+
+
 class JobSpec(BaseModel):
     """Everything one change-detection job needs, validated.
 
@@ -156,6 +161,9 @@ class JobSpec(BaseModel):
     asset_roots
         Local folders that asset files may lie in besides a local catalog's own folder (see
         :mod:`pipeline.containment`); relative paths are taken from the job file.
+    publishers
+        The outputs to publish, in order (see :mod:`pipeline.publish.registry`): registered
+        publisher names; default :data:`DEFAULT_PUBLISHERS`.
     """
 
     model_config = _FROZEN
@@ -181,12 +189,26 @@ class JobSpec(BaseModel):
     overwrite: bool = False
     limits: LimitsSpec = LimitsSpec()
     asset_roots: tuple[str, ...] = ()
+    publishers: tuple[str, ...] = DEFAULT_PUBLISHERS
 
-    @field_validator("collections", "bands", mode="before")
+    @field_validator("collections", "bands", "publishers", mode="before")
     @classmethod
     def _split(cls, value: Any) -> Any:
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("publishers")
+    @classmethod
+    def _publishers(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        # Imported here: the publishers import GDAL and friends, and import this module.
+        from pipeline.errors import PublishError
+        from pipeline.publish.registry import resolve_publishers
+
+        try:
+            resolve_publishers(value)
+        except PublishError as exc:
+            raise ValueError(str(exc)) from None
         return value
 
     @field_validator("bands")
