@@ -31,6 +31,11 @@ registering it before the job is built makes the name valid in a job::
             ...  # read context.info.path, write path
             return [Artifact("changed_pixels", path, "text/csv", ("metadata",), "changed pixels")]
 
+The module that registers it must be imported where the job is built and where it is published;
+an installed package may instead declare the module as an entry point of the group
+``seg2change.publishers`` (:data:`ENTRY_POINT_GROUP`), which the registry loads the first time a
+name is unknown, so ``seg2change run`` finds its publishers with no code of the user's imported.
+
 A publisher starts once the publishers it :attr:`~Publisher.needs` have finished and runs beside
 the others (the COGs, in threads of their own, overlap the statistics and the quick-look).
 """
@@ -39,6 +44,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
@@ -51,6 +57,7 @@ from pipeline.storage import Location
 __all__ = [
     "ALL_EARLIER",
     "DEFAULT_PUBLISHERS",
+    "ENTRY_POINT_GROUP",
     "Artifact",
     "PublishContext",
     "Publisher",
@@ -61,6 +68,8 @@ __all__ = [
     "resolve_publishers",
 ]
 
+#: Entry-point group under which installed packages declare modules that register publishers.
+ENTRY_POINT_GROUP = "seg2change.publishers"
 #: In :attr:`Publisher.needs`: every publisher listed before this one (the STAC, which describes them).
 ALL_EARLIER = "*"
 
@@ -210,6 +219,7 @@ class Publisher(Protocol):
 P = TypeVar("P", bound=Callable[[], Publisher])
 
 _REGISTRY: dict[str, Callable[[], Publisher]] = {}
+_entry_points_loaded = False
 
 
 def register_publisher(name: str) -> Callable[[P], P]:
@@ -241,6 +251,22 @@ def register_publisher(name: str) -> Callable[[P], P]:
     return decorator
 
 
+def _load_entry_points() -> None:
+    """Import the modules that installed packages declare in :data:`ENTRY_POINT_GROUP` (once)."""
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return
+    _entry_points_loaded = True
+    for point in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            point.load()  # importing the module registers its publishers
+        except Exception as exc:
+            raise PublishError(
+                f"the publisher entry point {point.name!r} ({point.value}) of group {ENTRY_POINT_GROUP} "
+                f"failed to load ({type(exc).__name__}: {exc}); fix or uninstall the package that declares it"
+            ) from exc
+
+
 def available_publishers() -> tuple[str, ...]:
     """Registered publisher names, sorted."""
     return tuple(sorted(_REGISTRY))
@@ -249,18 +275,24 @@ def available_publishers() -> tuple[str, ...]:
 def get_publisher(name: str) -> Publisher:
     """Build the publisher registered under ``name``.
 
+    Installed packages' entry points (:data:`ENTRY_POINT_GROUP`) are loaded when ``name`` is
+    not registered yet.
+
     Raises
     ------
     PublishError
         If no publisher has that name (the message lists those available), or what is registered
         does not build a :class:`Publisher` named ``name``.
     """
+    if name not in _REGISTRY:
+        _load_entry_points()
     try:
         factory = _REGISTRY[name]
     except KeyError:
         raise PublishError(
             f"no publisher named {name!r}; available: {', '.join(available_publishers())}. A publisher of "
-            "your own must be registered (pipeline.publish.register_publisher) before the job is built"
+            "your own must be registered (pipeline.publish.register_publisher) before the job is built, or "
+            f"declared by an installed package as an entry point of the group {ENTRY_POINT_GROUP}"
         ) from None
     publisher = factory()
     if not isinstance(publisher, Publisher) or publisher.name != name:

@@ -198,3 +198,36 @@ def test_publish_result_names_what_is_missing() -> None:
     result = PublishResult(artifacts={}, locations={})
     with pytest.raises(PublishError, match="add 'statistics' to the job's publishers"):
         _ = result.statistics
+
+
+def test_an_installed_package_declares_its_publisher_by_entry_point(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from importlib.metadata import EntryPoint
+
+    from pipeline.publish import registry
+
+    (tmp_path / "toy_publisher_plugin.py").write_text(
+        "from pipeline.publish import register_publisher\n\n"
+        "@register_publisher('test_plugin_publisher')\n"
+        "class Plugin:\n"
+        "    name = 'test_plugin_publisher'\n"
+        "    needs = ()\n\n"
+        "    def publish(self, context):\n"
+        "        return []\n"
+    )
+    (tmp_path / "broken_publisher_plugin.py").write_text("raise RuntimeError('no such format')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    points = [EntryPoint("toy", "toy_publisher_plugin", registry.ENTRY_POINT_GROUP)]
+    monkeypatch.setattr(registry, "entry_points", lambda group: points)
+    monkeypatch.setattr(registry, "_entry_points_loaded", False)
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    assert [p.name for p in registry.resolve_publishers(["cog", "test_plugin_publisher"])] == [
+        "cog",
+        "test_plugin_publisher",
+    ]
+
+    points[:] = [EntryPoint("broken", "broken_publisher_plugin", registry.ENTRY_POINT_GROUP)]
+    monkeypatch.setattr(registry, "_entry_points_loaded", False)
+    with pytest.raises(PublishError, match="entry point 'broken' .* failed to load .*no such format"):
+        registry.get_publisher("test_other_publisher")
