@@ -18,7 +18,8 @@ A local cluster is closed by default: its scheduler, workers and nannies listen 
 (in-process workers talk over ``inproc://``, no socket at all), and the HTTP servers Dask always
 starts bind 127.0.0.1 on a free port and serve no route: no dashboard, info pages, JSON or
 metrics, which carry no authentication. ``ClusterSpec.dashboard`` opens the scheduler's pages at
-the address it names.
+the address it names. A launched back-end's scheduler (SLURM, Kubernetes) is closed the same way
+as far as its workers on other machines allow (:mod:`pipeline.cluster_backends`).
 """
 
 from __future__ import annotations
@@ -46,7 +47,9 @@ __all__ = [
     "ClusterSession",
     "closed_cluster_options",
     "connect",
+    "http_routes",
     "local_cluster_of",
+    "report_dashboard",
     "start_local_cluster",
     "torch_threads_for",
 ]
@@ -143,6 +146,27 @@ def _cuda_devices() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
+@contextmanager
+def http_routes(*, served: bool) -> Iterator[None]:
+    """Dask's HTTP routes for the schedulers and workers created inside: all, or none.
+
+    Dask reads its routes from the process-wide configuration when a scheduler or worker is
+    created; the configuration is held, under a lock, until the block ends.
+
+    Parameters
+    ----------
+    served
+        The pages were asked for: the routes Dask's configuration held when this module was
+        imported. Otherwise no route at all (every page, ``/health`` included, answers 404).
+    """
+    config = _HTTP_ROUTES_AT_IMPORT if served else _NO_HTTP_ROUTES
+    # Dask warns "Port 8787 is already in use" itself when the asked port is taken; the warning is
+    # turned into one log line with the address the pages really took (report_dashboard).
+    with _CONFIG_LOCK, dask.config.set(config), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Port \d+ is already in use")
+        yield
+
+
 def start_local_cluster(spec: ClusterSpec) -> LocalCluster:
     """Start the local cluster a spec describes (CPU, or GPU workers with ``spec.gpu``).
 
@@ -154,14 +178,10 @@ def start_local_cluster(spec: ClusterSpec) -> LocalCluster:
     ClusterError
         When GPU workers are wanted but no CUDA device is visible.
     """
-    config = _HTTP_ROUTES_AT_IMPORT if spec.dashboard else _NO_HTTP_ROUTES
-    # Dask warns "Port 8787 is already in use" itself when the asked port is taken; the warning is
-    # turned into one log line with the address the pages really took.
-    with _CONFIG_LOCK, dask.config.set(config), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"Port \d+ is already in use")
+    with http_routes(served=spec.dashboard is not None):
         cluster = _local_cluster(spec)
     if spec.dashboard:
-        _report_dashboard(cluster, spec.dashboard)
+        report_dashboard(cluster, spec.dashboard)
     return cluster
 
 
@@ -178,7 +198,11 @@ def local_cluster_of(**fields: Any) -> LocalCluster:
     return start_local_cluster(ClusterSpec.build(**fields))
 
 
-def _report_dashboard(cluster: LocalCluster, asked: str) -> None:
+def report_dashboard(cluster: Any, asked: str) -> None:
+    """Log where a started cluster's scheduler serves the pages asked at ``asked`` (``host:port``).
+
+    A warning when they are elsewhere (the port was taken, or port 0), else an info line.
+    """
     host, _, port = asked.rpartition(":")
     actual = cluster.scheduler_info.get("services", {}).get("dashboard")
     link = f"http://{host}:{actual}/info/main/workers.html"

@@ -36,6 +36,7 @@ __all__ = [
     "DEFAULT_IMAGE",
     "GPU_RESOURCE",
     "LAUNCHED_KINDS",
+    "CLOSED_WORKER_ARGS",
     "AddressBackend",
     "ClusterBackendSpec",
     "ClusterKind",
@@ -43,6 +44,7 @@ __all__ = [
     "LaunchedBackend",
     "LocalBackend",
     "SlurmBackend",
+    "check_dashboard_address",
     "gather_backend_fields",
     "parse_backend",
 ]
@@ -60,6 +62,10 @@ ClusterKind = Literal["local", "address", "slurm", "kubernetes"]
 
 #: The kinds whose cluster the run launches and closes (their fields live in a back-end model).
 LAUNCHED_KINDS = ("slurm", "kubernetes")
+
+#: ``dask worker`` arguments of a SLURM worker: no dashboard, and its HTTP server (Dask starts one
+#: whatever it is told) on the compute node's loopback only.
+CLOSED_WORKER_ARGS = ("--no-dashboard", "--dashboard-address", "127.0.0.1:0")
 
 #: Fields of a job's ``cluster`` that every kind shares; the rest of a launched kind's fields are
 #: its back-end's.
@@ -118,6 +124,24 @@ class _LaunchedBackend(_Backend):
     start_timeout: float = Field(default=600.0, gt=0)
 
 
+def check_dashboard_address(value: str | None) -> str | None:
+    """``value`` when it is ``host:port`` (or None).
+
+    Raises
+    ------
+    ValueError
+        Naming the form to give.
+    """
+    if value is None:
+        return None
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(
+            f"dashboard {value!r} is not host:port; give e.g. '127.0.0.1:8787' (port 0: any free port)"
+        )
+    return value
+
+
 class SlurmBackend(_LaunchedBackend):
     """Dask workers as SLURM batch jobs (dask-jobqueue ``SLURMCluster``).
 
@@ -142,6 +166,10 @@ class SlurmBackend(_LaunchedBackend):
         environment) and extra ``dask worker`` arguments.
     local_directory, log_directory, interface, python
         Worker scratch folder, folder of the job logs, network interface, Python of the workers.
+    dashboard
+        ``host:port`` at which the scheduler (in the run's process) serves its HTTP pages, e.g.
+        ``127.0.0.1:8787`` (port 0: a free one). Default: none; they carry no authentication, so
+        keep the host 127.0.0.1 and tunnel through SSH.
     start_timeout
         Seconds a run waits for the first worker to join (the jobs may wait in the queue).
     """
@@ -163,6 +191,12 @@ class SlurmBackend(_LaunchedBackend):
     log_directory: str | None = None
     interface: str | None = None
     python: str | None = None
+    dashboard: str | None = None
+
+    @field_validator("dashboard")
+    @classmethod
+    def _dashboard(cls, value: str | None) -> str | None:
+        return check_dashboard_address(value)
 
     @model_validator(mode="after")
     def _check(self) -> SlurmBackend:
@@ -175,8 +209,26 @@ class SlurmBackend(_LaunchedBackend):
             )
         return self
 
+    def scheduler_options(self) -> dict[str, Any]:
+        """``SLURMCluster``'s ``scheduler_options``: the configured ones, its HTTP pages closed.
+
+        The configured ``jobqueue.slurm.scheduler-options`` (host, interface, port...) are kept,
+        but where the pages are served is this spec's alone: ``dashboard`` when given, else a
+        free port of 127.0.0.1 (with :func:`pipeline.cluster.http_routes` serving no route).
+        """
+        configured = dict(dask.config.get("jobqueue.slurm.scheduler-options", None) or {})
+        return {
+            **configured,
+            "dashboard_address": self.dashboard or "127.0.0.1:0",
+            "dashboard": self.dashboard is not None,
+        }
+
     def jobqueue_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments of ``SLURMCluster``/``SLURMJob`` (fields left None are omitted)."""
+        """Keyword arguments of ``SLURMJob`` (fields left None are omitted).
+
+        The workers' own HTTP pages are closed (:data:`CLOSED_WORKER_ARGS`) whatever the Dask
+        configuration says; this spec's ``worker_extra_args`` come after and may open them.
+        """
         kwargs: dict[str, Any] = {
             name: getattr(self, name)
             for name in (
@@ -196,7 +248,10 @@ class SlurmBackend(_LaunchedBackend):
         # Lists given here replace dask-jobqueue's configured ones, so start from the configured
         # lists (infra/slurm/jobqueue.yaml) and add what is missing.
         directives = _configured("job-extra-directives") + list(self.job_extra_directives)
-        worker_args = _configured("worker-extra-args") + list(self.worker_extra_args)
+        configured_args = _without(
+            _configured("worker-extra-args"), _DASHBOARD_FLAGS, ("--dashboard-address",)
+        )
+        worker_args = configured_args + list(CLOSED_WORKER_ARGS) + list(self.worker_extra_args)
         if self.gpu:
             processes = self.processes or int(dask.config.get("jobqueue.slurm.processes", None) or 1)
             # Left to itself dask-jobqueue splits a job into about sqrt(cores) processes, each of
@@ -205,7 +260,7 @@ class SlurmBackend(_LaunchedBackend):
             per_process = max(1, self.gpus_per_job // processes)
             directives = [d for d in directives if not d.startswith("--gres=")]
             directives.append(f"--gres={self.gres or f'gpu:{self.gpus_per_job}'}")
-            worker_args = _without_resources(worker_args) + self.worker_resource_args(per_process)
+            worker_args = _without(worker_args, (), ("--resources",)) + self.worker_resource_args(per_process)
         directives = list(dict.fromkeys(directives))
         if directives:
             kwargs["job_extra_directives"] = directives
@@ -223,16 +278,19 @@ def _configured(key: str) -> list[str]:
     return [str(v) for v in dask.config.get(f"jobqueue.slurm.{key}", None) or []]
 
 
-def _without_resources(args: list[str]) -> list[str]:
-    """Worker arguments with any ``--resources X`` (or ``--resources=X``) pair removed."""
+_DASHBOARD_FLAGS = ("--dashboard", "--no-dashboard")
+
+
+def _without(args: list[str], flags: tuple[str, ...], valued: tuple[str, ...]) -> list[str]:
+    """Worker arguments without the ``flags`` and the ``valued`` options (``--x X`` or ``--x=X``)."""
     out: list[str] = []
     skip = False
     for arg in args:
         if skip:
             skip = False
-        elif arg == "--resources":
+        elif arg in valued:
             skip = True
-        elif not arg.startswith("--resources="):
+        elif arg not in flags and not arg.startswith(tuple(f"{v}=" for v in valued)):
             out.append(arg)
     return out
 
@@ -261,6 +319,10 @@ class KubernetesBackend(_LaunchedBackend):
         Seconds of scheduler idleness after which the operator deletes the cluster (0: never).
     service_type
         Type of the scheduler Service (``ClusterIP``, ``NodePort``, ``LoadBalancer``).
+    dashboard
+        The scheduler and workers serve their HTTP pages (dashboard, info pages, metrics) on the
+        pods' HTTP ports, the scheduler's through its Service (``kubectl port-forward``). Default:
+        false, they serve ``/health`` alone, which the probes ask.
     start_timeout
         Seconds a run waits for the first worker to join.
     """
@@ -277,6 +339,18 @@ class KubernetesBackend(_LaunchedBackend):
     env: dict[str, str] = Field(default_factory=dict)
     idle_timeout: int = Field(default=0, ge=0)
     service_type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = "ClusterIP"
+    dashboard: bool = False
+
+    @field_validator("dashboard", mode="before")
+    @classmethod
+    def _dashboard(cls, value: Any) -> Any:
+        if isinstance(value, str) and ":" in value:
+            raise ValueError(
+                f"dashboard {value!r}: a kubernetes scheduler serves its pages in its pod, not at an "
+                "address of this machine; give dashboard: true and reach them with kubectl "
+                "port-forward service/<name>-scheduler 8787"
+            )
+        return value
 
     @field_validator("name")
     @classmethod

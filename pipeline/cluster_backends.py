@@ -15,6 +15,24 @@ GPU workers advertise the ``GPU`` resource (:data:`pipeline.cluster.GPU_RESOURCE
 back-end: ``--resources GPU=<n>`` on the worker command line, with the scheduler (SLURM
 ``--gres=gpu:<n>``, Kubernetes ``nvidia.com/gpu: <n>``) giving the worker that many devices.
 
+What a launched cluster opens, by default (issue 16: nothing unauthenticated beyond what the
+workers on other machines need):
+
+- **SLURM.** The scheduler runs in the run's process. Its comm port listens where the worker jobs
+  on the compute nodes can reach it: on ``interface`` (or the configured
+  ``jobqueue.slurm.scheduler-options`` host/interface), else on every interface, because that is
+  the point of SLURM. That port speaks Dask's protocol without authentication, and whoever
+  reaches it can run code as the run's user: name the cluster's internal network in
+  ``interface``. Its HTTP server binds a free port of 127.0.0.1 and serves no route, whatever
+  dask-jobqueue's configuration says (``scheduler-options: {dashboard_address: ":8787"}``), unless
+  ``dashboard: host:port`` asks. Each worker listens on its node for the scheduler and its peers;
+  its HTTP server is on the node's 127.0.0.1 with no dashboard
+  (:data:`~pipeline.cluster_backend_specs.CLOSED_WORKER_ARGS`).
+- **Kubernetes.** The scheduler and workers listen on their pods' addresses (the kubelet's probes
+  and the other pods must reach them); the scheduler's Service (``ClusterIP`` by default: inside
+  the cluster only) forwards its comm port and its HTTP port, which the dask-kubernetes client
+  looks up. Their HTTP servers serve ``/health`` alone (the probes) unless ``dashboard: true``.
+
 dask-jobqueue and dask-kubernetes are optional and imported only when needed; when absent, the
 error names the ``pip install`` that fixes it.
 """
@@ -26,6 +44,7 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
+from pipeline.cluster import http_routes, report_dashboard, start_local_cluster
 from pipeline.cluster_backend_specs import (
     DEFAULT_IMAGE,
     AddressBackend,
@@ -39,6 +58,7 @@ from pipeline.errors import ClusterError
 
 __all__ = [
     "DEFAULT_IMAGE",
+    "HEALTH_ONLY_ENV",
     "PLACEHOLDER_SCHEDULER",
     "AddressBackend",
     "BuiltCluster",
@@ -110,6 +130,22 @@ def _container_env(env: dict[str, str]) -> list[dict[str, str]]:
 #: Probe of the HTTP health route that Dask's schedulers and workers serve.
 _HEALTH = {"httpGet": {"port": "http-dashboard", "path": "/health"}}
 
+#: Dask configuration, as the environment variable of a scheduler or worker pod, under which its
+#: HTTP server serves ``/health`` alone.
+HEALTH_ONLY_ENV = {
+    component: {f"DASK_DISTRIBUTED__{component.upper()}__HTTP__ROUTES": '["distributed.http.health"]'}
+    for component in ("scheduler", "worker")
+}
+
+
+def _pod_env(spec: KubernetesBackend, component: str) -> list[dict[str, str]]:
+    """A pod's environment: the spec's, over the health-only routes unless ``dashboard``."""
+    return _container_env({**({} if spec.dashboard else HEALTH_ONLY_ENV[component]), **spec.env})
+
+
+def _dashboard_flag(spec: KubernetesBackend) -> str:
+    return "--dashboard" if spec.dashboard else "--no-dashboard"
+
 
 def _worker_pod(spec: KubernetesBackend) -> dict[str, Any]:
     """The ``PodSpec`` of a worker: ``dask worker`` with the GPU resource and limits when asked."""
@@ -123,7 +159,7 @@ def _worker_pod(spec: KubernetesBackend) -> dict[str, Any]:
         str(spec.threads_per_worker or (2 if spec.gpu else 1)),
         "--memory-limit",
         spec.worker_memory,
-        "--dashboard",
+        _dashboard_flag(spec),
         "--dashboard-address",
         "8788",
         *spec.worker_resource_args(spec.gpus_per_worker),
@@ -136,7 +172,7 @@ def _worker_pod(spec: KubernetesBackend) -> dict[str, Any]:
                 "imagePullPolicy": "IfNotPresent",
                 "command": ["dask", "worker"],
                 "args": worker_args,
-                "env": _container_env(spec.env),
+                "env": _pod_env(spec, "worker"),
                 "resources": {
                     "requests": {"cpu": spec.worker_cpu, "memory": spec.worker_memory},
                     "limits": limits,
@@ -152,7 +188,7 @@ def _worker_pod(spec: KubernetesBackend) -> dict[str, Any]:
 
 
 def _scheduler_pod(spec: KubernetesBackend) -> dict[str, Any]:
-    """The ``PodSpec`` of the scheduler: ``dask scheduler`` on 8786, its HTTP pages on 8787."""
+    """The ``PodSpec`` of the scheduler: ``dask scheduler`` on 8786, its HTTP server on 8787."""
     return {
         "containers": [
             {
@@ -160,8 +196,17 @@ def _scheduler_pod(spec: KubernetesBackend) -> dict[str, Any]:
                 "image": spec.image,
                 "imagePullPolicy": "IfNotPresent",
                 "command": ["dask"],
-                "args": ["scheduler", "--host", "0.0.0.0", "--port", "8786", "--dashboard-address", ":8787"],
-                "env": _container_env(spec.env),
+                "args": [
+                    "scheduler",
+                    "--host",
+                    "0.0.0.0",
+                    "--port",
+                    "8786",
+                    _dashboard_flag(spec),
+                    "--dashboard-address",
+                    ":8787",
+                ],
+                "env": _pod_env(spec, "scheduler"),
                 "resources": {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "4Gi"}},
                 "ports": [
                     {"name": "tcp-comm", "containerPort": 8786, "protocol": "TCP"},
@@ -180,7 +225,7 @@ def _scheduler_pod(spec: KubernetesBackend) -> dict[str, Any]:
 
 
 def _scheduler_service(spec: KubernetesBackend) -> dict[str, Any]:
-    """The ``ServiceSpec`` that exposes the scheduler's comm and HTTP ports."""
+    """The ``ServiceSpec`` of the scheduler's comm and HTTP ports (``/health`` alone unless ``dashboard``)."""
     return {
         "type": spec.service_type,
         "selector": {"dask.org/cluster-name": spec.name, "dask.org/component": "scheduler"},
@@ -222,20 +267,24 @@ def render_daskcluster(spec: KubernetesBackend) -> dict[str, Any]:
 def _slurm(spec: SlurmBackend, start: bool) -> BuiltCluster:
     jobqueue = _optional("dask_jobqueue", "a SLURM cluster")
     kwargs = spec.jobqueue_kwargs()
+    config = {**kwargs, "scheduler_options": spec.scheduler_options()}
     try:
         if not start:
             # A job object renders the script without starting a scheduler or submitting anything.
             job = jobqueue.slurm.SLURMJob(scheduler=PLACEHOLDER_SCHEDULER, name="seg2change", **kwargs)
-            return BuiltCluster("slurm", kwargs, job_script=str(job.job_script()))
-        cluster = jobqueue.SLURMCluster(**kwargs)
+            return BuiltCluster("slurm", config, job_script=str(job.job_script()))
+        with http_routes(served=spec.dashboard is not None):
+            cluster = jobqueue.SLURMCluster(**config)
     except ValueError as exc:  # dask-jobqueue: cores/memory neither given nor configured
         raise ClusterError(
             f"SLURM cluster: {exc}; give cores and memory in the cluster spec or in the "
             "jobqueue.slurm section of the Dask configuration (see infra/slurm/jobqueue.yaml)"
         ) from exc
+    if spec.dashboard:
+        report_dashboard(cluster, spec.dashboard)
     if spec.jobs:
         cluster.scale(jobs=spec.jobs)
-    return BuiltCluster("slurm", kwargs, job_script=str(cluster.job_script()), cluster=cluster)
+    return BuiltCluster("slurm", config, job_script=str(cluster.job_script()), cluster=cluster)
 
 
 def _kubernetes(spec: KubernetesBackend, start: bool) -> BuiltCluster:
@@ -281,8 +330,6 @@ def build_cluster(
         config = cluster_spec.model_dump(exclude={"address", "torch_threads", "kind", "backend"})
         if not start:
             return BuiltCluster("local", config)
-        from pipeline.cluster import start_local_cluster
-
         return BuiltCluster("local", config, cluster=start_local_cluster(cluster_spec))
     if isinstance(backend, AddressBackend):
         return BuiltCluster("address", {"address": backend.address, "gpu": backend.gpu})

@@ -200,6 +200,44 @@ def test_slurm_gpu_spec_overrides_without_duplicating(jobqueue_config: dict[str,
     assert "#SBATCH --mem=" in script
 
 
+def test_slurm_pages_are_closed_whatever_the_config_says(jobqueue_config: dict[str, Any]) -> None:
+    assert jobqueue_config["jobqueue"]["slurm"]["scheduler-options"]["dashboard_address"].startswith(
+        "127.0.0.1:"
+    )
+    opened = {"jobqueue.slurm.worker-extra-args": ["--dashboard", "--dashboard-address", ":8789"]}
+    with dask.config.set({"jobqueue.slurm.scheduler-options": {"dashboard_address": ":8787", "port": 8786}}):
+        with dask.config.set(opened):
+            built = build_cluster({"kind": "slurm"}, start=False)
+        asked = build_cluster({"kind": "slurm", "dashboard": "127.0.0.1:8787"}, start=False)
+    assert built.config["scheduler_options"] == {
+        "port": 8786,
+        "dashboard_address": "127.0.0.1:0",
+        "dashboard": False,
+    }
+    assert asked.config["scheduler_options"]["dashboard_address"] == "127.0.0.1:8787"
+    assert asked.config["scheduler_options"]["dashboard"] is True
+    assert built.job_script is not None
+    worker = next(line for line in built.job_script.splitlines() if "dask_worker" in line)
+    assert worker.count("dashboard") == 2 and "--no-dashboard --dashboard-address 127.0.0.1:0" in worker
+    # the job's own worker arguments come last, and win
+    own = build_cluster({"kind": "slurm", "worker_extra_args": ["--dashboard-address", ":8789"]}).job_script
+    assert own is not None and own.endswith("--dashboard-address 127.0.0.1:0 --dashboard-address :8789\n")
+
+
+def test_kubernetes_pods_serve_health_alone_unless_the_dashboard_is_asked() -> None:
+    for dashboard in (False, True):
+        manifest = render_daskcluster(KubernetesBackend(dashboard=dashboard, env={"A": "1"}))
+        for component in ("scheduler", "worker"):
+            (container,) = manifest["spec"][component]["spec"]["containers"]
+            env = {e["name"]: e["value"] for e in container["env"]}
+            routes = f"DASK_DISTRIBUTED__{component.upper()}__HTTP__ROUTES"
+            assert env.pop(routes, None) == (None if dashboard else '["distributed.http.health"]')
+            assert env == {"A": "1"}
+            assert ("--dashboard" if dashboard else "--no-dashboard") in container["args"]
+        ports = manifest["spec"]["scheduler"]["service"]["ports"]
+        assert {p["name"] for p in ports} == {"tcp-comm", "http-dashboard"}  # dask-kubernetes looks both up
+
+
 def test_slurm_without_cores_names_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("dask_jobqueue", reason="pip install dask-jobqueue==0.9.0")
     with pytest.raises(ClusterError, match="give cores and memory"):
@@ -255,6 +293,8 @@ def test_starting_kubernetes_without_dask_kubernetes_names_the_pip_install(
         ({"kind": "kubernetes", "name": "Seg_2"}, "not a Kubernetes resource name"),
         ({"kind": "slurm", "gres": "gpu:a100:1"}, "set gpu: true or drop gres"),
         ({"kind": "slurm", "gpu": True, "processes": 2}, "set processes to at most gpus_per_job"),
+        ({"kind": "slurm", "dashboard": "8787"}, "give e.g. '127.0.0.1:8787'"),
+        ({"kind": "kubernetes", "dashboard": "127.0.0.1:8787"}, "give dashboard: true"),
     ],
 )
 def test_invalid_backend_specs_name_the_fix(fields: dict[str, Any], message: str) -> None:

@@ -2,21 +2,30 @@
 
 SLURM itself is not on this machine: ``sbatch`` and ``scancel`` on ``PATH`` are stand-ins that run
 the job script dask-jobqueue writes in the background (in its own session) and kill that session,
-so the worker the run gets is the one the real job script starts.
+so the worker the run gets is the one the real job script starts. The scheduler runs in this
+process: its comm port is open to the workers, its HTTP pages are not, unless asked.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import stat
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import dask.config
+import psutil
 import pytest
+from distributed import Scheduler, Worker
 
-from pipeline.cluster import GPU_RESOURCE, connect
+from pipeline.cluster import GPU_RESOURCE, LOOPBACK, connect
+from pipeline.cluster_backends import KubernetesBackend, SlurmBackend, build_cluster, render_daskcluster
 from pipeline.engine_spec import ClusterSpec
 from pipeline.errors import ClusterError
 from pipeline.local_servers.process import pid_alive
@@ -44,9 +53,63 @@ def fake_slurm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path
         path.write_text(text)
         path.chmod(path.stat().st_mode | stat.S_IXUSR)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    # the scheduler runs in this process: its HTTP pages on 127.0.0.1 only, not dask-jobqueue's :8787
-    with dask.config.set({"jobqueue.slurm.scheduler-options": {"dashboard_address": "127.0.0.1:0"}}):
-        yield jobs
+    yield jobs
+
+
+@pytest.fixture
+def open_jobqueue_config() -> Iterator[None]:
+    """A user's dask-jobqueue configuration that puts the scheduler's pages on every interface."""
+    with dask.config.set({"jobqueue.slurm.scheduler-options": {"dashboard_address": ":8787"}}):
+        yield
+
+
+PAGES = ("/info/main/workers.html", "/json/identity.json", "/health", "/metrics", "/status")
+
+
+def _listeners() -> set[tuple[str, int]]:
+    return {
+        (c.laddr.ip, c.laddr.port)
+        for c in psutil.Process().net_connections(kind="tcp")
+        if c.status == psutil.CONN_LISTEN
+    }
+
+
+def _http_status(port: int, path: str) -> int:
+    try:
+        with urllib.request.urlopen(f"http://{LOOPBACK}:{port}{path}", timeout=5) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_a_slurm_scheduler_opens_its_comm_port_to_the_workers_and_no_page(open_jobqueue_config: None) -> None:
+    before = _listeners()
+    built = build_cluster(SlurmBackend(cores=1, memory="1GiB", jobs=0), start=True)
+    with built.cluster as cluster:
+        opened = _listeners() - before
+        comm_port = int(cluster.scheduler_address.rsplit(":", 1)[1])
+        http_port = cluster.scheduler.http_server.port
+        # no interface given: the comm port on every interface, for workers on other nodes
+        assert {port for _, port in opened} == {comm_port, http_port}
+        assert {ip for ip, port in opened if port == http_port} == {LOOPBACK}
+        for path in PAGES:
+            assert _http_status(http_port, path) == 404, path
+
+
+def test_a_slurm_dashboard_when_asked_serves_its_pages_where_asked(
+    open_jobqueue_config: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="pipeline.cluster")
+    spec = ClusterSpec.build(
+        kind="slurm", cores=1, memory="1GiB", interface="lo", jobs=0, dashboard=f"{LOOPBACK}:0"
+    )
+    assert isinstance(spec.backend, SlurmBackend) and spec.dashboard is None  # the back-end's field
+    with build_cluster(spec.backend, start=True).cluster as cluster:
+        port = cluster.scheduler.http_server.port
+        assert cluster.scheduler.http_server.address == LOOPBACK
+        assert _http_status(port, "/info/main/workers.html") == 200
+        assert _http_status(port, "/health") == 200
+        assert f"http://{LOOPBACK}:{port}/" in caplog.text
 
 
 def _submitted(jobs: Path) -> list[int]:
@@ -76,3 +139,43 @@ def test_a_slurm_job_whose_workers_never_join_names_the_fix(fake_slurm: Path) ->
     expected = r"no worker of the slurm cluster joined within 1 s; .*squeue"
     with pytest.raises(ClusterError, match=expected), connect(spec):
         pytest.fail("connect returned without a worker")
+
+
+def _pod(manifest: dict[str, Any], component: str) -> tuple[dict[str, Any], bool]:
+    """A pod's Dask configuration, read from its environment as Dask reads it, and its dashboard flag."""
+    (container,) = manifest["spec"][component]["spec"]["containers"]
+    config = dask.config.collect_env({e["name"]: e["value"] for e in container["env"]})
+    routes = config.get("distributed", {}).get(component, {}).get("http", {}).get("routes")
+    key = f"distributed.{component}.http.routes"
+    return {key: routes if routes is not None else dask.config.get(key)}, "--dashboard" in container["args"]
+
+
+async def _pod_pages(manifest: dict[str, Any]) -> dict[str, dict[str, int]]:
+    """HTTP status of each page of a scheduler and a worker configured as the manifest's pods."""
+    scheduler_config, scheduler_dashboard = _pod(manifest, "scheduler")
+    worker_config, worker_dashboard = _pod(manifest, "worker")
+    here = {"host": LOOPBACK, "dashboard_address": f"{LOOPBACK}:0"}
+    with dask.config.set(scheduler_config):
+        scheduler = await Scheduler(port=0, dashboard=scheduler_dashboard, **here)
+    with dask.config.set(worker_config):
+        worker = await Worker(scheduler.address, dashboard=worker_dashboard, **here)
+    try:
+        return {
+            name: {
+                path: await asyncio.to_thread(_http_status, server.http_server.port, path)
+                for path in ("/health", "/info/main/workers.html", "/metrics", "/status")
+            }
+            for name, server in (("scheduler", scheduler), ("worker", worker))
+        }
+    finally:
+        await worker.close()
+        await scheduler.close()
+
+
+def test_a_kubernetes_cluster_serves_health_alone_unless_its_dashboard_is_asked() -> None:
+    closed = asyncio.run(_pod_pages(render_daskcluster(KubernetesBackend())))
+    for pages in closed.values():
+        assert pages == {"/health": 200, "/info/main/workers.html": 404, "/metrics": 404, "/status": 404}
+    opened = asyncio.run(_pod_pages(render_daskcluster(KubernetesBackend(dashboard=True))))
+    assert opened["scheduler"]["/info/main/workers.html"] == 200 and opened["scheduler"]["/metrics"] == 200
+    assert opened["worker"]["/metrics"] == 200
