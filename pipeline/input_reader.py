@@ -127,11 +127,11 @@ class ChunkCache:
 CACHE = ChunkCache()
 
 
-def _reflectance(path: str) -> zarr.Array:
+def _reflectance(path: str) -> zarr.Array[Any]:
     return zarr.open_array(Location(path).zarr_store(read_only=True), path="reflectance", mode="r")
 
 
-def _decode(reflectance: zarr.Array, window: Window) -> F32:
+def _decode(reflectance: zarr.Array[Any], window: Window) -> F32:
     rows, cols = window.slices
     return np.asarray(reflectance[:, :, rows, cols], dtype=np.float32)
 
