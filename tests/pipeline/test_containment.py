@@ -10,7 +10,7 @@ from typing import Any, NoReturn
 import pytest
 import yaml
 
-import pipeline.run
+import pipeline.stages
 from pipeline.containment import check_asset_hrefs, check_output
 from pipeline.cube import prepare_cube
 from pipeline.discover import discover
@@ -126,7 +126,7 @@ def no_discovery(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*_: object, **__: object) -> NoReturn:
         raise AssertionError("discovery ran before the output was checked")
 
-    monkeypatch.setattr(pipeline.run, "discover", refuse)
+    monkeypatch.setattr(pipeline.stages, "discover", refuse)
 
 
 def test_output_inside_the_scene_folder_is_refused(tmp_path: Path, no_discovery: None) -> None:

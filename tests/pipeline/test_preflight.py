@@ -11,7 +11,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-import pipeline.run
+import pipeline.stages
 from pipeline.cost import check_job_size, estimate_job
 from pipeline.demo import demo_checkpoint
 from pipeline.errors import ClusterError, JobSpecError, JobTooLargeError
@@ -45,7 +45,7 @@ def no_discovery(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*_: object, **__: object) -> NoReturn:
         raise AssertionError("discovery ran before the checks that need no pixels")
 
-    monkeypatch.setattr(pipeline.run, "discover", refuse)
+    monkeypatch.setattr(pipeline.stages, "discover", refuse)
 
 
 def test_estimate_counts_the_grid_blocks_tiles_and_bytes(tmp_path: Path) -> None:
