@@ -67,47 +67,68 @@ def _run(flow: Any, scheduler: str | None, **parameters: Any) -> None:
     typer.echo(json.dumps(result, indent=2, default=str))
 
 
+#: Options of ``respond`` whose help takes more than a line, named here to keep its signature short.
+_CatalogOption = Annotated[
+    str | None,
+    typer.Option(
+        help="STAC API URL or local catalog file (an ItemCollection, .ndjson, or a static catalog.json "
+        "with child links; one written by 'seg2change catalog' brings its own defaults)."
+    ),
+]
+_CollectionsOption = Annotated[
+    str | None,
+    typer.Option(help="Collection ids, comma-separated (default with own imagery: its collection)."),
+]
+_BeforeImagesOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        help="Own imagery before the event: folder, glob or file (repeatable); instead of --catalog."
+    ),
+]
+_AfterImagesOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        help="Own imagery after the event: folder, glob or file (repeatable); instead of --catalog."
+    ),
+]
+_FootprintsOption = Annotated[
+    str | None,
+    typer.Option(help="Building (or parcel) polygons, GeoJSON or GeoParquet: a per-feature impact table."),
+]
+_FootprintZoneOption = Annotated[
+    str | None, typer.Option(help="Property of the footprints naming their zone, for the summary by zone.")
+]
+_ThresholdOption = Annotated[
+    float, typer.Option(help="Changed fraction of a footprint from which it counts as affected.")
+]
+_TileSizeOption = Annotated[
+    int | None,
+    typer.Option(
+        help="Model tile side in pixels; default: the change model's own (504 for CACH, which it computes "
+        "without padding; valid CACH sides are multiples of 252)."
+    ),
+]
+_JobOptionsOption = Annotated[
+    str | None, typer.Option(help="Further job fields as JSON text or file (bands, quality, models...).")
+]
+_SchedulerOption = Annotated[
+    str | None, typer.Option(help="Dask scheduler address for the tasks, or 'local' (default: threads).")
+]
+_ForceOption = Annotated[bool, typer.Option("--force", hidden=True, help=FORCE_ALIAS_HELP)]
+
+
 def respond(
     area: Annotated[str, typer.Option(help="GeoJSON file or text, or bbox 'xmin,ymin,xmax,ymax'.")],
     event_date: Annotated[str, typer.Option(help="Day of the event, YYYY-MM-DD.")],
     hazard: Annotated[str, typer.Option(help="flood, fire, storm or earthquake.")],
     output: Annotated[str, typer.Option(help="Output folder.")],
-    catalog: Annotated[
-        str | None,
-        typer.Option(
-            help="STAC API URL or local catalog file (an ItemCollection, .ndjson, or a static catalog.json "
-            "with child links; one written by 'seg2change catalog' brings its own defaults)."
-        ),
-    ] = None,
-    collections: Annotated[
-        str | None,
-        typer.Option(help="Collection ids, comma-separated (default with own imagery: its collection)."),
-    ] = None,
-    before_images: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="Own imagery before the event: folder, glob or file (repeatable); instead of --catalog."
-        ),
-    ] = None,
-    after_images: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="Own imagery after the event: folder, glob or file (repeatable); instead of --catalog."
-        ),
-    ] = None,
-    footprints: Annotated[
-        str | None,
-        typer.Option(
-            help="Building (or parcel) polygons, GeoJSON or GeoParquet: a per-feature impact table."
-        ),
-    ] = None,
-    footprint_zone: Annotated[
-        str | None,
-        typer.Option(help="Property of the footprints naming their zone, for the summary by zone."),
-    ] = None,
-    affected_threshold: Annotated[
-        float, typer.Option(help="Changed fraction of a footprint from which it counts as affected.")
-    ] = 0.25,
+    catalog: _CatalogOption = None,
+    collections: _CollectionsOption = None,
+    before_images: _BeforeImagesOption = None,
+    after_images: _AfterImagesOption = None,
+    footprints: _FootprintsOption = None,
+    footprint_zone: _FootprintZoneOption = None,
+    affected_threshold: _ThresholdOption = 0.25,
     area_crs: Annotated[str, typer.Option(help="CRS of the area's coordinates.")] = "EPSG:4326",
     before_days: Annotated[int, typer.Option(help="Days before the event in the before window.")] = 60,
     after_days: Annotated[int, typer.Option(help="Days after the event in the after window.")] = 14,
@@ -115,22 +136,12 @@ def respond(
         str | None, typer.Option(help="Classes and targets as JSON (default: the hazard's prompts).")
     ] = None,
     block_size: Annotated[int, typer.Option(help="Block side in pixels.")] = 512,
-    tile_size: Annotated[
-        int | None,
-        typer.Option(
-            help="Model tile side in pixels; default 252, the smallest tile the CACH change model "
-            "computes without padding (valid sides are multiples of 252)."
-        ),
-    ] = None,
+    tile_size: _TileSizeOption = None,
     priority: Annotated[int, typer.Option(help="Priority recorded on the run (1 highest).")] = 1,
-    job_options: Annotated[
-        str | None, typer.Option(help="Further job fields as JSON text or file (bands, quality, models...).")
-    ] = None,
-    scheduler: Annotated[
-        str | None, typer.Option(help="Dask scheduler address for the tasks, or 'local' (default: threads).")
-    ] = None,
+    job_options: _JobOptionsOption = None,
+    scheduler: _SchedulerOption = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Recompute outputs that exist.")] = False,
-    force: Annotated[bool, typer.Option("--force", hidden=True, help=FORCE_ALIAS_HELP)] = False,
+    force: _ForceOption = False,
 ) -> None:
     """Map the change around a reported event (flood, fire, storm, earthquake) and print its statistics.
 
@@ -162,7 +173,7 @@ def respond(
         "prompts": _json_option(prompts, "--prompts"),
         "block_size": block_size,
         "job_options": options,
-        **({} if tile_size is None else {"tile_size": tile_size}),
+        "tile_size": tile_size,
     }
     _check(lambda: event_job(**event))
     from flows.response import response_flow
@@ -256,13 +267,11 @@ def monitor(
     cadence: Annotated[str, typer.Option(help="monthly, quarterly or yearly.")] = "monthly",
     run_date: Annotated[str | None, typer.Option(help="Day of the run, YYYY-MM-DD (default: today).")] = None,
     zones_crs: Annotated[str, typer.Option(help="CRS of the zone coordinates.")] = "EPSG:4326",
-    scheduler: Annotated[
-        str | None, typer.Option(help="Dask scheduler address for the tasks, or 'local' (default: threads).")
-    ] = None,
+    scheduler: _SchedulerOption = None,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Recompute regions whose outputs exist.")
     ] = False,
-    force: Annotated[bool, typer.Option("--force", hidden=True, help=FORCE_ALIAS_HELP)] = False,
+    force: _ForceOption = False,
 ) -> None:
     """Compute, per region, the change of the period just ended against the one before it."""
     from flows.regions import monitoring_plan

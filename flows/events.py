@@ -17,7 +17,6 @@ from pipeline.spec import JobSpec
 
 __all__ = [
     "HAZARD_PROMPTS",
-    "RESPONSE_TILE_SIZE",
     "Hazard",
     "check_footprints",
     "event_job",
@@ -26,10 +25,6 @@ __all__ = [
 ]
 
 Hazard = Literal["flood", "fire", "storm", "earthquake"]
-
-#: Model tile side of a response job: the smallest valid CACH tile (a multiple of 14 * 18 = 252 px,
-#: see :mod:`seg2change_core.cach.geometry`), small so that the first blocks come quickly.
-RESPONSE_TILE_SIZE = 252
 
 #: Default prompts per hazard: the classes to map and the target whose gain is the affected area.
 HAZARD_PROMPTS: dict[str, dict[str, list[str]]] = {
@@ -71,7 +66,11 @@ def event_windows(event_date: date, before_days: int = 60, after_days: int = 14)
 
 
 def parse_area(area: str | Sequence[float] | Mapping[str, Any], crs: str = "EPSG:4326") -> dict[str, Any]:
-    """Turn an event area into the job's ``aoi`` field.
+    """Turn an event area into the job's ``aoi`` field, for :class:`pipeline.spec.AreaOfInterest` to
+    read and check (it reads GeoJSON files, unions features and checks bboxes and geometries).
+
+    Only what the spec does not read is parsed here: text (JSON, ``"xmin,ymin,xmax,ymax"`` or a file
+    path) becomes the document, bbox or ``geometry`` path it stands for.
 
     Parameters
     ----------
@@ -79,41 +78,44 @@ def parse_area(area: str | Sequence[float] | Mapping[str, Any], crs: str = "EPSG
         A GeoJSON file path, a GeoJSON document (mapping or JSON text), a bbox
         ``[xmin, ymin, xmax, ymax]`` or the text ``"xmin,ymin,xmax,ymax"``.
     crs
-        CRS of the bbox or geometry coordinates.
+        CRS of the bbox or geometry coordinates; a Feature or FeatureCollection is WGS84.
+
+    Raises
+    ------
+    JobSpecError
+        Text that looks like JSON but is not, or features given in another CRS than WGS84.
     """
-    if isinstance(area, Mapping):
-        return {"geometry": _geometry(dict(area)), "crs": crs}
     if isinstance(area, str):
         text = area.strip()
-        if text.startswith("{"):
+        parts = [p for p in text.replace(" ", ",").split(",") if p]
+        if text.startswith(("{", "[")):
             try:
-                return {"geometry": _geometry(json.loads(text)), "crs": crs}
+                area = json.loads(text)
             except json.JSONDecodeError as exc:
                 raise JobSpecError(f"area looks like JSON but is not ({exc}); give valid GeoJSON") from None
-        if text.startswith("["):
-            return parse_area(json.loads(text), crs)
-        parts = [p for p in text.replace(" ", ",").split(",") if p]
-        if len(parts) == 4:
-            try:
-                return {"bbox": [float(p) for p in parts], "crs": crs}
-            except ValueError:
-                pass
-        if Path(text).expanduser().is_file():
-            return {"geometry": str(Path(text).expanduser().resolve()), "crs": crs}
-        raise JobSpecError(
-            f"area {area!r} is neither a GeoJSON file, GeoJSON text nor a bbox 'xmin,ymin,xmax,ymax'; "
-            "give one of those"
-        )
-    values = list(area)
-    if len(values) != 4:
-        raise JobSpecError(f"area bbox {values} must have four numbers: xmin, ymin, xmax, ymax")
-    return {"bbox": [float(v) for v in values], "crs": crs}
+        elif len(parts) == 4 and all(_is_number(p) for p in parts):
+            area = [float(p) for p in parts]
+        else:
+            return {"geometry": text, "crs": crs}  # a GeoJSON file
+    if isinstance(area, Mapping):
+        if area.get("type") not in {"Feature", "FeatureCollection"}:
+            return {"geometry": dict(area), "crs": crs}
+        if crs.upper() not in {"EPSG:4326", "OGC:CRS84"}:
+            raise JobSpecError(
+                f"area is a GeoJSON {area['type']}, whose coordinates are WGS84 longitude/latitude "
+                f"(RFC 7946), but area_crs is {crs}; leave area_crs at EPSG:4326, or give the bare "
+                "geometry or a bbox in that CRS"
+            )
+        return dict(area)
+    return {"bbox": list(area), "crs": crs}
 
 
-def _geometry(doc: dict[str, Any]) -> dict[str, Any]:
-    if doc.get("type") == "FeatureCollection":
-        return doc  # AreaOfInterest unions the features
-    return doc.get("geometry", doc) if doc.get("type") == "Feature" else doc
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def event_job(
@@ -129,10 +131,39 @@ def event_job(
     after_days: int = 14,
     prompts: Mapping[str, Any] | None = None,
     block_size: int = 512,
-    tile_size: int = RESPONSE_TILE_SIZE,
+    tile_size: int | None = None,
     job_options: Mapping[str, Any] | None = None,
 ) -> JobSpec:
-    """Build and validate the job of an event (see :func:`response_flow` for the parameters).
+    """Build and validate the job of an event (:func:`flows.response.response_flow` runs it).
+
+    Parameters
+    ----------
+    area
+        GeoJSON file path, GeoJSON document, or bbox (``[xmin, ymin, xmax, ymax]`` or
+        ``"xmin,ymin,xmax,ymax"``) in ``area_crs``.
+    event_date
+        Day of the event: the first day of the *after* window.
+    hazard
+        ``flood``, ``fire``, ``storm`` or ``earthquake``: picks the default prompts.
+    catalog, collections
+        STAC API URL (or local catalog file) and collection ids (list or comma-separated).
+    output
+        Output folder.
+    area_crs
+        CRS of the area's coordinates.
+    before_days, after_days
+        Window lengths around the event (60 and 14 days).
+    prompts
+        Classes and targets (``{"classes": [...], "targets": [...]}``); default: the hazard's.
+    block_size
+        Input/output block side, small (512) so that the first blocks come quickly.
+    tile_size
+        Model tile side; default: the change model's own (CACH's 504 px, which it computes
+        without padding), in pixels whatever the imagery's resolution. Given, the overlap is a
+        quarter of it (at most 64 px).
+    job_options
+        Further job fields (``bands``, ``quality``, ``grid``, ``cloud_limit``, ``models``,
+        ``cluster``, ``tiling``...); their ``tiling`` replaces the fields above.
 
     Raises
     ------
@@ -143,7 +174,9 @@ def event_job(
         raise JobSpecError(f"hazard {hazard!r} is unknown; use one of {', '.join(HAZARD_PROMPTS)}")
     before, after = event_windows(event_date, before_days, after_days)
     options = dict(job_options or {})
-    tiling = {"tile_size": tile_size, "block_size": block_size, "overlap": min(64, tile_size // 4)}
+    tiling: dict[str, Any] = {"block_size": block_size}
+    if tile_size is not None:
+        tiling.update(tile_size=tile_size, overlap=min(64, tile_size // 4))
     tiling.update(options.pop("tiling", None) or {})
     fields: dict[str, Any] = {
         "aoi": parse_area(area, area_crs),

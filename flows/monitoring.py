@@ -20,6 +20,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.regions import (
     Cadence,
+    MonitoringPlan,
     Period,
     Region,
     monitoring_periods,
@@ -28,7 +29,15 @@ from flows.regions import (
     regions_from_job_files,
     regions_from_zones,
 )
-from flows.tasks import published_outputs, submit_job, summarise_statistics, task_runner
+from flows.tasks import (
+    inference_summary,
+    publication_outputs,
+    published_outputs,
+    submit_job,
+    summarise_statistics,
+    task_runner,
+)
+from pipeline.spec import JobSpec
 
 __all__ = [
     "MONITORING_ARTIFACT_KEY",
@@ -154,49 +163,23 @@ def monitoring_flow(
     RuntimeError
         When a region failed (after the others finished and the artifacts were published).
     """
-    logger = get_run_logger()
     plan = monitoring_plan(
         zones, base_job, job_files, output, cadence, run_date, zones_crs
     )  # all valid first
-    before, after, regions, jobs = plan.before, plan.after, plan.regions, plan.jobs
-    logger.info("monitoring %d region(s): %s vs %s", len(regions), after.label, before.label)
-
-    submitted: dict[str, tuple[Any, Any]] = {}
-    rows: dict[str, dict[str, Any]] = {}
-    for region in regions:
-        job = jobs[region.name]
-        done = None if force else published_outputs(job.output)
-        if done is not None:
-            logger.info("region %s: outputs for %s exist, skipped", region.name, after.label)
-            rows[region.name] = {
-                "region": region.name,
-                "output": job.output,
-                "status": "skipped",
-                "skipped": True,
-                "inference": None,
-                "outputs": done,
-                "summary": summarise_statistics(done["statistics_json"]),
-            }
-        else:
-            submitted[region.name] = submit_job(job, after.label, force=force)
-
-    failed: list[str] = []
-    for name, (infer, published) in submitted.items():
-        published.wait()
-        row: dict[str, Any] = {"region": name, "output": jobs[name].output, "skipped": False}
-        if published.state.is_completed():
-            outputs = published.result()
-            row.update(
-                status="computed", inference=infer.result(), outputs=outputs, summary=outputs["summary"]
-            )
-        else:
-            state = published.state if not infer.state.is_failed() else infer.state
-            row.update(status="failed", inference=None, outputs=None, summary=None, error=state.message)
-            failed.append(name)
-        rows[name] = row
-
-    ordered = [rows[region.name] for region in regions]
+    before, after = plan.before, plan.after
+    get_run_logger().info("monitoring %d region(s): %s vs %s", len(plan.regions), after.label, before.label)
+    rows = _skipped_regions(plan) if not force else {}
+    submitted = {
+        region.name: submit_job(plan.jobs[region.name], after.label, force=force)
+        for region in plan.regions
+        if region.name not in rows
+    }
+    rows.update(
+        {name: _computed_region(plan.jobs[name], name, *futures) for name, futures in submitted.items()}
+    )
+    ordered = [rows[region.name] for region in plan.regions]
     _publish_artifacts(before, after, ordered)
+    failed = [row["region"] for row in ordered if row["status"] == "failed"]
     if failed:
         raise RuntimeError(
             f"monitoring {after.label}: region(s) {', '.join(failed)} failed; see their task runs"
@@ -207,3 +190,44 @@ def monitoring_flow(
         "after": {"label": after.label, "window": after.window()},
         "regions": ordered,
     }
+
+
+def _skipped_regions(plan: MonitoringPlan) -> dict[str, dict[str, Any]]:
+    """The rows of the regions whose outputs for the period are published already."""
+    from pipeline.publish.statistics import read_statistics
+
+    rows: dict[str, dict[str, Any]] = {}
+    for region in plan.regions:
+        job = plan.jobs[region.name]
+        done = published_outputs(job.output)
+        if done is None:
+            continue
+        get_run_logger().info("region %s: outputs for %s exist, skipped", region.name, plan.after.label)
+        rows[region.name] = {
+            "region": region.name,
+            "output": job.output,
+            "status": "skipped",
+            "skipped": True,
+            "inference": None,
+            "outputs": done,
+            "summary": summarise_statistics(read_statistics(done["statistics_json"])),
+        }
+    return rows
+
+
+def _computed_region(job: JobSpec, name: str, infer: Any, published: Any) -> dict[str, Any]:
+    """The row of a region whose stages were submitted, once they ended."""
+    published.wait()
+    row: dict[str, Any] = {"region": name, "output": job.output, "skipped": False}
+    if published.state.is_completed():
+        publication = published.result()
+        row.update(
+            status="computed",
+            inference=inference_summary(infer.result()),
+            outputs=publication_outputs(publication),
+            summary=summarise_statistics(publication.statistics),
+        )
+    else:
+        state = published.state if not infer.state.is_failed() else infer.state
+        row.update(status="failed", inference=None, outputs=None, summary=None, error=state.message)
+    return row

@@ -4,10 +4,9 @@ An event is an area (GeoJSON file or document, or a bbox), a date and a hazard (
 ``fire``, ``storm``, ``earthquake``). The *before* window runs from 60 days before the event to
 the day before it, the *after* window from the event date to 14 days after it (both
 configurable). Each hazard has default prompts (flood: water, with vegetation, built-up and bare
-soil as the other classes and water as the target); the job uses small blocks and tiles (block
-512, tile 252: the smallest the CACH change model computes without padding) so that the first
-results come quickly, and the flow run is tagged with its
-priority. The flow returns the change statistics in the same flow run, with the area that became
+soil as the other classes and water as the target); the job uses small blocks (512 px) so that the
+first results come quickly, and the change model's own tile unless told another (CACH's 504 px, which
+it computes without padding), and the flow run is tagged with its priority. The flow returns the change statistics in the same flow run, with the area that became
 the hazard's target class (for a flood: the newly flooded area) and publishes them as artifacts.
 
 The imagery may be the responders' own: a local catalog made by ``seg2change catalog`` (or by
@@ -26,28 +25,36 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefect import flow, get_run_logger, tags, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.events import (
     HAZARD_PROMPTS,
-    RESPONSE_TILE_SIZE,
     Hazard,
     check_footprints,
     event_job,
     event_windows,
     parse_area,
 )
-from flows.tasks import submit_job, task_runner
+from flows.tasks import (
+    inference_summary,
+    publication_outputs,
+    submit_job,
+    summarise_statistics,
+    task_runner,
+)
 from pipeline.own_imagery import own_imagery_options
 from pipeline.spec import JobSpec
+
+if TYPE_CHECKING:
+    from pipeline.infer import InferenceResult
+    from pipeline.publish import PublishResult
 
 __all__ = [
     "HAZARD_PROMPTS",
     "RESPONSE_ARTIFACT_KEY",
-    "RESPONSE_TILE_SIZE",
     "Hazard",
     "event_job",
     "event_windows",
@@ -119,7 +126,7 @@ def response_flow(
     after_days: int = 14,
     prompts: dict[str, Any] | None = None,
     block_size: int = 512,
-    tile_size: int = RESPONSE_TILE_SIZE,
+    tile_size: int | None = None,
     priority: int = 1,
     job_options: dict[str, Any] | None = None,
     force: bool = False,
@@ -131,58 +138,35 @@ def response_flow(
 
     Parameters
     ----------
-    area
-        GeoJSON file path, GeoJSON document, or bbox (``[xmin, ymin, xmax, ymax]`` or
-        ``"xmin,ymin,xmax,ymax"``) in ``area_crs``.
-    event_date
-        Day of the event: the first day of the *after* window.
-    hazard
-        ``flood``, ``fire``, ``storm`` or ``earthquake``: picks the default prompts.
-    catalog, collections
-        STAC API URL (or local catalog file) and collection ids (list or comma-separated).
-    output
-        Output folder.
-    area_crs
-        CRS of the area's coordinates.
-    before_days, after_days
-        Window lengths around the event (60 and 14 days).
-    prompts
-        Classes and targets (``{"classes": [...], "targets": [...]}``); default: the hazard's.
-    block_size, tile_size
-        Input/output block side and model tile side, small for fast first results.
+    area, event_date, hazard, catalog, collections, output, area_crs, before_days, after_days
+        The event and its imagery: see :func:`flows.events.event_job`.
+    prompts, block_size, tile_size, job_options
+        The job's classes, blocks, model tile (default: the change model's own) and further
+        fields: see :func:`flows.events.event_job`.
     priority
         Priority of the run (1 highest), recorded as the tag ``priority:<n>`` of its task runs and
         in the result; the work queue's priority orders runs (see ``prefect.yaml``).
-    job_options
-        Further job fields (``bands``, ``quality``, ``grid``, ``cloud_limit``, ``models``,
-        ``cluster``, ``tiling``...).
     force
-        Recompute outputs that exist.
-    footprints
-        GeoJSON or GeoParquet polygons (buildings...) to measure the change in, one row each.
-    footprint_zone
-        Property of the footprints naming their zone, for the summary by zone.
+        Recompute outputs that exist (the input cube too), as ``seg2change run --overwrite``.
+    footprints, footprint_zone
+        GeoJSON or GeoParquet polygons (buildings...) to measure the change in, one row each, and
+        their property naming their zone, for the summary by zone.
     affected_threshold
         Changed fraction of a footprint from which it counts as affected.
 
     Returns
     -------
     dict
-        ``event`` (area, date, hazard, windows), ``priority``, ``output``, ``inference`` (block
-        counts), ``outputs`` (paths of COGs, STAC, statistics, quick-look), ``statistics`` (the
-        whole area's summary: changed area, per target gained/lost area), and ``affected_class``
-        / ``affected_area_m2`` / ``affected_area_ha``: the area that became the hazard's target
-        class (for a flood: the newly flooded area); with footprints, ``features`` (the summary
-        by zone and the table's paths).
+        ``event``, ``priority``, ``output``, ``inference`` (block counts), ``outputs`` (paths),
+        ``statistics`` (the whole area's summary) and the area that became the hazard's target
+        class (``affected_*``, for a flood: the newly flooded area); with footprints, ``features``.
 
     Raises
     ------
-    JobSpecError
-        Invalid parameters, at once and without retries.
+    Seg2ChangeError
+        Invalid parameters or a job that cannot run, at once, before any work and without retries.
     """
-    logger = get_run_logger()
     check_footprints(footprints, output, affected_threshold)
-    job_options = own_imagery_options(catalog, job_options)
     job = event_job(
         area,
         event_date,
@@ -196,30 +180,34 @@ def response_flow(
         prompts=prompts,
         block_size=block_size,
         tile_size=tile_size,
-        job_options=job_options,
+        job_options=own_imagery_options(catalog, job_options),
     )
-    logger.info(
+    get_run_logger().info(
         "%s on %s, priority %d: before %s, after %s", hazard, event_date, priority, job.before, job.after
     )
+    period = f"{hazard}-{event_date}"
     with tags("seg2change", "response", f"hazard:{hazard}", f"priority:{priority}"):
-        infer, published = submit_job(job, f"{hazard}-{event_date}", force=force)
-        outputs = published.result()
-        inference = infer.result()
-        features = (
-            feature_impact_task(
-                inference["path"],
-                job.output,
-                footprints,
-                footprint_zone,
-                affected_threshold,
-                f"{hazard}-{event_date}",
-            )
-            if footprints
-            else None
-        )
-    summary = outputs.pop("summary")
+        infer, published = submit_job(job, period, force=force)
+        publication, inference = published.result(), infer.result()
+        impact = _footprint_impact(job, inference, footprints, footprint_zone, affected_threshold, period)
+    result = _response_result(job, event_date, hazard, priority, inference, publication, impact)
+    _publish_artifacts(result)
+    return result
+
+
+def _response_result(
+    job: JobSpec,
+    event_date: date,
+    hazard: Hazard,
+    priority: int,
+    inference: InferenceResult,
+    publication: PublishResult,
+    impact: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The flow's JSON-ready result (see :func:`response_flow`)."""
+    summary = summarise_statistics(publication.statistics)
     affected_class, affected_m2 = _affected(summary, job)
-    result = {
+    return {
         "event": {
             "area": job.aoi.model_dump(mode="json"),
             "event_date": event_date.isoformat(),
@@ -229,17 +217,28 @@ def response_flow(
         },
         "priority": priority,
         "output": job.output,
-        "inference": inference,
-        "outputs": outputs,
+        "inference": inference_summary(inference),
+        "outputs": publication_outputs(publication),
         "statistics": summary,
         "affected_class": affected_class,
         "affected_area_m2": affected_m2,
         "affected_area_ha": affected_m2 / 10_000.0,
+        **({"features": impact} if impact is not None else {}),
     }
-    if features is not None:
-        result["features"] = features
-    _publish_artifacts(result)
-    return result
+
+
+def _footprint_impact(
+    job: JobSpec,
+    inference: InferenceResult,
+    footprints: str | None,
+    zone_field: str | None,
+    threshold: float,
+    period: str,
+) -> dict[str, Any] | None:
+    """Run :func:`feature_impact_task` on the job's change cube when footprints were given."""
+    if not footprints:
+        return None
+    return feature_impact_task(str(inference.path), job.output, footprints, zone_field, threshold, period)
 
 
 def _publish_artifacts(result: Mapping[str, Any]) -> None:

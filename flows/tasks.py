@@ -1,8 +1,14 @@
-"""Prefect tasks of the flows: thin wrappers around :mod:`pipeline`, with retries, caching and URIs.
+"""Prefect tasks of the flows: one per stage of :mod:`pipeline.stages`, with retries and caching.
 
-Every task calls one stage of the pipeline (discover, prepare, infer, publish) and returns paths or
-small JSON-ready dictionaries, never arrays: the heavy data stays in the Zarr stores and files the
-stages write under the job's output folder, and only their locations travel between tasks.
+:func:`submit_job` runs :func:`pipeline.stages.check_job` first, as :func:`pipeline.run.run_job`
+does, so both refuse the same jobs before any work and apply ``force`` alike (the job's
+``overwrite``: the input cube is rebuilt, the change cube recomputed). Each task then calls one
+stage with the job and the description the task before it returned (a
+:class:`~pipeline.discover.Discovery`, :class:`~pipeline.cube.PreparedCube`,
+:class:`~pipeline.infer.InferenceResult`, :class:`~pipeline.publish.PublishResult`: small frozen
+records, never arrays: the heavy data stays in the Zarr stores and files under the job's output).
+:func:`inference_summary`, :func:`publication_outputs` and :func:`summarise_statistics` turn them into
+the JSON-ready dictionaries the flows return.
 
 Retries
     The stages that talk to the network (the catalog search and the asset reads of ``prepare``)
@@ -28,9 +34,7 @@ import hashlib
 import json
 import os
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefect import task
 from prefect.client.schemas.objects import TaskRun
@@ -39,22 +43,28 @@ from prefect.states import State
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.tasks import Task, exponential_backoff
 
-from pipeline.discover import Discovery, discover
 from pipeline.errors import CatalogError, NothingFoundError
 from pipeline.spec import JobSpec
 from pipeline.storage import Location, LocationLike
 
+if TYPE_CHECKING:  # the engine (torch, Dask, Zarr) loads when a task runs, not with the flows
+    from pipeline.cube import PreparedCube
+    from pipeline.discover import Discovery
+    from pipeline.infer import InferenceResult
+    from pipeline.publish import PublishResult
+    from pipeline.publish.statistics import ChangeStatistics
+
 __all__ = [
     "DASK_ADDRESS_ENV",
-    "DISCOVERY_NAME",
     "NETWORK_RETRIES",
     "change_cube_complete",
     "discover_task",
     "infer_task",
+    "inference_summary",
     "is_network_error",
     "job_cache_key",
-    "load_discovery",
     "prepare_task",
+    "publication_outputs",
     "publish_task",
     "published_outputs",
     "retry_on_network_error",
@@ -65,8 +75,6 @@ __all__ = [
 
 #: Environment variable naming the Dask scheduler of the flows (an address, or ``local``).
 DASK_ADDRESS_ENV = "SEG2CHANGE_DASK_ADDRESS"
-#: File (in the job's output folder) holding the items a discovery chose.
-DISCOVERY_NAME = "discovery.json"
 #: Retries of the network stages.
 NETWORK_RETRIES = 3
 #: Base delay of the exponential backoff, in seconds (2, 4, 8 s).
@@ -129,7 +137,7 @@ def job_cache_key(context: TaskRunContext, parameters: Mapping[str, Any]) -> str
     str or None
         The SHA-256 of the job JSON and period, or None while the change cube is incomplete.
     """
-    from pipeline.run import change_cube_path
+    from pipeline.stages import change_cube_path
 
     job = parameters["job"]
     if not isinstance(job, JobSpec) or not change_cube_complete(change_cube_path(job)):
@@ -189,19 +197,6 @@ def _dask_client_of_runner() -> Iterator[Any]:
 # --------------------------------------------------------------------------- helpers
 
 
-def load_discovery(path: LocationLike) -> Discovery:
-    """Read a discovery written by :func:`discover_task`."""
-    doc = json.loads(Location.parse(path).read_text())
-    return Discovery(
-        items=doc["items"],
-        filter_mode=doc["filter_mode"],
-        catalog=doc["catalog"],
-        cloud_limit=float(doc["cloud_limit"]),
-        collections=tuple(doc["collections"]),
-        searched_at=doc["searched_at"],
-    )
-
-
 def change_cube_complete(path: LocationLike) -> bool:
     """Tell whether a change cube exists and every block of it is done."""
     from pipeline.change_cube import inspect_change_cube
@@ -220,8 +215,8 @@ _NETWORK = {
 
 
 @task(name="discover", task_run_name="discover-{period}", **_NETWORK)  # type: ignore[call-overload]
-def discover_task(job: JobSpec, period: str = "event") -> str:
-    """Search the catalog for the job's scenes and write the items chosen to the output folder.
+def discover_task(job: JobSpec, period: str = "event") -> Discovery:
+    """Search the catalog for the job's scenes (:func:`pipeline.stages.discover_stage`).
 
     Parameters
     ----------
@@ -232,8 +227,8 @@ def discover_task(job: JobSpec, period: str = "event") -> str:
 
     Returns
     -------
-    str
-        Path of the discovery JSON (``<output>/discovery.json``).
+    Discovery
+        The items chosen per window.
 
     Raises
     ------
@@ -242,39 +237,40 @@ def discover_task(job: JobSpec, period: str = "event") -> str:
     NothingFoundError
         A window has no usable scene (not retried).
     """
-    found = discover(job)
-    path = Location(job.output) / DISCOVERY_NAME
-    path.write_text(json.dumps(asdict(found), indent=1))
-    return str(path)
+    from pipeline import stages
+
+    return stages.discover_stage(job)
 
 
 @task(name="prepare", task_run_name="prepare-{period}", **_NETWORK)  # type: ignore[call-overload]
-def prepare_task(job: JobSpec, discovery: str, period: str = "event") -> str:
-    """Build (or reuse) the job's input cube from the scenes found.
+def prepare_task(job: JobSpec, discovery: Discovery, period: str = "event") -> PreparedCube:
+    """Build (or reuse) the job's input cube from the scenes found (:func:`pipeline.stages.prepare_stage`).
 
     Parameters
     ----------
     job
         The job.
     discovery
-        Path written by :func:`discover_task`.
+        What :func:`discover_task` returned.
     period
         Label of the period.
 
     Returns
     -------
-    str
-        Path of the input cube (Zarr).
+    PreparedCube
+        The input cube's location and what it holds.
     """
-    from pipeline.cube import prepare_cube
+    from pipeline import stages
 
-    cube = prepare_cube(job, load_discovery(discovery), progress=False, reuse=True)
-    return str(cube.path)
+    return stages.prepare_stage(job, discovery, progress=False)
 
 
 @task(name="infer", task_run_name="infer-{period}", cache_key_fn=job_cache_key)
-def infer_task(job: JobSpec, cube: str, period: str = "event", force: bool = False) -> dict[str, Any]:
-    """Compute the job's change cube from its input cube, block by block on Dask.
+def infer_task(
+    job: JobSpec, cube: PreparedCube, period: str = "event", force: bool = False
+) -> InferenceResult:
+    """Compute the job's change cube from its input cube, block by block on Dask
+    (:func:`pipeline.stages.infer_stage`).
 
     Cached on the job's JSON and the period (:func:`job_cache_key`).
 
@@ -283,7 +279,7 @@ def infer_task(job: JobSpec, cube: str, period: str = "event", force: bool = Fal
     job
         The job.
     cube
-        Path of the input cube.
+        What :func:`prepare_task` returned.
     period
         Label of the period (part of the cache key).
     force
@@ -291,15 +287,52 @@ def infer_task(job: JobSpec, cube: str, period: str = "event", force: bool = Fal
 
     Returns
     -------
-    dict
-        ``path`` (the change cube), ``blocks``, ``computed`` and ``skipped`` (block counts),
-        ``wall_seconds``.
+    InferenceResult
+        The change cube and its block counts (:func:`inference_summary` as JSON).
     """
-    from pipeline.infer import run_inference
-    from pipeline.run import change_cube_path
+    from pipeline import stages
 
     with _dask_client_of_runner() as client:
-        result = run_inference(job, cube, change_cube_path(job), cluster=client, force=force, progress=False)
+        return stages.infer_stage(job, cube, force=force, client=client, progress=False)
+
+
+@task(name="publish", task_run_name="publish-{period}")
+def publish_task(
+    job: JobSpec,
+    inference: InferenceResult,
+    cube: PreparedCube,
+    discovery: Discovery,
+    period: str = "event",
+) -> PublishResult:
+    """Publish the change cube: COGs, STAC item, statistics and quick-look
+    (:func:`pipeline.stages.publish_stage`).
+
+    Parameters
+    ----------
+    job
+        The job.
+    inference, cube, discovery
+        What :func:`infer_task`, :func:`prepare_task` and :func:`discover_task` returned.
+    period
+        Label of the period.
+
+    Returns
+    -------
+    PublishResult
+        The files written and the statistics (:func:`publication_outputs` and
+        :func:`summarise_statistics` as JSON).
+    """
+    from pipeline import stages
+
+    return stages.publish_stage(job, inference, cube, discovery, progress=False)
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def inference_summary(result: InferenceResult) -> dict[str, Any]:
+    """The JSON-ready record of an inference: ``path`` (the change cube), ``blocks``, ``computed``
+    and ``skipped`` (block counts) and ``wall_seconds``."""
     return {
         "path": str(result.path),
         "blocks": int(result.blocks),
@@ -309,43 +342,10 @@ def infer_task(job: JobSpec, cube: str, period: str = "event", force: bool = Fal
     }
 
 
-@task(name="publish", task_run_name="publish-{period}")
-def publish_task(
-    job: JobSpec, change_cube: str | Mapping[str, Any], cube: str, discovery: str, period: str = "event"
-) -> dict[str, Any]:
-    """Publish the change cube: COGs, STAC item, statistics and quick-look.
-
-    Parameters
-    ----------
-    job
-        The job.
-    change_cube
-        Path of the change cube, or the result of :func:`infer_task` (its ``path``).
-    cube, discovery
-        Paths of the input cube and of the discovery JSON.
-    period
-        Label of the period.
-
-    Returns
-    -------
-    dict
-        Paths (as strings) of ``cogs`` (per layer), ``stac_collection``, ``stac_item``,
-        ``statistics_parquet``, ``statistics_json``, ``quicklook``, and ``summary``
-        (:func:`summarise_statistics` of the whole area).
-    """
-    from pipeline.publish import publish
-
-    if isinstance(change_cube, Mapping):
-        change_cube = str(change_cube["path"])
-    result = publish(
-        job,
-        change_cube,
-        cube,
-        load_discovery(discovery),
-        job.output,
-        zones=Path(job.zones) if job.zones else None,
-        progress=False,
-    )
+def publication_outputs(result: PublishResult) -> dict[str, Any]:
+    """The paths (as strings) of what a publication wrote: ``cogs`` (per layer),
+    ``stac_collection``, ``stac_item``, ``statistics_parquet``, ``statistics_json`` and
+    ``quicklook``."""
     return {
         "cogs": {layer: str(path) for layer, path in result.cogs.items()},
         "stac_collection": str(result.stac_collection),
@@ -353,20 +353,17 @@ def publish_task(
         "statistics_parquet": str(result.statistics_parquet),
         "statistics_json": str(result.statistics_json),
         "quicklook": str(result.quicklook),
-        "summary": summarise_statistics(result.statistics_json),
     }
 
 
-# --------------------------------------------------------------------------- outputs
-
-
-def summarise_statistics(statistics_json: LocationLike, zone: str = "all") -> dict[str, Any]:
-    """Summarise a published statistics JSON for one zone: changed area and change per target.
+def summarise_statistics(stats: ChangeStatistics, zone: str = "all") -> dict[str, Any]:
+    """Summarise a job's statistics for one zone: changed area and change per target.
 
     Parameters
     ----------
-    statistics_json
-        The ``statistics.json`` written by :func:`pipeline.publish.publish`.
+    stats
+        A publication's statistics (:attr:`pipeline.publish.PublishResult.statistics`, or
+        :func:`pipeline.publish.statistics.read_statistics` of a published ``statistics.json``).
     zone
         Zone id; ``"all"`` is the whole area.
 
@@ -377,27 +374,33 @@ def summarise_statistics(statistics_json: LocationLike, zone: str = "all") -> di
         and ``targets``: per target class, ``changed_m2`` (change into or out of it), ``gained_m2``
         (transitions from another class into it: e.g. newly flooded land for ``water``) and
         ``lost_m2`` (transitions out of it).
+
+    Raises
+    ------
+    KeyError
+        The statistics have no such zone.
     """
-    doc = json.loads(Location.parse(statistics_json).read_text())
-    totals = doc["zones"].get(zone)
+    totals = {t.zone: t for t in stats.totals}.get(zone)
     if totals is None:
-        raise KeyError(f"zone {zone!r} is not in {statistics_json}; it has {sorted(doc['zones'])}")
-    rows = [r for r in doc["rows"] if r["zone"] == zone]
-    targets: dict[str, dict[str, float]] = {}
-    for target in doc["targets"]:
-        changed = sum(r["area_m2"] for r in rows if r["kind"] == "target" and r["target"] == target)
-        moves = [r for r in rows if r["kind"] == "transition"]  # class_from != class_to
-        targets[target] = {
-            "changed_m2": float(changed),
-            "gained_m2": float(sum(r["area_m2"] for r in moves if r["class_to"] == target)),
-            "lost_m2": float(sum(r["area_m2"] for r in moves if r["class_from"] == target)),
+        raise KeyError(
+            f"zone {zone!r} is not in the statistics; they have {sorted(t.zone for t in stats.totals)}"
+        )
+    rows = stats.zone_rows(zone)
+    moves = [r for r in rows if r.kind == "transition"]  # class_from != class_to
+    targets = {
+        target: {
+            "changed_m2": float(sum(r.area_m2 for r in rows if r.kind == "target" and r.target == target)),
+            "gained_m2": float(sum(r.area_m2 for r in moves if r.class_to == target)),
+            "lost_m2": float(sum(r.area_m2 for r in moves if r.class_from == target)),
         }
+        for target in stats.targets
+    }
     return {
         "zone": zone,
-        "pixel_area_m2": float(doc["pixel_area_m2"]),
-        "valid_pixels": int(totals["valid_pixels"]),
-        "changed_area_m2": float(totals["changed_area_m2"]),
-        "changed_area_ha": float(totals["changed_area_ha"]),
+        "pixel_area_m2": float(stats.pixel_area_m2),
+        "valid_pixels": int(totals.valid_pixels),
+        "changed_area_m2": float(totals.changed_area_m2),
+        "changed_area_ha": float(totals.changed_area_ha),
         "targets": targets,
     }
 
@@ -408,7 +411,7 @@ def published_outputs(output: LocationLike) -> dict[str, str] | None:
     A folder is finished when its change cube is complete and its STAC item and statistics have
     been published (the STAC item is written last).
     """
-    from pipeline.run import CHANGE_CUBE_NAME
+    from pipeline.stages import CHANGE_CUBE_NAME
 
     out = Location.parse(output)
     paths = {
@@ -430,7 +433,7 @@ def published_outputs(output: LocationLike) -> dict[str, str] | None:
 
 
 def submit_job(job: JobSpec, period: str, *, force: bool = False) -> tuple[Any, Any]:
-    """Submit the four stages of one job to the flow's task runner, chained by their futures.
+    """Check one job and submit its four stages to the flow's task runner, chained by their futures.
 
     Must be called inside a flow. Jobs submitted one after another run concurrently.
 
@@ -441,22 +444,23 @@ def submit_job(job: JobSpec, period: str, *, force: bool = False) -> tuple[Any, 
     period
         Label of the period (task run names, cache key).
     force
-        Recompute the change cube (and skip the inference cache).
+        Replace what exists, as :func:`pipeline.run.run_job` does: the job's ``overwrite`` is set
+        (the input cube is rebuilt), the change cube recomputed, and the inference cache skipped.
 
     Returns
     -------
     infer, publish
-        The futures of the inference task (its dict) and of the publish task (its dict).
+        The futures of the inference task (an :class:`~pipeline.infer.InferenceResult`) and of the
+        publish task (a :class:`~pipeline.publish.PublishResult`).
 
     Raises
     ------
     Seg2ChangeError
-        A check that needs no pixels failed (:func:`pipeline.preflight.preflight`); nothing is submitted.
+        A check that needs no pixels failed (:func:`pipeline.stages.check_job`); nothing is submitted.
     """
-    from pipeline.preflight import preflight
+    from pipeline.stages import check_job
 
-    # Every check that needs no pixels (output, models, scheduler, size) fails the flow at once.
-    preflight(job, inference=True)
+    job = check_job(job, force=force).job
     # Futures stand in for the values they resolve to; Prefect waits for them before each stage.
     found: Any = discover_task.submit(job, period=period)
     cube: Any = prepare_task.submit(job, found, period=period)

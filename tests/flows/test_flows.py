@@ -28,11 +28,13 @@ from prefect.testing.utilities import prefect_test_harness
 from pyproj import Transformer
 from rasterio.windows import Window
 
-import flows.tasks
+import pipeline.stages
 from flows.monitoring import monitoring_flow, monitoring_periods
-from flows.response import HAZARD_PROMPTS, RESPONSE_TILE_SIZE, event_job, event_windows, response_flow
+from flows.response import HAZARD_PROMPTS, event_job, event_windows, response_flow
 from flows.tasks import BACKOFF_FACTOR, discover_task, is_network_error
+from pipeline.discover import discover
 from pipeline.errors import CatalogError, JobSpecError, NothingFoundError
+from pipeline.models import change_model_info
 from pipeline.spec import JobSpec
 from pipeline.synthetic import ChangeType, GeneratedScene, LandCover, SceneSpec, ensure_scene, truth_window
 
@@ -149,14 +151,24 @@ def test_event_windows_and_prompts() -> None:
     assert HAZARD_PROMPTS["storm"]["targets"] == HAZARD_PROMPTS["earthquake"]["targets"] == ["building"]
 
 
-def test_response_tile_is_one_the_change_model_takes_without_padding(tmp_path: Path) -> None:
+def test_response_takes_the_change_models_tile_unless_told(tmp_path: Path) -> None:
     from seg2change_core.cach.geometry import is_valid_tile
 
-    job = event_job(
-        [13.3, 52.45, 13.45, 52.55], EVENT_DATE, "flood", "https://stac.example.org/v1", "s2", str(tmp_path)
+    args: tuple[Any, ...] = (
+        [13.3, 52.45, 13.45, 52.55],
+        EVENT_DATE,
+        "flood",
+        "https://stac.example.org/v1",
+        "s2",
+        str(tmp_path),
     )
-    assert job.tiling.tile_size == RESPONSE_TILE_SIZE
-    assert is_valid_tile(RESPONSE_TILE_SIZE)
+    job = event_job(*args)
+    assert job.tiling.tile_size is None and job.tiling.block_size == 512
+    # CACH's own tile (504 px) is the one inference uses, not a smaller one it would pad to 504.
+    assert job.tiling.resolve_tile_size(504) == 504 and is_valid_tile(504)
+    told = event_job(*args, tile_size=252)
+    assert (told.tiling.tile_size, told.tiling.overlap) == (252, 63)
+    assert told.tiling.resolve_tile_size(504) == 252
 
 
 def test_network_errors_are_told_from_bad_input() -> None:
@@ -191,9 +203,11 @@ def test_response_reports_flooded_area(
     assert stats["targets"] == ["water"]
     for name in ("stac_item", "statistics_parquet", "quicklook"):
         assert Path(result["outputs"][name]).is_file()
-    # The response job's small tiles and blocks are what the change cube was computed with.
+    # The response job's small blocks and the change model's own tile are what the cube was computed with.
     job = JobSpec.model_validate_json(json.dumps(yaml.safe_load(json.dumps(_recorded_job(result)))))
-    assert (job.tiling.tile_size, job.tiling.block_size, job.block_size) == (RESPONSE_TILE_SIZE, 512, 512)
+    assert (job.tiling.tile_size, job.tiling.block_size, job.block_size) == (None, 512, 512)
+    model_tile = change_model_info(job.models, job.bands).tile_size
+    assert _recorded_tiling(result)["tile_size"] == job.tiling.resolve_tile_size(model_tile)
     table = _run(_artifacts("seg2change-response-table"))
     assert table and "water" in str(table[-1].data)
     markdown = _run(_artifacts("seg2change-response"))
@@ -205,6 +219,13 @@ def _recorded_job(result: dict[str, Any]) -> dict[str, Any]:
 
     attrs = zarr.open_group(result["inference"]["path"], mode="r").attrs
     return dict(json.loads(str(attrs["job"])))
+
+
+def _recorded_tiling(result: dict[str, Any]) -> dict[str, Any]:
+    import zarr
+
+    attrs = zarr.open_group(result["inference"]["path"], mode="r").attrs
+    return dict(json.loads(str(attrs["tiling"])))
 
 
 def _run(coro: Any) -> Any:
@@ -240,7 +261,7 @@ def _attempts(task_run_id: Any) -> list[str]:
 def test_catalog_fails_twice_then_answers(
     prefect_api: None, flood_scene: GeneratedScene, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = flows.tasks.discover
+    real = discover
     calls: list[int] = []
 
     def flaky(job: JobSpec) -> Any:
@@ -249,17 +270,17 @@ def test_catalog_fails_twice_then_answers(
             raise CatalogError(f"catalog {job.catalog.url} timed out (attempt {len(calls)})")
         return real(job)
 
-    monkeypatch.setattr(flows.tasks, "discover", flaky)
+    monkeypatch.setattr(pipeline.stages, "discover", flaky)
     job = _flood_job(flood_scene, tmp_path)
 
     @flow
-    def search() -> tuple[str, Any]:
+    def search() -> tuple[Any, Any]:
         future = discover_task.submit(job)
         return future.result(), future.task_run_id
 
-    path, task_run_id = search()
+    found, task_run_id = search()
     assert len(calls) == 3
-    assert Path(path).is_file() and json.loads(Path(path).read_text())["items"]["after"]
+    assert found.items["after"]
     names = _attempts(task_run_id)
     assert names.count("Retrying") == 2 and names.count("AwaitingRetry") == 2, names
     assert names[-1] == "Completed"
@@ -274,7 +295,7 @@ def test_nothing_found_is_not_retried(
         calls.append(1)
         raise NothingFoundError("no item in the after window; widen the after window")
 
-    monkeypatch.setattr(flows.tasks, "discover", empty)
+    monkeypatch.setattr(pipeline.stages, "discover", empty)
     job = _flood_job(flood_scene, tmp_path)
 
     @flow
