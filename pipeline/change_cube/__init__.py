@@ -101,6 +101,7 @@ from pipeline.change_cube.schema import (
 )
 from pipeline.change_cube.state import (
     CubeState,
+    change_cube_is_complete,
     check_reusable,
     creation_marker,
     inspect_change_cube,
@@ -129,6 +130,7 @@ __all__ = [
     "ChangeCubeInfo",
     "ChangeCubeLayout",
     "CubeState",
+    "change_cube_is_complete",
     "check_reusable",
     "create_change_cube",
     "creation_marker",

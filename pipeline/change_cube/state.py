@@ -23,7 +23,14 @@ from pipeline.errors import ChangeCubeMismatchError, OutputExistsError
 from pipeline.faults import fault_point
 from pipeline.storage import Location, LocationLike
 
-__all__ = ["CubeState", "check_reusable", "creation_marker", "inspect_change_cube", "remove_change_cube"]
+__all__ = [
+    "CubeState",
+    "change_cube_is_complete",
+    "check_reusable",
+    "creation_marker",
+    "inspect_change_cube",
+    "remove_change_cube",
+]
 
 
 @dataclass(frozen=True)
@@ -85,6 +92,12 @@ def inspect_change_cube(path: LocationLike) -> CubeState:
         # A cube whose creation was cut short before creation markers existed lacks arrays.
         creating=bool(_missing_arrays(location)),
     )
+
+
+def change_cube_is_complete(path: LocationLike) -> bool:
+    """Whether ``path`` holds a change cube whose every block is done and that was finalised."""
+    state = inspect_change_cube(path)
+    return state.is_change_cube and state.complete
 
 
 def _missing_arrays(location: Location) -> list[str]:
