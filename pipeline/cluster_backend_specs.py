@@ -22,7 +22,6 @@ import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-import dask.config
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -216,7 +215,7 @@ class SlurmBackend(_LaunchedBackend):
         but where the pages are served is this spec's alone: ``dashboard`` when given, else a
         free port of 127.0.0.1 (with :func:`pipeline.cluster.http_routes` serving no route).
         """
-        configured = dict(dask.config.get("jobqueue.slurm.scheduler-options", None) or {})
+        configured = dict(_configured_value("scheduler-options") or {})
         return {
             **configured,
             "dashboard_address": self.dashboard or "127.0.0.1:0",
@@ -253,7 +252,7 @@ class SlurmBackend(_LaunchedBackend):
         )
         worker_args = configured_args + list(CLOSED_WORKER_ARGS) + list(self.worker_extra_args)
         if self.gpu:
-            processes = self.processes or int(dask.config.get("jobqueue.slurm.processes", None) or 1)
+            processes = self.processes or int(_configured_value("processes") or 1)
             # Left to itself dask-jobqueue splits a job into about sqrt(cores) processes, each of
             # which would advertise the job's GPU: say how many there are.
             kwargs["processes"] = processes
@@ -273,9 +272,16 @@ class SlurmBackend(_LaunchedBackend):
         return kwargs
 
 
+def _configured_value(key: str) -> Any:
+    """A setting of the ``jobqueue.slurm`` Dask configuration (None when unset)."""
+    import dask.config  # not at import: a job file is checked before the heavy libraries load
+
+    return dask.config.get(f"jobqueue.slurm.{key}", None)
+
+
 def _configured(key: str) -> list[str]:
     """A list setting of the ``jobqueue.slurm`` Dask configuration (empty when unset)."""
-    return [str(v) for v in dask.config.get(f"jobqueue.slurm.{key}", None) or []]
+    return [str(v) for v in _configured_value(key) or []]
 
 
 _DASHBOARD_FLAGS = ("--dashboard", "--no-dashboard")
