@@ -202,7 +202,8 @@ def run(
     dashboard: Annotated[
         str | None,
         typer.Option(
-            help="Serve the local Dask cluster's dashboard at this address, e.g. 127.0.0.1:8787 "
+            help="Serve the Dask scheduler's dashboard (a local or kind slurm cluster's) at this address, "
+            "e.g. 127.0.0.1:8787 "
             "(default: no HTTP server; see README, 'Cluster dashboard')."
         ),
     ] = None,
@@ -225,8 +226,21 @@ def run(
             cluster["dashboard"] = dashboard
         if cluster:
             from pipeline.engine_spec import ClusterSpec
+            from pipeline.errors import JobSpecError
 
-            spec = ClusterSpec.build(**{**job.cluster.model_dump(), **cluster})
+            backend = job.cluster.backend
+            if backend is not None and scheduler:
+                raise JobSpecError(
+                    f"--scheduler names a running scheduler, but the job's cluster is kind {backend.kind}, "
+                    "which launches its own; drop --scheduler, or give the job cluster: {address: ...}"
+                )
+            # a launched back-end's fields (dashboard among them) are written flat, as in a job file
+            fields = (
+                job.cluster.model_dump()
+                if backend is None
+                else {**backend.model_dump(), "torch_threads": job.cluster.torch_threads}
+            )
+            spec = ClusterSpec.build(**{**fields, **cluster})
             job = job.model_copy(update={"cluster": spec})
         from pipeline.run import run_job
 

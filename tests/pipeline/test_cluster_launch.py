@@ -179,3 +179,58 @@ def test_a_kubernetes_cluster_serves_health_alone_unless_its_dashboard_is_asked(
     opened = asyncio.run(_pod_pages(render_daskcluster(KubernetesBackend(dashboard=True))))
     assert opened["scheduler"]["/info/main/workers.html"] == 200 and opened["scheduler"]["/metrics"] == 200
     assert opened["worker"]["/metrics"] == 200
+
+
+SLURM_JOB = """\
+aoi: {{bbox: [13.30, 52.45, 13.45, 52.55]}}
+before: 2024-05-01/2024-05-31
+after: 2024-07-01/2024-07-31
+catalog: https://stac.example.org/v1
+collections: [sentinel-2-l2a]
+output: {output}
+prompts: {{classes: [water, vegetation], targets: [water]}}
+models: {{segmenter: spectral}}
+cluster: {{kind: slurm, cores: 1, memory: 1GiB, jobs: 2, torch_threads: 3}}
+"""
+
+
+def _slurm_job(tmp_path: Path) -> Path:
+    path = tmp_path / "job.yaml"
+    path.write_text(SLURM_JOB.format(output=tmp_path / "out"))
+    return path
+
+
+def test_run_with_scheduler_on_a_slurm_job_names_the_option(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    result = CliRunner().invoke(app, ["run", str(_slurm_job(tmp_path)), "--scheduler", "tcp://10.0.0.5:8786"])
+    assert result.exit_code == 2
+    message = " ".join(result.stderr.split())
+    assert "--scheduler names a running scheduler, but the job's cluster is kind slurm" in message
+    assert "drop --scheduler" in message
+    assert not (tmp_path / "out").exists()
+
+
+def test_run_with_dashboard_on_a_slurm_job_opens_the_launched_scheduler_pages(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    import pipeline.run
+    from flows.cli import app
+
+    ran = []
+
+    def run_job(job: Any, **_: Any) -> None:
+        ran.append(job)
+        raise ClusterError("stopped before any work")
+
+    monkeypatch.setattr(pipeline.run, "run_job", run_job)
+    result = CliRunner().invoke(app, ["run", str(_slurm_job(tmp_path)), "--dashboard", f"{LOOPBACK}:8787"])
+    assert result.exit_code == 2 and "stopped before any work" in result.stderr
+    (job,) = ran
+    assert job.cluster.kind == "slurm" and job.cluster.torch_threads == 3 and job.cluster.dashboard is None
+    backend = job.cluster.backend
+    assert isinstance(backend, SlurmBackend) and backend.dashboard == f"{LOOPBACK}:8787" and backend.jobs == 2
