@@ -13,14 +13,8 @@
   :mod:`pipeline.publish.stac_validation`: their validation.
 """
 
-from pipeline.publish.cogs import (
-    COG_LAYERS,
-    ChangeCubeInfo,
-    CogLayer,
-    describe_change_cube,
-    write_cog,
-    write_cogs,
-)
+from pipeline.change_cube import ChangeCubeInfo, describe_change_cube
+from pipeline.publish.cogs import COG_LAYERS, CogLayer, write_cog, write_cogs
 from pipeline.publish.quicklooks import write_quicklook
 from pipeline.publish.registry import (
     Artifact,

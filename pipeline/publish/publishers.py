@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from pipeline.layout import COGS, QUICKLOOK, STAC, STATISTICS_JSON, STATISTICS_PARQUET
 from pipeline.publish.cogs import COG_MEDIA_TYPE, write_cogs
 from pipeline.publish.quicklooks import write_quicklook
 from pipeline.publish.registry import ALL_EARLIER, Artifact, PublishContext, register_publisher
@@ -56,7 +57,7 @@ class CogPublisher:
     def publish(self, context: PublishContext) -> list[Artifact]:
         """Write the COGs (see :func:`~pipeline.publish.cogs.write_cogs`)."""
         cogs = write_cogs(
-            context.info, context.local / "cogs", progress=context.progress, workers=_cog_threads()
+            context.info, context.local / COGS, progress=context.progress, workers=_cog_threads()
         )
         layers = [
             Artifact(
@@ -101,7 +102,7 @@ class StatisticsPublisher:
         """Count the change cube and write the tables (see :mod:`pipeline.publish.statistics`)."""
         stats = compute_statistics(context.info, zones=context.zones, progress=context.progress)
         parquet, stats_json = write_statistics(
-            stats, context.local / "statistics.parquet", context.local / "statistics.json"
+            stats, context.local / STATISTICS_PARQUET, context.local / STATISTICS_JSON
         )
         return [
             Artifact(
@@ -161,7 +162,7 @@ class QuicklookPublisher:
             "change by transition",
         )
         path, _ = write_quicklook(
-            info, context.input_cube, context.local / "quicklook.png", transition_pixels=pixels, titles=titles
+            info, context.input_cube, context.local / QUICKLOOK, transition_pixels=pixels, titles=titles
         )
         context.progress("quick-look", 1, 1)
         return [Artifact("quicklook", path, "image/png", ("overview",), "quick-look: before, after, change")]
@@ -224,7 +225,7 @@ class StacPublisher:
             f"{collection_id}-{datetime.fromisoformat(before['start']):%Y%m%d}"
             f"-{datetime.fromisoformat(after['end']):%Y%m%d}"
         )
-        stac_dir = context.local / "stac"
+        stac_dir = context.local / STAC
         item = build_item(
             info,
             item_id=item_id,

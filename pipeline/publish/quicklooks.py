@@ -19,9 +19,8 @@ import numpy as np
 import zarr
 from numpy.typing import NDArray
 
-from pipeline.change_cube import TRANSITION_NO_CHANGE
+from pipeline.change_cube import TRANSITION_NO_CHANGE, ChangeCubeInfo
 from pipeline.errors import PublishError
-from pipeline.publish.cogs import ChangeCubeInfo
 from pipeline.publish.legend import transition_label
 from pipeline.quicklook import render_quicklook
 from pipeline.storage import Location, LocationLike, replace_atomically

@@ -48,8 +48,8 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
+from pipeline.change_cube import ChangeCubeInfo
 from pipeline.errors import PublishError
-from pipeline.publish.cogs import ChangeCubeInfo
 from pipeline.publish.zones import Zone
 from pipeline.spec import DEFAULT_PUBLISHERS
 from pipeline.storage import Location
@@ -118,7 +118,7 @@ class PublishContext:
     Attributes
     ----------
     info
-        The finished change cube (:func:`~pipeline.publish.cogs.describe_change_cube`).
+        The finished change cube (:func:`~pipeline.change_cube.describe_change_cube`).
     job
         The job, as JSON-ready data (``JobSpec.model_dump(mode="json")``).
     provenance

@@ -30,10 +30,11 @@ from typing import Any
 
 import zarr
 
+from pipeline.change_cube import describe_change_cube
 from pipeline.discover import Discovery
 from pipeline.errors import PublishError
 from pipeline.progress import staged_progress
-from pipeline.publish.cogs import COG_MEDIA_TYPE, describe_change_cube
+from pipeline.publish.cogs import COG_MEDIA_TYPE
 from pipeline.publish.registry import Artifact, PublishContext, Publisher, needed_by, resolve_publishers
 from pipeline.publish.stac_validation import StacValidation
 from pipeline.publish.statistics import ChangeStatistics

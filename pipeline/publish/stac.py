@@ -50,7 +50,8 @@ import shapely.geometry
 from pyproj import Transformer
 
 from pipeline import __version__
-from pipeline.publish.cogs import ChangeCubeInfo
+from pipeline.change_cube import ChangeCubeInfo
+from pipeline.layout import STAC_COLLECTION, STAC_ITEM
 from pipeline.storage import Location, LocationLike, relative_href, replace_atomically
 
 __all__ = [
@@ -330,9 +331,9 @@ def build_item(
             **({"seg2change:unlinked_inputs": unlinked} if (unlinked := unlinked_inputs(provenance)) else {}),
         },
         "links": [
-            {"rel": "root", "href": "./collection.json", "type": "application/json"},
-            {"rel": "parent", "href": "./collection.json", "type": "application/json"},
-            {"rel": "collection", "href": "./collection.json", "type": "application/json"},
+            {"rel": "root", "href": f"./{STAC_COLLECTION}", "type": "application/json"},
+            {"rel": "parent", "href": f"./{STAC_COLLECTION}", "type": "application/json"},
+            {"rel": "collection", "href": f"./{STAC_COLLECTION}", "type": "application/json"},
             *derived_from(provenance),
         ],
         "assets": {asset.key: _asset_doc(asset, item_dir) for asset in assets},
@@ -340,7 +341,7 @@ def build_item(
 
 
 def build_collection(
-    item: Mapping[str, Any], *, item_href: str = "./item.json", description: str = ""
+    item: Mapping[str, Any], *, item_href: str = f"./{STAC_ITEM}", description: str = ""
 ) -> dict[str, Any]:
     """Build the Collection holding one Item (extent and id from the Item)."""
     props = item["properties"]
@@ -361,7 +362,7 @@ def build_collection(
             "temporal": {"interval": [[props["start_datetime"], props["end_datetime"]]]},
         },
         "links": [
-            {"rel": "root", "href": "./collection.json", "type": "application/json"},
+            {"rel": "root", "href": f"./{STAC_COLLECTION}", "type": "application/json"},
             {"rel": "item", "href": item_href, "type": "application/geo+json", "title": item["id"]},
         ],
     }
@@ -369,7 +370,7 @@ def build_collection(
 
 def write_stac(collection: Mapping[str, Any], item: Mapping[str, Any], stac_dir: Path) -> tuple[Path, Path]:
     """Write ``collection.json`` and ``item.json`` into ``stac_dir`` (each replaced atomically)."""
-    paths = (stac_dir / "collection.json", stac_dir / "item.json")
+    paths = (stac_dir / STAC_COLLECTION, stac_dir / STAC_ITEM)
     for doc, path in zip((collection, item), paths, strict=True):
         with replace_atomically(path) as tmp:
             tmp.write_text(json.dumps(doc, indent=2) + "\n")

@@ -59,9 +59,9 @@ from numpy.typing import NDArray
 from rich.table import Table
 from rich.text import Text
 
-from pipeline.change_cube import TRANSITION_NO_CHANGE, UINT8_NODATA
+from pipeline.change_cube import TRANSITION_NO_CHANGE, UINT8_NODATA, ChangeCubeInfo
 from pipeline.errors import PublishError
-from pipeline.publish.cogs import ChangeCubeInfo, block_windows
+from pipeline.publish.cogs import block_windows
 from pipeline.publish.legend import transition_label
 from pipeline.publish.zones import ALL_ZONE, Zone
 from pipeline.storage import Location, LocationLike, replace_atomically
@@ -264,7 +264,7 @@ def compute_statistics(
     Parameters
     ----------
     info
-        The change cube (:func:`~pipeline.publish.cogs.describe_change_cube`).
+        The change cube (:func:`~pipeline.change_cube.describe_change_cube`).
     zones
         Zones in the grid's CRS (:func:`~pipeline.publish.zones.load_zones`).
     progress
