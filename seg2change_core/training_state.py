@@ -244,7 +244,10 @@ class Optimisation:
             )
         if state["normalisation"] != normalisation.to_json():
             raise CheckpointError(f"{path} was trained with another normalisation: {state['normalisation']}")
-        missing, unexpected = self.model.load_state_dict(state["model"], strict=False)
+        try:
+            missing, unexpected = self.model.load_state_dict(state["model"], strict=False)
+        except RuntimeError as exc:  # tensors of other shapes
+            raise CheckpointError(f"{path}: model tensors do not match: {exc}") from exc
         if unexpected or any(not (self.frozen_backbone and k.startswith("backbone.")) for k in missing):
             raise CheckpointError(
                 f"{path}: model tensors do not match (missing {missing[:3]}, unexpected {unexpected[:3]})"
