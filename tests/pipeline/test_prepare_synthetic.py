@@ -24,6 +24,7 @@ import yaml
 from pipeline.cube import open_cube, prepare_cube
 from pipeline.demo import demo_job_fields
 from pipeline.discover import discover
+from pipeline.layout import OutputLayout
 from pipeline.spec import JobSpec
 from pipeline.stac_servers import serve_collection
 from pipeline.synthetic import BAND_NAMES, QA, SCALE, SceneSpec, generate_scene
@@ -75,6 +76,18 @@ def test_composite_is_the_median_of_clear_observations(prepared: tuple, epoch: s
         assert np.isfinite(composite[b][has_clear]).all()
         assert np.isnan(composite[b][~has_clear]).all()
         np.testing.assert_allclose(composite[b][has_clear], expected[has_clear], rtol=1e-6, atol=1e-7)
+
+
+def test_the_output_holds_what_its_layout_names(prepared: tuple) -> None:
+    scene, cube_path = prepared
+    layout = OutputLayout.of(cube_path.parent)
+    assert layout.input_cube.local_path == cube_path
+    recorded = json.loads(layout.provenance.read_text())
+    assert recorded == json.loads(open_cube(cube_path).attrs["provenance"])
+    for epoch in ("before", "after"):
+        assert sorted(i["id"] for i in recorded["items"][epoch]) == sorted(
+            i["id"] for i in scene.items_of(epoch)
+        )
 
 
 def test_cloud_values_never_reach_the_composite(prepared: tuple) -> None:
