@@ -45,7 +45,7 @@ from prefect.tasks import Task, exponential_backoff
 
 from pipeline.errors import CatalogError, NothingFoundError
 from pipeline.spec import JobSpec
-from pipeline.storage import Location, LocationLike
+from pipeline.storage import LocationLike
 
 if TYPE_CHECKING:  # the engine (torch, Dask, Zarr) loads when a task runs, not with the flows
     from pipeline.cube import PreparedCube
@@ -57,7 +57,6 @@ if TYPE_CHECKING:  # the engine (torch, Dask, Zarr) loads when a task runs, not 
 __all__ = [
     "DASK_ADDRESS_ENV",
     "NETWORK_RETRIES",
-    "change_cube_complete",
     "discover_task",
     "infer_task",
     "inference_summary",
@@ -137,10 +136,11 @@ def job_cache_key(context: TaskRunContext, parameters: Mapping[str, Any]) -> str
     str or None
         The SHA-256 of the job JSON and period, or None while the change cube is incomplete.
     """
+    from pipeline.change_cube import change_cube_is_complete
     from pipeline.stages import change_cube_path
 
     job = parameters["job"]
-    if not isinstance(job, JobSpec) or not change_cube_complete(change_cube_path(job)):
+    if not isinstance(job, JobSpec) or not change_cube_is_complete(change_cube_path(job)):
         return None
     doc = {"task": context.task.name, "job": job.model_dump(mode="json"), "period": parameters.get("period")}
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
@@ -192,17 +192,6 @@ def _dask_client_of_runner() -> Iterator[Any]:
 
     with get_dask_client() as client:
         yield client
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def change_cube_complete(path: LocationLike) -> bool:
-    """Tell whether a change cube exists and every block of it is done."""
-    from pipeline.change_cube import inspect_change_cube
-
-    state = inspect_change_cube(path)
-    return state.is_change_cube and state.complete
 
 
 # --------------------------------------------------------------------------- tasks
@@ -411,18 +400,12 @@ def published_outputs(output: LocationLike) -> dict[str, str] | None:
     A folder is finished when its change cube is complete and its STAC item and statistics have
     been published (the STAC item is written last).
     """
-    from pipeline.stages import CHANGE_CUBE_NAME
+    from pipeline.change_cube import change_cube_is_complete
+    from pipeline.layout import OutputLayout
 
-    out = Location.parse(output)
-    paths = {
-        "change_cube": out / CHANGE_CUBE_NAME,
-        "stac_item": out / "stac" / "item.json",
-        "stac_collection": out / "stac" / "collection.json",
-        "statistics_json": out / "statistics.json",
-        "statistics_parquet": out / "statistics.parquet",
-        "quicklook": out / "quicklook.png",
-    }
-    if not change_cube_complete(paths["change_cube"]):
+    layout = OutputLayout.of(output)
+    paths = {"change_cube": layout.change_cube, **layout.published_files()}
+    if not change_cube_is_complete(layout.change_cube):
         return None
     if not all(p.is_file() for name, p in paths.items() if name != "change_cube"):
         return None

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from distributed import Client
 
+from pipeline import layout
 from pipeline.cost import JobEstimate
 from pipeline.cube import PreparedCube, prepare_cube
 from pipeline.discover import Discovery, discover
@@ -53,8 +54,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Name of the change cube inside a job's output folder.
-CHANGE_CUBE_NAME = "change_cube.zarr"
+#: Name of the change cube inside a job's output folder (:data:`pipeline.layout.CHANGE_CUBE`).
+CHANGE_CUBE_NAME = layout.CHANGE_CUBE
 
 #: Names of the files that publishing writes aside and renames (or converts) into place: COG staging
 #: GeoTIFFs (``.NAME.staging-XXXXXXXX.tif``) and :func:`pipeline.storage.replace_atomically`'s
@@ -64,7 +65,7 @@ _STAGING_PATTERNS = (".*.staging-*", ".*.tmp-*")
 
 def change_cube_path(job: JobSpec) -> Location:
     """Return the location of the job's change cube."""
-    return Location(job.output) / CHANGE_CUBE_NAME
+    return layout.OutputLayout.of(job.output).change_cube
 
 
 def remove_staging_files(output: Location) -> list[Path]:
@@ -80,7 +81,7 @@ def remove_staging_files(output: Location) -> list[Path]:
     found: set[Path] = set()
     for pattern in _STAGING_PATTERNS:
         found.update(root.glob(pattern))
-        for folder in ("cogs", "stac"):
+        for folder in (layout.COGS, layout.STAC):
             found.update((root / folder).rglob(pattern))
     staged = sorted(p for p in found if p.is_file())
     for path in staged:
