@@ -63,13 +63,6 @@ __all__ = [
     "response_flow",
 ]
 
-#: Files of the per-feature impact, in the output folder.
-FEATURE_FILES = {
-    "features_parquet": "features.parquet",
-    "features_geojson": "features.geojson",
-    "features_summary": "features_summary.json",
-}
-
 #: Key of the response artifacts (the table has ``-table`` appended).
 RESPONSE_ARTIFACT_KEY = "seg2change-response"
 
@@ -93,7 +86,8 @@ def feature_impact_task(
         ``summary`` (per zone: footprints, covered, partly covered, not covered, affected),
         ``threshold`` and the paths of the files written.
     """
-    from pipeline.publish.cogs import describe_change_cube
+    from pipeline.change_cube import describe_change_cube
+    from pipeline.layout import OutputLayout
     from pipeline.publish.features import feature_impact, read_footprints, write_feature_impact
 
     impact = feature_impact(
@@ -101,7 +95,12 @@ def feature_impact_task(
         read_footprints(Path(footprints), zone_field=zone_field),
         threshold=threshold,
     )
-    paths = {key: Path(output) / name for key, name in FEATURE_FILES.items()}
+    layout = OutputLayout.of(output)  # a local folder (check_footprints)
+    paths = {
+        "features_parquet": layout.features_parquet.local_path,
+        "features_geojson": layout.features_geojson.local_path,
+        "features_summary": layout.features_summary.local_path,
+    }
     write_feature_impact(
         impact, paths["features_parquet"], paths["features_geojson"], paths["features_summary"]
     )
