@@ -379,6 +379,17 @@ def test_invalid_job_clusters_name_the_fix(cluster: dict[str, Any], message: str
         JobSpec.build(**JOB, cluster=cluster)
 
 
+def test_the_readme_deploy_section_shows_job_clusters_that_validate() -> None:
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Deploy beyond one machine", 1)[1].split("\n## ", 1)[0]
+    examples = [e for e in re.findall(r"`cluster: (\{[^}`]+\})`", section) if "..." not in e]
+    clusters = [JobSpec.build(**JOB, cluster=yaml.safe_load(e)).cluster for e in examples]
+    assert {c.kind for c in clusters} == {"kubernetes", "slurm", None}  # None: an address
+    slurm = next(c.backend for c in clusters if isinstance(c.backend, SlurmBackend))
+    assert slurm.gpu and slurm.jobs == 4 and slurm.dashboard is None
+    assert "dashboard: 127.0.0.1:8787" in section and "dashboard: true" in section
+
+
 # --- compose ----------------------------------------------------------------------------------
 
 
