@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import numpy as np
-import xarray as xr
 from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
@@ -127,6 +126,8 @@ class QualitySpec(BaseModel):
             Boolean, of the input's shape: True where the value is NaN, one of
             :attr:`invalid_values`, or has one of :attr:`invalid_bits` set.
         """
+        import xarray as xr  # here, not at the top: the CLI refuses a bad job file before xarray loads
+
         if isinstance(quality, xr.DataArray):
             mask: xr.DataArray = xr.apply_ufunc(
                 self._invalid_array, quality, dask="parallelized", output_dtypes=[bool]
