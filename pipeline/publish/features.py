@@ -1,17 +1,21 @@
 """Per-feature impact: for each footprint (a building, a parcel), how much of it changed.
 
-Given polygons (GeoJSON, or GeoParquet with a WKB geometry column), :func:`feature_impact` reads
-the change cube block by block, rasterises the footprints that touch each block
-(``rasterio.features``, pixel centres inside the polygon) and accumulates per footprint: pixels
-covered by data, changed pixels, the sum of the change probability and the class histograms of
-both dates. Footprints are held as WKB with their bounds, and a block's candidates are turned into
-geometries only while it is counted, so memory is the block's arrays plus about two hundred bytes
-per footprint (``bench/feature_impact.py``).
+Given polygons (:func:`~pipeline.publish.footprints.read_footprints`), :func:`feature_impact`
+reads the change cube block by block and, in each block, rasterises only the footprints whose
+bounds reach it (``rasterio.features``, pixel centres inside the polygon), labelled by their rank
+among that block's candidates. Per footprint it accumulates, in numpy arrays indexed by footprint:
+pixels covered by data, changed pixels, the sum of the change probability and the class counts of
+both dates. Which footprints reach which block is found once, from their bounds, by bucketing them
+on the block grid (a grid index: the blocks are a regular grid, so this is exact and costs a few
+integers per footprint, where an STRtree would hold every polygon as a geometry). Memory is
+therefore one block's arrays, the footprints' WKB, and about sixty bytes of counts per footprint
+(``bench/feature_impact.py``).
 
 A footprint without any pixel holding data on both dates (outside the imagery, in its nodata, or
 outside the cube) is ``not covered``, never ``unchanged``; one with data on part of its area is
 ``partly covered`` and its fractions describe that part. A footprint is ``affected`` when it is
-covered (partly or wholly) and its changed fraction reaches the user's threshold.
+covered (partly or wholly) and its changed fraction reaches the user's threshold. Where footprints
+overlap, a pixel counts for the later one.
 
 Tables are written with pyarrow and shapely (WKB geometry and the GeoParquet ``geo`` metadata)
 rather than geopandas, which is not in the pinned set; the GeoJSON is in WGS84 longitude/latitude
@@ -21,7 +25,7 @@ as RFC 7946 asks.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,12 +37,16 @@ import pyarrow.parquet as pq
 import rasterio.features
 import rasterio.windows
 import shapely
-import shapely.geometry
 import zarr
-from pyproj import CRS, Transformer
+from pyproj import CRS
 
+from pipeline.change_cube import ChangeCubeInfo
 from pipeline.errors import PublishError
-from pipeline.publish.cogs import ChangeCubeInfo, block_windows
+from pipeline.publish.cogs import block_windows
+
+# Footprints and read_footprints moved to pipeline.publish.footprints; re-exported for
+# flows/response.py, which imports them from here.
+from pipeline.publish.footprints import Footprints, read_footprints
 from pipeline.storage import replace_atomically
 
 __all__ = [
@@ -58,174 +66,8 @@ NOT_COVERED = "not covered"
 #: A footprint with data on at least this share of its area is ``covered``.
 COVERED_SHARE = 0.5
 _NODATA = 255
-_ALL = slice(None)
-#: Footprints turned into geometries at a time when their bounds and areas are measured.
-_CHUNK = 10_000
-
-
-@dataclass(frozen=True)
-class Footprints:
-    """Polygons with an id, an optional zone and their CRS.
-
-    Attributes
-    ----------
-    wkb
-        The polygons as WKB (bytes), in ``crs``; :meth:`geometries` builds shapely objects.
-    ids
-        One id per footprint (its ``id`` property or member, else its index).
-    zones
-        One zone name per footprint (the ``zone_field`` property; ``"all"`` without one).
-    crs
-        CRS of the coordinates.
-    """
-
-    wkb: np.ndarray
-    ids: np.ndarray
-    zones: np.ndarray
-    crs: CRS
-
-    def __len__(self) -> int:
-        return len(self.wkb)
-
-    def geometries(self, rows: slice | np.ndarray = _ALL, crs: CRS | None = None) -> np.ndarray:
-        """Shapely polygons of some rows (default all), reprojected to ``crs`` when given."""
-        shapes: np.ndarray = shapely.from_wkb(self.wkb[rows])
-        if crs is None or crs == self.crs:
-            return shapes
-        transformer = Transformer.from_crs(self.crs, crs, always_xy=True)
-        projected: np.ndarray = shapely.transform(
-            shapes, lambda xy: np.column_stack(transformer.transform(xy[:, 0], xy[:, 1]))
-        )
-        return projected
-
-
-def _geojson_crs(doc: Mapping[str, Any]) -> CRS:
-    named = (doc.get("crs") or {}).get("properties", {}).get("name")
-    try:
-        return CRS.from_user_input(named) if named else CRS.from_user_input("OGC:CRS84")
-    except Exception as exc:
-        raise PublishError(
-            f"the footprints' crs {named!r} is unknown to pyproj; name it like 'EPSG:32633', or give "
-            "the footprints in WGS84 without a crs member"
-        ) from exc
-
-
-def read_footprints(path: Path, *, zone_field: str | None = None) -> Footprints:
-    """Read footprint polygons from a GeoJSON FeatureCollection or a GeoParquet file.
-
-    Parameters
-    ----------
-    path
-        ``.geojson``/``.json`` (CRS84 unless a ``crs`` member names another) or ``.parquet``
-        (GeoParquet: WKB primary column and ``geo`` metadata).
-    zone_field
-        Property holding each footprint's zone (district, block...), for the summary by zone.
-
-    Raises
-    ------
-    PublishError
-        Unreadable file, no features, a geometry that is not a polygon, or a missing zone field.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise PublishError(f"footprints file {path} does not exist; give a GeoJSON or GeoParquet file")
-    if path.suffix == ".parquet":
-        return _read_geoparquet(path, zone_field)
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise PublishError(
-            f"cannot read the footprints {path} ({exc}); give a GeoJSON FeatureCollection"
-        ) from None
-    features = (
-        doc.get("features") if isinstance(doc, dict) and doc.get("type") == "FeatureCollection" else None
-    )
-    if not features:
-        raise PublishError(f"{path} holds no features; give a GeoJSON FeatureCollection of polygons")
-    geometries = shapely.from_geojson(
-        [json.dumps(f.get("geometry") or {"type": "Polygon", "coordinates": []}) for f in features]
-    )
-    props = [f.get("properties") or {} for f in features]
-    ids = [p.get("id", f.get("id", i)) for i, (p, f) in enumerate(zip(props, features, strict=True))]
-    zones = _zones(props, zone_field, path)
-    return _checked(
-        shapely.to_wkb(geometries),
-        np.asarray([str(i) for i in ids], dtype=object),
-        zones,
-        _geojson_crs(doc),
-        path,
-    )
-
-
-def _zones(props: Sequence[Mapping[str, Any]], zone_field: str | None, path: Path) -> np.ndarray:
-    if zone_field is None:
-        return np.full(len(props), "all", dtype=object)
-    missing = sum(1 for p in props if p.get(zone_field) is None)
-    if missing == len(props):
-        raise PublishError(
-            f"no footprint in {path} has the property {zone_field!r}; name a property the features carry"
-        )
-    return np.asarray([str(p.get(zone_field, "none")) for p in props], dtype=object)
-
-
-def _primary_column(schema: pa.Schema) -> str:
-    geo = json.loads((schema.metadata or {}).get(b"geo", b"{}"))
-    return str(geo.get("primary_column", "geometry"))
-
-
-def _read_geoparquet(path: Path, zone_field: str | None) -> Footprints:
-    try:
-        schema = pq.read_schema(path)
-        wanted = {"id", zone_field, _primary_column(schema)}
-        table = pq.read_table(path, columns=[c for c in schema.names if c in wanted])
-    except (OSError, pa.ArrowInvalid) as exc:
-        raise PublishError(f"cannot read the footprints {path} ({exc}); give a GeoParquet file") from None
-    geo = json.loads((table.schema.metadata or {}).get(b"geo", b"{}"))
-    column = geo.get("primary_column", "geometry")
-    if column not in table.column_names:
-        raise PublishError(f"{path} has no geometry column {column!r}; write it as GeoParquet (WKB)")
-    crs_doc = geo.get("columns", {}).get(column, {}).get("crs")
-    crs = CRS.from_user_input(crs_doc) if crs_doc else CRS.from_user_input("OGC:CRS84")
-    wkb = table.column(column).to_numpy(zero_copy_only=False)
-    n = table.num_rows
-    if "id" in table.column_names:
-        ids = np.asarray([str(i) for i in table.column("id").to_pylist()], dtype=object)
-    else:
-        ids = np.asarray([str(i) for i in range(n)], dtype=object)
-    if zone_field is None:
-        zones = np.full(n, "all", dtype=object)
-    elif zone_field not in table.column_names:
-        raise PublishError(
-            f"the footprints in {path} have no column {zone_field!r}; name a column they carry"
-        )
-    else:
-        zones = np.asarray(
-            ["none" if z is None else str(z) for z in table.column(zone_field).to_pylist()], dtype=object
-        )
-    return _checked(wkb, ids, zones, crs, path)
-
-
-_TYPE_NAMES = {
-    0: "Point",
-    1: "LineString",
-    2: "LinearRing",
-    4: "MultiPoint",
-    5: "MultiLineString",
-    7: "GeometryCollection",
-}
-
-
-def _checked(wkb: np.ndarray, ids: np.ndarray, zones: np.ndarray, crs: CRS, path: Path) -> Footprints:
-    for start in range(0, len(wkb), _CHUNK):
-        kinds = shapely.get_type_id(shapely.from_wkb(wkb[start : start + _CHUNK]))
-        bad = np.flatnonzero(~np.isin(kinds, (3, 6)))  # Polygon, MultiPolygon
-        if bad.size:
-            kind = _TYPE_NAMES.get(int(kinds[bad[0]]), "missing")
-            raise PublishError(
-                f"footprint {ids[start + bad[0]]!r} in {path} is a {kind} geometry, not a polygon; "
-                "give polygon footprints"
-            )
-    return Footprints(wkb, ids, zones, crs)
+_LAYERS = ("change", "change_probability", "class_before", "class_after")
+_EPOCHS = ("before", "after")
 
 
 @dataclass(frozen=True)
@@ -266,9 +108,9 @@ def feature_impact(
     Parameters
     ----------
     info
-        The change cube (:func:`~pipeline.publish.cogs.describe_change_cube`).
+        The change cube (:func:`~pipeline.change_cube.describe_change_cube`).
     footprints
-        The polygons (:func:`read_footprints`).
+        The polygons (:func:`~pipeline.publish.footprints.read_footprints`).
     threshold
         Changed fraction (0..1] of a footprint's covered pixels from which it is affected.
     progress
@@ -284,99 +126,167 @@ def feature_impact(
             f"the affected threshold is a changed fraction in (0, 1], got {threshold}; e.g. 0.25"
         )
     n = len(footprints)
-    k = len(info.classes)
     bounds = np.empty((n, 4))
     area = np.empty(n)
-    for start in range(0, n, _CHUNK):
-        shapes = footprints.geometries(slice(start, start + _CHUNK), info.crs)
-        bounds[start : start + len(shapes)] = shapely.bounds(shapes)
-        area[start : start + len(shapes)] = shapely.area(shapes)
-    pixels = np.zeros(n, np.int64)
-    changed = np.zeros(n, np.int64)
-    probability = np.zeros(n, np.float64)
-    histograms: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {"before": [], "after": []}
+    for rows, shapes in footprints.chunks(info.crs):
+        bounds[rows] = shapely.bounds(shapes)
+        area[rows] = shapely.area(shapes)
+    counts = _Counts.zeros(n, len(info.classes), info.height * info.width)
     store = info.path.zarr_store(read_only=True)
-    arrays = {
-        name: zarr.open_array(store, path=name, mode="r")
-        for name in ("change", "change_probability", "class_before", "class_after")
-    }
+    arrays = {name: zarr.open_array(store, path=name, mode="r") for name in _LAYERS}
     windows = list(block_windows(info.height, info.width, info.chunk))
-    for done, (rows, cols) in enumerate(windows, start=1):
-        window = rasterio.windows.Window(
-            cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start
-        )
-        block_transform = rasterio.windows.transform(window, info.transform)
-        west, south, east, north = rasterio.windows.bounds(window, info.transform)
-        hits = np.flatnonzero(
-            (bounds[:, 0] < east) & (bounds[:, 2] > west) & (bounds[:, 1] < north) & (bounds[:, 3] > south)
-        )
+    candidates = _candidates_by_block(bounds, info)
+    del bounds
+    for done, ((rows, cols), hits) in enumerate(zip(windows, candidates, strict=True), start=1):
         if hits.size:
-            labels = rasterio.features.rasterize(
-                zip(footprints.geometries(hits, info.crs), hits + 1, strict=True),
-                out_shape=(window.height, window.width),
-                transform=block_transform,
-                fill=0,
-                dtype="int32",
-            )
-            change = np.asarray(arrays["change"][rows, cols])
-            valid = (labels > 0) & (change != _NODATA)
-            index = labels[valid] - 1
-            del labels
-            pixels += np.bincount(index, minlength=n)
-            changed += np.bincount(index[change[valid] == 1], minlength=n)
-            del change
-            prob = np.nan_to_num(np.asarray(arrays["change_probability"][rows, cols])[valid])
-            probability += np.bincount(index, weights=prob, minlength=n)
-            del prob
-            key_type = np.int32 if n * (k + 1) < np.iinfo(np.int32).max else np.int64
-            keys_base = index.astype(key_type) * (k + 1)
-            for epoch in ("before", "after"):
-                classes = np.asarray(arrays[f"class_{epoch}"][rows, cols])[valid]
-                keys, counts = np.unique(
-                    keys_base + np.minimum(classes, k).astype(key_type), return_counts=True
-                )
-                histograms[epoch].append((keys, counts))
+            labels = _rasterise(footprints, hits, info, rows, cols)
+            counts.add(hits, labels, _reader(arrays, rows, cols))
         if progress is not None:
             progress("features", done, len(windows))
+    table = _table(footprints, counts, area, info, threshold)
+    return FeatureImpact(table, footprints, threshold, _summary(table))
+
+
+def _candidates_by_block(bounds: np.ndarray, info: ChangeCubeInfo) -> Iterator[np.ndarray]:
+    """Yield, per block in :func:`block_windows` order, the footprints (ascending) whose bounds reach it.
+
+    Each bounding box is put in pixel coordinates, widened by a pixel against rounding, and bucketed
+    on the block grid: a needless candidate costs a rasterisation that burns nothing, a missing one
+    would lose pixels. Footprints with non-finite bounds (empty, or not projectable) reach none.
+    """
+    side = info.chunk
+    grid = (-(-info.height // side), -(-info.width // side))
+    inverse = ~info.transform
+    ids = np.flatnonzero(np.isfinite(bounds).all(axis=1))
+    xs, ys = bounds[ids][:, [0, 2, 0, 2]], bounds[ids][:, [1, 1, 3, 3]]
+    spans = []
+    for (a, b, c), blocks in zip(
+        ((inverse.d, inverse.e, inverse.f), (inverse.a, inverse.b, inverse.c)), grid, strict=True
+    ):
+        pixel = a * xs + b * ys + c
+        low = np.floor((pixel.min(axis=1) - 1) / side)
+        high = np.floor((pixel.max(axis=1) + 1) / side)
+        spans.append((low, high, blocks))
+    inside = np.logical_and.reduce([(high >= 0) & (low < blocks) for low, high, blocks in spans])
+    ids = ids[inside]
+    (r0, r1), (c0, c1) = (
+        (
+            np.clip(low[inside], 0, blocks - 1).astype(np.int64),
+            np.clip(high[inside], 0, blocks - 1).astype(np.int64),
+        )
+        for low, high, blocks in spans
+    )
+    width = c1 - c0 + 1
+    count = (r1 - r0 + 1) * width
+    offset = np.arange(int(count.sum())) - np.repeat(np.cumsum(count) - count, count)
+    width = np.repeat(width, count)
+    block = (np.repeat(r0, count) + offset // width) * grid[1] + np.repeat(c0, count) + offset % width
+    order = np.argsort(block, kind="stable")  # stable: footprints stay ascending within a block
+    features = np.repeat(ids, count)[order]
+    starts = np.searchsorted(block[order], np.arange(grid[0] * grid[1] + 1))
+    del block, order, offset, width
+    for b in range(grid[0] * grid[1]):
+        yield features[starts[b] : starts[b + 1]]
+
+
+def _reader(arrays: Mapping[str, zarr.Array[Any]], rows: slice, cols: slice) -> Callable[[str], np.ndarray]:
+    """A function reading one block of a layer, so each layer is held only while it is counted."""
+    return lambda name: np.asarray(arrays[name][rows, cols])
+
+
+def _rasterise(
+    footprints: Footprints, hits: np.ndarray, info: ChangeCubeInfo, rows: slice, cols: slice
+) -> np.ndarray:
+    """Label a block's pixels with 1 + the rank in ``hits`` of the footprint they fall in (0: none).
+
+    Where footprints overlap, the later one (in ``hits``, ascending) takes the pixel.
+    """
+    window = rasterio.windows.Window(cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start)
+    labels: np.ndarray = rasterio.features.rasterize(
+        zip(footprints.geometries(hits, info.crs), range(1, hits.size + 1), strict=True),
+        out_shape=(window.height, window.width),
+        transform=rasterio.windows.transform(window, info.transform),
+        fill=0,
+        dtype="uint16" if hits.size < np.iinfo(np.uint16).max else "int32",
+    )
+    return labels
+
+
+@dataclass(frozen=True)
+class _Counts:
+    """Per-footprint sums over the blocks, indexed by footprint.
+
+    ``classes`` holds, per epoch, an ``(n, K + 1)`` count of each class (the last column: no class).
+    """
+
+    pixels: np.ndarray
+    changed: np.ndarray
+    probability: np.ndarray
+    classes: dict[str, np.ndarray]
+
+    @classmethod
+    def zeros(cls, n: int, k: int, scene_pixels: int) -> _Counts:
+        # No footprint counts more pixels than the scene has: int32 class counts when that fits.
+        dtype = np.int32 if scene_pixels < np.iinfo(np.int32).max else np.int64
+        return cls(
+            np.zeros(n, np.int64),
+            np.zeros(n, np.int64),
+            np.zeros(n, np.float64),
+            {epoch: np.zeros((n, k + 1), dtype) for epoch in _EPOCHS},
+        )
+
+    def add(self, hits: np.ndarray, labels: np.ndarray, read: Callable[[str], np.ndarray]) -> None:
+        """Add one block: ``labels`` from :func:`_rasterise`, ``read(layer)`` the block of a layer."""
+        m = hits.size
+        change = read("change")
+        valid = (labels > 0) & (change != _NODATA)
+        index = labels[valid].astype(np.intp) - 1
+        self.pixels[hits] += np.bincount(index, minlength=m)
+        self.changed[hits] += np.bincount(index[change[valid] == 1], minlength=m)
+        del change
+        probability = np.nan_to_num(read("change_probability")[valid])
+        self.probability[hits] += np.bincount(index, weights=probability, minlength=m)
+        del probability
+        k = self.classes["before"].shape[1] - 1
+        for epoch in _EPOCHS:
+            keys = index * (k + 1) + np.minimum(read(f"class_{epoch}")[valid], k)
+            self.classes[epoch][hits] += np.bincount(keys, minlength=m * (k + 1)).reshape(m, k + 1)
+
+
+def _table(
+    footprints: Footprints, counts: _Counts, area: np.ndarray, info: ChangeCubeInfo, threshold: float
+) -> pd.DataFrame:
+    n = len(footprints)
+    pixels = counts.pixels
     pixel_area = abs(info.transform.a * info.transform.e)
     coverage = np.clip(np.divide(pixels * pixel_area, area, out=np.zeros(n), where=area > 0), 0.0, 1.0)
-    status = np.where(pixels == 0, NOT_COVERED, np.where(coverage >= COVERED_SHARE, COVERED, PARTLY_COVERED))
-    fraction = np.divide(changed, pixels, out=np.full(n, np.nan), where=pixels > 0)
-    mean_probability = np.divide(probability, pixels, out=np.full(n, np.nan), where=pixels > 0)
-    table = pd.DataFrame(
+    statuses = np.asarray([NOT_COVERED, PARTLY_COVERED, COVERED], dtype=object)
+    status = statuses[np.where(pixels == 0, 0, np.where(coverage >= COVERED_SHARE, 2, 1))]
+    fraction = np.divide(counts.changed, pixels, out=np.full(n, np.nan), where=pixels > 0)
+    mean_probability = np.divide(counts.probability, pixels, out=np.full(n, np.nan), where=pixels > 0)
+    names = np.asarray([*info.classes, "no class"], dtype=object)
+    return pd.DataFrame(
         {
             "id": footprints.ids,
             "zone": footprints.zones,
             "status": status,
             "coverage": coverage,
             "pixels": pixels,
-            "changed_pixels": changed,
+            "changed_pixels": counts.changed,
             "changed_fraction": fraction,
             "mean_change_probability": mean_probability,
-            "class_before": _majority(histograms["before"], n, k, info.classes),
-            "class_after": _majority(histograms["after"], n, k, info.classes),
+            "class_before": _majority(counts.classes["before"], pixels, names),
+            "class_after": _majority(counts.classes["after"], pixels, names),
             "affected": (pixels > 0) & (np.nan_to_num(fraction) >= threshold),
         }
     )
-    return FeatureImpact(table, footprints, threshold, _summary(table))
 
 
-def _majority(
-    parts: list[tuple[np.ndarray, np.ndarray]], n: int, k: int, classes: Sequence[str]
-) -> np.ndarray:
-    labels = np.asarray([*classes, "no class"], dtype=object)
-    out = np.full(n, "", dtype=object)
-    if not parts:
-        return out
-    keys = np.concatenate([p[0] for p in parts])
-    counts = np.concatenate([p[1] for p in parts])
-    summed = pd.Series(counts).groupby(keys).sum()
-    feature, cls = np.divmod(summed.index.to_numpy(), k + 1)
-    frame = pd.DataFrame({"feature": feature, "cls": cls, "count": summed.to_numpy()})
-    best = frame.sort_values(["feature", "count", "cls"], ascending=[True, False, True]).drop_duplicates(
-        "feature"
-    )
-    out[best["feature"].to_numpy()] = labels[best["cls"].to_numpy()]
+def _majority(classes: np.ndarray, pixels: np.ndarray, names: np.ndarray) -> np.ndarray:
+    """Each footprint's most frequent class (the first in class order on a tie; "" without pixels)."""
+    out = np.full(len(pixels), "", dtype=object)
+    counted = pixels > 0
+    out[counted] = names[classes.argmax(axis=1)[counted]]
     return out
 
 
@@ -418,8 +328,8 @@ def write_feature_impact(
     footprints = impact.footprints
     table = table.append_column("geometry", pa.array(footprints.wkb, type=pa.binary()))
     types: set[int] = set()
-    for start in range(0, len(footprints), _CHUNK):
-        types.update(shapely.get_type_id(footprints.geometries(slice(start, start + _CHUNK))).tolist())
+    for _, shapes in footprints.chunks():
+        types.update(shapely.get_type_id(shapes).tolist())
     geo = {
         "version": "1.1.0",
         "primary_column": "geometry",

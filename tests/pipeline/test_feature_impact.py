@@ -11,19 +11,25 @@ import pytest
 import rasterio
 import rasterio.features
 import shapely
+import shapely.affinity
 import shapely.geometry
+import zarr
+from affine import Affine
+from pyproj import CRS, Transformer
 from scipy import ndimage
 
+from pipeline.change_cube import ChangeCubeInfo, describe_change_cube
 from pipeline.demo import demo_checkpoint, run_demo
 from pipeline.errors import PublishError
-from pipeline.publish.cogs import describe_change_cube
 from pipeline.publish.features import (
     COVERED,
     NOT_COVERED,
+    PARTLY_COVERED,
     feature_impact,
-    read_footprints,
     write_feature_impact,
 )
+from pipeline.publish.footprints import read_footprints
+from pipeline.storage import Location
 from pipeline.synthetic.landscape import LandCover
 
 
@@ -155,3 +161,106 @@ def test_bad_footprints_and_thresholds_are_refused(tmp_path: Path) -> None:
         read_footprints(square, zone_field="ward")
     assert read_footprints(square, zone_field="district").zones.tolist() == ["a"]
     assert COVERED == "covered"
+
+
+def _cube(root: Path, height: int, width: int, chunk: int) -> tuple[ChangeCubeInfo, dict[str, np.ndarray]]:
+    """A change cube of random layers with nodata patches, and its layers in memory."""
+    rng = np.random.default_rng(3)
+    probability = rng.random((height, width), dtype=np.float32)
+    probability[rng.random((height, width)) < 0.05] = np.nan
+    change = (probability > 0.6).astype("uint8")
+    change[20:60, 120:] = 255
+    change[rng.random((height, width)) < 0.02] = 255
+    before = rng.integers(0, 3, (height, width), dtype="uint8")
+    before[rng.random((height, width)) < 0.05] = 255
+    after = rng.integers(0, 3, (height, width), dtype="uint8")
+    after[10:14, :] = 255
+    layers = {
+        "change": change,
+        "change_probability": probability,
+        "class_before": before,
+        "class_after": after,
+    }
+    group = zarr.open_group(str(root / "cube.zarr"), mode="w")
+    for name, values in layers.items():
+        fill = np.nan if values.dtype.kind == "f" else 255
+        array = group.create_array(
+            name, shape=values.shape, chunks=(chunk, chunk), dtype=values.dtype, fill_value=fill
+        )
+        array[:] = values
+    info = ChangeCubeInfo(
+        path=Location(str(root / "cube.zarr")),
+        height=height,
+        width=width,
+        chunk=chunk,
+        crs=CRS.from_epsg(32633),
+        transform=Affine(2.0, 0, 400_000.0, 0, -2.0, 6_000_000.0),
+        classes=("bare", "building", "tree"),
+        targets=("building",),
+        fingerprint="test",
+        attrs={},
+    )
+    return info, layers
+
+
+def test_block_by_block_equals_one_whole_scene_pass(tmp_path: Path) -> None:
+    """Blocks of 64 px (cut at the edges) give what rasterising every footprint at once over the
+    whole scene gives: overlaps (the later footprint takes the pixel), footprints across blocks
+    and across the scene's edge, outside it, on block corners and edges, rotated."""
+    info, layers = _cube(tmp_path, 150, 200, 64)
+    x0, y0 = 400_000.0, 6_000_000.0
+    rng = np.random.default_rng(4)
+    shapes = [shapely.box(x0 + 10, y0 - 290, x0 + 390, y0 - 10)]  # under all the others
+    for i in range(400):
+        x, y = x0 - 20 + rng.uniform(0, 440), y0 + 20 - rng.uniform(0, 340)
+        box = shapely.box(x, y - rng.uniform(1, 30), x + rng.uniform(1, 30), y)
+        shapes.append(shapely.affinity.rotate(box, 30) if i % 5 == 0 else box)
+    shapes += [
+        shapely.box(x0 + 100, y0 - 200, x0 + 300, y0 - 50),  # over many others
+        shapely.box(x0 + 126.5, y0 - 200, x0 + 129.5, y0 - 20),  # two pixels wide, on a block edge
+        shapely.box(x0 + 126, y0 - 130, x0 + 130, y0 - 126),  # one pixel in each of four blocks
+        shapely.box(x0 + 5_000, y0, x0 + 5_100, y0 + 100),  # outside the scene
+    ]
+    to_wgs84 = Transformer.from_crs(info.crs, "OGC:CRS84", always_xy=True)
+    wgs84 = [shapely.transform(s, lambda xy: np.column_stack(to_wgs84.transform(*xy.T))) for s in shapes]
+    path = _write_geojson(tmp_path / "fp.geojson", wgs84, "OGC:CRS84", ["z"] * len(shapes))
+    footprints = read_footprints(path)
+    impact = feature_impact(info, footprints, threshold=0.3)
+    table = impact.table
+    out = write_feature_impact(impact, tmp_path / "f.parquet", tmp_path / "f.geojson", tmp_path / "f.json")
+    again = read_footprints(out[0], zone_field="zone")  # the GeoParquet written reads back, batch by batch
+    assert again.ids.tolist() == footprints.ids.tolist() and again.zones.tolist() == ["all"] * len(shapes)
+    assert again.wkb.tolist() == footprints.wkb.tolist() and again.crs == footprints.crs
+
+    projected = footprints.geometries(crs=info.crs)
+    labels = rasterio.features.rasterize(
+        zip(projected, range(1, len(shapes) + 1), strict=True),
+        out_shape=(info.height, info.width),
+        transform=info.transform,
+        fill=0,
+        dtype="int32",
+    )
+    valid = (labels > 0) & (layers["change"] != 255)
+    index = labels[valid] - 1
+    n, k = len(shapes), len(info.classes)
+    pixels = np.bincount(index, minlength=n)
+    np.testing.assert_array_equal(table["pixels"], pixels)
+    np.testing.assert_array_equal(
+        table["changed_pixels"], np.bincount(index[layers["change"][valid] == 1], minlength=n)
+    )
+    probability = np.bincount(index, np.nan_to_num(layers["change_probability"][valid]), minlength=n)
+    with np.errstate(invalid="ignore"):
+        np.testing.assert_allclose(table["mean_change_probability"], probability / pixels, rtol=1e-12)
+    names = np.asarray([*info.classes, "no class"], dtype=object)
+    for epoch in ("before", "after"):
+        classes = np.minimum(layers[f"class_{epoch}"][valid], k)
+        counts = np.bincount(index * (k + 1) + classes, minlength=n * (k + 1)).reshape(n, k + 1)
+        expected = np.where(pixels > 0, names[counts.argmax(axis=1)], "")
+        assert table[f"class_{epoch}"].tolist() == expected.tolist()
+    coverage = pixels * 4.0 / shapely.area(projected)
+    statuses = np.where(pixels == 0, NOT_COVERED, np.where(coverage >= 0.5, COVERED, PARTLY_COVERED))
+    assert table["status"].tolist() == statuses.tolist()
+    assert set(table["status"]) == {COVERED, PARTLY_COVERED, NOT_COVERED}
+    assert table["status"].iloc[-1] == NOT_COVERED and table["status"].iloc[-4:-1].ne(NOT_COVERED).all()
+    assert pixels[-2] == 4
+    assert (pixels[1:-4] > 0).sum() > 100  # the small footprints are not all hidden by the last big one
