@@ -7,9 +7,11 @@ y, x)`` (float32 surface reflectance, NaN where no clear observation exists), wi
 written lazily to Zarr in spatial blocks (:mod:`pipeline.cube_write`), so memory depends on the
 block size and not on the area, and a killed write is resumed where it stopped.
 
-Root attributes: ``title``, ``Conventions``, ``software``, ``job`` (the job, JSON), ``provenance``
-(the STAC items used, JSON), :data:`INPUT_FINGERPRINT` (:func:`input_fingerprint`) and
-``complete``.
+Its variables, epochs and root attributes are named in :mod:`pipeline.cube_schema`: ``title``,
+``Conventions``, ``software``, ``job`` (the job, JSON), ``provenance`` (the STAC items used, JSON),
+:data:`INPUT_FINGERPRINT` (:func:`input_fingerprint`) and ``complete``. It is opened and described
+by :mod:`pipeline.cube_read`: :func:`describe_cube` for the prepare stage, :func:`describe_input`
+for the inference engine.
 """
 
 from __future__ import annotations
@@ -17,32 +19,32 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
 from typing import Any
 
 import dask
-import rioxarray  # noqa: F401  (registers the .rio accessor)
-import xarray as xr
-from affine import Affine
 
 from pipeline.containment import check_asset_hrefs
 from pipeline.cube_assembly import assemble_cube, assemble_region, region_bounds
+from pipeline.cube_read import InputCube, PreparedCube, describe_cube, describe_input, open_cube
+from pipeline.cube_schema import INPUT_FINGERPRINT
 from pipeline.cube_write import cube_is_complete, remove_partial_cubes, root_attrs, write_cube
 from pipeline.discover import Discovery
 from pipeline.errors import OutputExistsError
 from pipeline.layout import INPUT_CUBE, OutputLayout
 from pipeline.output_lock import hold_output
 from pipeline.spec import JobSpec
-from pipeline.storage import Location, LocationLike
+from pipeline.storage import Location
 
 __all__ = [
     "CUBE_NAME",
     "INPUT_FINGERPRINT",
+    "InputCube",
     "PreparedCube",
     "assemble_cube",
     "cube_is_complete",
     "cube_path",
     "describe_cube",
+    "describe_input",
     "input_fingerprint",
     "open_cube",
     "region_bounds",
@@ -55,8 +57,6 @@ log = logging.getLogger(__name__)
 
 #: Name of the input cube inside a job's output folder (:data:`pipeline.layout.INPUT_CUBE`).
 CUBE_NAME = INPUT_CUBE
-#: Root attribute: the :func:`input_fingerprint` of the job and items the cube was made from.
-INPUT_FINGERPRINT = "input_fingerprint"
 
 #: Job fields that decide the input cube's pixels; the rest (models, tiling...) do not.
 _INPUT_FIELDS = (
@@ -77,29 +77,9 @@ _INPUT_FIELDS = (
 _assemble = assemble_region
 
 
-@dataclass(frozen=True)
-class PreparedCube:
-    """Where a prepared input cube lies and what it holds."""
-
-    path: Location
-    shape: tuple[int, ...]
-    bands: tuple[str, ...]
-    crs: str
-    transform: tuple[float, ...]
-    items: dict[str, int]
-    clear_fraction: dict[str, float]
-
-
 def cube_path(job: JobSpec) -> Location:
     """Return the location of the job's input cube."""
     return OutputLayout.of(job.output).input_cube
-
-
-def open_cube(path: LocationLike) -> xr.Dataset:
-    """Open an input cube written by :func:`write_cube` (a local path or an fsspec URL)."""
-    store = Location.parse(path).zarr_store(read_only=True)
-    ds: xr.Dataset = xr.open_zarr(store, consolidated=True, decode_coords="all")
-    return ds
 
 
 def input_fingerprint(job: JobSpec, discovery: Discovery) -> str:
@@ -180,25 +160,3 @@ def _prepare_locked(
         )
     OutputLayout.of(job.output).provenance.write_text(json.dumps(discovery.provenance(), indent=2))
     return describe_cube(path, discovery)
-
-
-def describe_cube(path: LocationLike, discovery: Discovery) -> PreparedCube:
-    """Summarise a written input cube: shape, bands, grid and clear fraction per epoch."""
-    path = Location.parse(path)
-    written = open_cube(path)
-    # A composite pixel is finite exactly where it had a clear observation; the uint8 count is
-    # the cheapest layer to read for that.
-    clear = {
-        str(epoch): float((written["clear_count"].sel(epoch=epoch).data > 0).mean().compute())
-        for epoch in written["epoch"].values
-    }
-    transform: Affine = written.rio.transform()
-    return PreparedCube(
-        path=path,
-        shape=tuple(int(n) for n in written["reflectance"].shape),
-        bands=tuple(str(b) for b in written["band"].values),
-        crs=str(written.rio.crs),
-        transform=tuple(transform)[:6],
-        items={epoch: len(items) for epoch, items in discovery.items.items()},
-        clear_fraction=clear,
-    )

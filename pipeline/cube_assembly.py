@@ -21,6 +21,7 @@ import xarray as xr
 
 from pipeline import __version__
 from pipeline.bands import band_asset
+from pipeline.cube_schema import ATTR_JOB, ATTR_PROVENANCE, ATTR_SOFTWARE, CLEAR_COUNT, EPOCHS, REFLECTANCE
 from pipeline.discover import Discovery
 from pipeline.errors import CubeError
 from pipeline.spec import JobSpec
@@ -162,11 +163,11 @@ def assemble_region(
     Building each block's graph afresh this way keeps the cost per block independent of the area.
     """
     composites, counts = [], []
-    for epoch in ("before", "after"):
+    for epoch in EPOCHS:
         composite, count = _composite(discovery.items[epoch], job, bounds)
         composites.append(composite)
         counts.append(count)
-    epoch_index = pd.Index(["before", "after"], name="epoch")
+    epoch_index = pd.Index(list(EPOCHS), name="epoch")
     reflectance = xr.concat(composites, dim=epoch_index).transpose("epoch", "band", "y", "x")
     clear_count = xr.concat(counts, dim=epoch_index).transpose("epoch", "y", "x")
     reflectance.attrs.clear()  # stackstac's RasterSpec attrs are not JSON and do not describe the composite
@@ -177,27 +178,29 @@ def assemble_region(
     block = job.block_size
     ds = xr.Dataset(
         {
-            "reflectance": reflectance.chunk({"epoch": 1, "band": -1, "y": block, "x": block}),
-            "clear_count": clear_count.chunk({"epoch": 1, "y": block, "x": block}),
+            REFLECTANCE: reflectance.chunk({"epoch": 1, "band": -1, "y": block, "x": block}),
+            CLEAR_COUNT: clear_count.chunk({"epoch": 1, "y": block, "x": block}),
         }
     )
     ds = ds.assign_coords(
-        epoch=string_labels(["before", "after"], job.zarr_format),
+        epoch=string_labels(list(EPOCHS), job.zarr_format),
         band=string_labels(job.bands, job.zarr_format),
     )
-    ds["reflectance"].attrs.update(long_name="median clear-sky surface reflectance", units="1")
-    ds["reflectance"].encoding["_FillValue"] = np.float32("nan")
-    ds["clear_count"].attrs.update(long_name="number of clear observations in the composite", units="1")
+    ds[REFLECTANCE].attrs.update(long_name="median clear-sky surface reflectance", units="1")
+    ds[REFLECTANCE].encoding["_FillValue"] = np.float32("nan")
+    ds[CLEAR_COUNT].attrs.update(long_name="number of clear observations in the composite", units="1")
     crs = job.target_crs()
     for variable in ds.data_vars.values():
         variable.attrs["_CRS"] = gdal_crs_attribute(crs)
     ds = ds.rio.write_crs(crs.to_wkt()).rio.write_coordinate_system()
     cube: xr.Dataset = ds.rio.write_transform(ds.rio.transform(recalc=True))
     cube.attrs.update(
-        title="seg2change input cube",
-        Conventions="CF-1.8",
-        software=f"seg2change {__version__}",
-        job=job.model_dump_json(),
-        provenance=json.dumps(discovery.provenance()),
+        {
+            "title": "seg2change input cube",
+            "Conventions": "CF-1.8",
+            ATTR_SOFTWARE: f"seg2change {__version__}",
+            ATTR_JOB: job.model_dump_json(),
+            ATTR_PROVENANCE: json.dumps(discovery.provenance()),
+        }
     )
     return cube

@@ -11,8 +11,8 @@ import torch
 from numpy.typing import NDArray
 
 from pipeline.change_cube import BlockGrid
+from pipeline.cube_read import InputCube
 from pipeline.errors import InferenceError
-from pipeline.input_cube import InputCube
 from pipeline.input_reader import read_window
 from pipeline.models import ModelRuntime, change_model_info, fit_change_model
 

@@ -21,18 +21,17 @@ from typing import Any
 import xarray as xr
 import zarr
 
+from pipeline.cube_schema import ATTR_COMPLETE
 from pipeline.errors import CubeError, OutputExistsError
 from pipeline.faults import fault_point
 from pipeline.progress import make_progress
 from pipeline.storage import EMPTY_FOLDER_WARNING, Location, LocationLike
 from pipeline.zarr_cf import cf_coordinates
 
-__all__ = ["BlockSource", "COMPLETE", "cube_is_complete", "remove_partial_cubes", "root_attrs", "write_cube"]
+__all__ = ["BlockSource", "cube_is_complete", "remove_partial_cubes", "root_attrs", "write_cube"]
 
 log = logging.getLogger(__name__)
 
-#: Root attribute: true once every block and the consolidated metadata are written.
-COMPLETE = "complete"
 
 #: Builds the lazy dataset of one ``(rows, cols)`` region.
 BlockSource = Callable[[slice, slice], xr.Dataset]
@@ -167,7 +166,7 @@ def _start_or_resume(ds: xr.Dataset, store: Any, target: _Target, zarr_format: i
 
 def _with_encoding(ds: xr.Dataset) -> xr.Dataset:
     """``ds`` marked incomplete, each variable's Zarr chunks and CF ``coordinates`` set."""
-    ds = ds.assign_attrs({COMPLETE: False})
+    ds = ds.assign_attrs({ATTR_COMPLETE: False})
     for name, variable in ds.data_vars.items():
         if variable.chunks:
             ds[name].encoding["chunks"] = variable.data.chunksize
@@ -214,7 +213,7 @@ def _mark_complete(store: Any) -> None:
     killed.
     """
     zarr.consolidate_metadata(store)
-    zarr.open_group(store, mode="r+", use_consolidated=False).attrs[COMPLETE] = True
+    zarr.open_group(store, mode="r+", use_consolidated=False).attrs[ATTR_COMPLETE] = True
     zarr.consolidate_metadata(store)
 
 
@@ -276,7 +275,7 @@ def cube_is_complete(path: LocationLike) -> bool:
     appear only when complete, by a rename) and as incomplete on an object store.
     """
     location = Location.parse(path)
-    return bool(root_attrs(location).get(COMPLETE, location.is_local))
+    return bool(root_attrs(location).get(ATTR_COMPLETE, location.is_local))
 
 
 def root_attrs(location: Location) -> dict[str, Any]:

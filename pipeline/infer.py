@@ -52,10 +52,10 @@ from pipeline.change_cube import (
 )
 from pipeline.cluster import connect
 from pipeline.cube_fit import fit_for_cube
+from pipeline.cube_read import InputCube, describe_input
 from pipeline.engine_spec import ClusterSpec, ModelSpec, PromptSpec, TilingSpec
 from pipeline.errors import ClusterError, JobSpecError
 from pipeline.inference_identity import fingerprint, inference_document
-from pipeline.input_cube import InputCube, describe_input
 from pipeline.models import ModelIdentity, ModelRuntime, change_model_info, model_identities
 from pipeline.output_lock import hold_output
 from pipeline.spec import JobSpec

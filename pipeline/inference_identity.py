@@ -75,7 +75,7 @@ def inference_document(
     job
         The job; only its :data:`INFERENCE_JOB_FIELDS` enter.
     input_identity
-        The input cube's identity (:attr:`pipeline.input_cube.InputCube.identity`).
+        The input cube's identity (:attr:`pipeline.cube_read.InputCube.identity`).
     models, identities
         The model spec (without where its files lie or the device) and the identities of the models
         it builds.

@@ -31,6 +31,7 @@ import numpy as np
 import zarr
 from numpy.typing import NDArray
 
+from pipeline.cube_schema import REFLECTANCE
 from pipeline.storage import Location
 from pipeline.tiling import Window
 
@@ -128,7 +129,7 @@ CACHE = ChunkCache()
 
 
 def _reflectance(path: str) -> zarr.Array[Any]:
-    return zarr.open_array(Location(path).zarr_store(read_only=True), path="reflectance", mode="r")
+    return zarr.open_array(Location(path).zarr_store(read_only=True), path=REFLECTANCE, mode="r")
 
 
 def _decode(reflectance: zarr.Array[Any], window: Window) -> F32:

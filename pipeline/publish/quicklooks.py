@@ -20,6 +20,7 @@ import zarr
 from numpy.typing import NDArray
 
 from pipeline.change_cube import TRANSITION_NO_CHANGE, ChangeCubeInfo
+from pipeline.cube_schema import REFLECTANCE
 from pipeline.errors import PublishError
 from pipeline.publish.legend import transition_label
 from pipeline.quicklook import render_quicklook
@@ -87,7 +88,7 @@ def quicklook_geometry(height: int, width: int, max_side: int = MAX_SIDE) -> Qui
 def _rgb(input_cube: Location, epoch: int, stride: int, shape: tuple[int, int]) -> NDArray[np.float32]:
     store = input_cube.zarr_store(read_only=True)
     group = zarr.open_group(store, mode="r")
-    reflectance = group["reflectance"]
+    reflectance = group[REFLECTANCE]
     if not isinstance(reflectance, zarr.Array) or reflectance.shape[2:] != shape:
         raise PublishError(
             f"the input cube {input_cube} has reflectance of shape "

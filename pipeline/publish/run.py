@@ -28,9 +28,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import zarr
-
 from pipeline.change_cube import describe_change_cube
+from pipeline.cube_read import recorded_provenance
 from pipeline.discover import Discovery
 from pipeline.errors import PublishError
 from pipeline.progress import staged_progress
@@ -141,13 +140,13 @@ def _provenance(discovery: Discovery | Mapping[str, Any] | None, input_cube: Loc
         return discovery.provenance()
     if discovery is not None:
         return dict(discovery)
-    recorded = zarr.open_group(input_cube.zarr_store(read_only=True), mode="r").attrs.get("provenance")
+    recorded = recorded_provenance(input_cube)
     if recorded is None:
         raise PublishError(
             f"no discovery given and the input cube {input_cube} records no provenance; pass the Discovery "
             "(or its provenance() dict) so the STAC can link the input items"
         )
-    return dict(json.loads(str(recorded)))
+    return recorded
 
 
 def publish(

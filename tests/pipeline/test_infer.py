@@ -30,7 +30,7 @@ import pipeline.infer
 import pipeline.models
 from pipeline.change_cube import TRANSITION_NO_CHANGE, TRANSITION_NODATA, BlockGrid, open_change_cube
 from pipeline.cluster import connect
-from pipeline.cube import open_cube
+from pipeline.cube import describe_input, open_cube
 from pipeline.cube_fit import sample_pixels
 from pipeline.demo import demo_checkpoint
 from pipeline.engine_spec import ClusterSpec, ModelSpec, PromptSpec, TilingSpec
@@ -42,7 +42,6 @@ from pipeline.errors import (
     OutputExistsError,
 )
 from pipeline.infer import InferenceResult, run_inference
-from pipeline.input_cube import describe_input
 from pipeline.models import LoadedModels, ModelRuntime, build_models, fit_change_model
 from pipeline.spec import JobSpec
 from pipeline.tile_kernel import infer_array, predict_fixed_batches
