@@ -326,7 +326,9 @@ def write_feature_impact(
     }
     table = pa.Table.from_pandas(impact.table, preserve_index=False)
     footprints = impact.footprints
-    table = table.append_column("geometry", pa.array(footprints.wkb, type=pa.binary()))
+    # The C allocator reuses the heap the blocks freed; Arrow's default pool would map new pages.
+    wkb = pa.array(footprints.wkb, type=pa.binary(), memory_pool=pa.system_memory_pool())
+    table = table.append_column("geometry", wkb)
     types: set[int] = set()
     for _, shapes in footprints.chunks():
         types.update(shapely.get_type_id(shapes).tolist())
