@@ -39,6 +39,15 @@ from pipeline import __version__, block_submission, block_tasks
 from pipeline.block_submission import WORKERLESS_SECONDS, clear_input_caches, run_blocks
 from pipeline.block_tasks import BlockContext, BlockReport
 from pipeline.change_cube import (
+    ATTR_FINGERPRINT,
+    ATTR_INFERENCE,
+    ATTR_JOB,
+    ATTR_MODEL_FIT,
+    ATTR_MODELS,
+    ATTR_PROMPTS,
+    ATTR_SOFTWARE_VERSION,
+    ATTR_TILING,
+    ATTR_TORCH_THREADS,
     BlockGrid,
     ChangeCubeLayout,
     CubeState,
@@ -316,22 +325,22 @@ def _start_or_resume(run: _Run, state: CubeState) -> _Start:
     down the attributes of the cube to create."""
     runtime = ModelRuntime(run.models, run.cube.bands)
     if state.exists and state.attrs is not None:
-        fit = json.loads(state.attrs.get("model_fit", "null"))
+        fit = json.loads(state.attrs.get(ATTR_MODEL_FIT, "null"))
         runtime = replace(runtime, fit=None if fit is None else (float(fit[0]), float(fit[1])))
-        recorded_threads = json.loads(state.attrs.get("torch_threads", "null"))
+        recorded_threads = json.loads(state.attrs.get(ATTR_TORCH_THREADS, "null"))
         done = read_done(run.out_path, run.blocks)
         log.info("resuming %s: %d of %d blocks already done", run.out_path, int(done.sum()), len(run.blocks))
         return _Start(runtime, recorded_threads, {}, done)
     runtime = fit_for_cube(runtime, run.cube)
     attrs = {
-        "job": run.job.model_dump_json(),
-        "inference": json.dumps(run.inference, sort_keys=True, default=str),
-        "fingerprint": run.fingerprint,
-        "models": json.dumps([m.as_dict() for m in run.identities]),
-        "model_fit": json.dumps(runtime.fit),
-        "tiling": json.dumps(run.inference["tiling"]),
-        "prompts": json.dumps(run.inference["prompts"]),
-        "software_version": __version__,
+        ATTR_JOB: run.job.model_dump_json(),
+        ATTR_INFERENCE: json.dumps(run.inference, sort_keys=True, default=str),
+        ATTR_FINGERPRINT: run.fingerprint,
+        ATTR_MODELS: json.dumps([m.as_dict() for m in run.identities]),
+        ATTR_MODEL_FIT: json.dumps(runtime.fit),
+        ATTR_TILING: json.dumps(run.inference["tiling"]),
+        ATTR_PROMPTS: json.dumps(run.inference["prompts"]),
+        ATTR_SOFTWARE_VERSION: __version__,
     }
     return _Start(runtime, None, attrs, np.zeros(run.blocks.shape, dtype=bool))
 
@@ -384,7 +393,7 @@ def _compute(
                 x=run.cube.x,
                 crs=run.cube.crs,
                 transform=run.cube.transform,
-                attrs={**start.attrs, "torch_threads": json.dumps(threads)},
+                attrs={**start.attrs, ATTR_TORCH_THREADS: json.dumps(threads)},
             )
         context = BlockContext(
             cube_path=str(run.cube.path),

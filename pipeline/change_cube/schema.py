@@ -21,7 +21,11 @@ __all__ = [
     "ATTR_JOB",
     "ATTR_MODELS",
     "ATTR_MODEL_FIT",
+    "ATTR_PROMPTS",
     "ATTR_SOFTWARE",
+    "ATTR_SOFTWARE_VERSION",
+    "ATTR_TILING",
+    "ATTR_TORCH_THREADS",
     "DONE",
     "FORMAT",
     "LAYERS",
@@ -71,6 +75,14 @@ ATTR_MODELS = "models"
 ATTR_MODEL_FIT = "model_fit"
 #: Root attribute: the software that wrote the cube.
 ATTR_SOFTWARE = "software"
+#: Root attribute: the version of the software that ran the inference.
+ATTR_SOFTWARE_VERSION = "software_version"
+#: Root attribute: the tiling the inference used (JSON).
+ATTR_TILING = "tiling"
+#: Root attribute: the prompts the inference used (JSON).
+ATTR_PROMPTS = "prompts"
+#: Root attribute: the torch threads per worker of the run that created the cube (JSON); a resumed run keeps them.
+ATTR_TORCH_THREADS = "torch_threads"
 #: Root attribute: the side of the square blocks (and chunks).
 ATTR_BLOCK_SIZE = "block_size"
 #: Root attribute: the class labels in channel order (JSON).

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from pipeline.change_cube import ATTR_MODELS
 from pipeline.layout import COGS, QUICKLOOK, STAC, STATISTICS_JSON, STATISTICS_PARQUET
 from pipeline.publish.cogs import COG_MEDIA_TYPE, write_cogs
 from pipeline.publish.quicklooks import write_quicklook
@@ -233,7 +234,7 @@ class StacPublisher:
             start=before["start"],
             end=after["end"],
             provenance=context.provenance,
-            lineage=_lineage(job, context.provenance, json.loads(str(info.attrs.get("models", "[]")))),
+            lineage=_lineage(job, context.provenance, json.loads(str(info.attrs.get(ATTR_MODELS, "[]")))),
             assets=_assets(context),
             item_dir=context.published(stac_dir),
         )

@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from pipeline.change_cube import describe_change_cube
+from pipeline.change_cube import ATTR_JOB, describe_change_cube
 from pipeline.cube_read import recorded_provenance
 from pipeline.discover import Discovery
 from pipeline.errors import PublishError
@@ -130,7 +130,7 @@ def _job_doc(job: JobSpec | Mapping[str, Any] | None, attrs: Mapping[str, Any]) 
     if job is not None:
         return dict(job)
     try:
-        return dict(json.loads(str(attrs["job"])))
+        return dict(json.loads(str(attrs[ATTR_JOB])))
     except (KeyError, json.JSONDecodeError, TypeError):
         raise PublishError("no job given and the change cube records none; pass the job to publish") from None
 

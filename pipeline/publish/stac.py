@@ -50,7 +50,7 @@ import shapely.geometry
 from pyproj import Transformer
 
 from pipeline import __version__
-from pipeline.change_cube import ChangeCubeInfo
+from pipeline.change_cube import ATTR_MODELS, ChangeCubeInfo
 from pipeline.layout import STAC_COLLECTION, STAC_ITEM
 from pipeline.storage import Location, LocationLike, relative_href, replace_atomically
 
@@ -306,7 +306,7 @@ def build_item(
         The Item as JSON-ready data.
     """
     geometry, bbox = _footprint(info)
-    models = json.loads(str(info.attrs.get("models", "[]")))
+    models = json.loads(str(info.attrs.get(ATTR_MODELS, "[]")))
     return {
         "type": "Feature",
         "stac_version": STAC_VERSION,

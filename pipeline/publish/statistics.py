@@ -59,7 +59,14 @@ from numpy.typing import NDArray
 from rich.table import Table
 from rich.text import Text
 
-from pipeline.change_cube import TRANSITION_NO_CHANGE, UINT8_NODATA, ChangeCubeInfo
+from pipeline.change_cube import (
+    ATTR_JOB,
+    ATTR_MODELS,
+    ATTR_SOFTWARE,
+    TRANSITION_NO_CHANGE,
+    UINT8_NODATA,
+    ChangeCubeInfo,
+)
 from pipeline.errors import PublishError
 from pipeline.publish.cogs import block_windows
 from pipeline.publish.legend import transition_label
@@ -388,7 +395,7 @@ def statistics_metadata(info: ChangeCubeInfo) -> dict[str, str]:
     folder is written or moved (as the STAC's relative hrefs are).
     """
     try:
-        job = json.loads(str(info.attrs.get("job", "{}")))
+        job = json.loads(str(info.attrs.get(ATTR_JOB, "{}")))
     except json.JSONDecodeError:
         job = {}
 
@@ -408,8 +415,8 @@ def statistics_metadata(info: ChangeCubeInfo) -> dict[str, str]:
         "before": window("before"),
         "after": window("after"),
         "fingerprint": info.fingerprint,
-        "models": str(info.attrs.get("models", "[]")),
-        "software": str(info.attrs.get("software", "")),
+        "models": str(info.attrs.get(ATTR_MODELS, "[]")),
+        "software": str(info.attrs.get(ATTR_SOFTWARE, "")),
         "transition_codes": "class_before * K + class_after, K = len(classes); 65534 unchanged, 65535 nodata",
     }
 
