@@ -5,7 +5,6 @@ One job writes everything under one output location (a local folder or an fsspec
     <output>/
         input_cube.zarr            the bi-temporal input cube (pipeline.cube)
         provenance.json            the STAC items the input cube was made from
-        discovery.json             the discovery record of a Prefect run (flows)
         change_cube.zarr           the change cube (pipeline.change_cube)
         cogs/<layer>.tif           COGs of the change cube's main layers (pipeline.publish.cogs)
         stac/collection.json       STAC Collection and Item of the outputs (pipeline.publish.stac)
@@ -32,7 +31,6 @@ from pipeline.storage import Location, LocationLike
 __all__ = [
     "CHANGE_CUBE",
     "COGS",
-    "DISCOVERY",
     "FEATURES_GEOJSON",
     "FEATURES_PARQUET",
     "FEATURES_SUMMARY",
@@ -45,11 +43,11 @@ __all__ = [
     "STATISTICS_JSON",
     "STATISTICS_PARQUET",
     "OutputLayout",
+    "cog_name",
 ]
 
 INPUT_CUBE = "input_cube.zarr"
 PROVENANCE = "provenance.json"
-DISCOVERY = "discovery.json"
 CHANGE_CUBE = "change_cube.zarr"
 COGS = "cogs"
 STAC = "stac"
@@ -63,6 +61,11 @@ QUICKLOOK = "quicklook.png"
 FEATURES_PARQUET = "features.parquet"
 FEATURES_GEOJSON = "features.geojson"
 FEATURES_SUMMARY = "features_summary.json"
+
+
+def cog_name(layer: str) -> str:
+    """The file name of the COG of the change cube layer ``layer``, inside :data:`COGS`."""
+    return f"{layer}.tif"
 
 
 @dataclass(frozen=True)
@@ -101,11 +104,6 @@ class OutputLayout:
         return self.root / PROVENANCE
 
     @property
-    def discovery(self) -> Location:
-        """The discovery record a Prefect run hands from one task to the next (JSON)."""
-        return self.root / DISCOVERY
-
-    @property
     def change_cube(self) -> Location:
         """The change cube (Zarr)."""
         return self.root / CHANGE_CUBE
@@ -117,7 +115,7 @@ class OutputLayout:
 
     def cog(self, layer: str) -> Location:
         """The COG of the change cube layer ``layer``."""
-        return self.cogs / f"{layer}.tif"
+        return self.cogs / cog_name(layer)
 
     @property
     def stac(self) -> Location:

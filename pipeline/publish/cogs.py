@@ -46,6 +46,7 @@ from pipeline.change_cube import (
     describe_change_cube,
 )
 from pipeline.errors import PublishError
+from pipeline.layout import cog_name
 from pipeline.publish.legend import (
     CHANGE_NAMES,
     RGBA,
@@ -372,7 +373,7 @@ def write_cogs(
         raise PublishError(f"workers={workers}: give at least 1 thread to write the COGs")
 
     def one(layer: str) -> CogLayer:
-        written = write_cog(info, layer, folder / f"{layer}.tif", overview_level=overview_level)
+        written = write_cog(info, layer, folder / cog_name(layer), overview_level=overview_level)
         log.info("COG %s: %s (overviews %s)", layer, written.path, written.overviews)
         return written
 

@@ -19,7 +19,6 @@ def test_paths_of_an_object_store_output(root: str) -> None:
     expected = {
         "input_cube": "input_cube.zarr",
         "provenance": "provenance.json",
-        "discovery": "discovery.json",
         "change_cube": "change_cube.zarr",
         "cogs": "cogs",
         "stac": "stac",
