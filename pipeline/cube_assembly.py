@@ -129,7 +129,7 @@ def _composite(
     invalid = reflectance.isnull().any("band")
     if job.quality.asset:
         quality = stack.sel(band=_QUALITY)
-        invalid = invalid | quality.isnull() | quality.isin(list(job.quality.invalid_values))
+        invalid = invalid | job.quality.invalid(quality)
     clear = reflectance.where(~invalid).chunk({"time": -1})
     composite = clear.median("time", skipna=True).astype("float32")
     count = (~invalid).sum("time").astype("uint8")

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+
 import dask.array as da
 import numpy as np
 import pytest
+import rasterio
+import shapely.geometry
 import xarray as xr
+from rasterio.transform import from_origin
 
 from pipeline.bands import resolve_asset_key
+from pipeline.cube import open_cube, prepare_cube
+from pipeline.discover import Discovery
 from pipeline.errors import JobSpecError
 from pipeline.sensors import (
     LANDSAT_QA_PIXEL_BITS,
@@ -131,3 +140,108 @@ def test_registering_a_sensor_extends_the_aliases_and_refuses_taken_names() -> N
         Sensor("other", {}, quality="clouds")
     with pytest.raises(JobSpecError, match="unknown sensor 'modis'; known sensors: sentinel-2-l2a, "):
         get_sensor("modis")
+
+
+def _write_band(path: Path, values: np.ndarray) -> dict[str, str]:
+    profile = {
+        "driver": "GTiff",
+        "width": values.shape[1],
+        "height": values.shape[0],
+        "count": 1,
+        "dtype": values.dtype.name,
+        "crs": "EPSG:32633",
+        "transform": from_origin(*_ORIGIN, 10.0, 10.0),
+    }
+    with rasterio.open(path, "w", **profile) as ds:
+        ds.write(values, 1)
+    return {"href": str(path), "type": "image/tiff; application=geotiff"}
+
+
+def _landsat_item(folder: Path, item_id: str, day: str, reflectance: float, qa: np.ndarray) -> dict[str, Any]:
+    folder.mkdir(parents=True, exist_ok=True)
+    size = qa.shape[0]
+    xmin, ymax = _ORIGIN
+    bbox = [xmin, ymax - size * 10.0, xmin + size * 10.0, ymax]
+    assets = {
+        band: _write_band(folder / f"{item_id}_{band}.tif", np.full(qa.shape, reflectance, dtype="float32"))
+        for band in ("red", "green", "blue")
+    }
+    assets["qa_pixel"] = _write_band(folder / f"{item_id}_qa_pixel.tif", qa.astype("uint16"))
+    return {
+        "type": "Feature",
+        "stac_version": "1.0.0",
+        "id": item_id,
+        "bbox": bbox,
+        "geometry": shapely.geometry.mapping(shapely.geometry.box(*bbox)),
+        "properties": {
+            "datetime": f"{day}T10:00:00Z",
+            "proj:epsg": 32633,
+            "proj:shape": list(qa.shape),
+            "proj:transform": list(from_origin(*_ORIGIN, 10.0, 10.0))[:6],
+        },
+        "assets": assets,
+        "links": [],
+    }
+
+
+#: Upper-left corner of the hand-made Landsat scenes (EPSG:32633).
+_ORIGIN = (500_000.0, 4_100_640.0)
+
+
+def test_landsat_qa_pixel_bits_mask_pixels_of_the_prepared_cube(tmp_path: Path) -> None:
+    """A quality band whose flags are bits (Landsat QA_PIXEL) masks the flagged pixels before compositing."""
+    size = 64
+    clear, cloud, shadow = qa_pixel(), 22280, 23888  # 22280 and 23888 set other bits than the flag too
+    first = np.full((size, size), clear)
+    first[:, : size // 2] = cloud  # left half clouded in the first scene
+    second = np.full((size, size), 21826)  # dilated cloud only: usable
+    second[: size // 4] = shadow  # top quarter shadowed in the second scene
+    after = np.full((size, size), clear)
+    after[-1, -1] = qa_pixel(fill=True)
+    items = {
+        "before": [
+            _landsat_item(tmp_path / "scenes", "first", "2020-01-05", 0.1, first),
+            _landsat_item(tmp_path / "scenes", "second", "2020-01-20", 0.3, second),
+        ],
+        "after": [_landsat_item(tmp_path / "scenes", "later", "2020-06-10", 0.2, after)],
+    }
+    catalog = tmp_path / "items.json"
+    catalog.write_text(
+        json.dumps({"type": "FeatureCollection", "features": items["before"] + items["after"]})
+    )
+    xmin, ymax = _ORIGIN
+    job = JobSpec.build(
+        aoi={"bbox": (xmin, ymax - size * 10.0, xmin + size * 10.0, ymax), "crs": "EPSG:32633"},
+        before="2020-01-01/2020-01-31",
+        after="2020-06-01/2020-06-30",
+        catalog=str(catalog),
+        collections=["landsat"],
+        bands=["red", "green", "blue"],
+        quality="landsat-qa-pixel",
+        grid={"crs": "EPSG:32633", "resolution": 10.0},
+        cloud_limit=100,
+        block_size=64,
+        output=str(tmp_path / "out"),
+    )
+    discovery = Discovery(
+        items=items, filter_mode="client", catalog=str(catalog), cloud_limit=100, collections=("landsat",)
+    )
+    cube = open_cube(prepare_cube(job, discovery, progress=False, scheduler="synchronous").path)
+    red = cube["reflectance"].sel(band="red").values
+    count = cube["clear_count"].values
+    assert red.shape == (2, size, size)
+
+    top, left = slice(None, size // 4), slice(None, size // 2)
+    expected = np.full((size, size), np.float32(0.2))  # median of 0.1 and 0.3 where both are clear
+    expected[:, left] = np.float32(0.3)  # first scene clouded: the second alone
+    expected[top] = np.float32(0.1)  # second scene shadowed: the first alone
+    expected[top, left] = np.nan  # both masked
+    np.testing.assert_allclose(red[0], expected, rtol=1e-6)
+    expected_count = np.full((size, size), 2)
+    expected_count[:, left] = 1
+    expected_count[top] = 1
+    expected_count[top, left] = 0
+    np.testing.assert_array_equal(count[0], expected_count)
+
+    assert np.isnan(red[1, -1, -1]) and count[1, -1, -1] == 0  # fill
+    assert np.isfinite(red[1, :-1]).all() and (count[1, :-1] == 1).all()
