@@ -24,6 +24,7 @@ from pipeline.bands import band_asset
 from pipeline.cube_schema import ATTR_JOB, ATTR_PROVENANCE, ATTR_SOFTWARE, CLEAR_COUNT, EPOCHS, REFLECTANCE
 from pipeline.discover import Discovery
 from pipeline.errors import CubeError
+from pipeline.nan_median import nan_median_over
 from pipeline.spec import JobSpec
 from pipeline.zarr_cf import gdal_crs_attribute, string_labels
 
@@ -131,7 +132,7 @@ def _composite(
         quality = stack.sel(band=_QUALITY)
         invalid = invalid | job.quality.invalid(quality)
     clear = reflectance.where(~invalid).chunk({"time": -1})
-    composite = clear.median("time", skipna=True).astype("float32")
+    composite = nan_median_over(clear, "time").astype("float32")
     count = (~invalid).sum("time").astype("uint8")
     return composite, count
 
