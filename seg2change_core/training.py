@@ -48,9 +48,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
-from seg2change_core.backbones import DINOV2_CONFIGS, CompactConfig, CompactViT, ConvConfig, ConvPyramid
+from seg2change_core.backbones import DINOV2_CONFIGS, build_backbone
 from seg2change_core.cach import CACHHead
 from seg2change_core.change_model import CACHChangeModel, InputNormalisation
 from seg2change_core.checkpoints import load_dinov2, save_change_model
@@ -146,25 +145,9 @@ def build_model(
         For an unknown backbone, DINOv2 without weights or with other than 3 bands, or a
         configuration that does not fit.
     """
-    if config.backbone == "conv":
-        backbone: nn.Module = ConvPyramid(
-            ConvConfig(
-                in_chans=normalisation.num_bands,
-                widths=config.widths,
-                blocks=config.blocks,
-                embed_dim=config.embed_dim,
-            )
-        )
-        width = config.embed_dim
-    elif config.backbone == "compact":
-        backbone = CompactViT(
-            CompactConfig(
-                in_chans=normalisation.num_bands,
-                embed_dim=config.embed_dim,
-                depth=config.depth,
-                num_heads=config.num_heads,
-                mlp_ratio=config.mlp_ratio,
-            )
+    if config.backbone in TRAINABLE_BACKBONES:
+        backbone = build_backbone(
+            config.backbone, _trainable_backbone_config(config, normalisation.num_bands)
         )
         width = config.embed_dim
     else:
@@ -193,6 +176,25 @@ def build_model(
         name=name,
         tile_size=config.tile_size,
     )
+
+
+def _trainable_backbone_config(config: ModelConfig, num_bands: int) -> dict[str, Any]:
+    """The configuration of a trainable backbone family (:data:`TRAINABLE_BACKBONES`) for
+    :func:`~seg2change_core.backbones.build_backbone`; the other fields keep their defaults."""
+    if config.backbone == "conv":
+        return {
+            "in_chans": num_bands,
+            "widths": config.widths,
+            "blocks": config.blocks,
+            "embed_dim": config.embed_dim,
+        }
+    return {
+        "in_chans": num_bands,
+        "embed_dim": config.embed_dim,
+        "depth": config.depth,
+        "num_heads": config.num_heads,
+        "mlp_ratio": config.mlp_ratio,
+    }
 
 
 def _config_record(model_config: ModelConfig, config: TrainConfig) -> dict[str, Any]:
