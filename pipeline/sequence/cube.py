@@ -1,0 +1,265 @@
+"""The sequence cube: the pairs' change stacked along ``pair``, each window's classes along ``time``,
+and the date layers (first change, last change, number of changes).
+
+Layout (Zarr v3, one group, consolidated metadata; spatial chunks of the pairs' ``block_size``)
+-------------------------------------------------------------------------------------------------
+===========================  ======================  =======  ==============================================
+array                        dims                    nodata   meaning
+===========================  ======================  =======  ==============================================
+``change_probability``       (pair, y, x)            NaN      the pair's change probability
+``change``                   (pair, y, x)            255      the pair's binary change (1 changed, 0 not)
+``target_change``            (pair, target, y, x)    255      the pair's per-target change
+``class``                    (time, y, x)            255      each window's class (pair 1's class before for
+                                                              window 1, pair ``k - 1``'s class after for window k)
+``first_change``             (y, x)                  65535    window (1-based) after the first pair that changed;
+                                                              0 no change seen
+``last_change``              (y, x)                  65535    window after the last pair that changed; 0 none
+``n_changes``                (y, x)                  65535    number of pairs that changed
+``first_target_change``      (target, y, x)          65535    per target, as ``first_change``
+``x``, ``y``, ``target``     coordinates             --       copied from pair 1's change cube
+``spatial_ref``              --                      --       CRS (CF grid mapping), copied likewise
+===========================  ======================  =======  ==============================================
+
+Pixel values of the date layers are window numbers; the windows' dates are the root attribute
+``windows`` (``START/END`` in UTC, window ``k`` at index ``k - 1``), copied onto each date layer.
+A date layer is nodata where no pair had data.
+
+Root attributes: ``format`` (:data:`FORMAT`), ``windows``, ``pairs_done`` (pairs stacked so far),
+``base`` (the base job, JSON), ``classes`` (JSON). A pair's slices are written before
+``pairs_done`` counts it, and the date layers are recomputed from the stacked ``change`` (one pair
+at a time per block, so memory does not grow with the number of pairs) after each pair; a run
+killed between the two redoes that pair's slices, which gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+from numpy.typing import NDArray
+
+from pipeline.errors import OutputExistsError
+
+__all__ = [
+    "DATE_LAYERS",
+    "DATE_NODATA",
+    "FORMAT",
+    "SEQUENCE_CUBE",
+    "add_pair",
+    "open_sequence_cube",
+    "pairs_done",
+    "update_date_layers",
+]
+
+#: Name of the sequence cube in a sequence's output folder.
+SEQUENCE_CUBE = "sequence.zarr"
+#: Value of the ``format`` root attribute.
+FORMAT = "seg2change-sequence-cube/1"
+#: Nodata of the date layers.
+DATE_NODATA = 65535
+DATE_LAYERS = ("first_change", "last_change", "n_changes")
+_U8_NODATA = 255
+
+
+def _a(group: zarr.Group, name: str) -> zarr.Array[Any]:
+    """The array ``name`` of a group (a cube whose member is a group is not one of ours)."""
+    array = group[name]
+    if not isinstance(array, zarr.Array):
+        raise OutputExistsError(
+            f"{group.store} has a group {name!r} where an array belongs; it is no cube of ours"
+        )
+    return array
+
+
+def _attr(group: zarr.Group, key: str) -> Any:
+    """A root attribute (JSON)."""
+    return group.attrs[key]
+
+
+def _open(path: Path) -> zarr.Group | None:
+    if not path.exists():
+        return None
+    # Not the consolidated metadata: it is stale while a pair is being stacked.
+    group = zarr.open_group(str(path), mode="r+", use_consolidated=False)
+    if group.attrs.get("format") != FORMAT:
+        raise OutputExistsError(
+            f"{path} is not a seg2change sequence cube (format {group.attrs.get('format')!r}); nothing was "
+            "changed: give the sequence another output folder"
+        )
+    return group
+
+
+def open_sequence_cube(path: Path) -> zarr.Group:
+    """Open a sequence cube read-only (raises :class:`OutputExistsError` if ``path`` is not one)."""
+    if _open(Path(path)) is None:
+        raise OutputExistsError(f"{path} holds no sequence cube; run the sequence first")
+    return zarr.open_group(str(path), mode="r")
+
+
+def pairs_done(path: Path, windows: list[str], base: dict[str, Any]) -> int:
+    """Pairs already stacked in the cube at ``path`` for these windows and base job (0 if none).
+
+    Raises
+    ------
+    OutputExistsError
+        The cube was made for another base job or other windows than a prefix of ``windows``
+        (appending only adds windows at the end); nothing is changed.
+    """
+    group = _open(Path(path))
+    if group is None:
+        return 0
+    done_windows = list(_attr(group, "windows"))
+    if json.loads(str(_attr(group, "base"))) != json.loads(json.dumps(base, default=str)):
+        raise OutputExistsError(
+            f"the sequence cube {path} was made from another base job; nothing was changed: give the "
+            "sequence a new output folder to run it with other job fields"
+        )
+    if windows[: len(done_windows)] != done_windows:
+        raise OutputExistsError(
+            f"the sequence cube {path} holds windows {done_windows}, which do not start the requested "
+            f"windows {windows}; windows can only be appended at the end: give a new output folder"
+        )
+    return int(_attr(group, "pairs_done"))
+
+
+def _create(path: Path, pair: zarr.Group, windows: list[str], base: dict[str, Any]) -> zarr.Group:
+    """Create the cube from pair 1's change cube (grid, targets, classes, block size)."""
+    change = _a(pair, "change")
+    rows, cols = change.shape
+    block = int(_attr(pair, "block_size"))
+    targets = _a(pair, "target_change").shape[0]
+    # Made aside and renamed into place, so that a run killed while creating leaves no half cube.
+    staging = path.parent / f".{path.name}.creating"
+    shutil.rmtree(staging, ignore_errors=True)
+    group = zarr.open_group(str(staging), mode="w", zarr_format=3)
+    spatial = {"grid_mapping": "spatial_ref", "coordinates": "spatial_ref"}
+
+    def make(name: str, dims: tuple[str, ...], shape: tuple[int, ...], dtype: str, fill: Any) -> None:
+        chunks = (*(1 for _ in shape[:-2]), block, block)
+        array = group.create_array(
+            name, shape=shape, chunks=chunks, dtype=dtype, fill_value=fill, dimension_names=dims
+        )
+        array.attrs.update({**spatial, "nodata": None if dtype == "float32" else int(fill)})
+
+    make("change_probability", ("pair", "y", "x"), (0, rows, cols), "float32", np.float32("nan"))
+    make("change", ("pair", "y", "x"), (0, rows, cols), "uint8", _U8_NODATA)
+    make("target_change", ("pair", "target", "y", "x"), (0, targets, rows, cols), "uint8", _U8_NODATA)
+    make("class", ("time", "y", "x"), (0, rows, cols), "uint8", _U8_NODATA)
+    for name in DATE_LAYERS:
+        make(name, ("y", "x"), (rows, cols), "uint16", DATE_NODATA)
+    make("first_target_change", ("target", "y", "x"), (targets, rows, cols), "uint16", DATE_NODATA)
+    for name in ("x", "y", "target"):
+        source = _a(pair, name)
+        array = group.create_array(
+            name,
+            shape=source.shape,
+            dtype=source.dtype,
+            dimension_names=(name,),
+            fill_value=source.fill_value,
+        )
+        array[:] = np.asarray(source[:])
+        array.attrs.update(dict(source.attrs))
+    ref = group.create_array("spatial_ref", shape=(), dtype="int64", fill_value=0)
+    ref.attrs.update(dict(_a(pair, "spatial_ref").attrs))
+    group.attrs.update(
+        {
+            "format": FORMAT,
+            "windows": windows,
+            "pairs_done": 0,
+            "base": json.dumps(base, sort_keys=True, default=str),
+            "classes": _attr(pair, "classes"),
+            "block_size": block,
+        }
+    )
+    os.replace(staging, path)
+    return zarr.open_group(str(path), mode="r+", use_consolidated=False)
+
+
+def _blocks(shape: tuple[int, ...], block: int) -> Iterator[tuple[slice, slice]]:
+    for row in range(0, shape[-2], block):
+        for col in range(0, shape[-1], block):
+            yield slice(row, min(row + block, shape[-2])), slice(col, min(col + block, shape[-1]))
+
+
+def add_pair(path: Path, k: int, pair_cube: Path, windows: list[str], base: dict[str, Any]) -> None:
+    """Stack pair ``k``'s change cube into the sequence cube (created by pair 1), block by block.
+
+    Pair ``k``'s slices are written; the arrays grow along ``pair``/``time`` when ``k`` is new,
+    nothing earlier is rewritten. Then ``pairs_done`` becomes ``k`` and the date layers are
+    recomputed (:func:`update_date_layers`).
+    """
+    pair = zarr.open_group(str(pair_cube), mode="r")
+    group = _open(Path(path))
+    if group is None:
+        if k != 1:
+            raise OutputExistsError(f"the sequence cube {path} is missing but pair {k} is asked to extend it")
+        group = _create(Path(path), pair, windows, base)
+    pair_shape = _a(pair, "change").shape
+    if _a(group, "change").shape[1:] != pair_shape:
+        raise OutputExistsError(
+            f"pair {k}'s change cube {pair_cube} has shape {pair_shape}, the sequence cube "
+            f"{_a(group, 'change').shape[1:]}: every pair must use the same grid"
+        )
+    block = int(_attr(group, "block_size"))
+    for name in ("change_probability", "change", "target_change"):
+        array = _a(group, name)
+        if array.shape[0] < k:
+            array.resize((k, *array.shape[1:]))
+    if _a(group, "class").shape[0] < k + 1:
+        _a(group, "class").resize((k + 1, *_a(group, "class").shape[1:]))
+    for rows, cols in _blocks(_a(pair, "change").shape, block):
+        for name in ("change_probability", "change"):
+            _a(group, name)[k - 1, rows, cols] = np.asarray(_a(pair, name)[rows, cols])
+        _a(group, "target_change")[k - 1, :, rows, cols] = np.asarray(
+            _a(pair, "target_change")[:, rows, cols]
+        )
+        if k == 1:
+            _a(group, "class")[0, rows, cols] = np.asarray(_a(pair, "class_before")[rows, cols])
+        _a(group, "class")[k, rows, cols] = np.asarray(_a(pair, "class_after")[rows, cols])
+    group.attrs.update({"windows": windows[: k + 1], "pairs_done": k})
+    update_date_layers(group)
+    zarr.consolidate_metadata(str(path))
+
+
+def _fold(stack: Iterator[NDArray[np.uint8]], shape: tuple[int, ...]) -> tuple[NDArray[np.uint16], ...]:
+    """First, last and number of changes over a stack of binary change slices (window numbers)."""
+    first = np.full(shape, DATE_NODATA, dtype=np.uint16)
+    last = first.copy()
+    count = first.copy()
+    for k, change in enumerate(stack, 1):
+        valid = change != _U8_NODATA
+        for layer in (first, last, count):
+            layer[valid & (layer == DATE_NODATA)] = 0
+        hit = change == 1
+        first[hit & (first == 0)] = k + 1
+        last[hit] = k + 1
+        count[hit] += 1
+    return first, last, count
+
+
+def update_date_layers(group: zarr.Group) -> None:
+    """Recompute the date layers from the stacked ``change`` and ``target_change``, block by block.
+
+    Each block reads one pair at a time, so memory follows the block size, not the number of pairs.
+    """
+    pairs = int(_attr(group, "pairs_done"))
+    block = int(_attr(group, "block_size"))
+    windows = list(_attr(group, "windows"))
+    change, targets = _a(group, "change"), _a(group, "target_change")
+    for rows, cols in _blocks(change.shape, block):
+        shape = (rows.stop - rows.start, cols.stop - cols.start)
+        first, last, count = _fold((np.asarray(change[k, rows, cols]) for k in range(pairs)), shape)
+        _a(group, "first_change")[rows, cols] = first
+        _a(group, "last_change")[rows, cols] = last
+        _a(group, "n_changes")[rows, cols] = count
+        for t in range(targets.shape[1]):
+            tfirst, _, _ = _fold((np.asarray(targets[k, t, rows, cols]) for k in range(pairs)), shape)
+            _a(group, "first_target_change")[t, rows, cols] = tfirst
+    for name in (*DATE_LAYERS, "first_target_change"):
+        _a(group, name).attrs.update({"windows": windows, "units": "window number (1-based); see windows"})

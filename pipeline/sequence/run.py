@@ -1,0 +1,98 @@
+"""Run a sequence: each consecutive pair of windows as a two-date job, then the sequence cube.
+
+Pair ``k`` (windows ``k`` and ``k + 1``) runs through :func:`pipeline.run.run_job` into its own
+output folder (``pairs/NNN_<start>_<start>/``), so every guarantee of a job holds for it: the
+output lock, restart from finished blocks, byte-identical outputs. Its change cube is then stacked
+into the sequence cube (:mod:`pipeline.sequence.cube`).
+
+Appending: running a sequence whose cube already holds pairs ``1..m`` of the same base job and
+windows (a prefix of the requested windows) runs only the pairs after ``m`` and extends the cube;
+the result equals a run of the whole sequence at once, byte for byte.
+
+Known cost: each window's composite is computed in both pairs it belongs to (as the after date of
+one, the before date of the next), because each pair is a whole two-date job with its own input
+cube; a shared per-window input cube is the next step.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from distributed import Client
+
+from pipeline.output_lock import hold_output
+from pipeline.run import RunResult, run_job
+from pipeline.sequence.cube import SEQUENCE_CUBE, add_pair, pairs_done
+from pipeline.sequence.spec import SequenceSpec
+from pipeline.storage import Location
+
+__all__ = ["SequenceResult", "run_sequence"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SequenceResult:
+    """What a sequence run did.
+
+    Attributes
+    ----------
+    spec
+        The sequence.
+    cube
+        The sequence cube.
+    computed
+        The pairs (1-based) run now; the others were done before.
+    runs
+        The result of each pair run now, in pair order.
+    """
+
+    spec: SequenceSpec
+    cube: Path
+    computed: tuple[int, ...]
+    runs: tuple[RunResult, ...]
+
+
+def run_sequence(
+    spec: SequenceSpec, *, progress: bool = True, client: Client | None = None
+) -> SequenceResult:
+    """Run the pairs of ``spec`` not yet in its sequence cube, and stack each into the cube.
+
+    Parameters
+    ----------
+    spec
+        The sequence.
+    progress
+        Show progress bars.
+    client
+        A ready Dask client for every pair (left open); default: the base job's ``cluster``.
+
+    Returns
+    -------
+    SequenceResult
+
+    Raises
+    ------
+    OutputExistsError
+        The output holds a sequence cube of another base job or of windows that the requested ones
+        do not extend at the end; nothing is changed.
+    OutputLockedError
+        Another live run writes the sequence.
+    """
+    root = Path(spec.output)
+    root.mkdir(parents=True, exist_ok=True)
+    cube = root / SEQUENCE_CUBE
+    windows = spec.window_dates()
+    computed: list[int] = []
+    runs: list[RunResult] = []
+    with hold_output(Location(str(root)), job=f"sequence {root}"):
+        done = pairs_done(cube, windows, spec.base)
+        for k in range(done + 1, spec.pairs + 1):
+            log.info("sequence %s: pair %d of %d (%s)", root, k, spec.pairs, spec.pair_name(k))
+            result = run_job(spec.pair_job(k), progress=progress, client=client)
+            add_pair(cube, k, result.inference.path.local_path, windows, spec.base)
+            computed.append(k)
+            runs.append(result)
+    return SequenceResult(spec, cube, tuple(computed), tuple(runs))

@@ -1,0 +1,149 @@
+"""A sequence end to end on a generated 7-period scene: when things changed, and appending a window.
+
+One module-scoped run does the work of every test: the sequence of the first 6 windows, then the
+7th appended, and the whole 7-window sequence at once in another folder (12 pair jobs on a
+256 px scene).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import rioxarray  # noqa: F401  (the .rio accessor)
+import xarray as xr
+import zarr
+from numpy.typing import NDArray
+
+import pipeline.sequence.run as sequence_run
+from pipeline.demo import DEMO_PROMPTS, demo_checkpoint, generated_classes
+from pipeline.errors import OutputExistsError
+from pipeline.run import RunResult, run_job
+from pipeline.sequence import SEQUENCE_CUBE, SequenceResult, SequenceSpec, run_sequence
+from pipeline.synthetic import SceneSpec
+from pipeline.synthetic.sequence import GeneratedSequence, changed_classes, generate_sequence
+
+PERIODS = 7
+
+
+def _spec(scene: GeneratedSequence, output: Path, periods: int) -> SequenceSpec:
+    spec = scene.spec
+    base: dict[str, Any] = {
+        "aoi": {"bbox": list(scene.bbox_utm), "crs": spec.crs},
+        "catalog": str(scene.items_path),
+        "collections": [spec.collection_id],
+        "bands": ["blue", "green", "red", "nir", "swir16", "swir22"],
+        "quality": "synthetic",
+        "grid": {"crs": spec.crs, "resolution": spec.resolution},
+        "cloud_limit": 90,
+        "block_size": 256,
+        "prompts": DEMO_PROMPTS,
+        "models": {"checkpoint": str(demo_checkpoint()), "segmenter": "spectral"},
+        "asset_roots": [str(scene.root)],
+        "publishers": ["statistics"],
+    }
+    windows = [scene.window_interval(p) for p in range(1, periods + 1)]
+    return SequenceSpec.build(base=base, output=str(output), windows=windows)
+
+
+@dataclass(frozen=True)
+class Runs:
+    scene: GeneratedSequence
+    appended: SequenceResult
+    appended_calls: int
+    whole: SequenceResult
+    first_calls: int
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
+    if demo_checkpoint() is None:
+        pytest.skip("the demo CACH checkpoint is absent (seg2change make-demo-checkpoint writes it)")
+    root = tmp_path_factory.mktemp("sequence")
+    scene = generate_sequence(
+        SceneSpec(size=256, seed=0, cloud_fraction=0.2), root / "scene", periods=PERIODS
+    )
+    calls: list[str] = []
+
+    def counted(job: Any, **kwargs: Any) -> RunResult:
+        calls.append(job.output)
+        return run_job(job, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sequence_run, "run_job", counted)
+        first = run_sequence(_spec(scene, root / "appended", PERIODS - 1), progress=False)
+        first_calls = len(calls)
+        appended = run_sequence(_spec(scene, root / "appended", PERIODS), progress=False)
+        appended_calls = len(calls) - first_calls
+        whole = run_sequence(_spec(scene, root / "whole", PERIODS), progress=False)
+    assert first.computed == tuple(range(1, PERIODS - 1))
+    yield Runs(scene, appended, appended_calls, whole, first_calls)
+
+
+def _layer(cube: Path, name: str) -> NDArray[Any]:
+    return np.asarray(zarr.open_array(str(cube), path=name, mode="r")[...])
+
+
+def _files(cube: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(cube)): p.read_bytes() for p in sorted(cube.rglob("*")) if p.is_file()}
+
+
+def test_appending_a_window_runs_only_the_new_pair_and_equals_the_whole_run(runs: Runs) -> None:
+    assert runs.first_calls == PERIODS - 2
+    assert runs.appended.computed == (PERIODS - 1,) and runs.appended_calls == 1
+    assert runs.whole.computed == tuple(range(1, PERIODS))
+    appended, whole = _files(runs.appended.cube), _files(runs.whole.cube)
+    assert appended.keys() == whole.keys()
+    assert [name for name in appended if appended[name] != whole[name]] == []
+
+
+def test_running_again_runs_nothing(runs: Runs) -> None:
+    again = run_sequence(runs.whole.spec, progress=False)
+    assert again.computed == ()
+
+
+def test_first_change_date_is_right_where_change_is_caught(runs: Runs) -> None:
+    cube = runs.whole.cube
+    truth = runs.scene.truth.first_change
+    first, count = _layer(cube, "first_change"), _layer(cube, "n_changes")
+    caught = (truth > 0) & (count > 0) & (count != 65535)
+    assert caught.sum() >= 0.8 * (truth > 0).sum()
+    right = float(np.mean(first[caught] == truth[caught]))
+    assert right >= 0.9, f"first-change date right for {right:.3f} of the caught pixels"
+    attrs = zarr.open_array(str(cube), path="first_change", mode="r").attrs
+    assert attrs["windows"] == runs.whole.spec.window_dates()
+    assert _layer(cube, "class").shape[0] == PERIODS and _layer(cube, "change").shape[0] == PERIODS - 1
+    opened = xr.open_zarr(cube)
+    assert opened["first_change"].rio.crs == runs.scene.spec.crs
+    assert opened["first_change"].rio.transform() == runs.scene.spec.transform
+    # The last change is never before the first, and a pixel changed once has both equal.
+    once = count == 1
+    assert np.array_equal(first[once], _layer(cube, "last_change")[once])
+
+
+def test_changed_area_per_period_and_target_is_close_to_the_truth(runs: Runs) -> None:
+    flagged = _layer(runs.whole.cube, "target_change")
+    for t, label in enumerate(str(x) for x in _layer(runs.whole.cube, "target")):
+        classes = generated_classes(label)
+        truth = [changed_classes(runs.scene.truth, p, classes) for p in range(2, PERIODS + 1)]
+        found = [int(np.count_nonzero(flagged[p - 2, t] == 1)) for p in range(2, PERIODS + 1)]
+        assert max(truth) > 500, label
+        for p, (expected, got) in enumerate(zip(truth, found, strict=True), 2):
+            if expected:
+                assert abs(got - expected) <= 0.1 * expected, f"{label}, period {p}: {got} vs {expected}"
+            else:  # no change of the target: at most 1 % of its largest period's area flagged
+                assert got <= 0.01 * max(truth), f"{label}, period {p}: {got} flagged, none true"
+
+
+def test_a_sequence_whose_windows_do_not_extend_the_cube_is_refused(runs: Runs, tmp_path: Path) -> None:
+    spec = runs.whole.spec
+    shifted = SequenceSpec.build(base=spec.base, output=spec.output, windows=list(spec.windows[1:]))
+    before = _files(runs.whole.cube)
+    with pytest.raises(OutputExistsError, match="windows can only be appended at the end"):
+        run_sequence(shifted, progress=False)
+    assert _files(runs.whole.cube) == before
+    assert (Path(spec.output) / SEQUENCE_CUBE).is_dir()

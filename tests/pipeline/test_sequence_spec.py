@@ -1,0 +1,120 @@
+"""The sequence spec (windows as a list or a range, pair jobs), the date-layer fold and the sequence truth."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from pipeline.errors import JobSpecError
+from pipeline.sequence import SequenceSpec, parse_period
+from pipeline.sequence.cube import DATE_NODATA, _fold
+from pipeline.synthetic import ChangeType, SceneSpec
+from pipeline.synthetic.sequence import EVENT_PERIODS, sequence_truth
+
+
+def _base(tmp_path: Path) -> dict[str, Any]:
+    items = tmp_path / "items.ndjson"
+    items.write_text("")
+    return {
+        "aoi": {"bbox": [600000, 5447440, 602560, 5450000], "crs": "EPSG:32633"},
+        "catalog": str(items),
+        "collections": ["synthetic-s2"],
+        "prompts": {"classes": ["water"]},
+    }
+
+
+def test_windows_from_a_range_of_months(tmp_path: Path) -> None:
+    spec = SequenceSpec.build(
+        base=_base(tmp_path),
+        output=str(tmp_path / "seq"),
+        windows={"start": "2024-01-01", "end": "2024-07-01", "period": "P1M"},
+    )
+    assert [w.start.month for w in spec.windows] == [1, 2, 3, 4, 5, 6]
+    assert spec.pairs == 5
+    assert spec.windows[1].end.isoformat() == "2024-02-29T23:59:59.999999+00:00"
+    job = spec.pair_job(2)
+    assert (job.before, job.after) == (spec.windows[1], spec.windows[2])
+    assert job.output == str(tmp_path / "seq" / "pairs" / "002_20240201_20240301")
+    with pytest.raises(JobSpecError, match="pairs 1..5"):
+        spec.pair_job(6)
+
+
+def test_windows_as_a_list(tmp_path: Path) -> None:
+    spec = SequenceSpec.build(
+        base=_base(tmp_path),
+        output=str(tmp_path / "seq"),
+        windows=["2024-01-01/2024-01-20", "2024-03-01/2024-03-20", "2024-05-01/2024-05-20"],
+    )
+    assert spec.pairs == 2 and spec.pair_name(1) == "001_20240101_20240301"
+
+
+@pytest.mark.parametrize(
+    ("windows", "message"),
+    [
+        (["2024-01-01/2024-01-20"], "at least 2"),
+        (["2024-01-01/2024-02-20", "2024-02-01/2024-03-01"], "windows 1 and 2 overlap"),
+        ({"start": "2024-01-01", "end": "2024-06-01", "period": "1 month"}, "ISO 8601 duration"),
+        ({"start": "2024-01-01", "end": "2024-06-01", "period": "P0M"}, "is zero"),
+        ({"start": "2024-01-01", "end": "2024-01-20", "period": "P1M"}, "no whole period"),
+        ({"start": "2024-01-01", "period": "P1M"}, "missing \\['end'\\]"),
+    ],
+)
+def test_bad_windows_are_refused(tmp_path: Path, windows: Any, message: str) -> None:
+    with pytest.raises(JobSpecError, match=message):
+        SequenceSpec.build(base=_base(tmp_path), output=str(tmp_path / "seq"), windows=windows)
+
+
+def test_base_may_not_hold_the_pair_fields_and_is_checked_as_a_job(tmp_path: Path) -> None:
+    windows = {"start": "2024-01-01", "end": "2024-04-01", "period": "P1M"}
+    with pytest.raises(JobSpecError, match="move 'output' to the sequence"):
+        SequenceSpec.build(
+            base={**_base(tmp_path), "output": "x"}, output=str(tmp_path / "s"), windows=windows
+        )
+    with pytest.raises(JobSpecError, match="cloud_limit"):
+        SequenceSpec.build(
+            base={**_base(tmp_path), "cloud_limit": 300}, output=str(tmp_path / "s"), windows=windows
+        )
+
+
+def test_parse_period() -> None:
+    assert parse_period("P1Y6M").months == 18 and parse_period("p2w").days == 14
+    jan31 = datetime(2024, 1, 31, tzinfo=UTC)
+    assert parse_period("P1M").after(jan31, 1) == datetime(2024, 2, 29, tzinfo=UTC)
+    assert parse_period("P1M").after(jan31, 13) == datetime(2025, 2, 28, tzinfo=UTC)
+    assert parse_period("P1M10D").after(jan31, 2) == datetime(2024, 4, 20, tzinfo=UTC)
+    with pytest.raises(JobSpecError, match="ISO 8601"):
+        parse_period("PT1H")
+
+
+def test_fold_gives_first_last_and_count_in_window_numbers() -> None:
+    # Four pixels over three pairs: changed in pairs 1 and 3; never; nodata in pair 1 then changed in 2; all nodata.
+    stack = [
+        np.array([1, 0, 255, 255], np.uint8),
+        np.array([0, 0, 1, 255], np.uint8),
+        np.array([1, 0, 0, 255], np.uint8),
+    ]
+    first, last, count = _fold(iter(stack), (4,))
+    assert first.tolist() == [2, 0, 3, DATE_NODATA]
+    assert last.tolist() == [4, 0, 3, DATE_NODATA]
+    assert count.tolist() == [2, 0, 1, DATE_NODATA]
+
+
+def test_sequence_truth_puts_each_event_in_its_period() -> None:
+    spec = SceneSpec(size=256, seed=0)
+    truth = sequence_truth(spec, 7)
+    for kind, period in EVENT_PERIODS.items():
+        assert set(np.unique(truth.first_change[truth.kind == kind]).tolist()) == {period}, kind
+    changed = truth.first_change > 0
+    # A pixel keeps its class before its period and has its new class from it on.
+    for p in range(2, 8):
+        moved = truth.classes[p - 1] != truth.classes[p - 2]
+        assert np.array_equal(moved, truth.first_change == p)
+    assert changed.sum() > 5000
+    # Events beyond the sequence do not happen.
+    short = sequence_truth(spec, 5)
+    assert not np.isin(short.kind, [ChangeType.CLEARING, ChangeType.DRAIN]).any()
+    assert short.first_change.max() == 5
