@@ -213,15 +213,18 @@ def add_pair(path: Path, k: int, pair_cube: Path, windows: list[str], base: dict
             array.resize((k, *array.shape[1:]))
     if _a(group, "class").shape[0] < k + 1:
         _a(group, "class").resize((k + 1, *_a(group, "class").shape[1:]))
-    for rows, cols in _blocks(_a(pair, "change").shape, block):
+    out = {name: _a(group, name) for name in ("change_probability", "change", "target_change", "class")}
+    src = {
+        name: _a(pair, name)
+        for name in ("change_probability", "change", "target_change", "class_before", "class_after")
+    }
+    for rows, cols in _blocks(pair_shape, block):
         for name in ("change_probability", "change"):
-            _a(group, name)[k - 1, rows, cols] = np.asarray(_a(pair, name)[rows, cols])
-        _a(group, "target_change")[k - 1, :, rows, cols] = np.asarray(
-            _a(pair, "target_change")[:, rows, cols]
-        )
+            out[name][k - 1, rows, cols] = np.asarray(src[name][rows, cols])
+        out["target_change"][k - 1, :, rows, cols] = np.asarray(src["target_change"][:, rows, cols])
         if k == 1:
-            _a(group, "class")[0, rows, cols] = np.asarray(_a(pair, "class_before")[rows, cols])
-        _a(group, "class")[k, rows, cols] = np.asarray(_a(pair, "class_after")[rows, cols])
+            out["class"][0, rows, cols] = np.asarray(src["class_before"][rows, cols])
+        out["class"][k, rows, cols] = np.asarray(src["class_after"][rows, cols])
     group.attrs.update({"windows": windows[: k + 1], "pairs_done": k})
     update_date_layers(group)
     zarr.consolidate_metadata(str(path))
@@ -252,14 +255,14 @@ def update_date_layers(group: zarr.Group) -> None:
     block = int(_attr(group, "block_size"))
     windows = list(_attr(group, "windows"))
     change, targets = _a(group, "change"), _a(group, "target_change")
+    dates = {name: _a(group, name) for name in (*DATE_LAYERS, "first_target_change")}
     for rows, cols in _blocks(change.shape, block):
         shape = (rows.stop - rows.start, cols.stop - cols.start)
         first, last, count = _fold((np.asarray(change[k, rows, cols]) for k in range(pairs)), shape)
-        _a(group, "first_change")[rows, cols] = first
-        _a(group, "last_change")[rows, cols] = last
-        _a(group, "n_changes")[rows, cols] = count
+        for name, values in zip(DATE_LAYERS, (first, last, count), strict=True):
+            dates[name][rows, cols] = values
         for t in range(targets.shape[1]):
             tfirst, _, _ = _fold((np.asarray(targets[k, t, rows, cols]) for k in range(pairs)), shape)
-            _a(group, "first_target_change")[t, rows, cols] = tfirst
+            dates["first_target_change"][t, rows, cols] = tfirst
     for name in (*DATE_LAYERS, "first_target_change"):
-        _a(group, name).attrs.update({"windows": windows, "units": "window number (1-based); see windows"})
+        dates[name].attrs.update({"windows": windows, "units": "window number (1-based); see windows"})
