@@ -19,6 +19,11 @@ local disk (exclusive create); on an object store, which has no exclusive create
 writes its lock, waits a moment and reads it back, and refuses when another run's lock replaced
 it. Within one process the lock is re-entrant: the stages of a run (prepare, infer, publish) each
 take it, and only the outermost release gives it back.
+
+A run whose stages run in other processes (a Prefect flow's tasks on Dask workers) holds the lock
+in the process that chains them, and each stage runs inside :func:`run_under` with the holder: the
+stage checks that the lock still names that run, and its own :func:`hold_output` is then a re-entry
+(the holder's process alone renews and releases the lock).
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ import psutil
 from pipeline.errors import OutputLockedError
 from pipeline.storage import Location, LocationLike
 
-__all__ = ["LEASE_SECONDS", "LOCK_NAME", "LockHolder", "hold_output", "read_lock"]
+__all__ = ["LEASE_SECONDS", "LOCK_NAME", "LockHolder", "hold_output", "read_lock", "run_under"]
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +175,18 @@ class _Lease:
             self.location.remove()
 
 
-_held: dict[str, _Lease] = {}
+class _Joined:
+    """A lock another process of the same run holds and renews; this process only works under it."""
+
+    def __init__(self, holder: LockHolder) -> None:
+        self.holder = holder
+        self.depth = 1
+
+    def release(self) -> None:
+        """Nothing to give back: the holder's process releases the lock."""
+
+
+_held: dict[str, _Lease | _Joined] = {}
 _held_lock = threading.Lock()
 
 
@@ -280,6 +296,56 @@ def hold_output(
             lease = _held[key] = _Lease(location / LOCK_NAME, holder, lease_seconds)
     try:
         yield lease.holder
+    finally:
+        with _held_lock:
+            lease.depth -= 1
+            if lease.depth == 0:
+                del _held[key]
+                lease.release()
+
+
+@contextlib.contextmanager
+def run_under(output: LocationLike, holder: LockHolder) -> Iterator[LockHolder]:
+    """Work on an output under a lock that ``holder``'s process took (:func:`hold_output`) for the
+    whole run, e.g. a flow's process for its tasks; :func:`hold_output` inside the block re-enters it.
+
+    Parameters
+    ----------
+    output
+        The output folder (local path or URL).
+    holder
+        What :func:`hold_output` yielded in the process that holds the lock.
+
+    Yields
+    ------
+    LockHolder
+        ``holder``.
+
+    Raises
+    ------
+    OutputLockedError
+        The output's lock no longer names ``holder``'s run (its lease expired and another run took
+        it, or it was removed): nothing may be written; run the job again.
+    """
+    location = Location.parse(output)
+    key = str(location)
+    with _held_lock:
+        lease = _held.get(key)
+        if lease is None:
+            current = read_lock(location)
+            if current is None or current.run != holder.run:
+                raise OutputLockedError(
+                    f"{location} is no longer locked by {holder.describe()}, the run this step belongs "
+                    f"to ({'no lock' if current is None else 'now ' + current.describe()}); nothing "
+                    "was written by this step: run the job again once no other run writes there"
+                )
+            lease = _held[key] = _Joined(holder)
+        elif lease.holder.run != holder.run:
+            raise _refusal(location, lease.holder)
+        else:
+            lease.depth += 1
+    try:
+        yield holder
     finally:
         with _held_lock:
             lease.depth -= 1

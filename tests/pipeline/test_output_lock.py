@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import re
 import socket
 import subprocess
 import sys
@@ -19,7 +21,7 @@ import pipeline.output_lock
 from pipeline.engine_spec import ClusterSpec, TilingSpec
 from pipeline.errors import OutputLockedError
 from pipeline.infer import run_inference
-from pipeline.output_lock import LOCK_NAME, hold_output, read_lock
+from pipeline.output_lock import LOCK_NAME, hold_output, read_lock, run_under
 from pipeline.storage import Location
 
 BOOT_ID = pipeline.output_lock._boot_id()
@@ -70,6 +72,44 @@ def test_a_live_runs_lock_is_refused_with_its_holder_named(
     assert f"process {other_process.pid} on host {socket.gethostname()}" in message
     assert "run feedc0de (job /data/berlin)" in message and "choose another output" in message
     assert read_lock(output) is not None and read_lock(output).run == "feedc0de" * 4  # type: ignore[union-attr]
+
+
+def test_a_step_run_under_its_runs_lock_reenters_it_and_leaves_it_to_the_holder(
+    tmp_path: Path, other_process: subprocess.Popen[bytes]
+) -> None:
+    """A flow's task in a worker process: the flow's process (here: other_process) holds the lock."""
+    output = Location(tmp_path)
+    write_foreign_lock(output, pid=other_process.pid)
+    holder = read_lock(output)
+    assert holder is not None
+    with run_under(output, holder), hold_output(output, job="the prepare stage") as inner:
+        assert inner == holder
+    assert read_lock(output) == holder, "only the holder's process gives the lock back"
+    refused = pytest.raises(OutputLockedError, match=re.escape(f"is being written by {holder.describe()}"))
+    with refused, hold_output(output, job="another run"):
+        pass
+
+
+def test_a_step_whose_runs_lock_is_gone_is_refused(
+    tmp_path: Path, other_process: subprocess.Popen[bytes]
+) -> None:
+    output = Location(tmp_path)
+    write_foreign_lock(output, pid=other_process.pid)
+    holder = read_lock(output)
+    assert holder is not None
+    gone = dataclasses.replace(holder, run="0" * 32)
+    replaced = pytest.raises(
+        OutputLockedError, match="is no longer locked by run 00000000 .*now run feedc0de"
+    )
+    with replaced, run_under(output, gone):
+        pass
+    (output / LOCK_NAME).remove()
+    removed = pytest.raises(
+        OutputLockedError, match="no longer locked by run feedc0de .*no lock.*run the job again"
+    )
+    with removed, run_under(output, holder):
+        pass
+    assert read_lock(output) is None
 
 
 def test_a_dead_processs_lock_on_this_host_is_recovered(
