@@ -332,17 +332,14 @@ def _print_run(result: RunResult) -> None:
         )
     )
     publication = result.publication
-    out.print(statistics_table(publication.statistics, limit=12))
+    if "statistics" in publication.artifacts:
+        out.print(statistics_table(publication.statistics, limit=12))
+    else:
+        out.print("no change statistics: the job's publishers leave out 'statistics'")
     out.print(styled("published in ", (str(result.job.output), "bold"), ":"))
-    outputs = {
-        "change cube": inference.path,
-        **{f"COG {layer}": path for layer, path in publication.cogs.items()},
-        "STAC item": publication.stac_item,
-        "statistics": publication.statistics_parquet,
-        "quick-look": publication.quicklook,
-    }
-    for label, path in outputs.items():
-        out.print(f"  {label:<24} {path}")
+    out.print(f"  {'change cube':<24} {inference.path}")
+    for key, path in publication.locations.items():
+        out.print(f"  {key:<24} {path}")
 
 
 def _print_discovery(provenance: dict[str, object]) -> None:

@@ -12,12 +12,20 @@ region, links to the outputs and quick-looks) is published as Prefect artifacts.
 
 from __future__ import annotations
 
+import contextlib
 from datetime import date
 from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from flows.outputs import (
+    inference_summary,
+    publication_outputs,
+    published_outputs,
+    statistics_summary,
+    summarise_statistics,
+)
 from flows.regions import (
     Cadence,
     MonitoringPlan,
@@ -29,15 +37,7 @@ from flows.regions import (
     regions_from_job_files,
     regions_from_zones,
 )
-from flows.tasks import (
-    inference_summary,
-    publication_outputs,
-    published_outputs,
-    submit_job,
-    summarise_statistics,
-    task_runner,
-)
-from pipeline.spec import JobSpec
+from flows.tasks import SubmittedJob, submit_job, task_runner
 
 __all__ = [
     "MONITORING_ARTIFACT_KEY",
@@ -154,7 +154,7 @@ def monitoring_flow(
         ``before``, ``after`` (period labels and windows) and ``regions``: per region its
         ``region``, ``output``, ``status`` (``computed``, ``skipped`` or ``failed``), ``skipped``,
         ``inference`` (block counts, None when skipped), ``outputs`` (paths) and ``summary``
-        (:func:`flows.tasks.summarise_statistics`).
+        (:func:`flows.outputs.summarise_statistics`).
 
     Raises
     ------
@@ -169,14 +169,13 @@ def monitoring_flow(
     before, after = plan.before, plan.after
     get_run_logger().info("monitoring %d region(s): %s vs %s", len(plan.regions), after.label, before.label)
     rows = _skipped_regions(plan) if not force else {}
-    submitted = {
-        region.name: submit_job(plan.jobs[region.name], after.label, force=force)
-        for region in plan.regions
-        if region.name not in rows
-    }
-    rows.update(
-        {name: _computed_region(plan.jobs[name], name, *futures) for name, futures in submitted.items()}
-    )
+    with contextlib.ExitStack() as held:  # each region's output stays locked until it is published
+        submitted = {
+            region.name: held.enter_context(submit_job(plan.jobs[region.name], after.label, force=force))
+            for region in plan.regions
+            if region.name not in rows
+        }
+        rows.update({name: _computed_region(name, run) for name, run in submitted.items()})
     ordered = [rows[region.name] for region in plan.regions]
     _publish_artifacts(before, after, ordered)
     failed = [row["region"] for row in ordered if row["status"] == "failed"]
@@ -199,10 +198,17 @@ def _skipped_regions(plan: MonitoringPlan) -> dict[str, dict[str, Any]]:
     rows: dict[str, dict[str, Any]] = {}
     for region in plan.regions:
         job = plan.jobs[region.name]
-        done = published_outputs(job.output)
+        done = published_outputs(job.output, job.publishers)
         if done is None:
             continue
         get_run_logger().info("region %s: outputs for %s exist, skipped", region.name, plan.after.label)
+        summary = None
+        if "statistics_json" in done:
+            summary = summarise_statistics(read_statistics(done["statistics_json"]))
+        else:
+            get_run_logger().info(
+                "region %s: no statistics to summarise, 'statistics' is not published", region.name
+            )
         rows[region.name] = {
             "region": region.name,
             "output": job.output,
@@ -210,22 +216,23 @@ def _skipped_regions(plan: MonitoringPlan) -> dict[str, dict[str, Any]]:
             "skipped": True,
             "inference": None,
             "outputs": done,
-            "summary": summarise_statistics(read_statistics(done["statistics_json"])),
+            "summary": summary,
         }
     return rows
 
 
-def _computed_region(job: JobSpec, name: str, infer: Any, published: Any) -> dict[str, Any]:
+def _computed_region(name: str, run: SubmittedJob) -> dict[str, Any]:
     """The row of a region whose stages were submitted, once they ended."""
+    infer, published = run.infer, run.published
     published.wait()
-    row: dict[str, Any] = {"region": name, "output": job.output, "skipped": False}
+    row: dict[str, Any] = {"region": name, "output": run.job.output, "skipped": False}
     if published.state.is_completed():
         publication = published.result()
         row.update(
             status="computed",
             inference=inference_summary(infer.result()),
             outputs=publication_outputs(publication),
-            summary=summarise_statistics(publication.statistics),
+            summary=statistics_summary(publication),
         )
     else:
         state = published.state if not infer.state.is_failed() else infer.state

@@ -38,13 +38,8 @@ from flows.events import (
     event_windows,
     parse_area,
 )
-from flows.tasks import (
-    inference_summary,
-    publication_outputs,
-    submit_job,
-    summarise_statistics,
-    task_runner,
-)
+from flows.outputs import inference_summary, publication_outputs, statistics_summary
+from flows.tasks import submit_job, task_runner
 from pipeline.own_imagery import own_imagery_options
 from pipeline.spec import JobSpec
 
@@ -158,7 +153,8 @@ def response_flow(
     dict
         ``event``, ``priority``, ``output``, ``inference`` (block counts), ``outputs`` (paths),
         ``statistics`` (the whole area's summary) and the area that became the hazard's target
-        class (``affected_*``, for a flood: the newly flooded area); with footprints, ``features``.
+        class (``affected_*``, for a flood: the newly flooded area; these are None when the job's
+        publishers leave out ``statistics``); with footprints, ``features``.
 
     Raises
     ------
@@ -186,8 +182,8 @@ def response_flow(
     )
     period = f"{hazard}-{event_date}"
     with tags("seg2change", "response", f"hazard:{hazard}", f"priority:{priority}"):
-        infer, published = submit_job(job, period, force=force)
-        publication, inference = published.result(), infer.result()
+        with submit_job(job, period, force=force) as run:
+            publication, inference = run.published.result(), run.infer.result()
         impact = _footprint_impact(job, inference, footprints, footprint_zone, affected_threshold, period)
     result = _response_result(job, event_date, hazard, priority, inference, publication, impact)
     _publish_artifacts(result)
@@ -204,8 +200,8 @@ def _response_result(
     impact: dict[str, Any] | None,
 ) -> dict[str, Any]:
     """The flow's JSON-ready result (see :func:`response_flow`)."""
-    summary = summarise_statistics(publication.statistics)
-    affected_class, affected_m2 = _affected(summary, job)
+    summary = statistics_summary(publication)
+    affected_class, affected_m2 = _affected(summary, job) if summary is not None else (None, None)
     return {
         "event": {
             "area": job.aoi.model_dump(mode="json"),
@@ -221,7 +217,7 @@ def _response_result(
         "statistics": summary,
         "affected_class": affected_class,
         "affected_area_m2": affected_m2,
-        "affected_area_ha": affected_m2 / 10_000.0,
+        "affected_area_ha": affected_m2 / 10_000.0 if affected_m2 is not None else None,
         **({"features": impact} if impact is not None else {}),
     }
 
@@ -240,8 +236,15 @@ def _footprint_impact(
     return feature_impact_task(str(inference.path), job.output, footprints, zone_field, threshold, period)
 
 
-def _publish_artifacts(result: Mapping[str, Any]) -> None:
-    event, stats, outputs = result["event"], result["statistics"], result["outputs"]
+#: The published files the summary links to, with their labels, when the job published them.
+_LINKED = {"stac_item": "STAC item", "statistics_json": "statistics", "quicklook": "quick-look"}
+
+
+def _statistics_lines(result: Mapping[str, Any]) -> list[str]:
+    """The summary's lines on the change, after publishing its table (none without statistics)."""
+    event, stats = result["event"], result["statistics"]
+    if stats is None:
+        return []
     rows = [
         {
             "target": name,
@@ -256,6 +259,15 @@ def _publish_artifacts(result: Mapping[str, Any]) -> None:
         table=rows,
         description=f"{event['hazard']} on {event['event_date']}: change per target class",
     )
+    return [
+        f"- **{result['affected_class']} gained: {result['affected_area_ha']:.2f} ha** "
+        f"({result['affected_area_m2']:.0f} m²)",
+        f"- changed in total: {stats['changed_area_ha']:.2f} ha",
+    ]
+
+
+def _publish_artifacts(result: Mapping[str, Any]) -> None:
+    event, outputs = result["event"], result["outputs"]
     markdown = "\n".join(
         [
             f"# seg2change response: {event['hazard']} on {event['event_date']}",
@@ -263,12 +275,12 @@ def _publish_artifacts(result: Mapping[str, Any]) -> None:
             f"- priority: {result['priority']}",
             f"- before: {event['before']}",
             f"- after: {event['after']}",
-            f"- **{result['affected_class']} gained: {result['affected_area_ha']:.2f} ha** "
-            f"({result['affected_area_m2']:.0f} m²)",
-            f"- changed in total: {stats['changed_area_ha']:.2f} ha",
-            f"- STAC item: [item.json](file://{outputs['stac_item']})",
-            f"- statistics: [statistics.json](file://{outputs['statistics_json']})",
-            f"- quick-look: [quicklook.png](file://{outputs['quicklook']})",
+            *_statistics_lines(result),
+            *(
+                f"- {label}: [{Path(outputs[key]).name}](file://{outputs[key]})"
+                for key, label in _LINKED.items()
+                if key in outputs
+            ),
             "",
         ]
     )

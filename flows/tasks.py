@@ -7,8 +7,14 @@ stage with the job and the description the task before it returned (a
 :class:`~pipeline.discover.Discovery`, :class:`~pipeline.cube.PreparedCube`,
 :class:`~pipeline.infer.InferenceResult`, :class:`~pipeline.publish.PublishResult`: small frozen
 records, never arrays: the heavy data stays in the Zarr stores and files under the job's output).
-:func:`inference_summary`, :func:`publication_outputs` and :func:`summarise_statistics` turn them into
-the JSON-ready dictionaries the flows return.
+:mod:`flows.outputs` turns them into the JSON-ready dictionaries the flows return.
+
+The output's lock
+    A flow run holds its output's lock (:mod:`pipeline.output_lock`) from the check to the end of
+    the publication, as :func:`pipeline.run.run_job` does: :func:`submit_job` takes it in the
+    flow's process, which renews it, and gives it back once the publish task has ended. Each task
+    is handed the holder and runs its stage under it (:func:`pipeline.output_lock.run_under`), in
+    whatever process it runs, so no other run can take the output between two tasks.
 
 Retries
     The stages that talk to the network (the catalog search and the asset reads of ``prepare``)
@@ -34,6 +40,8 @@ import hashlib
 import json
 import os
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from prefect import task
@@ -45,30 +53,26 @@ from prefect.tasks import Task, exponential_backoff
 
 from pipeline.errors import CatalogError, NothingFoundError
 from pipeline.spec import JobSpec
-from pipeline.storage import LocationLike
 
 if TYPE_CHECKING:  # the engine (torch, Dask, Zarr) loads when a task runs, not with the flows
     from pipeline.cube import PreparedCube
     from pipeline.discover import Discovery
     from pipeline.infer import InferenceResult
+    from pipeline.output_lock import LockHolder
     from pipeline.publish import PublishResult
-    from pipeline.publish.statistics import ChangeStatistics
 
 __all__ = [
     "DASK_ADDRESS_ENV",
     "NETWORK_RETRIES",
+    "SubmittedJob",
     "discover_task",
     "infer_task",
-    "inference_summary",
     "is_network_error",
     "job_cache_key",
     "prepare_task",
-    "publication_outputs",
     "publish_task",
-    "published_outputs",
     "retry_on_network_error",
     "submit_job",
-    "summarise_statistics",
     "task_runner",
 ]
 
@@ -196,6 +200,19 @@ def _dask_client_of_runner() -> Iterator[Any]:
 
 # --------------------------------------------------------------------------- tasks
 
+
+@contextlib.contextmanager
+def _under(job: JobSpec, lock: LockHolder | None) -> Iterator[None]:
+    """Run a stage under the flow run's lock of the job's output; alone (None), the stage takes it."""
+    if lock is None:
+        yield
+        return
+    from pipeline.output_lock import run_under
+
+    with run_under(job.output, lock):
+        yield
+
+
 _NETWORK = {
     "retries": NETWORK_RETRIES,
     "retry_delay_seconds": exponential_backoff(backoff_factor=BACKOFF_FACTOR),
@@ -204,7 +221,7 @@ _NETWORK = {
 
 
 @task(name="discover", task_run_name="discover-{period}", **_NETWORK)  # type: ignore[call-overload]
-def discover_task(job: JobSpec, period: str = "event") -> Discovery:
+def discover_task(job: JobSpec, period: str = "event", lock: LockHolder | None = None) -> Discovery:
     """Search the catalog for the job's scenes (:func:`pipeline.stages.discover_stage`).
 
     Parameters
@@ -213,6 +230,8 @@ def discover_task(job: JobSpec, period: str = "event") -> Discovery:
         The job.
     period
         Label of the period (used in the task run's name).
+    lock
+        The flow run's hold of the output's lock (:func:`submit_job`).
 
     Returns
     -------
@@ -228,11 +247,14 @@ def discover_task(job: JobSpec, period: str = "event") -> Discovery:
     """
     from pipeline import stages
 
-    return stages.discover_stage(job)
+    with _under(job, lock):
+        return stages.discover_stage(job)
 
 
 @task(name="prepare", task_run_name="prepare-{period}", **_NETWORK)  # type: ignore[call-overload]
-def prepare_task(job: JobSpec, discovery: Discovery, period: str = "event") -> PreparedCube:
+def prepare_task(
+    job: JobSpec, discovery: Discovery, period: str = "event", lock: LockHolder | None = None
+) -> PreparedCube:
     """Build (or reuse) the job's input cube from the scenes found (:func:`pipeline.stages.prepare_stage`).
 
     Parameters
@@ -243,6 +265,8 @@ def prepare_task(job: JobSpec, discovery: Discovery, period: str = "event") -> P
         What :func:`discover_task` returned.
     period
         Label of the period.
+    lock
+        The flow run's hold of the output's lock (:func:`submit_job`).
 
     Returns
     -------
@@ -251,12 +275,17 @@ def prepare_task(job: JobSpec, discovery: Discovery, period: str = "event") -> P
     """
     from pipeline import stages
 
-    return stages.prepare_stage(job, discovery, progress=False)
+    with _under(job, lock):
+        return stages.prepare_stage(job, discovery, progress=False)
 
 
 @task(name="infer", task_run_name="infer-{period}", cache_key_fn=job_cache_key)
 def infer_task(
-    job: JobSpec, cube: PreparedCube, period: str = "event", force: bool = False
+    job: JobSpec,
+    cube: PreparedCube,
+    period: str = "event",
+    force: bool = False,
+    lock: LockHolder | None = None,
 ) -> InferenceResult:
     """Compute the job's change cube from its input cube, block by block on Dask
     (:func:`pipeline.stages.infer_stage`).
@@ -273,6 +302,8 @@ def infer_task(
         Label of the period (part of the cache key).
     force
         Recompute every block.
+    lock
+        The flow run's hold of the output's lock (:func:`submit_job`).
 
     Returns
     -------
@@ -281,7 +312,7 @@ def infer_task(
     """
     from pipeline import stages
 
-    with _dask_client_of_runner() as client:
+    with _under(job, lock), _dask_client_of_runner() as client:
         return stages.infer_stage(job, cube, force=force, client=client, progress=False)
 
 
@@ -292,9 +323,9 @@ def publish_task(
     cube: PreparedCube,
     discovery: Discovery,
     period: str = "event",
+    lock: LockHolder | None = None,
 ) -> PublishResult:
-    """Publish the change cube: COGs, STAC item, statistics and quick-look
-    (:func:`pipeline.stages.publish_stage`).
+    """Publish the change cube with the job's publishers (:func:`pipeline.stages.publish_stage`).
 
     Parameters
     ----------
@@ -304,6 +335,8 @@ def publish_task(
         What :func:`infer_task`, :func:`prepare_task` and :func:`discover_task` returned.
     period
         Label of the period.
+    lock
+        The flow run's hold of the output's lock (:func:`submit_job`).
 
     Returns
     -------
@@ -313,112 +346,53 @@ def publish_task(
     """
     from pipeline import stages
 
-    return stages.publish_stage(job, inference, cube, discovery, progress=False)
-
-
-# --------------------------------------------------------------------------- outputs
-
-
-def inference_summary(result: InferenceResult) -> dict[str, Any]:
-    """The JSON-ready record of an inference: ``path`` (the change cube), ``blocks``, ``computed``
-    and ``skipped`` (block counts) and ``wall_seconds``."""
-    return {
-        "path": str(result.path),
-        "blocks": int(result.blocks),
-        "computed": len(result.computed),
-        "skipped": len(result.skipped),
-        "wall_seconds": round(float(result.wall_seconds), 3),
-    }
-
-
-def publication_outputs(result: PublishResult) -> dict[str, Any]:
-    """The paths (as strings) of what a publication wrote: ``cogs`` (per layer),
-    ``stac_collection``, ``stac_item``, ``statistics_parquet``, ``statistics_json`` and
-    ``quicklook``."""
-    return {
-        "cogs": {layer: str(path) for layer, path in result.cogs.items()},
-        "stac_collection": str(result.stac_collection),
-        "stac_item": str(result.stac_item),
-        "statistics_parquet": str(result.statistics_parquet),
-        "statistics_json": str(result.statistics_json),
-        "quicklook": str(result.quicklook),
-    }
-
-
-def summarise_statistics(stats: ChangeStatistics, zone: str = "all") -> dict[str, Any]:
-    """Summarise a job's statistics for one zone: changed area and change per target.
-
-    Parameters
-    ----------
-    stats
-        A publication's statistics (:attr:`pipeline.publish.PublishResult.statistics`, or
-        :func:`pipeline.publish.statistics.read_statistics` of a published ``statistics.json``).
-    zone
-        Zone id; ``"all"`` is the whole area.
-
-    Returns
-    -------
-    dict
-        ``zone``, ``pixel_area_m2``, ``valid_pixels``, ``changed_area_m2``, ``changed_area_ha``
-        and ``targets``: per target class, ``changed_m2`` (change into or out of it), ``gained_m2``
-        (transitions from another class into it: e.g. newly flooded land for ``water``) and
-        ``lost_m2`` (transitions out of it).
-
-    Raises
-    ------
-    KeyError
-        The statistics have no such zone.
-    """
-    totals = {t.zone: t for t in stats.totals}.get(zone)
-    if totals is None:
-        raise KeyError(
-            f"zone {zone!r} is not in the statistics; they have {sorted(t.zone for t in stats.totals)}"
-        )
-    rows = stats.zone_rows(zone)
-    moves = [r for r in rows if r.kind == "transition"]  # class_from != class_to
-    targets = {
-        target: {
-            "changed_m2": float(sum(r.area_m2 for r in rows if r.kind == "target" and r.target == target)),
-            "gained_m2": float(sum(r.area_m2 for r in moves if r.class_to == target)),
-            "lost_m2": float(sum(r.area_m2 for r in moves if r.class_from == target)),
-        }
-        for target in stats.targets
-    }
-    return {
-        "zone": zone,
-        "pixel_area_m2": float(stats.pixel_area_m2),
-        "valid_pixels": int(totals.valid_pixels),
-        "changed_area_m2": float(totals.changed_area_m2),
-        "changed_area_ha": float(totals.changed_area_ha),
-        "targets": targets,
-    }
-
-
-def published_outputs(output: LocationLike) -> dict[str, str] | None:
-    """Return the published outputs of a finished job folder, or None when it is not finished.
-
-    A folder is finished when its change cube is complete and its STAC item and statistics have
-    been published (the STAC item is written last).
-    """
-    from pipeline.change_cube import change_cube_is_complete
-    from pipeline.layout import OutputLayout
-
-    layout = OutputLayout.of(output)
-    paths = {"change_cube": layout.change_cube, **layout.published_files()}
-    if not change_cube_is_complete(layout.change_cube):
-        return None
-    if not all(p.is_file() for name, p in paths.items() if name != "change_cube"):
-        return None
-    return {name: str(p) for name, p in paths.items()}
+    with _under(job, lock):
+        return stages.publish_stage(job, inference, cube, discovery, progress=False)
 
 
 # --------------------------------------------------------------------------- one job
 
 
-def submit_job(job: JobSpec, period: str, *, force: bool = False) -> tuple[Any, Any]:
-    """Check one job and submit its four stages to the flow's task runner, chained by their futures.
+@dataclass
+class SubmittedJob:
+    """A job whose stages are submitted, holding its output's lock until the publish task ends.
 
-    Must be called inside a flow. Jobs submitted one after another run concurrently.
+    Use it as a context manager: leaving the block waits for the publish task (whatever its
+    end) and gives the lock back.
+
+    Attributes
+    ----------
+    job
+        The job as checked (:func:`pipeline.stages.check_job`).
+    infer, published
+        The futures of the inference task (an :class:`~pipeline.infer.InferenceResult`) and of the
+        publish task (a :class:`~pipeline.publish.PublishResult`).
+    """
+
+    job: JobSpec
+    infer: Any
+    published: Any
+    _lock: contextlib.ExitStack = field(repr=False)
+
+    def __enter__(self) -> SubmittedJob:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        try:
+            self.published.wait()  # every task ends before it: each is upstream of publish
+        finally:
+            self._lock.close()
+
+
+def submit_job(job: JobSpec, period: str, *, force: bool = False) -> SubmittedJob:
+    """Check one job, take its output's lock and submit its four stages to the flow's task runner,
+    chained by their futures and run under that lock.
+
+    Must be called inside a flow, and its result used as a context manager (``with submit_job(job,
+    period) as run: run.published.result()``), which keeps the lock until the publish task ended.
+    Jobs submitted one after another run concurrently.
 
     Parameters
     ----------
@@ -432,22 +406,29 @@ def submit_job(job: JobSpec, period: str, *, force: bool = False) -> tuple[Any, 
 
     Returns
     -------
-    infer, publish
-        The futures of the inference task (an :class:`~pipeline.infer.InferenceResult`) and of the
-        publish task (a :class:`~pipeline.publish.PublishResult`).
+    SubmittedJob
 
     Raises
     ------
     Seg2ChangeError
         A check that needs no pixels failed (:func:`pipeline.stages.check_job`); nothing is submitted.
+    OutputLockedError
+        Another live run writes the same output; the message names it. Nothing is submitted.
     """
+    from pipeline.output_lock import hold_output
     from pipeline.stages import check_job
 
     job = check_job(job, force=force).job
-    # Futures stand in for the values they resolve to; Prefect waits for them before each stage.
-    found: Any = discover_task.submit(job, period=period)
-    cube: Any = prepare_task.submit(job, found, period=period)
-    infer_runner = infer_task.with_options(refresh_cache=True) if force else infer_task
-    infer: Any = infer_runner.submit(job, cube, period=period, force=force)
-    published = publish_task.submit(job, infer, cube, found, period=period)
-    return infer, published
+    stack = contextlib.ExitStack()
+    lock = stack.enter_context(hold_output(job.output, job=f"job {job.output}"))
+    try:
+        # Futures stand in for the values they resolve to; Prefect waits for them before each stage.
+        found: Any = discover_task.submit(job, period=period, lock=lock)
+        cube: Any = prepare_task.submit(job, found, period=period, lock=lock)
+        infer_runner = infer_task.with_options(refresh_cache=True) if force else infer_task
+        infer: Any = infer_runner.submit(job, cube, period=period, force=force, lock=lock)
+        published = publish_task.submit(job, infer, cube, found, period=period, lock=lock)
+    except BaseException:
+        stack.close()
+        raise
+    return SubmittedJob(job, infer, published, stack)

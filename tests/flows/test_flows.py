@@ -214,6 +214,22 @@ def test_response_reports_flooded_area(
     assert markdown and "water gained" in str(markdown[-1].data)
 
 
+def test_a_response_publishing_only_cogs_returns_its_files_and_no_statistics(
+    prefect_api: None, flood_scene: GeneratedScene, tmp_path: Path
+) -> None:
+    parameters = response_parameters(flood_scene, tmp_path / "cogs-only")
+    parameters["job_options"] = {**SYNTHETIC_OPTIONS, "publishers": ["cog"]}
+    result = response_flow(**parameters)
+    assert result["statistics"] is None and result["affected_area_m2"] is None
+    cogs = result["outputs"].pop("cogs")
+    written = {str(p) for p in (tmp_path / "cogs-only" / "cogs").iterdir()}
+    assert set(cogs.values()) | set(result["outputs"].values()) == written
+    assert "change" in cogs
+    markdown = str(_run(_artifacts("seg2change-response"))[-1].data)
+    assert "gained" not in markdown and "item.json" not in markdown
+    assert f"- after: {result['event']['after']}" in markdown
+
+
 def _recorded_job(result: dict[str, Any]) -> dict[str, Any]:
     import zarr
 

@@ -4,18 +4,25 @@ Both chain the stages of :mod:`pipeline.stages` after :func:`pipeline.stages.che
 job below is given to :func:`pipeline.run.run_job` and to a Prefect flow that submits it
 (:func:`flows.tasks.submit_job`, as the response and monitoring flows do): both must refuse it with
 the same error and message, before the catalog is searched and with nothing written. A forced
-rerun must rebuild the input cube on both paths, and a plain rerun reuse it on both.
+rerun must rebuild the input cube on both paths, and a plain rerun reuse it on both. A job that
+publishes only some outputs succeeds on both paths and lists what it published, and both hold the
+output's lock from the check to the end of the publication.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from datetime import date
 from pathlib import Path
 from typing import Any, NoReturn
 
 import pytest
+import yaml
 from prefect import flow
 from prefect.settings import (
     PREFECT_HOME,
@@ -24,11 +31,14 @@ from prefect.settings import (
     temporary_settings,
 )
 from prefect.testing.utilities import prefect_test_harness
+from typer.testing import CliRunner
 
 import pipeline.stages
+from flows.cli import app
 from flows.monitoring import monitoring_flow
+from flows.outputs import publication_outputs, statistics_summary, summarise_statistics
 from flows.response import response_flow
-from flows.tasks import submit_job, summarise_statistics
+from flows.tasks import submit_job
 from pipeline.demo import demo_job_fields
 from pipeline.errors import ClusterError, ContainmentError, JobSpecError, JobTooLargeError
 from pipeline.publish.statistics import read_statistics
@@ -56,8 +66,9 @@ def scene(tmp_path_factory: pytest.TempPathFactory) -> GeneratedScene:
     return generate_scene(SCENE, tmp_path_factory.mktemp("parity-scene"))
 
 
-def scene_job(scene: GeneratedScene, output: Path, **changes: Any) -> JobSpec:
-    """A small job on the scene: the CVA baseline and the spectral segmenter, one in-process worker."""
+def scene_fields(scene: GeneratedScene, output: Path, **changes: Any) -> dict[str, Any]:
+    """The fields of a small job on the scene: the CVA baseline and the spectral segmenter, one
+    in-process worker."""
     fields = demo_job_fields(scene, str(scene.items_path), output)
     fields.update(
         block_size=256,
@@ -65,14 +76,27 @@ def scene_job(scene: GeneratedScene, output: Path, **changes: Any) -> JobSpec:
         cluster={"n_workers": 1, "threads_per_worker": 1, "processes": False},
     )
     fields.update(changes)
-    return JobSpec.build(**fields)
+    return fields
+
+
+def scene_job(scene: GeneratedScene, output: Path, **changes: Any) -> JobSpec:
+    """:func:`scene_fields` as a job."""
+    return JobSpec.build(**scene_fields(scene, output, **changes))
 
 
 @flow
 def submitted(job: JobSpec, force: bool = False) -> Any:
     """What the response and monitoring flows do with a job: submit its stages and wait."""
-    _, published = submit_job(job, "parity", force=force)
-    return published.result()
+    with submit_job(job, "parity", force=force) as run:
+        return run.published.result()
+
+
+@flow
+def listed(job: JobSpec) -> dict[str, Any]:
+    """What the response flow returns of a publication: its files and its statistics' summary."""
+    with submit_job(job, "parity") as run:
+        publication = run.published.result()
+    return {"outputs": publication_outputs(publication), "statistics": statistics_summary(publication)}
 
 
 def tree(folder: Path) -> dict[str, int]:
@@ -222,3 +246,65 @@ def test_force_rebuilds_the_input_cube_on_both_paths(
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == sorted(
         p.name for p in (tmp_path / "flow").iterdir()
     )
+
+
+def test_a_job_publishing_only_cogs_lists_its_files_on_both_paths(
+    prefect_api: None, scene: GeneratedScene, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="flows.outputs"):
+        result = listed(scene_job(scene, tmp_path / "flow", publishers=["cog"]))
+    assert result["statistics"] is None
+    assert "the job's publishers (cog) leave out 'statistics'" in caplog.text
+    listed_files = {Path(p) for p in result["outputs"].pop("cogs").values()} | {
+        Path(p) for p in result["outputs"].values()
+    }
+    assert listed_files == set((tmp_path / "flow" / "cogs").iterdir())
+
+    # The CLI last: it configures logging for its process, caplog's handler included.
+    job_file = tmp_path / "job.yaml"
+    job_file.write_text(yaml.safe_dump(scene_fields(scene, tmp_path / "run", publishers=["cog"])))
+    ran = CliRunner().invoke(app, ["run", str(job_file), "--no-progress"])
+    assert ran.exit_code == 0, ran.output
+    assert "no change statistics: the job's publishers leave out 'statistics'" in ran.output
+    printed = "".join(ran.output.split())  # long paths may wrap
+    cogs = sorted((tmp_path / "run" / "cogs").iterdir())
+    assert cogs and all(str(path) in printed for path in cogs)
+    published = {"statistics.json", "statistics.parquet", "quicklook.png", "stac"}
+    assert not published & {p.name for p in (tmp_path / "run").iterdir()}
+    assert sorted(p.name for p in (tmp_path / "flow").iterdir()) == sorted(
+        p.name for p in (tmp_path / "run").iterdir()
+    )
+
+
+def test_a_second_run_is_refused_while_a_flow_run_is_between_two_stages(
+    prefect_api: None, scene: GeneratedScene, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    output = tmp_path / "out"
+    job_file = tmp_path / "job.yaml"
+    job_file.write_text(yaml.safe_dump(scene_fields(scene, output)))
+    second: list[subprocess.CompletedProcess[str]] = []
+    prepare_stage = pipeline.stages.prepare_stage
+
+    def second_run_then_prepare(*args: Any, **kwargs: Any) -> Any:
+        """The discover task has ended, the prepare task not started its stage: another run starts."""
+        command = Path(sys.executable).with_name("seg2change")
+        second.append(
+            subprocess.run(
+                [str(command), "run", str(job_file), "--no-progress"],
+                capture_output=True,
+                text=True,
+                timeout=300,
+                env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "COLUMNS": "400"},
+            )
+        )
+        return prepare_stage(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline.stages, "prepare_stage", second_run_then_prepare)
+    publication = submitted(JobSpec.build(**scene_fields(scene, output)))
+    [refused] = second
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    message = " ".join((refused.stdout + refused.stderr).split())
+    assert f"error: {output} is being written by run" in message
+    assert f"of process {os.getpid()}" in message
+    assert publication.stac_item.local_path.is_file()
+    assert not (output / ".seg2change.lock").exists(), "the flow run must give the lock back"
