@@ -53,6 +53,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from engine_efficiency import machine_header  # noqa: E402
 
+import pipeline.block_submission  # noqa: E402
+import pipeline.block_tasks  # noqa: E402
 import pipeline.infer  # noqa: E402
 import pipeline.output_lock  # noqa: E402
 from pipeline.change_cube import BlockGrid  # noqa: E402
@@ -237,7 +239,7 @@ def cluster_case(
     reference: dict[str, bytes],
 ) -> list[str]:  # fmt: skip
     out = folder / "change_cube.zarr"
-    real = getattr(pipeline.infer, "write_block")  # noqa: B009
+    real = getattr(pipeline.block_tasks, "write_block")  # noqa: B009
     fired = threading.Event()
     started = time.perf_counter()
     with (
@@ -259,7 +261,7 @@ def cluster_case(
                 threading.Thread(target=fault, args=(cluster, client), daemon=True).start()
                 time.sleep(0.5)
 
-        setattr(pipeline.infer, "write_block", write_block)  # noqa: B010
+        setattr(pipeline.block_tasks, "write_block", write_block)  # noqa: B010
         try:
             result = run_engine(cube, out, client)
             outcome = f"ok, {len(result.computed)} blocks"
@@ -267,7 +269,7 @@ def cluster_case(
         except Seg2ChangeError as exc:
             outcome, same = f"{type(exc).__name__}: {str(exc)[:80]}…", "-"
         finally:
-            setattr(pipeline.infer, "write_block", real)  # noqa: B010
+            setattr(pipeline.block_tasks, "write_block", real)  # noqa: B010
     return [label, "-", outcome, same, "-", f"{time.perf_counter() - started:.1f}"]
 
 
@@ -298,7 +300,7 @@ def main() -> None:
         f"block:written@{n}" for n in ((1, BLOCKS // 2, BLOCKS) if args.quick else range(1, BLOCKS + 1))
     ]
     points += ["finalise:start", "finalise:marked"]
-    pipeline.infer.WORKERLESS_SECONDS = args.workerless
+    pipeline.block_submission.WORKERLESS_SECONDS = args.workerless
     with tempfile.TemporaryDirectory(prefix="seg2change-faults-") as tmp:
         root = Path(tmp)
         cube = make_cube(root / "input_cube.zarr")

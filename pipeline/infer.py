@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 import time
-import types
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -35,8 +33,8 @@ from typing import Any, TypeVar
 import numpy as np
 from distributed import Client
 
-from pipeline import __version__, block_submission, block_tasks
-from pipeline.block_submission import WORKERLESS_SECONDS, clear_input_caches, run_blocks
+from pipeline import __version__
+from pipeline.block_submission import clear_input_caches, run_blocks
 from pipeline.block_tasks import BlockContext, BlockReport
 from pipeline.change_cube import (
     ATTR_FINGERPRINT,
@@ -57,7 +55,6 @@ from pipeline.change_cube import (
     inspect_change_cube,
     read_done,
     remove_change_cube,
-    write_block,
 )
 from pipeline.cluster import connect
 from pipeline.cube_fit import fit_for_cube
@@ -77,7 +74,6 @@ from seg2change_core.prompts import PromptSet
 # Besides the entry point and its result, names that bench scripts and tests of other modules use
 # from here (re-exported; their homes are the modules they are imported from).
 __all__ = [
-    "WORKERLESS_SECONDS",
     "InferenceResult",
     "blend_tiles",
     "derive_layers",
@@ -86,7 +82,6 @@ __all__ = [
     "run_inference",
     "run_tiles",
     "valid_pixels",
-    "write_block",
 ]
 
 log = logging.getLogger(__name__)
@@ -463,23 +458,3 @@ def _closed_quietly_on_error(manager: AbstractContextManager[T]) -> Iterator[T]:
             raise
     else:
         manager.__exit__(None, None, None)
-
-
-class _ForwardingModule(types.ModuleType):
-    """This module, where the engine's fault-injection hooks may still be replaced.
-
-    tests/pipeline/test_object_store.py and bench/fault_injection.py replace ``write_block`` and
-    ``WORKERLESS_SECONDS`` here; they live in the modules that use them now, so setting one here
-    sets it there as well. (Drop this once those files patch pipeline.block_tasks and
-    pipeline.block_submission.)
-    """
-
-    def __setattr__(self, name: str, value: object) -> None:
-        owner = _FORWARDED.get(name)
-        if owner is not None:
-            setattr(owner, name, value)
-        super().__setattr__(name, value)
-
-
-_FORWARDED: dict[str, types.ModuleType] = {"write_block": block_tasks, "WORKERLESS_SECONDS": block_submission}
-sys.modules[__name__].__class__ = _ForwardingModule

@@ -10,12 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 from engine_inputs import engine_job
 
-import pipeline.block_submission
-import pipeline.block_tasks
-import pipeline.infer
 from pipeline.engine_spec import ModelSpec
 from pipeline.inference_identity import (
     INFERENCE_JOB_FIELDS,
@@ -84,18 +80,3 @@ def test_a_job_recorded_in_another_form_is_kept_as_it_is() -> None:
     assert inference_job_fields("job /data/berlin") == "job /data/berlin"
     assert inference_job_fields("[1, 2]") == [1, 2]
     assert inference_job_fields(None) is None
-
-
-@pytest.mark.parametrize(
-    ("name", "home"),
-    [("write_block", pipeline.block_tasks), ("WORKERLESS_SECONDS", pipeline.block_submission)],
-)
-def test_a_hook_replaced_on_pipeline_infer_is_replaced_where_it_is_used(
-    name: str, home: object, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    real = getattr(home, name)
-    replacement = object()
-    monkeypatch.setattr(pipeline.infer, name, replacement)
-    assert getattr(home, name) is replacement and getattr(pipeline.infer, name) is replacement
-    monkeypatch.undo()
-    assert getattr(home, name) is real and getattr(pipeline.infer, name) is real

@@ -30,6 +30,7 @@ from engine_inputs import PROMPTS, engine_job, patch_reflectance, write_reflecta
 from rio_cogeo.cogeo import cog_validate
 from test_restart import failing_after, recording_writes
 
+import pipeline.block_tasks
 import pipeline.infer
 from pipeline.change_cube import BlockGrid, read_done
 from pipeline.engine_spec import ClusterSpec, TilingSpec
@@ -390,7 +391,9 @@ def test_failed_s3_run_resumes_and_matches_an_uninterrupted_run(
 
     out = store.url("restart", f"change-{tmp_path.name}.zarr")
     half = len(ALL_BLOCKS) // 2
-    monkeypatch.setattr(pipeline.infer, "write_block", failing_after(half, pipeline.infer.write_block))
+    monkeypatch.setattr(
+        pipeline.block_tasks, "write_block", failing_after(half, pipeline.block_tasks.write_block)
+    )
     with pytest.raises(InferenceError, match="run the same job again to resume"):
         _infer(restart_job, restart_cube, out)
     monkeypatch.undo()
