@@ -21,7 +21,8 @@ Per stage it prints
 * the load average at the stage's end.
 
 Then the whole run's efficiency (model seconds / (whole wall x cores)), km^2/min, and the job's
-memory estimate (:func:`pipeline.cost.estimate_job`: client + workers) against the measured peak.
+memory estimate (:func:`pipeline.cost.estimate_job`: client + workers, model activations and
+publishing included) against the measured peak.
 
 Usage::
 
@@ -248,6 +249,9 @@ def run_one(size: int, cache: Path, block: int | None, publish_only: bool) -> di
         estimate={
             "client_bytes": estimate.client_bytes,
             "worker_bytes": estimate.worker_bytes,
+            "activation_bytes": estimate.activation_bytes,
+            "publish_bytes": estimate.publish_bytes,
+            "in_process_bytes": estimate.in_process_bytes(workers),
             "workers": workers,
             "threads": threads,
             "processes": bool(job.cluster.processes),
@@ -309,14 +313,16 @@ def report(results: list[dict[str, Any]]) -> None:
             predicted, measured = est["client_bytes"], client_peak
             print(
                 f"estimate: client {_mb(predicted)} MB vs measured {_mb(measured)} MB "
-                f"({measured / predicted:.2f}x); worker {_mb(est['worker_bytes'])} MB (besides models) "
+                f"({measured / predicted:.2f}x); worker {_mb(est['worker_bytes'])} MB (besides model weights) "
                 f"vs measured {_mb(worker_peak)} MB ({worker_peak / est['worker_bytes']:.2f}x)"
             )
         else:
-            predicted = est["client_bytes"] + est["workers"] * est["worker_bytes"]
+            predicted = est["in_process_bytes"]
             print(
-                f"estimate (in-process worker, {est['threads']} threads): client {_mb(est['client_bytes'])} MB + "
-                f"worker {_mb(est['worker_bytes'])} MB = {_mb(predicted)} MB vs measured client peak "
+                f"estimate (in-process worker, {est['threads']} threads): client "
+                f"{_mb(est['client_bytes'] - est['publish_bytes'])} MB + the larger of publishing "
+                f"{_mb(est['publish_bytes'])} MB and the worker {_mb(est['worker_bytes'])} MB (activations "
+                f"{_mb(est['activation_bytes'])} MB) = {_mb(predicted)} MB vs measured client peak "
                 f"{_mb(client_peak)} MB ({client_peak / predicted:.2f}x)"
             )
         print(f"job: {est['describe']}")

@@ -11,6 +11,11 @@ builds over the whole AOI (stackstac's graph of reads over every block, and xarr
 every chunk) holds about :data:`CLIENT_BYTES_PER_BLOCK` per block on the client before anything is
 written (measured by ``bench/job_estimate.py``), and inference plans every block up front. The
 estimate says so; the refusal keeps such a job from starting at all.
+
+The worker's share includes the models' activations: per thread, one change-model call on one tile
+pair and the segmenter over a batch of tiles (:data:`MODEL_CALL_BYTES_PER_PIXEL`,
+:data:`BATCH_BYTES_PER_TILE_PIXEL`). The client's share includes publishing
+(:data:`PUBLISH_BYTES`), which runs on the client after inference.
 """
 
 from __future__ import annotations
@@ -26,7 +31,16 @@ from pipeline.spec import JobSpec
 from pipeline.tile_plan import DEFAULT_STRIP_PIXELS
 from pipeline.tiling import axis_starts
 
-__all__ = ["CLIENT_BASE_BYTES", "CLIENT_BYTES_PER_BLOCK", "JobEstimate", "check_job_size", "estimate_job"]
+__all__ = [
+    "BATCH_BYTES_PER_TILE_PIXEL",
+    "CLIENT_BASE_BYTES",
+    "CLIENT_BYTES_PER_BLOCK",
+    "MODEL_CALL_BYTES_PER_PIXEL",
+    "PUBLISH_BYTES",
+    "JobEstimate",
+    "check_job_size",
+    "estimate_job",
+]
 
 #: Client memory per input-cube block while the lazy cube and the block plan are held. The lazy cube
 #: alone took 21-25 kB per block of 1024 px (two items per window, 256 to 3,968 blocks) in
@@ -34,6 +48,20 @@ __all__ = ["CLIENT_BASE_BYTES", "CLIENT_BYTES_PER_BLOCK", "JobEstimate", "check_
 CLIENT_BYTES_PER_BLOCK = 40_000
 #: The client process before any job (Python, NumPy, torch, dask, rasterio imported): about 400 MB.
 CLIENT_BASE_BYTES = 400 * 10**6
+#: Peak memory of one change-model call on one tile pair, per pixel of the tile, beyond its input.
+#: Fitted once, for the demo models (``cach-conv-demo`` + the spectral segmenter, 6 bands): the peak
+#: RSS of :func:`pipeline.tile_kernel.run_tiles` on a 504 px tile is about
+#: ``tile**2 * (MODEL_CALL_BYTES_PER_PIXEL + n * (BATCH_BYTES_PER_TILE_PIXEL + outputs))`` for
+#: ``n`` = 1 and 8 tiles per batch (227 and 970 MB); one 1008 px tile took 844 MB, 7 % under the
+#: formula. A backbone with larger feature maps (a ViT) takes more: measure it the same way first.
+MODEL_CALL_BYTES_PER_PIXEL = 480
+#: The segmenter's and the batch's working memory per tile of a batch, per pixel of the tile,
+#: besides the tile's outputs (which the group's outputs count). Fitted with the figure above.
+BATCH_BYTES_PER_TILE_PIXEL = 350
+#: Publishing (COGs, STAC, statistics from the change cube, block by block) on the client: about
+#: 300 MB over the client's base in an earlier ``bench/full_tile.py`` run at the demo's 512 px
+#: block; a constant until it is measured at other block sizes.
+PUBLISH_BYTES = 300 * 10**6
 
 _EPOCHS = 2
 _FLOAT = 4
@@ -57,10 +85,16 @@ class JobEstimate:
         Bytes of the input cube (float32 reflectance of both dates and every band, and the clear
         counts), before compression.
     worker_bytes
-        Memory of one worker, besides the models: its chunk cache, the tile inputs and block outputs
-        of its threads, and the tile outputs a strip keeps for the next block row.
+        Memory of one worker, besides the models' weights: its chunk cache, the tile inputs, model
+        activations (``activation_bytes``) and block outputs of its threads, and the tile outputs
+        a strip keeps for the next block row.
+    activation_bytes
+        The part of ``worker_bytes`` that the model calls of its threads take.
     client_bytes
-        Memory of the client while the input cube is assembled and the blocks planned.
+        Memory of the client: the input cube assembled and the blocks planned, then publishing
+        (``publish_bytes``).
+    publish_bytes
+        The part of ``client_bytes`` that publishing takes.
     max_pixels
         The job's limit.
     """
@@ -75,7 +109,9 @@ class JobEstimate:
     tiles: int
     input_bytes: int
     worker_bytes: int
+    activation_bytes: int
     client_bytes: int
+    publish_bytes: int
     max_pixels: int
 
     @property
@@ -83,13 +119,21 @@ class JobEstimate:
         """Whether the job exceeds its ``max_pixels``."""
         return self.pixels > self.max_pixels
 
+    def in_process_bytes(self, workers: int) -> int:
+        """Peak of one process holding the client and ``workers`` workers (a cluster of threads).
+
+        Publishing starts after inference, so it reuses the memory the workers' blocks freed.
+        """
+        planning = self.client_bytes - self.publish_bytes
+        return planning + max(self.publish_bytes, workers * self.worker_bytes)
+
     def describe(self) -> str:
         """One line for people: the grid, blocks, tiles, bytes and memory."""
         return (
             f"{self.width:,} x {self.height:,} px = {self.pixels:.3g} px (limit {self.max_pixels:.3g}), "
             f"{self.blocks:,} blocks of {self.block_size} px, {self.tiles:,} tiles of {self.tile_size} px "
             f"(overlap {self.overlap}), input cube {_bytes(self.input_bytes)}, about "
-            f"{_bytes(self.worker_bytes)} per worker besides the models, about "
+            f"{_bytes(self.worker_bytes)} per worker besides the model weights, about "
             f"{_bytes(self.client_bytes)} on the client"
         )
 
@@ -137,11 +181,13 @@ def estimate_job(job: JobSpec, *, tile_size: int | None = None, threads: int | N
     group_input = tiles_across * tile * tile * _EPOCHS * bands * _FLOAT
     group_output = tiles_across * tile * tile * out_channels * _FLOAT
     block_output = block * block * out_channels * _FLOAT
+    batch = min(job.tiling.batch_size, tiles_across)
+    activations = tile * tile * (MODEL_CALL_BYTES_PER_PIXEL + batch * BATCH_BYTES_PER_TILE_PIXEL)
     strip_px = min(width, max(block, ((job.tiling.strip_size or DEFAULT_STRIP_PIXELS) // block) * block))
     held = strip_px * tile * out_channels * _FLOAT
     if threads is None:
         threads = job.cluster.threads_per_worker or job.cluster.local_layout(os.cpu_count() or 1)[1]
-    worker = DEFAULT_CACHE_BYTES + threads * (group_input + group_output + block_output) + held
+    worker = DEFAULT_CACHE_BYTES + threads * (group_input + group_output + block_output + activations) + held
     return JobEstimate(
         width=width,
         height=height,
@@ -153,7 +199,9 @@ def estimate_job(job: JobSpec, *, tile_size: int | None = None, threads: int | N
         tiles=tiles,
         input_bytes=input_bytes,
         worker_bytes=worker,
-        client_bytes=CLIENT_BASE_BYTES + blocks * CLIENT_BYTES_PER_BLOCK,
+        activation_bytes=threads * activations,
+        client_bytes=CLIENT_BASE_BYTES + blocks * CLIENT_BYTES_PER_BLOCK + PUBLISH_BYTES,
+        publish_bytes=PUBLISH_BYTES,
         max_pixels=job.limits.max_pixels,
     )
 

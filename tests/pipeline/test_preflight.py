@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import socket
 from pathlib import Path
 from typing import Any, NoReturn
@@ -12,7 +13,7 @@ import yaml
 from typer.testing import CliRunner
 
 import pipeline.stages
-from pipeline.cost import check_job_size, estimate_job
+from pipeline.cost import BATCH_BYTES_PER_TILE_PIXEL, PUBLISH_BYTES, check_job_size, estimate_job
 from pipeline.demo import demo_checkpoint
 from pipeline.errors import ClusterError, JobSpecError, JobTooLargeError
 from pipeline.preflight import preflight
@@ -62,8 +63,39 @@ def test_estimate_counts_the_grid_blocks_tiles_and_bytes(tmp_path: Path) -> None
     assert estimate.blocks == 4
     assert estimate.tiles == len(TileGrid(1024, 1024, 256, 32))
     assert estimate.input_bytes == 1024 * 1024 * 2 * (6 * 4 + 1)
-    assert estimate.worker_bytes > 0 and estimate.client_bytes > 0
+    assert estimate.worker_bytes > estimate.activation_bytes > 0
+    assert estimate.client_bytes > estimate.publish_bytes == PUBLISH_BYTES
     assert not estimate.over_limit
+
+
+def _square_job(tmp_path: Path, tile: int, batch: int) -> JobSpec:
+    aoi = {"bbox": [500000, 5800000, 510240, 5810240], "crs": "EPSG:32633"}
+    tiling = {"tile_size": tile, "overlap": 32, "batch_size": batch}
+    return JobSpec.build(**fields(tmp_path, aoi=aoi, block_size=512, tiling=tiling))
+
+
+def test_estimate_counts_model_activations_per_thread_tile_area_and_batch(tmp_path: Path) -> None:
+    def activations(tile: int, batch: int, threads: int) -> int:
+        return estimate_job(_square_job(tmp_path, tile, batch), threads=threads).activation_bytes
+
+    one = activations(256, 1, 1)
+    assert activations(256, 1, 2) == 2 * one
+    assert activations(512, 1, 1) == 4 * one  # the tile's area
+    assert activations(256, 2, 1) - one == 256 * 256 * BATCH_BYTES_PER_TILE_PIXEL
+    # A batch never holds more tiles than a group has: a block's tile row and the strip seam's tile.
+    group = math.ceil(512 / (256 - 32)) + 1
+    assert activations(256, 64, 1) == activations(256, group, 1) > activations(256, group - 1, 1)
+    # The rest of a worker's share does not depend on the batch.
+    small, large = (estimate_job(_square_job(tmp_path, 256, b), threads=2) for b in (1, 8))
+    assert small.worker_bytes - small.activation_bytes == large.worker_bytes - large.activation_bytes > 0
+
+
+def test_one_process_holds_the_larger_of_publishing_and_its_workers(tmp_path: Path) -> None:
+    estimate = estimate_job(_square_job(tmp_path, 256, 8), threads=2)
+    planning = estimate.client_bytes - estimate.publish_bytes
+    assert estimate.in_process_bytes(1) == planning + max(estimate.publish_bytes, estimate.worker_bytes)
+    assert estimate.in_process_bytes(2) == planning + 2 * estimate.worker_bytes
+    assert estimate.in_process_bytes(0) == estimate.client_bytes
 
 
 def test_continent_is_refused_with_the_estimate(tmp_path: Path, no_discovery: None) -> None:
