@@ -25,10 +25,12 @@ Pixel values of the date layers are window numbers; the windows' dates are the r
 A date layer is nodata where no pair had data.
 
 Root attributes: ``format`` (:data:`FORMAT`), ``windows``, ``pairs_done`` (pairs stacked so far),
-``base`` (the base job, JSON), ``classes`` (JSON). A pair's slices are written before
-``pairs_done`` counts it, and the date layers are recomputed from the stacked ``change`` (one pair
-at a time per block, so memory does not grow with the number of pairs) after each pair; a run
-killed between the two redoes that pair's slices, which gives the same bytes.
+``base`` (the base job, JSON), ``classes`` (JSON). For each pair, its slices are written, then
+the date layers are recomputed from the stacked ``change`` (one pair at a time per block, so
+memory does not grow with the number of pairs), and only then does ``pairs_done`` count it; a run
+killed before that redoes the pair's slices and date layers, which gives the same bytes (a test
+holds it). The date layers are derived, so they are rewritten whole at each pair; the pair slices
+already stacked are never rewritten.
 """
 
 from __future__ import annotations
@@ -191,8 +193,8 @@ def add_pair(path: Path, k: int, pair_cube: Path, windows: list[str], base: dict
     """Stack pair ``k``'s change cube into the sequence cube (created by pair 1), block by block.
 
     Pair ``k``'s slices are written; the arrays grow along ``pair``/``time`` when ``k`` is new,
-    nothing earlier is rewritten. Then ``pairs_done`` becomes ``k`` and the date layers are
-    recomputed (:func:`update_date_layers`).
+    nothing earlier is rewritten. Then the date layers are recomputed
+    (:func:`update_date_layers`), and only then does ``pairs_done`` become ``k``.
     """
     pair = zarr.open_group(str(pair_cube), mode="r")
     group = _open(Path(path))
@@ -225,8 +227,8 @@ def add_pair(path: Path, k: int, pair_cube: Path, windows: list[str], base: dict
         if k == 1:
             out["class"][0, rows, cols] = np.asarray(src["class_before"][rows, cols])
         out["class"][k, rows, cols] = np.asarray(src["class_after"][rows, cols])
+    update_date_layers(group, k, windows[: k + 1])
     group.attrs.update({"windows": windows[: k + 1], "pairs_done": k})
-    update_date_layers(group)
     zarr.consolidate_metadata(str(path))
 
 
@@ -246,14 +248,13 @@ def _fold(stack: Iterator[NDArray[np.uint8]], shape: tuple[int, ...]) -> tuple[N
     return first, last, count
 
 
-def update_date_layers(group: zarr.Group) -> None:
-    """Recompute the date layers from the stacked ``change`` and ``target_change``, block by block.
+def update_date_layers(group: zarr.Group, pairs: int, windows: list[str]) -> None:
+    """Recompute the date layers from the first ``pairs`` stacked ``change`` and ``target_change``
+    slices, block by block, labelling them with ``windows``.
 
     Each block reads one pair at a time, so memory follows the block size, not the number of pairs.
     """
-    pairs = int(_attr(group, "pairs_done"))
     block = int(_attr(group, "block_size"))
-    windows = list(_attr(group, "windows"))
     change, targets = _a(group, "change"), _a(group, "target_change")
     dates = {name: _a(group, name) for name in (*DATE_LAYERS, "first_target_change")}
     for rows, cols in _blocks(change.shape, block):

@@ -1,8 +1,8 @@
 """A sequence end to end on a generated 7-period scene: when things changed, and appending a window.
 
-One module-scoped run does the work of every test: the sequence of the first 6 windows, then the
-7th appended, and the whole 7-window sequence at once in another folder (12 pair jobs on a
-256 px scene).
+One module-scoped run does the work of every test: the sequence of the first 6 windows (stopped
+once after pair 3's slices and resumed), then the 7th appended, and the whole 7-window sequence at
+once in another folder (13 pair jobs, one of them a restart, on a 256 px scene).
 """
 
 from __future__ import annotations
@@ -19,11 +19,13 @@ import xarray as xr
 import zarr
 from numpy.typing import NDArray
 
+import pipeline.sequence.cube as sequence_cube
 import pipeline.sequence.run as sequence_run
 from pipeline.demo import DEMO_PROMPTS, demo_checkpoint, generated_classes
 from pipeline.errors import OutputExistsError
 from pipeline.run import RunResult, run_job
 from pipeline.sequence import SEQUENCE_CUBE, SequenceResult, SequenceSpec, run_sequence
+from pipeline.sequence.cube import update_date_layers
 from pipeline.synthetic import SceneSpec
 from pipeline.synthetic.sequence import GeneratedSequence, changed_classes, generate_sequence
 
@@ -73,14 +75,25 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
         calls.append(job.output)
         return run_job(job, **kwargs)
 
+    def stopped_at_pair_3(group: zarr.Group, pairs: int, windows: list[str]) -> None:
+        # A run stopped after pair 3's slices were written, before its date layers were.
+        if pairs == 3:
+            raise KeyboardInterrupt("stopped at pair 3")
+        update_date_layers(group, pairs, windows)
+
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(sequence_run, "run_job", counted)
+        with pytest.MonkeyPatch.context() as stop:
+            stop.setattr(sequence_cube, "update_date_layers", stopped_at_pair_3)
+            with pytest.raises(KeyboardInterrupt):
+                run_sequence(_spec(scene, root / "appended", PERIODS - 1), progress=False)
         first = run_sequence(_spec(scene, root / "appended", PERIODS - 1), progress=False)
         first_calls = len(calls)
         appended = run_sequence(_spec(scene, root / "appended", PERIODS), progress=False)
         appended_calls = len(calls) - first_calls
         whole = run_sequence(_spec(scene, root / "whole", PERIODS), progress=False)
-    assert first.computed == tuple(range(1, PERIODS - 1))
+    # Pair 3 counts as not done after the stop, and is run again (its own job restarts from its outputs).
+    assert first.computed == tuple(range(3, PERIODS - 1))
     yield Runs(scene, appended, appended_calls, whole, first_calls)
 
 
@@ -93,7 +106,8 @@ def _files(cube: Path) -> dict[str, bytes]:
 
 
 def test_appending_a_window_runs_only_the_new_pair_and_equals_the_whole_run(runs: Runs) -> None:
-    assert runs.first_calls == PERIODS - 2
+    """Also after a stop between a pair's slices and its date layers (pair 3 is stacked twice)."""
+    assert runs.first_calls == PERIODS - 1
     assert runs.appended.computed == (PERIODS - 1,) and runs.appended_calls == 1
     assert runs.whole.computed == tuple(range(1, PERIODS))
     appended, whole = _files(runs.appended.cube), _files(runs.whole.cube)
