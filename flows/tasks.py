@@ -213,14 +213,16 @@ def _under(job: JobSpec, lock: LockHolder | None) -> Iterator[None]:
         yield
 
 
-_NETWORK = {
-    "retries": NETWORK_RETRIES,
-    "retry_delay_seconds": exponential_backoff(backoff_factor=BACKOFF_FACTOR),
-    "retry_condition_fn": retry_on_network_error,
-}
+_NETWORK_DELAYS = exponential_backoff(backoff_factor=BACKOFF_FACTOR)
 
 
-@task(name="discover", task_run_name="discover-{period}", **_NETWORK)  # type: ignore[call-overload]
+@task(
+    name="discover",
+    task_run_name="discover-{period}",
+    retries=NETWORK_RETRIES,
+    retry_delay_seconds=_NETWORK_DELAYS,
+    retry_condition_fn=retry_on_network_error,
+)
 def discover_task(job: JobSpec, period: str = "event", lock: LockHolder | None = None) -> Discovery:
     """Search the catalog for the job's scenes (:func:`pipeline.stages.discover_stage`).
 
@@ -251,7 +253,13 @@ def discover_task(job: JobSpec, period: str = "event", lock: LockHolder | None =
         return stages.discover_stage(job)
 
 
-@task(name="prepare", task_run_name="prepare-{period}", **_NETWORK)  # type: ignore[call-overload]
+@task(
+    name="prepare",
+    task_run_name="prepare-{period}",
+    retries=NETWORK_RETRIES,
+    retry_delay_seconds=_NETWORK_DELAYS,
+    retry_condition_fn=retry_on_network_error,
+)
 def prepare_task(
     job: JobSpec, discovery: Discovery, period: str = "event", lock: LockHolder | None = None
 ) -> PreparedCube:
