@@ -209,7 +209,7 @@ def run_one(size: int, cache: Path, block: int | None, publish_only: bool) -> di
     from pipeline.infer import run_inference
     from pipeline.preflight import preflight
     from pipeline.publish import publish
-    from pipeline.run import change_cube_path
+    from pipeline.stages import change_cube_path
 
     _, job, out = _scene_and_job(size, cache, block)
     recorder = Recorder()
@@ -251,6 +251,7 @@ def run_one(size: int, cache: Path, block: int | None, publish_only: bool) -> di
             "worker_bytes": estimate.worker_bytes,
             "activation_bytes": estimate.activation_bytes,
             "publish_bytes": estimate.publish_bytes,
+            "publish_area_bytes": estimate.publish_area_bytes,
             "in_process_bytes": estimate.in_process_bytes(workers),
             "workers": workers,
             "threads": threads,
@@ -320,9 +321,10 @@ def report(results: list[dict[str, Any]]) -> None:
             predicted = est["in_process_bytes"]
             print(
                 f"estimate (in-process worker, {est['threads']} threads): client "
-                f"{_mb(est['client_bytes'] - est['publish_bytes'])} MB + the larger of publishing "
-                f"{_mb(est['publish_bytes'])} MB and the worker {_mb(est['worker_bytes'])} MB (activations "
-                f"{_mb(est['activation_bytes'])} MB) = {_mb(predicted)} MB vs measured client peak "
+                f"{_mb(est['client_bytes'] - est['publish_bytes'])} MB + the larger of publishing's fixed "
+                f"{_mb(est['publish_bytes'] - est['publish_area_bytes'])} MB and the worker "
+                f"{_mb(est['worker_bytes'])} MB (activations {_mb(est['activation_bytes'])} MB) + "
+                f"publishing's area part {_mb(est['publish_area_bytes'])} MB = {_mb(predicted)} MB vs measured client peak "
                 f"{_mb(client_peak)} MB ({client_peak / predicted:.2f}x)"
             )
         print(f"job: {est['describe']}")

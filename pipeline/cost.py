@@ -37,6 +37,7 @@ __all__ = [
     "CLIENT_BYTES_PER_BLOCK",
     "MODEL_CALL_BYTES_PER_PIXEL",
     "PUBLISH_BYTES",
+    "PUBLISH_BYTES_PER_PIXEL",
     "JobEstimate",
     "check_job_size",
     "estimate_job",
@@ -58,10 +59,13 @@ MODEL_CALL_BYTES_PER_PIXEL = 480
 #: The segmenter's and the batch's working memory per tile of a batch, per pixel of the tile,
 #: besides the tile's outputs (which the group's outputs count). Fitted with the figure above.
 BATCH_BYTES_PER_TILE_PIXEL = 350
-#: Publishing (COGs, STAC, statistics from the change cube, block by block) on the client: about
-#: 300 MB over the client's base in an earlier ``bench/full_tile.py`` run at the demo's 512 px
-#: block; a constant until it is measured at other block sizes.
-PUBLISH_BYTES = 300 * 10**6
+#: Publishing (COGs, STAC, statistics from the change cube) on the client, the part that does not
+#: depend on the area. ``bench/full_tile.py --publish-only`` (publishing alone, demo's 512 px
+#: blocks) peaked 660 MB over the client's base at 2,048 px and 841 MB at 4,096 px: this constant
+#: and :data:`PUBLISH_BYTES_PER_PIXEL` are that line.
+PUBLISH_BYTES = 600 * 10**6
+#: Publishing's memory per pixel of the grid (it is not flat yet: see above).
+PUBLISH_BYTES_PER_PIXEL = 14
 
 _EPOCHS = 2
 _FLOAT = 4
@@ -94,7 +98,8 @@ class JobEstimate:
         Memory of the client: the input cube assembled and the blocks planned, then publishing
         (``publish_bytes``).
     publish_bytes
-        The part of ``client_bytes`` that publishing takes.
+        The part of ``client_bytes`` that publishing takes; ``publish_area_bytes`` of it grows
+        with the grid's pixels.
     max_pixels
         The job's limit.
     """
@@ -112,6 +117,7 @@ class JobEstimate:
     activation_bytes: int
     client_bytes: int
     publish_bytes: int
+    publish_area_bytes: int
     max_pixels: int
 
     @property
@@ -122,10 +128,13 @@ class JobEstimate:
     def in_process_bytes(self, workers: int) -> int:
         """Peak of one process holding the client and ``workers`` workers (a cluster of threads).
 
-        Publishing starts after inference, so it reuses the memory the workers' blocks freed.
+        Publishing starts after inference: its fixed part fits in the memory the workers' blocks
+        freed, its part that grows with the area comes on top (the demo at 2,048 and 4,096 px:
+        measured peaks 1.06x and 1.35x of a plain maximum of the two, 1.02x and 1.17x of this).
         """
         planning = self.client_bytes - self.publish_bytes
-        return planning + max(self.publish_bytes, workers * self.worker_bytes)
+        fixed = self.publish_bytes - self.publish_area_bytes
+        return planning + max(fixed, workers * self.worker_bytes) + self.publish_area_bytes
 
     def describe(self) -> str:
         """One line for people: the grid, blocks, tiles, bytes and memory."""
@@ -187,6 +196,8 @@ def estimate_job(job: JobSpec, *, tile_size: int | None = None, threads: int | N
     held = strip_px * tile * out_channels * _FLOAT
     if threads is None:
         threads = job.cluster.threads_per_worker or job.cluster.local_layout(os.cpu_count() or 1)[1]
+    publish_area = width * height * PUBLISH_BYTES_PER_PIXEL
+    publish = PUBLISH_BYTES + publish_area
     worker = DEFAULT_CACHE_BYTES + threads * (group_input + group_output + block_output + activations) + held
     return JobEstimate(
         width=width,
@@ -200,8 +211,9 @@ def estimate_job(job: JobSpec, *, tile_size: int | None = None, threads: int | N
         input_bytes=input_bytes,
         worker_bytes=worker,
         activation_bytes=threads * activations,
-        client_bytes=CLIENT_BASE_BYTES + blocks * CLIENT_BYTES_PER_BLOCK + PUBLISH_BYTES,
-        publish_bytes=PUBLISH_BYTES,
+        client_bytes=CLIENT_BASE_BYTES + blocks * CLIENT_BYTES_PER_BLOCK + publish,
+        publish_bytes=publish,
+        publish_area_bytes=publish_area,
         max_pixels=job.limits.max_pixels,
     )
 

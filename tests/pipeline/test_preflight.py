@@ -13,7 +13,13 @@ import yaml
 from typer.testing import CliRunner
 
 import pipeline.stages
-from pipeline.cost import BATCH_BYTES_PER_TILE_PIXEL, PUBLISH_BYTES, check_job_size, estimate_job
+from pipeline.cost import (
+    BATCH_BYTES_PER_TILE_PIXEL,
+    PUBLISH_BYTES,
+    PUBLISH_BYTES_PER_PIXEL,
+    check_job_size,
+    estimate_job,
+)
 from pipeline.demo import demo_checkpoint
 from pipeline.errors import ClusterError, JobSpecError, JobTooLargeError
 from pipeline.preflight import preflight
@@ -64,7 +70,8 @@ def test_estimate_counts_the_grid_blocks_tiles_and_bytes(tmp_path: Path) -> None
     assert estimate.tiles == len(TileGrid(1024, 1024, 256, 32))
     assert estimate.input_bytes == 1024 * 1024 * 2 * (6 * 4 + 1)
     assert estimate.worker_bytes > estimate.activation_bytes > 0
-    assert estimate.client_bytes > estimate.publish_bytes == PUBLISH_BYTES
+    assert estimate.publish_area_bytes == estimate.pixels * PUBLISH_BYTES_PER_PIXEL
+    assert estimate.client_bytes > estimate.publish_bytes == PUBLISH_BYTES + estimate.publish_area_bytes
     assert not estimate.over_limit
 
 
@@ -93,8 +100,9 @@ def test_estimate_counts_model_activations_per_thread_tile_area_and_batch(tmp_pa
 def test_one_process_holds_the_larger_of_publishing_and_its_workers(tmp_path: Path) -> None:
     estimate = estimate_job(_square_job(tmp_path, 256, 8), threads=2)
     planning = estimate.client_bytes - estimate.publish_bytes
-    assert estimate.in_process_bytes(1) == planning + max(estimate.publish_bytes, estimate.worker_bytes)
-    assert estimate.in_process_bytes(2) == planning + 2 * estimate.worker_bytes
+    area = estimate.publish_area_bytes
+    assert estimate.in_process_bytes(1) == planning + max(PUBLISH_BYTES, estimate.worker_bytes) + area
+    assert estimate.in_process_bytes(2) == planning + 2 * estimate.worker_bytes + area
     assert estimate.in_process_bytes(0) == estimate.client_bytes
 
 
