@@ -29,22 +29,10 @@ from pipeline.infer import InferenceResult
 from pipeline.output_lock import hold_output
 from pipeline.publish import PublishResult
 from pipeline.spec import JobSpec
-
-# Re-exported: the output names and the staging clean-up moved to pipeline.stages, and other
-# modules (bench, tests of the engine) still import them from here.
-from pipeline.stages import (
-    CHANGE_CUBE_NAME,
-    change_cube_path,
-    check_job,
-    discover_stage,
-    infer_stage,
-    prepare_stage,
-    publish_stage,
-    remove_staging_files,
-)
+from pipeline.stages import check_job, discover_stage, infer_stage, prepare_stage, publish_stage
 from pipeline.storage import Location
 
-__all__ = ["CHANGE_CUBE_NAME", "RunResult", "change_cube_path", "remove_staging_files", "run_job"]
+__all__ = ["RunResult", "run_job"]
 
 log = logging.getLogger(__name__)
 

@@ -41,7 +41,6 @@ from pipeline.spec import JobSpec
 from pipeline.storage import Location
 
 __all__ = [
-    "CHANGE_CUBE_NAME",
     "CheckedJob",
     "change_cube_path",
     "check_job",
@@ -53,9 +52,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-#: Name of the change cube inside a job's output folder (:data:`pipeline.layout.CHANGE_CUBE`).
-CHANGE_CUBE_NAME = layout.CHANGE_CUBE
 
 #: Names of the files that publishing writes aside and renames (or converts) into place: COG staging
 #: GeoTIFFs (``.NAME.staging-XXXXXXXX.tif``) and :func:`pipeline.storage.replace_atomically`'s
