@@ -3,11 +3,21 @@
 :mod:`~pipeline.sequence.spec` (the validated sequence: base job and windows),
 :mod:`~pipeline.sequence.cube` (the sequence cube: pairs stacked, date layers) and
 :mod:`~pipeline.sequence.run` (running and appending).
+
+The cube and run names load on first use, so that reading a sequence file (the command line's
+check before any work) does not import Zarr or Dask.
 """
 
-from pipeline.sequence.cube import SEQUENCE_CUBE, open_sequence_cube
-from pipeline.sequence.run import SequenceResult, run_sequence
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from pipeline.sequence.spec import SequenceSpec, parse_period, period_windows
+
+if TYPE_CHECKING:
+    from pipeline.sequence.cube import SEQUENCE_CUBE, open_sequence_cube
+    from pipeline.sequence.run import SequenceResult, run_sequence
 
 __all__ = [
     "SEQUENCE_CUBE",
@@ -18,3 +28,16 @@ __all__ = [
     "period_windows",
     "run_sequence",
 ]
+
+_LAZY = {
+    "SEQUENCE_CUBE": "pipeline.sequence.cube",
+    "open_sequence_cube": "pipeline.sequence.cube",
+    "SequenceResult": "pipeline.sequence.run",
+    "run_sequence": "pipeline.sequence.run",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -23,11 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import pydantic
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from pipeline.area import TimeWindow
 from pipeline.errors import JobSpecError
-from pipeline.spec import JobSpec
+from pipeline.spec import JobSpec, _resolve_relative
 
 __all__ = ["PAIRS_DIR", "Period", "SequenceSpec", "parse_period", "period_windows"]
 
@@ -179,6 +180,59 @@ class SequenceSpec(BaseModel):
             raise JobSpecError("invalid sequence: " + "; ".join(lines)) from None
         spec.pair_job(1)  # the base job's own errors, named by JobSpec
         return spec
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, *, output: str | None = None) -> SequenceSpec:
+        """Load a sequence from a YAML file: the base job's fields, ``windows`` and ``output``.
+
+        Relative paths in it (catalog, AOI geometry, asset roots, zones, checkpoints, output) are
+        taken relative to the file, as in a job file (:meth:`pipeline.spec.JobSpec.from_yaml`).
+
+        Parameters
+        ----------
+        path
+            The YAML sequence file.
+        output
+            An output folder that replaces the file's ``output`` (the command line's option).
+
+        Raises
+        ------
+        JobSpecError
+            When the file is missing, is not a YAML mapping, gives ``before``/``after`` or lacks
+            ``windows`` or ``output``, or any field is invalid.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise JobSpecError(
+                f"sequence file {path} does not exist; write one (see README) or check the path"
+            )
+        try:
+            doc = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise JobSpecError(f"sequence file {path} is not valid YAML: {exc}") from None
+        if not isinstance(doc, dict):
+            raise JobSpecError(
+                f"sequence file {path} must hold a mapping of fields, not {type(doc).__name__}"
+            )
+        dated = sorted({"before", "after"} & set(doc))
+        if dated:
+            raise JobSpecError(
+                f"sequence file {path} gives {dated}: a sequence's dates are its 'windows'; replace "
+                "'before' and 'after' with e.g. windows: [2024-01-01/2024-01-31, 2024-02-01/2024-02-29]"
+            )
+        if output is not None:
+            doc["output"] = output
+        missing = [key for key in ("windows", "output") if key not in doc]
+        if missing:
+            raise JobSpecError(
+                f"sequence file {path} lacks {missing}: give 'windows' (a list of START/END intervals, "
+                "or start, end and period) and 'output' (the sequence's folder)"
+            )
+        doc = _resolve_relative(doc, path.parent)
+        windows, out = doc.pop("windows"), doc.pop("output")
+        if not isinstance(out, str):
+            raise JobSpecError(f"sequence file {path}: output must be a folder path, not {out!r}")
+        return cls.build(base=doc, output=out, windows=windows)
 
     @property
     def pairs(self) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,69 @@ def test_base_may_not_hold_the_pair_fields_and_is_checked_as_a_job(tmp_path: Pat
         SequenceSpec.build(
             base={**_base(tmp_path), "cloud_limit": 300}, output=str(tmp_path / "s"), windows=windows
         )
+
+
+SEQUENCE_YAML = """\
+aoi: {bbox: [600000, 5447440, 602560, 5450000], crs: EPSG:32633}
+catalog: items.ndjson
+collections: [synthetic-s2]
+prompts: {classes: [water]}
+output: out/seq
+"""
+
+
+def test_from_yaml_resolves_relative_paths_like_a_job_file(tmp_path: Path) -> None:
+    (tmp_path / "items.ndjson").write_text("")
+    path = tmp_path / "sequence.yaml"
+    path.write_text(SEQUENCE_YAML + "windows: {start: 2024-01-01, end: 2024-04-01, period: P1M}\n")
+    spec = SequenceSpec.from_yaml(path)
+    assert spec.output == str((tmp_path / "out" / "seq").resolve())
+    assert spec.base["catalog"] == str((tmp_path / "items.ndjson").resolve())
+    assert spec.pairs == 2 and "output" not in spec.base
+    assert spec.pair_job(2).output == str(tmp_path / "out" / "seq" / "pairs" / "002_20240201_20240301")
+    listed = tmp_path / "listed.yaml"
+    listed.write_text(SEQUENCE_YAML + "windows: [2024-01-01/2024-01-31, 2024-03-01/2024-03-31]\n")
+    assert SequenceSpec.from_yaml(listed, output=str(tmp_path / "other")).output == str(tmp_path / "other")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (SEQUENCE_YAML, r"lacks \['windows'\]"),
+        (
+            SEQUENCE_YAML + "before: 2024-01-01/2024-01-31\nwindows: [2024-02-01/2024-02-28]\n",
+            "replace 'before'",
+        ),
+        (SEQUENCE_YAML + "windows: [2024-01-01/2024-01-31]\n", "windows"),
+        (
+            SEQUENCE_YAML + "clod_limit: 3\nwindows: [2024-01-01/2024-01-31, 2024-03-01/2024-03-31]\n",
+            "clod_limit",
+        ),
+        ("- a list\n", "must hold a mapping"),
+        ("aoi: [unclosed\n", "not valid YAML"),
+    ],
+)
+def test_from_yaml_refuses_a_bad_file_naming_the_fix(tmp_path: Path, text: str, message: str) -> None:
+    (tmp_path / "items.ndjson").write_text("")
+    path = tmp_path / "sequence.yaml"
+    path.write_text(text)
+    with pytest.raises(JobSpecError, match=message):
+        SequenceSpec.from_yaml(path)
+
+
+def test_the_readme_sequence_file_validates(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = next(b for b in re.findall(r"```yaml\n(.*?)```", readme, flags=re.S) if "windows:" in b)
+    path = tmp_path / "berlin-monthly.yaml"
+    path.write_text(block)
+    spec = SequenceSpec.from_yaml(path)
+    assert spec.pairs == 4 and spec.output == str(tmp_path / "out" / "berlin-monthly")
+    assert spec.pair_job(4).after.start == datetime(2024, 8, 1, tzinfo=UTC)
+
+
+def test_from_yaml_refuses_a_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(JobSpecError, match="does not exist"):
+        SequenceSpec.from_yaml(tmp_path / "nope.yaml")
 
 
 def test_parse_period() -> None:
