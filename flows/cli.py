@@ -387,6 +387,7 @@ def _register_commands() -> None:
     """Add the commands defined beside this module (models, flows) to the app."""
     from flows.commands_flows import catalog, monitor, respond
     from flows.commands_model import evaluate, make_demo_checkpoint
+    from flows.commands_sequence import sequence
     from flows.commands_train import train
 
     app.command()(train)
@@ -395,6 +396,7 @@ def _register_commands() -> None:
     app.command()(respond)
     app.command()(monitor)
     app.command()(catalog)
+    app.command()(sequence)
 
 
 _register_commands()

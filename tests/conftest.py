@@ -35,6 +35,7 @@ LAYERS = ("unit", "integration", "e2e")
 
 #: Layer of the modules (paths relative to tests/) that differ from their folder's.
 MODULE_LAYERS: dict[str, str] = {
+    "flows/test_cli_sequence.py": "e2e",
     "flows/test_flows.py": "e2e",
     "flows/test_respond_own_imagery.py": "e2e",
     "infra/test_habits.py": "unit",

@@ -54,6 +54,7 @@ __all__ = [
     "FORMAT",
     "SEQUENCE_CUBE",
     "add_pair",
+    "changed_pixels",
     "open_sequence_cube",
     "pairs_done",
     "update_date_layers",
@@ -120,12 +121,13 @@ def pairs_done(path: Path, windows: list[str], base: dict[str, Any]) -> int:
     if json.loads(str(_attr(group, "base"))) != json.loads(json.dumps(base, default=str)):
         raise OutputExistsError(
             f"the sequence cube {path} was made from another base job; nothing was changed: give the "
-            "sequence a new output folder to run it with other job fields"
+            "sequence a new output folder to run it with other job fields, or replace it (--overwrite)"
         )
     if windows[: len(done_windows)] != done_windows:
         raise OutputExistsError(
             f"the sequence cube {path} holds windows {done_windows}, which do not start the requested "
-            f"windows {windows}; windows can only be appended at the end: give a new output folder"
+            f"windows {windows}; windows can only be appended at the end: give a new output folder, or replace "
+            "it (--overwrite)"
         )
     return int(_attr(group, "pairs_done"))
 
@@ -267,3 +269,22 @@ def update_date_layers(group: zarr.Group, pairs: int, windows: list[str]) -> Non
             dates["first_target_change"][t, rows, cols] = tfirst
     for name in (*DATE_LAYERS, "first_target_change"):
         dates[name].attrs.update({"windows": windows, "units": "window number (1-based); see windows"})
+
+
+def changed_pixels(path: Path) -> list[int]:
+    """Number of changed pixels (``change == 1``) of each stacked pair, in pair order, read block by block.
+
+    Raises
+    ------
+    OutputExistsError
+        When ``path`` holds no sequence cube.
+    """
+    group = open_sequence_cube(Path(path))
+    change = _a(group, "change")
+    done = int(_attr(group, "pairs_done"))
+    counts = [0] * done
+    for rows, cols in _blocks(change.shape, int(change.chunks[-1])):
+        block = np.asarray(change[:done, rows, cols])
+        for k in range(done):
+            counts[k] += int(np.count_nonzero(block[k] == 1))
+    return counts

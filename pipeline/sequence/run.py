@@ -17,6 +17,8 @@ cube; a shared per-window input cube is the next step.
 from __future__ import annotations
 
 import logging
+import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,7 +58,12 @@ class SequenceResult:
 
 
 def run_sequence(
-    spec: SequenceSpec, *, progress: bool = True, client: Client | None = None
+    spec: SequenceSpec,
+    *,
+    force: bool = False,
+    progress: bool = True,
+    client: Client | None = None,
+    on_pair: Callable[[int, bool], None] | None = None,
 ) -> SequenceResult:
     """Run the pairs of ``spec`` not yet in its sequence cube, and stack each into the cube.
 
@@ -64,10 +71,15 @@ def run_sequence(
     ----------
     spec
         The sequence.
+    force
+        Replace the sequence cube and recompute every pair, even finished ones.
     progress
         Show progress bars.
     client
         A ready Dask client for every pair (left open); default: the base job's ``cluster``.
+    on_pair
+        Called with each pair (1-based) and whether it is run now (``False``: done before), before
+        a pair runs.
 
     Returns
     -------
@@ -88,10 +100,16 @@ def run_sequence(
     computed: list[int] = []
     runs: list[RunResult] = []
     with hold_output(Location(str(root)), job=f"sequence {root}"):
+        if force and cube.exists():
+            shutil.rmtree(cube)
         done = pairs_done(cube, windows, spec.base)
-        for k in range(done + 1, spec.pairs + 1):
+        for k in range(1, spec.pairs + 1):
+            if on_pair is not None:
+                on_pair(k, k > done)
+            if k <= done:
+                continue
             log.info("sequence %s: pair %d of %d (%s)", root, k, spec.pairs, spec.pair_name(k))
-            result = run_job(spec.pair_job(k), progress=progress, client=client)
+            result = run_job(spec.pair_job(k), force=force, progress=progress, client=client)
             add_pair(cube, k, result.inference.path.local_path, windows, spec.base)
             computed.append(k)
             runs.append(result)
