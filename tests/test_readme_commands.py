@@ -84,6 +84,11 @@ COVERAGE: dict[str, Coverage] = {
         _PUBLIC + "; the same job kind runs on a local signed catalog in "
         "pipeline/test_signed_catalog_run.py::test_a_signed_catalog_is_read_through_its_signed_hrefs_only"
     ),
+    r"seg2change sequence berlin-monthly\.yaml": exempt(
+        _PUBLIC + "; flows/test_cli_sequence.py::test_sequence_command_runs_then_appends_only_the_new_pair "
+        "runs the command on a generated sequence, and "
+        "pipeline/test_sequence_spec.py::test_the_readme_sequence_file_validates validates the README's file"
+    ),
     r"D=\.\./shared/data/change_detection": by(
         f"{THIS}::test_the_rgb_recipe_commands",
         f"{THIS}::test_the_sentinel2_recipe_commands",
