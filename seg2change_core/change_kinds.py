@@ -28,7 +28,6 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeGuard, TypeVar, cast, runtime_checkable
 
@@ -37,12 +36,14 @@ import torch
 from seg2change_core.baselines import CVAFit
 from seg2change_core.change_model import ChangeModel
 from seg2change_core.errors import CheckpointError, ModelError
+from seg2change_core.plugins import PluginGroup
 
 if TYPE_CHECKING:
     from seg2change_core.checkpoints import CheckpointInfo
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "PLUGINS",
     "ChangeModelInfo",
     "ChangeModelKind",
     "FitsOncePerJob",
@@ -55,6 +56,9 @@ __all__ = [
 
 #: Entry-point group under which installed packages declare their change-model kinds.
 ENTRY_POINT_GROUP = "seg2change.change_models"
+
+#: The installed packages' change-model kinds, imported on the first unknown name.
+PLUGINS = PluginGroup(ENTRY_POINT_GROUP, "change model", ModelError)
 
 
 @dataclass(frozen=True)
@@ -195,7 +199,6 @@ K = TypeVar("K", bound="type[ChangeModelKind] | Callable[..., ChangeModel]")
 
 _REGISTRY: dict[str, ChangeModelKind] = {}
 _SOURCES: dict[str, object] = {}
-_entry_points_loaded = False
 
 
 def register_change_model(name: str) -> Callable[[K], K]:
@@ -239,21 +242,6 @@ def register_change_model(name: str) -> Callable[[K], K]:
     return decorator
 
 
-def _load_entry_points() -> None:
-    global _entry_points_loaded
-    if _entry_points_loaded:
-        return
-    _entry_points_loaded = True
-    for point in entry_points(group=ENTRY_POINT_GROUP):
-        try:
-            point.load()  # importing the module registers its kinds
-        except Exception as exc:
-            raise ModelError(
-                f"the change model entry point {point.name!r} ({point.value}) of group {ENTRY_POINT_GROUP} "
-                f"failed to load ({type(exc).__name__}: {exc}); fix or uninstall the package that declares it"
-            ) from exc
-
-
 def get_change_model_kind(name: str) -> ChangeModelKind:
     """The kind registered under ``name`` (installed packages' entry points are loaded on a miss).
 
@@ -263,7 +251,7 @@ def get_change_model_kind(name: str) -> ChangeModelKind:
         When no kind has that name (the message lists the registered kinds).
     """
     if name not in _REGISTRY:
-        _load_entry_points()
+        PLUGINS.load()
     try:
         return _REGISTRY[name]
     except KeyError:

@@ -44,7 +44,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
@@ -53,11 +52,13 @@ from pipeline.errors import PublishError
 from pipeline.publish.zones import Zone
 from pipeline.spec import DEFAULT_PUBLISHERS
 from pipeline.storage import Location
+from seg2change_core.plugins import PluginGroup
 
 __all__ = [
     "ALL_EARLIER",
     "DEFAULT_PUBLISHERS",
     "ENTRY_POINT_GROUP",
+    "PLUGINS",
     "Artifact",
     "PublishContext",
     "Publisher",
@@ -70,6 +71,9 @@ __all__ = [
 
 #: Entry-point group under which installed packages declare modules that register publishers.
 ENTRY_POINT_GROUP = "seg2change.publishers"
+
+#: The installed packages' publishers, imported on the first unknown name.
+PLUGINS = PluginGroup(ENTRY_POINT_GROUP, "publisher", PublishError)
 #: In :attr:`Publisher.needs`: every publisher listed before this one (the STAC, which describes them).
 ALL_EARLIER = "*"
 
@@ -219,7 +223,6 @@ class Publisher(Protocol):
 P = TypeVar("P", bound=Callable[[], Publisher])
 
 _REGISTRY: dict[str, Callable[[], Publisher]] = {}
-_entry_points_loaded = False
 
 
 def register_publisher(name: str) -> Callable[[P], P]:
@@ -251,22 +254,6 @@ def register_publisher(name: str) -> Callable[[P], P]:
     return decorator
 
 
-def _load_entry_points() -> None:
-    """Import the modules that installed packages declare in :data:`ENTRY_POINT_GROUP` (once)."""
-    global _entry_points_loaded
-    if _entry_points_loaded:
-        return
-    _entry_points_loaded = True
-    for point in entry_points(group=ENTRY_POINT_GROUP):
-        try:
-            point.load()  # importing the module registers its publishers
-        except Exception as exc:
-            raise PublishError(
-                f"the publisher entry point {point.name!r} ({point.value}) of group {ENTRY_POINT_GROUP} "
-                f"failed to load ({type(exc).__name__}: {exc}); fix or uninstall the package that declares it"
-            ) from exc
-
-
 def available_publishers() -> tuple[str, ...]:
     """Registered publisher names, sorted."""
     return tuple(sorted(_REGISTRY))
@@ -285,7 +272,7 @@ def get_publisher(name: str) -> Publisher:
         does not build a :class:`Publisher` named ``name``.
     """
     if name not in _REGISTRY:
-        _load_entry_points()
+        PLUGINS.load()
     try:
         factory = _REGISTRY[name]
     except KeyError:

@@ -195,7 +195,7 @@ def test_an_installed_package_declares_its_kind_by_entry_point(
 ) -> None:
     from importlib.metadata import EntryPoint
 
-    from seg2change_core import change_kinds
+    from seg2change_core import change_kinds, plugins
 
     (tmp_path / "toy_plugin.py").write_text(
         "from seg2change_core.change_kinds import register_change_model\n"
@@ -208,13 +208,13 @@ def test_an_installed_package_declares_its_kind_by_entry_point(
     (tmp_path / "broken_plugin.py").write_text("raise RuntimeError('no weights here')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     points = [EntryPoint("toy", "toy_plugin", change_kinds.ENTRY_POINT_GROUP)]
-    monkeypatch.setattr(change_kinds, "entry_points", lambda group: points)
-    monkeypatch.setattr(change_kinds, "_entry_points_loaded", False)
+    monkeypatch.setattr(plugins, "entry_points", lambda group: points)
+    monkeypatch.setattr(change_kinds.PLUGINS, "loaded", False)
     monkeypatch.setattr(change_kinds, "_REGISTRY", dict(change_kinds._REGISTRY))
     monkeypatch.setattr(change_kinds, "_SOURCES", dict(change_kinds._SOURCES))
     assert get_change_model_kind("test-plugin-kind").describe(("red",), {}).needs_fit
 
     points[:] = [EntryPoint("broken", "broken_plugin", change_kinds.ENTRY_POINT_GROUP)]
-    monkeypatch.setattr(change_kinds, "_entry_points_loaded", False)
+    monkeypatch.setattr(change_kinds.PLUGINS, "loaded", False)
     with pytest.raises(ModelError, match="entry point 'broken' .* failed to load .*no weights here"):
         get_change_model_kind("test-other-kind")

@@ -206,6 +206,7 @@ def test_an_installed_package_declares_its_publisher_by_entry_point(
     from importlib.metadata import EntryPoint
 
     from pipeline.publish import registry
+    from seg2change_core import plugins
 
     (tmp_path / "toy_publisher_plugin.py").write_text(
         "from pipeline.publish import register_publisher\n\n"
@@ -219,8 +220,8 @@ def test_an_installed_package_declares_its_publisher_by_entry_point(
     (tmp_path / "broken_publisher_plugin.py").write_text("raise RuntimeError('no such format')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     points = [EntryPoint("toy", "toy_publisher_plugin", registry.ENTRY_POINT_GROUP)]
-    monkeypatch.setattr(registry, "entry_points", lambda group: points)
-    monkeypatch.setattr(registry, "_entry_points_loaded", False)
+    monkeypatch.setattr(plugins, "entry_points", lambda group: points)
+    monkeypatch.setattr(registry.PLUGINS, "loaded", False)
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
     assert [p.name for p in registry.resolve_publishers(["cog", "test_plugin_publisher"])] == [
         "cog",
@@ -228,6 +229,6 @@ def test_an_installed_package_declares_its_publisher_by_entry_point(
     ]
 
     points[:] = [EntryPoint("broken", "broken_publisher_plugin", registry.ENTRY_POINT_GROUP)]
-    monkeypatch.setattr(registry, "_entry_points_loaded", False)
+    monkeypatch.setattr(registry.PLUGINS, "loaded", False)
     with pytest.raises(PublishError, match="entry point 'broken' .* failed to load .*no such format"):
         registry.get_publisher("test_other_publisher")
