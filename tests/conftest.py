@@ -37,6 +37,7 @@ LAYERS = ("unit", "integration", "e2e")
 MODULE_LAYERS: dict[str, str] = {
     "flows/test_cli_sequence.py": "e2e",
     "flows/test_flows.py": "e2e",
+    "flows/test_monitoring_sequence.py": "e2e",
     "flows/test_respond_own_imagery.py": "e2e",
     "infra/test_habits.py": "unit",
     "infra/test_image_install.py": "e2e",
