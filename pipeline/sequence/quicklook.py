@@ -7,6 +7,10 @@ change, titled with the two windows' dates. Both carry a legend of the classes (
 :mod:`pipeline.publish.legend`, as in the change cube's COGs and quick-look) and of the change
 (unchanged white, changed red, nodata black).
 
+For a notebook or a report, :func:`compose_date_map` draws the first-change date (of all change or
+of one target) in the colours of its COG, and :func:`draw_area_chart` a bar chart of the changed
+area per period and target.
+
 Big areas are read with a stride straight from the Zarr, so that a panel's longest side is at
 most :data:`PANEL_SIDE` pixels; small ones are enlarged by an integer factor (as
 :func:`pipeline.publish.quicklooks.quicklook_geometry` does for the run's quick-look). Text is
@@ -30,7 +34,8 @@ from pipeline.errors import PublishError
 from pipeline.publish.legend import CHANGE_NAMES, RGB, RGBA, change_colormap, class_colormap
 from pipeline.publish.quicklooks import QuicklookGeometry, quicklook_geometry
 from pipeline.quicklook import GLYPH_HEIGHT, draw_text, text_size
-from pipeline.sequence.cogs import SequenceGrid, read_sequence_grid
+from pipeline.sequence.cogs import SequenceGrid, date_colormap, read_sequence_grid
+from pipeline.sequence.cube import DATE_NODATA
 from pipeline.storage import replace_atomically
 
 __all__ = [
@@ -40,8 +45,10 @@ __all__ = [
     "STRIP_NAME",
     "Figure",
     "SequencePanels",
+    "compose_date_map",
     "compose_frame",
     "compose_strip",
+    "draw_area_chart",
     "read_panels",
     "window_labels",
     "write_sequence_quicklooks",
@@ -187,14 +194,21 @@ def _compose(
             canvas[y - 1 : y + ph + 1, left - 1 : left + pw + 1] = _FRAME  # white panels stay visible
             canvas[y : y + ph, left : left + pw] = picture
             origins[name] = (y, left)
-    legend_top = top + n_rows * ph + (n_rows - 1) * _GAP + _GAP
+    _draw_legend(canvas, top + n_rows * ph + (n_rows - 1) * _GAP + _GAP, legend, columns, column_w)
+    return Figure(canvas, origins)
+
+
+def _draw_legend(
+    canvas: U8, top: int, legend: Sequence[tuple[RGB, str]], columns: int, column_w: int
+) -> None:
+    """Swatches and names from row ``top``, in ``columns`` columns ``column_w`` wide."""
+    line = GLYPH_HEIGHT * _FONT
     for n, (colour, name) in enumerate(legend):
         r, c = divmod(n, columns)
-        x, y = _MARGIN + c * column_w, legend_top + r * (line + _GAP)
+        x, y = _MARGIN + c * column_w, top + r * (line + _GAP)
         canvas[y : y + line, x : x + line] = _BLACK
         canvas[y + 1 : y + line - 1, x + 1 : x + line - 1] = colour
         draw_text(canvas, x + line + _GAP, y, name, _BLACK, _FONT, max_width=column_w - line - 2 * _GAP)
-    return Figure(canvas, origins)
 
 
 def compose_strip(grid: SequenceGrid, panels: SequencePanels) -> Figure:
@@ -218,6 +232,111 @@ def compose_frame(grid: SequenceGrid, panels: SequencePanels, pair: int) -> Figu
     ]
     titles = (labels[pair - 1], labels[pair], f"pair {pair}: change")
     return _compose(cells, titles, panels.legend, panels.geometry.panel)
+
+
+def compose_date_map(grid: SequenceGrid, target: str | None = None, max_side: int = PANEL_SIDE) -> Figure:
+    """A map of the first-change date (of all change, or of one ``target``), coloured as its COG.
+
+    The legend names each window's start date in its ramp colour (see
+    :func:`pipeline.sequence.cogs.date_colormap`), then "no change" and "nodata".
+
+    Raises
+    ------
+    PublishError
+        When ``target`` is not one of the cube's targets.
+    """
+    if target is not None and target not in grid.targets:
+        raise PublishError(f"target {target!r} is not in the sequence cube; choose from {list(grid.targets)}")
+    geometry = quicklook_geometry(grid.height, grid.width, max_side)
+    s = geometry.stride
+    if target is None:
+        values = zarr.open_array(str(grid.path), path="first_change", mode="r")[::s, ::s]
+    else:
+        array = zarr.open_array(str(grid.path), path="first_target_change", mode="r")
+        values = array[grid.targets.index(target), ::s, ::s]
+    table = date_colormap(len(grid.windows))
+    lut = np.zeros((len(grid.windows) + 1, 3), dtype=np.uint8)
+    for value in range(len(grid.windows) + 1):
+        lut[value] = table[value][:3]
+    codes = np.asarray(values).astype(np.int64)
+    nodata = (codes == DATE_NODATA) | (codes > len(grid.windows))
+    rgb = np.where(nodata[..., None], np.uint8(0), lut[np.where(nodata, 0, codes)]).astype(np.uint8)
+    rgb = np.repeat(np.repeat(rgb, geometry.scale, axis=0), geometry.scale, axis=1)
+    labels = window_labels(grid.windows)
+    legend = [(_rgb(lut[k]), labels[k - 1]) for k in range(2, len(grid.windows) + 1)]
+    legend += [(_rgb(lut[0]), "no change"), (_BLACK, _NODATA_NAME)]
+    title = "first change" if target is None else f"first change: {target}"
+    return _compose([[("first change", rgb)]], [title], legend, geometry.panel)
+
+
+def draw_area_chart(
+    periods: Sequence[str],
+    series: Mapping[str, Sequence[float]],
+    colours: Mapping[str, RGB],
+    title: str,
+    height: int = 240,
+) -> U8:
+    """A grouped bar chart: one group per period, one bar per series, a legend of the series below.
+
+    Parameters
+    ----------
+    periods
+        Label of each group (e.g. the window each pair ends in).
+    series
+        Values per series, one per period (e.g. changed hectares per target).
+    colours
+        RGB of each series.
+    title
+        Drawn above the chart; the axis is labelled with 0 and the largest value.
+    height
+        Height of the plotting area in pixels.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(H, W, 3)`` ``uint8`` picture.
+
+    Raises
+    ------
+    PublishError
+        When a series has not one value per period, a value is negative, or a series has no colour.
+    """
+    if not series or any(len(v) != len(periods) for v in series.values()) or set(series) - set(colours):
+        raise PublishError(
+            f"give one value per period ({len(periods)}) for each series and a colour for each: "
+            f"series {[(n, len(v)) for n, v in series.items()]}, colours for {sorted(colours)}"
+        )
+    values = np.asarray([list(v) for v in series.values()], dtype=np.float64)
+    if (values < 0).any() or not np.isfinite(values).all():
+        raise PublishError("the chart's values must be finite and not negative")
+    line = GLYPH_HEIGHT * _FONT
+    top_value = float(values.max()) if values.max() > 0 else 1.0
+    axis_text = f"{top_value:,.1f}"
+    axis_w = text_size(axis_text, _FONT)[0] + _GAP
+    group_w = max(text_size(label, _FONT)[0] for label in periods) + 2 * _GAP
+    bar_w = max(1, (group_w - 2 * _GAP) // len(series))
+    width = 2 * _MARGIN + axis_w + len(periods) * group_w
+    legend = [(colours[name], name) for name in series]
+    columns, column_w, legend_h = _legend_layout(legend, width)
+    plot_top, left = _MARGIN + line + _GAP, _MARGIN + axis_w
+    base = plot_top + height
+    canvas = np.full((base + _GAP + line + legend_h + _MARGIN, width, 3), 255, dtype=np.uint8)
+    draw_text(canvas, _MARGIN, _MARGIN, title, _BLACK, _FONT, max_width=width - 2 * _MARGIN)
+    draw_text(canvas, _MARGIN, plot_top, axis_text, _BLACK, _FONT)
+    draw_text(canvas, left - _GAP - text_size("0", _FONT)[0], base - line, "0", _BLACK, _FONT)
+    canvas[plot_top, left - _GAP // 2 : width - _MARGIN] = _FRAME  # the largest value's level
+    for p, label in enumerate(periods):
+        x0 = left + p * group_w + _GAP
+        for i, row in enumerate(values):
+            bar = int(round(row[p] / top_value * height))
+            canvas[base - bar : base, x0 + i * bar_w : x0 + (i + 1) * bar_w - 1] = legend[i][0]
+        draw_text(
+            canvas, left + p * group_w + _GAP // 2, base + _GAP, label, _BLACK, _FONT, max_width=group_w
+        )
+    canvas[plot_top : base + 1, left - 1] = _BLACK
+    canvas[base, left - 1 : width - _MARGIN] = _BLACK
+    _draw_legend(canvas, base + _GAP + line + _GAP, legend, columns, column_w)
+    return canvas
 
 
 def _palette_frames(frames: Sequence[U8]) -> tuple[list[NDArray[np.uint8]], list[int]]:

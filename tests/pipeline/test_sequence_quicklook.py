@@ -12,12 +12,15 @@ from sequence_cubes import CLASSES, build_sequence_cube
 
 from pipeline.errors import PublishError
 from pipeline.publish.legend import change_colormap, class_colormap
-from pipeline.sequence.cogs import read_sequence_grid
+from pipeline.sequence.cogs import date_colormap, read_sequence_grid
+from pipeline.sequence.cube import DATE_NODATA
 from pipeline.sequence.quicklook import (
     ANIMATION_NAME,
     STRIP_NAME,
+    compose_date_map,
     compose_frame,
     compose_strip,
+    draw_area_chart,
     read_panels,
     window_labels,
     write_sequence_quicklooks,
@@ -127,3 +130,42 @@ def test_window_labels_are_start_dates_with_the_time_when_two_share_a_day() -> N
         "2024-01-01T12:00:00+00:00/2024-01-02T00:00:00+00:00",
     ]
     assert window_labels(halves) == ["2024-01-01 00:00", "2024-01-01 12:00"]
+
+
+def test_the_date_map_colours_each_first_change_as_its_cog(cube: Path) -> None:
+    grid = read_sequence_grid(cube)
+    figure = compose_date_map(grid)
+    scale = read_panels(grid).geometry.scale
+    first = np.asarray(zarr.open_array(str(cube), path="first_change", mode="r")[...])
+    table = {value: colour for value, colour in date_colormap(WINDOWS).items()}
+    expected = np.zeros((*first.shape, 3), dtype=np.uint8)  # nodata black
+    for value in np.unique(first[first != DATE_NODATA]).tolist():
+        expected[first == value] = table[value][:3]
+    _panel(figure.image, figure.panels["first change"], expected, scale)
+    water = compose_date_map(grid, "water")
+    assert not np.array_equal(water.image, figure.image)
+    with pytest.raises(PublishError, match="target 'forest' is not in the sequence cube"):
+        compose_date_map(grid, "forest")
+
+
+def test_the_area_chart_draws_a_bar_per_period_and_series_in_proportion() -> None:
+    red, blue = (220, 40, 40), (30, 120, 180)
+    chart = draw_area_chart(
+        ["2024-02-01", "2024-03-01"],
+        {"a": [4.0, 2.0], "b": [0.0, 1.0]},
+        {"a": red, "b": blue},
+        "ha",
+        height=200,
+    )
+    heights = {}
+    for name, colour in (("a", red), ("b", blue)):
+        mask = (chart == colour).all(axis=-1)
+        columns = np.flatnonzero(mask.any(axis=0))
+        runs = np.split(columns, np.flatnonzero(np.diff(columns) > 1) + 1)
+        legend_row = int(np.flatnonzero(mask.any(axis=1)).max())  # the swatch is lowest
+        heights[name] = [int(mask[: legend_row - 20, run].any(axis=1).sum()) for run in runs if run.size > 20]
+    assert heights == {"a": [200, 100], "b": [50]}
+    with pytest.raises(PublishError, match="one value per period"):
+        draw_area_chart(["p1"], {"a": [1.0, 2.0]}, {"a": red}, "ha")
+    with pytest.raises(PublishError, match="not negative"):
+        draw_area_chart(["p1"], {"a": [-1.0]}, {"a": red}, "ha")
