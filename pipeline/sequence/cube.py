@@ -1,5 +1,5 @@
-"""The sequence cube: the pairs' change stacked along ``pair``, each window's classes along ``time``,
-and the date layers (first change, last change, number of changes).
+"""The sequence cube: the pairs' change and class transitions stacked along ``pair``, each window's
+classes along ``time``, and the date layers (first change, last change, number of changes).
 
 Layout (Zarr v3, one group, consolidated metadata; spatial chunks of the pairs' ``block_size``)
 -------------------------------------------------------------------------------------------------
@@ -9,6 +9,9 @@ array                        dims                    nodata   meaning
 ``change_probability``       (pair, y, x)            NaN      the pair's change probability
 ``change``                   (pair, y, x)            255      the pair's binary change (1 changed, 0 not)
 ``target_change``            (pair, target, y, x)    255      the pair's per-target change
+``transition``               (pair, y, x)            65535    the pair's class transition: ``before * K + after``
+                                                              where changed (``K`` classes), 65534 where not;
+                                                              its ``transition_codes`` attribute names each code
 ``class``                    (time, y, x)            255      each window's class (pair 1's class before for
                                                               window 1, pair ``k - 1``'s class after for window k)
 ``first_change``             (y, x)                  65535    window (1-based) after the first pair that changed;
@@ -19,6 +22,10 @@ array                        dims                    nodata   meaning
 ``x``, ``y``, ``target``     coordinates             --       copied from pair 1's change cube
 ``spatial_ref``              --                      --       CRS (CF grid mapping), copied likewise
 ===========================  ======================  =======  ==============================================
+
+The ``transition`` codes are those of the pairs' change cubes (:mod:`pipeline.change_cube`); its
+attributes ``classes``, ``no_change_value`` and ``transition_codes`` (code -> ``"water -> building"``,
+see :func:`pipeline.publish.legend.transition_label`) decode them.
 
 Pixel values of the date layers are window numbers; the windows' dates are the root attribute
 ``windows`` (``START/END`` in UTC, window ``k`` at index ``k - 1``), copied onto each date layer.
@@ -46,12 +53,15 @@ import numpy as np
 import zarr
 from numpy.typing import NDArray
 
+from pipeline.change_cube import TRANSITION_NO_CHANGE, TRANSITION_NODATA
 from pipeline.errors import OutputExistsError
+from pipeline.publish.legend import transition_names
 
 __all__ = [
     "DATE_LAYERS",
     "DATE_NODATA",
     "FORMAT",
+    "PAIR_LAYERS",
     "SEQUENCE_CUBE",
     "add_pair",
     "changed_pixels",
@@ -63,10 +73,14 @@ __all__ = [
 #: Name of the sequence cube in a sequence's output folder.
 SEQUENCE_CUBE = "sequence.zarr"
 #: Value of the ``format`` root attribute.
-FORMAT = "seg2change-sequence-cube/1"
+FORMAT = "seg2change-sequence-cube/2"
+#: Earlier formats, refused with a message that names the fix (``/1`` had no ``transition``).
+_OLD_FORMATS = ("seg2change-sequence-cube/1",)
 #: Nodata of the date layers.
 DATE_NODATA = 65535
 DATE_LAYERS = ("first_change", "last_change", "n_changes")
+#: The arrays with one slice per pair, copied from the pair's change cube layer of the same name.
+PAIR_LAYERS = ("change_probability", "change", "target_change", "transition")
 _U8_NODATA = 255
 
 
@@ -90,6 +104,11 @@ def _open(path: Path) -> zarr.Group | None:
         return None
     # Not the consolidated metadata: it is stale while a pair is being stacked.
     group = zarr.open_group(str(path), mode="r+", use_consolidated=False)
+    if group.attrs.get("format") in _OLD_FORMATS:
+        raise OutputExistsError(
+            f"{path} is a sequence cube of an earlier seg2change ({group.attrs.get('format')}, without "
+            "class transitions); nothing was changed: replace it (--overwrite) or give another output folder"
+        )
     if group.attrs.get("format") != FORMAT:
         raise OutputExistsError(
             f"{path} is not a seg2change sequence cube (format {group.attrs.get('format')!r}); nothing was "
@@ -154,6 +173,7 @@ def _create(path: Path, pair: zarr.Group, windows: list[str], base: dict[str, An
     make("change_probability", ("pair", "y", "x"), (0, rows, cols), "float32", np.float32("nan"))
     make("change", ("pair", "y", "x"), (0, rows, cols), "uint8", _U8_NODATA)
     make("target_change", ("pair", "target", "y", "x"), (0, targets, rows, cols), "uint8", _U8_NODATA)
+    make("transition", ("pair", "y", "x"), (0, rows, cols), "uint16", TRANSITION_NODATA)
     make("class", ("time", "y", "x"), (0, rows, cols), "uint8", _U8_NODATA)
     for name in DATE_LAYERS:
         make(name, ("y", "x"), (rows, cols), "uint16", DATE_NODATA)
@@ -169,6 +189,15 @@ def _create(path: Path, pair: zarr.Group, windows: list[str], base: dict[str, An
         )
         array[:] = np.asarray(source[:])
         array.attrs.update(dict(source.attrs))
+    classes = json.loads(str(_attr(pair, "classes")))
+    _a(group, "transition").attrs.update(
+        {
+            "long_name": "the pair's class transition: class_before * K + class_after where changed",
+            "classes": classes,
+            "no_change_value": TRANSITION_NO_CHANGE,
+            "transition_codes": {str(code): name for code, name in enumerate(transition_names(classes))},
+        }
+    )
     ref = group.create_array("spatial_ref", shape=(), dtype="int64", fill_value=0)
     ref.attrs.update(dict(_a(pair, "spatial_ref").attrs))
     group.attrs.update(
@@ -211,19 +240,16 @@ def add_pair(path: Path, k: int, pair_cube: Path, windows: list[str], base: dict
             f"{_a(group, 'change').shape[1:]}: every pair must use the same grid"
         )
     block = int(_attr(group, "block_size"))
-    for name in ("change_probability", "change", "target_change"):
+    for name in PAIR_LAYERS:
         array = _a(group, name)
         if array.shape[0] < k:
             array.resize((k, *array.shape[1:]))
     if _a(group, "class").shape[0] < k + 1:
         _a(group, "class").resize((k + 1, *_a(group, "class").shape[1:]))
-    out = {name: _a(group, name) for name in ("change_probability", "change", "target_change", "class")}
-    src = {
-        name: _a(pair, name)
-        for name in ("change_probability", "change", "target_change", "class_before", "class_after")
-    }
+    out = {name: _a(group, name) for name in (*PAIR_LAYERS, "class")}
+    src = {name: _a(pair, name) for name in (*PAIR_LAYERS, "class_before", "class_after")}
     for rows, cols in _blocks(pair_shape, block):
-        for name in ("change_probability", "change"):
+        for name in ("change_probability", "change", "transition"):
             out[name][k - 1, rows, cols] = np.asarray(src[name][rows, cols])
         out["target_change"][k - 1, :, rows, cols] = np.asarray(src["target_change"][:, rows, cols])
         if k == 1:
