@@ -151,6 +151,12 @@ def _recipe_with(recipe: Recipe, options: dict[str, Any]) -> Recipe:
     changed = {k: v for k, v in given.items() if k in recipe_keys}
     if given.get("augment") is False:
         changed["augmentation"] = None
+    elif given.get("colour_transfer") is not None:
+        if recipe.augmentation is None:
+            raise typer.BadParameter(
+                f"--colour-transfer is part of the change augmentation, which recipe {recipe.name!r} has none of"
+            )
+        changed["augmentation"] = replace(recipe.augmentation, colour_transfer=given["colour_transfer"])
     return replace(recipe, model=model, train=train_config, **changed)
 
 
@@ -196,6 +202,12 @@ CropsPerImage = Annotated[int | None, typer.Option(help="Random crops drawn from
 FocusChange = Annotated[float | None, typer.Option(help="Share of crops drawn around a changed pixel.")]
 Augment = Annotated[
     bool | None, typer.Option("--augment/--no-augment", help="Change-specific augmentation of the recipe.")
+]
+ColourTransfer = Annotated[
+    float | None,
+    typer.Option(
+        help="Chance per date of taking the band histograms of another source image's date (0 to 1)."
+    ),
 ]
 ChangedWeight = Annotated[float | None, typer.Option(help="Cross-entropy weight of the 'changed' class.")]
 Dice = Annotated[float | None, typer.Option(help="Weight of the dice term (0 = the reference loss).")]
@@ -289,6 +301,7 @@ def train(
     crops_per_image: CropsPerImage = None,
     focus_change: FocusChange = None,
     augment: Augment = None,
+    colour_transfer: ColourTransfer = None,
     changed_weight: ChangedWeight = None,
     dice: Dice = None,
     embed_dim: EmbedDim = None,
@@ -330,6 +343,7 @@ def train(
         "validation_crop": val_crop,
         "minutes": minutes,
         "augment": augment,
+        "colour_transfer": colour_transfer,
     }
     options = TrainOptions(
         tuple(data_dirs), out, recipe, changes,

@@ -12,7 +12,9 @@ sensor?". Each date therefore gets its *own* photometric draw (:func:`photometri
 per-band gain, brightness, contrast, gamma, noise), the dates are swapped at random (change is
 symmetric), some pairs are replaced by one date against a photometrically altered copy of itself
 (a pair in which nothing changed, however different it looks), and synthetic change is made by
-pasting patches of another pair into one date (the pasted area is labelled changed). Together
+pasting patches of another pair into one date (the pasted area is labelled changed); a date can
+also take the band histograms of another source image's date
+(:mod:`~seg2change_core.datasets.colour_transfer`), another source's light on the same ground. Together
 they let a model trained on a few hundred tiles carry to other scenes and sensors.
 
 Draws come from a generator seeded by ``(seed, epoch, index)`` (see
@@ -31,6 +33,7 @@ import torch
 from numpy.typing import NDArray
 from torch.nn import functional as F
 
+from seg2change_core.datasets.colour_transfer import match_histograms
 from seg2change_core.datasets.images import Array
 from seg2change_core.datasets.labels import IGNORE_INDEX
 from seg2change_core.errors import DatasetError
@@ -188,6 +191,10 @@ class ChangeAugmentation:
     paste_objects
         Probability of pasting the changed objects of another pair (the pixels its label marks
         changed, taken from its later date, so with their own shapes) into the later date.
+    colour_transfer
+        Probability, per date, of giving the date the band histograms of a date of another
+        source image (:func:`~seg2change_core.datasets.colour_transfer.match_histograms`), so
+        that one source's light, season and sensor are not learnt as what change looks like.
     """
 
     zoom: float = 1.0
@@ -200,6 +207,7 @@ class ChangeAugmentation:
     paste_patches: int = 3
     paste_size: tuple[float, float] = (0.06, 0.25)
     paste_objects: float = 0.0
+    colour_transfer: float = 0.0
 
     def __post_init__(self) -> None:
         shares = (
@@ -208,6 +216,7 @@ class ChangeAugmentation:
             self.unchanged_pair,
             self.paste,
             self.paste_objects,
+            self.colour_transfer,
         )
         if self.zoom < 1.0 or self.photometric < 0 or self.noise < 0 or not all(0 <= p <= 1 for p in shares):
             raise DatasetError(
@@ -362,6 +371,7 @@ def augment_change(
     value_range: float,
     donor: Array | None = None,
     objects: tuple[Array, NDArray[np.bool_]] | None = None,
+    styles: tuple[Array | None, Array | None] = (None, None),
 ) -> tuple[Float32, Float32, NDArray[np.uint8], bool]:
     """The change-specific part of augmentation, after the shared geometry.
 
@@ -382,6 +392,9 @@ def augment_change(
     objects
         Another pair's later date and changed mask, cropped like the dates, for
         :func:`paste_objects` (``None``: no object pasting).
+    styles
+        Per date (after any swap), a date of another source whose band histograms it takes
+        before the photometric draw (``None``: it keeps its own); the target is unchanged.
 
     Returns
     -------
@@ -411,6 +424,8 @@ def augment_change(
         a, b = (a, altered) if into_after else (altered, b)
     if objects is not None and rng.random() < settings.paste_objects:
         b, out_target = paste_objects(b, out_target, np.asarray(objects[0], dtype=np.float32), objects[1])
+    a = a if styles[0] is None else match_histograms(a, styles[0])
+    b = b if styles[1] is None else match_histograms(b, styles[1])
     if settings.photometric > 0:
         draws = [rng.random() < settings.photometric_probability for _ in range(2)]
         a = photometric_jitter(a, rng, settings.photometric, value_range, settings.noise) if draws[0] else a

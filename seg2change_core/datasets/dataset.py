@@ -12,6 +12,7 @@ from numpy.typing import NDArray
 from torch.utils.data import Dataset
 
 from seg2change_core.datasets.augmentation import ChangeAugmentation, augment_arrays, augment_change
+from seg2change_core.datasets.colour_transfer import pick_style_donors
 from seg2change_core.datasets.images import Array
 from seg2change_core.datasets.labels import IGNORE_INDEX, LabelEncoding, encode_label
 from seg2change_core.datasets.pairs import ChangePair, PairSource
@@ -208,6 +209,7 @@ class ChangeDetectionDataset(Dataset[Sample]):
         objects = None
         if change.paste_objects > 0 and len(self.pairs) > 1:
             objects = self._changed_objects(rng, index, pair, np.asarray(arrays[2]).shape)
+        styles = self._styles(index, pair, change.colour_transfer)
         before, after, target, swapped = augment_change(
             arrays[0],
             arrays[1],
@@ -217,11 +219,33 @@ class ChangeDetectionDataset(Dataset[Sample]):
             value_range=1.0 / value_scale(pair.before.dtype),
             donor=donor,
             objects=objects,
+            styles=styles,
         )
         out: list[Array] = [before, after, target]
         if has_classes:
             out += [arrays[4], arrays[3]] if swapped else [arrays[3], arrays[4]]
         return out
+
+    def _styles(self, index: int, pair: ChangePair, probability: float) -> tuple[Array | None, Array | None]:
+        """Per date, a date of another source's pair to take the colours of (see
+        :func:`~seg2change_core.datasets.colour_transfer.pick_style_donors`), or ``None``.
+
+        Drawn from a generator of their own, so the other draws of a sample (crop, pasting,
+        photometry) are those of the same run without colour transfer.
+        """
+        if probability <= 0 or len(self.pairs) < 2:
+            return None, None
+        rng = np.random.default_rng([self.seed, self.epoch, index, 1])
+        sources = [p.source_key for p in self.pairs]
+        styles: list[Array | None] = []
+        for pick in pick_style_donors(sources, self.pair_index(index), rng, probability):
+            if pick is None:
+                styles.append(None)
+                continue
+            donor = self.pair(pick[0])
+            date = (donor.before, donor.after)[pick[1]]
+            styles.append(date if date.shape[0] == pair.before.shape[0] else None)
+        return styles[0], styles[1]
 
     def _changed_objects(
         self, rng: np.random.Generator, index: int, pair: ChangePair, shape: tuple[int, ...]

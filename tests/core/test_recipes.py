@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
+import typer
 
 from flows.commands_train import _recipe_with
 from seg2change_core.errors import ModelError
@@ -31,3 +34,13 @@ def test_command_line_options_replace_recipe_values_only_where_given() -> None:
     assert changed.train.loss.changed_class_weight == rgb.train.loss.changed_class_weight
     assert changed.model.hidden_dim == 16 and changed.model.backbone == "conv"
     assert changed.crop_size == 504 and changed.augmentation is None
+
+
+def test_colour_transfer_option_changes_the_recipes_augmentation_only() -> None:
+    rgb = get_recipe("rgb")
+    assert rgb.augmentation is not None and rgb.augmentation.colour_transfer == 0.0
+    changed = _recipe_with(rgb, {"colour_transfer": 0.3})
+    assert changed.augmentation == replace(rgb.augmentation, colour_transfer=0.3)
+    assert _recipe_with(rgb, {"colour_transfer": 0.3, "augment": False}).augmentation is None
+    with pytest.raises(typer.BadParameter, match="has none of"):
+        _recipe_with(get_recipe("dinov2"), {"colour_transfer": 0.3})
