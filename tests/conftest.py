@@ -66,6 +66,7 @@ MODULE_LAYERS: dict[str, str] = {
     "pipeline/test_real_data_cube.py": "integration",
     "pipeline/test_restart.py": "integration",
     "pipeline/test_sequence.py": "e2e",
+    "pipeline/test_sequence_publish.py": "e2e",
     "pipeline/test_signed_catalog_run.py": "integration",
     "pipeline/test_stac_servers.py": "integration",
     "pipeline/test_synthetic.py": "integration",
