@@ -27,6 +27,7 @@ from distributed import Client
 from pipeline.output_lock import hold_output
 from pipeline.run import RunResult, run_job
 from pipeline.sequence.cube import SEQUENCE_CUBE, add_pair, pairs_done
+from pipeline.sequence.publish import publish_sequence
 from pipeline.sequence.spec import SequenceSpec
 from pipeline.storage import Location
 
@@ -113,4 +114,5 @@ def run_sequence(
             add_pair(cube, k, result.inference.path.local_path, windows, spec.base)
             computed.append(k)
             runs.append(result)
+        publish_sequence(spec, cube)
     return SequenceResult(spec, cube, tuple(computed), tuple(runs))
