@@ -10,8 +10,9 @@ Usage::
     python notebooks/make_notebooks.py            # rewrite notebooks/*.ipynb
     python notebooks/make_notebooks.py OUT_DIR    # write them elsewhere
 
-Every notebook reads the job's output folder from ``SEG2CHANGE_OUTPUT`` (default
-``../seg2change-demo/output``, where ``seg2change demo`` run from the repository root writes).
+Every notebook but the sequence's reads the job's output folder from ``SEG2CHANGE_OUTPUT`` (default
+``../seg2change-demo/output``, where ``seg2change demo`` run from the repository root writes);
+``04_sequence`` reads a sequence's output folder from ``SEG2CHANGE_SEQUENCE``.
 """
 
 from __future__ import annotations
@@ -535,11 +536,237 @@ NB03: list[Cell] = [
     ),
 ]
 
+_SEQUENCE_SETUP = """
+import os
+import warnings
+from pathlib import Path
+
+warnings.filterwarnings("ignore", message="Consolidated metadata")  # zarr 3 notes it is an extension
+
+SEQUENCE = Path(os.environ.get("SEG2CHANGE_SEQUENCE", "../out/berlin-monthly")).expanduser()
+if not (SEQUENCE / "sequence.zarr").exists():
+    raise FileNotFoundError(
+        f"no sequence cube in {SEQUENCE.resolve()}: run `seg2change sequence SEQUENCE.yaml` (README, "
+        "'Sequences'), or set SEG2CHANGE_SEQUENCE to a sequence's output folder"
+    )
+print("sequence folder:", SEQUENCE.resolve())
+"""
+
+NB04: list[Cell] = [
+    (
+        "md",
+        """
+        # 4. A sequence: when did it change, and how much per period?
+
+        A sequence (`seg2change sequence SEQUENCE.yaml`, README "Sequences") runs each consecutive
+        pair of its N windows as a two-date job and stacks their change into one cube,
+        `sequence.zarr`, in the sequence's output folder:
+
+        | variable | dims | meaning |
+        |---|---|---|
+        | `change`, `change_probability` | `(pair, y, x)` | each pair's binary change (255 nodata) and probability |
+        | `target_change` | `(pair, target, y, x)` | each pair's change of each target class |
+        | `class` | `(time, y, x)` | each window's class (labels in the `classes` attribute) |
+        | `first_change`, `last_change` | `(y, x)` | the window (1-based) after the first / last pair that changed; 0 never; 65535 nodata |
+        | `n_changes` | `(y, x)` | how many pairs changed |
+        | `first_target_change` | `(target, y, x)` | per target, as `first_change` |
+
+        Pair `k` compares window `k` with window `k + 1`. The windows' dates are the cube's
+        `windows` attribute (`START/END`, UTC; window `k` at index `k - 1`). Set
+        `SEG2CHANGE_SEQUENCE` to the sequence's output folder (default: the README example's
+        `out/berlin-monthly`, seen from `notebooks/`).
+        """,
+    ),
+    ("code", _SEQUENCE_SETUP),
+    (
+        "code",
+        """
+        import json
+
+        import numpy as np
+        import rioxarray  # noqa: F401  (registers the .rio accessor)
+        import xarray as xr
+
+        seq = xr.open_zarr(SEQUENCE / "sequence.zarr", decode_coords="all", mask_and_scale=False)
+        windows = list(seq.attrs["windows"])
+        pairs = seq.sizes["pair"]
+        assert len(windows) == pairs + 1 == seq.sizes["time"], "the sequence is still running: let it finish"
+        classes = json.loads(seq.attrs["classes"])
+        targets = [str(t) for t in seq["target"].values]
+        NODATA = 65535  # of the date layers
+
+        print("CRS:", seq.rio.crs, " shape:", seq.sizes["y"], "x", seq.sizes["x"])
+        print(pairs, "pairs over", len(windows), "windows:")
+        for k, window in enumerate(windows, 1):
+            print(f"  window {k}: {window}")
+        print("classes:", classes, " targets:", targets)
+        seq
+        """,
+    ),
+    (
+        "md",
+        """
+        ## Changed area per period and target
+
+        Count, for every pair, the pixels where `target_change` is 1 for each target (and where
+        `change` is 1 at all), and multiply by the pixel area. Dask reads the cube chunk by chunk,
+        so this works for areas that do not fit in memory. A period is labelled with the window
+        it ends in.
+        """,
+    ),
+    (
+        "code",
+        """
+        import pandas as pd
+
+        from pipeline.sequence.quicklook import window_labels
+
+        labels = window_labels(windows)  # the start dates ("2024-03-01")
+        res_x, res_y = seq.rio.resolution()
+        pixel_ha = abs(res_x * res_y) / 10_000  # metres on a projected grid
+        per_target = (seq["target_change"] == 1).sum(dim=("y", "x")).compute()  # (pair, target)
+        per_pair = (seq["change"] == 1).sum(dim=("y", "x")).compute()  # (pair,)
+
+        rows = []
+        for k in range(pairs):
+            period = {"pair": k + 1, "from": labels[k], "to": labels[k + 1]}
+            rows.append({**period, "target": "any change", "pixels": int(per_pair[k])})
+            for t, name in enumerate(targets):
+                rows.append({**period, "target": name, "pixels": int(per_target[k, t])})
+        areas = pd.DataFrame(rows)
+        areas["area_ha"] = areas["pixels"] * pixel_ha
+        over_time = areas.pivot(index="to", columns="target", values="area_ha")[["any change", *targets]]
+        over_time
+        """,
+    ),
+    (
+        "md",
+        """
+        The same as a chart, drawn with the project's NumPy helpers (`pipeline.sequence.quicklook`;
+        no matplotlib needed), each target in its class colour:
+        """,
+    ),
+    (
+        "code",
+        """
+        from IPython.display import display
+        from PIL import Image
+
+        from pipeline.publish.legend import class_colour
+        from pipeline.sequence.quicklook import draw_area_chart
+
+        colours = {name: class_colour(name, classes.index(name) if name in classes else i) for i, name in enumerate(targets)}
+        chart = draw_area_chart(
+            labels[1:],  # pair k ends in window k + 1
+            {name: over_time[name].tolist() for name in targets},
+            colours,
+            "changed area per period (ha)",
+        )
+        display(Image.fromarray(chart))
+        """,
+    ),
+    (
+        "md",
+        """
+        ## When did it first change?
+
+        `first_change` holds, for each pixel, the window after the first pair that changed
+        (0: never, 65535: no pair had data). Below it is mapped in the colours of its COG
+        (early dark blue to late yellow, unchanged white), once for any change and once per target;
+        then the area that first changed in each window, and the layer turned into real dates.
+        """,
+    ),
+    (
+        "code",
+        """
+        from pipeline.sequence.cogs import read_sequence_grid
+        from pipeline.sequence.quicklook import compose_date_map
+
+        grid = read_sequence_grid(SEQUENCE / "sequence.zarr")
+        display(Image.fromarray(compose_date_map(grid).image))
+        for name in targets:
+            display(Image.fromarray(compose_date_map(grid, name).image))
+        """,
+    ),
+    (
+        "code",
+        """
+        import dask.array as da
+
+        first = seq["first_change"]
+        flat = first.data.ravel()
+        binned = da.where(flat == NODATA, len(windows) + 1, flat).astype("int64")  # nodata last
+        counts = da.bincount(binned, minlength=len(windows) + 2).compute()
+        print(f"never changed: {counts[0] * pixel_ha:,.2f} ha;  no data: {counts[-1] * pixel_ha:,.2f} ha")
+        for k in range(2, len(windows) + 1):
+            print(f"first changed in window {k} ({labels[k - 1]}): {counts[k] * pixel_ha:,.2f} ha")
+
+        # Every pixel with a first change changed at least once, and the other way round.
+        n_changes = seq["n_changes"]
+        assert int(counts[1 : len(windows) + 1].sum()) == int(((n_changes > 0) & (n_changes != NODATA)).sum())
+        """,
+    ),
+    (
+        "code",
+        """
+        # The window numbers as dates (the start of the window in which the change was first seen).
+        starts = pd.to_datetime([w.split("/")[0] for w in windows], utc=True).tz_convert(None).to_numpy()
+        lookup = np.concatenate([[np.datetime64("NaT", "ns")], starts])  # index 0: never changed
+
+
+        def as_dates(values):
+            return lookup[np.where(values == NODATA, 0, values)]
+
+
+        first_date = xr.apply_ufunc(as_dates, first, dask="parallelized", output_dtypes=["datetime64[ns]"])
+        first_date.name = "first_change_date"
+        print(first_date.isel(y=slice(0, 3), x=slice(0, 3)).values)
+        """,
+    ),
+    (
+        "md",
+        """
+        ## The published files
+
+        When the sequence's outputs are published, its folder also holds COGs of the date layers
+        (`first_change.tif`, ...; a colour table over the window numbers, the windows' dates as
+        `WINDOW_k` tags) and the quick-looks (a strip PNG of every window and pair, a GIF with a
+        frame per pair). The cells below open them where they exist.
+        """,
+    ),
+    (
+        "code",
+        """
+        import rasterio
+        from IPython.display import Image as FileImage
+
+        found = [p for p in sorted(SEQUENCE.rglob("first_change.tif")) if "pairs" not in p.relative_to(SEQUENCE).parts]
+        if found:
+            with rasterio.open(found[0]) as cog:
+                print(found[0], cog.crs, cog.shape, "nodata", cog.nodata)
+                print("\\n".join(f"  {key}={value}" for key, value in sorted(cog.tags().items()) if key.startswith("WINDOW_")))
+                assert [cog.tags()[f"WINDOW_{k}"] for k in range(1, len(windows) + 1)] == windows
+                h, w = cog.shape
+                rows, cols = slice(max(0, h // 2 - 128), h // 2 + 128), slice(max(0, w // 2 - 128), w // 2 + 128)
+                window = rasterio.windows.Window(cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start)
+                np.testing.assert_array_equal(cog.read(1, window=window), first[rows, cols].values)
+            print("first_change.tif equals the cube's first_change over the middle of the grid")
+        else:
+            print("no first_change.tif in", SEQUENCE, "(not published yet)")
+        for name in ("sequence_strip.png", "sequence.gif"):
+            for path in sorted(SEQUENCE.rglob(name))[:1]:
+                print(path)
+                display(FileImage(filename=str(path)))
+        """,
+    ),
+]
+
 #: The notebooks: file name -> cells.
 NOTEBOOKS: dict[str, list[Cell]] = {
     "01_open_change_cube.ipynb": NB01,
     "02_stac_item.ipynb": NB02,
     "03_evaluate_against_truth.ipynb": NB03,
+    "04_sequence.ipynb": NB04,
 }
 
 

@@ -4,7 +4,9 @@ Each notebook is executed with nbmake in a child pytest (on a copy, whose output
 with ``SEG2CHANGE_OUTPUT`` and ``SEG2CHANGE_TRUTH`` pointing at the outputs of a small demo run
 made once for this module, and ``SEG2CHANGE_S3_URI`` with the ``AWS_*`` variables pointing at
 a copy of those outputs in a SeaweedFS bucket on 127.0.0.1, which the first notebook opens through
-fsspec. The committed notebooks must carry no outputs or execution counts and must equal what
+fsspec. The sequence notebook runs against a small hand-made sequence cube
+(``tests/pipeline/sequence_cubes.py``) with its COGs and quick-looks, through ``SEG2CHANGE_SEQUENCE``.
+The committed notebooks must carry no outputs or execution counts and must equal what
 ``notebooks/make_notebooks.py`` writes, so that they are only ever changed through the script.
 """
 
@@ -24,15 +26,60 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 NOTEBOOKS = REPO / "notebooks"
-NAMES = ("01_open_change_cube.ipynb", "02_stac_item.ipynb", "03_evaluate_against_truth.ipynb")
+#: The notebooks that open a job's outputs (run against the demo).
+DEMO_NAMES = ("01_open_change_cube.ipynb", "02_stac_item.ipynb", "03_evaluate_against_truth.ipynb")
+#: The sequence notebook (run against a small sequence cube, tests/pipeline/sequence_cubes.py).
+SEQUENCE_NAME = "04_sequence.ipynb"
+NAMES = (*DEMO_NAMES, SEQUENCE_NAME)
 
 
-def _maker() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("make_notebooks", NOTEBOOKS / "make_notebooks.py")
+def _load(name: str, path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _maker() -> ModuleType:
+    return _load("make_notebooks", NOTEBOOKS / "make_notebooks.py")
+
+
+def _run_notebook(name: str, env: dict[str, str], tmp_path: Path) -> str:
+    """Execute a copy of ``name`` with nbmake in a child pytest; return what its code cells printed."""
+    env = {**os.environ, **env}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    notebook = (
+        tmp_path / name
+    )  # run a copy, so that its outputs can be read and the committed one stays clean
+    shutil.copyfile(NOTEBOOKS / name, notebook)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "--nbmake",
+            "--nbmake-timeout=300",
+            "--overwrite",
+            "-p",
+            "no:cacheprovider",
+            "-q",
+            str(notebook),
+        ],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"{name} failed (rc={proc.returncode}):\n{output[-6000:]}"
+    return "".join(
+        out.get("text", "")
+        for cell in nbformat.read(notebook, as_version=4).cells
+        if cell.cell_type == "code"
+        for out in cell.outputs
+    )
 
 
 @pytest.fixture(scope="module")
@@ -65,47 +112,36 @@ def object_store_outputs(demo_outputs: dict[str, str], weed: Path) -> Iterator[d
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", DEMO_NAMES)
 def test_notebook_runs(
     name: str, demo_outputs: dict[str, str], object_store_outputs: dict[str, str], tmp_path: Path
 ) -> None:
     pytest.importorskip("nbmake")
-    env = {**os.environ, **demo_outputs, **object_store_outputs}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
-    notebook = (
-        tmp_path / name
-    )  # run a copy, so that its outputs can be read and the committed one stays clean
-    shutil.copyfile(NOTEBOOKS / name, notebook)
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "--nbmake",
-            "--nbmake-timeout=300",
-            "--overwrite",
-            "-p",
-            "no:cacheprovider",
-            "-q",
-            str(notebook),
-        ],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 0, f"{name} failed (rc={proc.returncode}):\n{output[-6000:]}"
+    printed = _run_notebook(name, {**demo_outputs, **object_store_outputs}, tmp_path)
     if name == "01_open_change_cube.ipynb":
-        printed = "".join(
-            out.get("text", "")
-            for cell in nbformat.read(notebook, as_version=4).cells
-            if cell.cell_type == "code"
-            for out in cell.outputs
-        )
         s3_uri = object_store_outputs["SEG2CHANGE_S3_URI"]
         assert f"the cube in {s3_uri} is the one in" in printed, printed[-3000:]
+
+
+@pytest.mark.slow
+def test_sequence_notebook_runs(tmp_path: Path) -> None:
+    """On a small hand-made sequence cube, published (COGs, quick-looks), so every cell has its input."""
+    pytest.importorskip("nbmake")
+    from pipeline.sequence.cogs import write_date_layer_cogs
+    from pipeline.sequence.quicklook import write_sequence_quicklooks
+
+    cubes = _load("sequence_cubes", REPO / "tests" / "pipeline" / "sequence_cubes.py")
+    folder = tmp_path / "sequence"
+    folder.mkdir()
+    cube = cubes.build_sequence_cube(folder, 5)
+    write_date_layer_cogs(cube, folder / "cogs")
+    write_sequence_quicklooks(cube, folder / "quicklooks")
+    env = {"SEG2CHANGE_SEQUENCE": str(folder), "IPYTHONDIR": str(tmp_path / "ipython")}
+    printed = _run_notebook(SEQUENCE_NAME, env, tmp_path)
+    assert "4 pairs over 5 windows" in printed, printed[-3000:]
+    assert "first changed in window 3 (2024-03-01)" in printed, printed[-3000:]
+    assert "first_change.tif equals the cube's first_change" in printed, printed[-3000:]
+    assert "sequence.gif" in printed, printed[-3000:]
 
 
 @pytest.mark.parametrize("name", NAMES)
