@@ -9,9 +9,13 @@ Appending: running a sequence whose cube already holds pairs ``1..m`` of the sam
 windows (a prefix of the requested windows) runs only the pairs after ``m`` and extends the cube;
 the result equals a run of the whole sequence at once, byte for byte.
 
-Known cost: each window's composite is computed in both pairs it belongs to (as the after date of
-one, the before date of the next), because each pair is a whole two-date job with its own input
-cube; a shared per-window input cube is the next step.
+Each window's composite is computed once, into the windows cube (:mod:`pipeline.sequence.windows`),
+before the pairs run; each pair's input cube is cut from it, so a pair's prepare stage finds its
+input done. Appending a window computes its composite and the new pair only.
+
+All pairs compute on one Dask cluster (the given client, else the base job's ``cluster`` started
+once for the whole sequence), so a local cluster's workers build the models once and keep them
+across pairs.
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ from pipeline.output_lock import hold_output
 from pipeline.run import RunResult, run_job
 from pipeline.sequence.cube import SEQUENCE_CUBE, add_pair, pairs_done
 from pipeline.sequence.publish import publish_sequence
-from pipeline.sequence.spec import SequenceSpec
+from pipeline.sequence.spec import PAIRS_DIR, SequenceSpec
+from pipeline.sequence.windows import WINDOWS_CUBE, materialise_pair_input, prepare_windows
 from pipeline.storage import Location
 
 __all__ = ["SequenceResult", "run_sequence"]
@@ -48,6 +53,8 @@ class SequenceResult:
         The sequence cube.
     computed
         The pairs (1-based) run now; the others were done before.
+    composited
+        The windows (1-based) whose composite was computed now.
     runs
         The result of each pair run now, in pair order.
     """
@@ -56,6 +63,7 @@ class SequenceResult:
     cube: Path
     computed: tuple[int, ...]
     runs: tuple[RunResult, ...]
+    composited: tuple[int, ...] = ()
 
 
 def run_sequence(
@@ -73,7 +81,8 @@ def run_sequence(
     spec
         The sequence.
     force
-        Replace the sequence cube and recompute every pair, even finished ones.
+        Replace the sequence cube, the windows cube and the pairs' outputs, and recompute every
+        composite and pair, even finished ones.
     progress
         Show progress bars.
     client
@@ -101,18 +110,21 @@ def run_sequence(
     computed: list[int] = []
     runs: list[RunResult] = []
     with hold_output(Location(str(root)), job=f"sequence {root}"):
-        if force and cube.exists():
-            shutil.rmtree(cube)
+        if force:
+            for made in (cube, root / WINDOWS_CUBE, root / PAIRS_DIR):
+                shutil.rmtree(made, ignore_errors=True)
         done = pairs_done(cube, windows, spec.base)
+        composited = prepare_windows(spec, progress=progress).computed if done < spec.pairs else ()
         for k in range(1, spec.pairs + 1):
             if on_pair is not None:
                 on_pair(k, k > done)
             if k <= done:
                 continue
             log.info("sequence %s: pair %d of %d (%s)", root, k, spec.pairs, spec.pair_name(k))
-            result = run_job(spec.pair_job(k), force=force, progress=progress, client=client)
+            materialise_pair_input(spec, k, progress=progress)
+            result = run_job(spec.pair_job(k), progress=progress, client=client)
             add_pair(cube, k, result.inference.path.local_path, windows, spec.base)
             computed.append(k)
             runs.append(result)
         publish_sequence(spec, cube)
-    return SequenceResult(spec, cube, tuple(computed), tuple(runs))
+    return SequenceResult(spec, cube, tuple(computed), tuple(runs), composited)

@@ -2,7 +2,8 @@
 
 One module-scoped run does the work of every test: the sequence of the first 6 windows (stopped
 once after pair 3's slices and resumed), then the 7th appended, and the whole 7-window sequence at
-once in another folder (13 pair jobs, one of them a restart, on a 256 px scene).
+once in another folder (13 pair jobs, one of them a restart, and 13 window composites, on a 256 px
+scene).
 """
 
 from __future__ import annotations
@@ -19,13 +20,19 @@ import xarray as xr
 import zarr
 from numpy.typing import NDArray
 
+import pipeline.cube as input_cube
+import pipeline.cube_assembly as cube_assembly
 import pipeline.sequence.cube as sequence_cube
 import pipeline.sequence.run as sequence_run
+import pipeline.sequence.windows as sequence_windows
+from pipeline.cube import INPUT_FINGERPRINT, open_cube, prepare_cube
 from pipeline.demo import DEMO_PROMPTS, demo_checkpoint, generated_classes
+from pipeline.discover import Discovery, discover
 from pipeline.errors import OutputExistsError
 from pipeline.run import RunResult, run_job
 from pipeline.sequence import SEQUENCE_CUBE, SequenceResult, SequenceSpec, run_sequence
 from pipeline.sequence.cube import update_date_layers
+from pipeline.sequence.windows import WINDOWS_CUBE, prepare_windows
 from pipeline.synthetic import SceneSpec
 from pipeline.synthetic.sequence import GeneratedSequence, changed_classes, generate_sequence
 
@@ -59,6 +66,7 @@ class Runs:
     appended_calls: int
     whole: SequenceResult
     first_calls: int
+    composites: dict[str, list[int]]
 
 
 @pytest.fixture(scope="module")
@@ -70,10 +78,21 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
         SceneSpec(size=256, seed=0, cloud_fraction=0.2), root / "scene", periods=PERIODS
     )
     calls: list[str] = []
+    composites: dict[str, list[int]] = {"windows": [], "pairs": []}
+    runs = ("first", "appended", "whole")
 
     def counted(job: Any, **kwargs: Any) -> RunResult:
         calls.append(job.output)
         return run_job(job, **kwargs)
+
+    def window_composite(job: Any, found: Discovery, bounds: Any) -> xr.Dataset:
+        # One call per window for the lazy template and one per block (256 px: one block).
+        composites["windows"].append(found.items["before"][0]["properties"]["synthetic:period"])
+        return cube_assembly.assemble_region(job, found, bounds)
+
+    def pair_composite(job: Any, found: Discovery, bounds: Any) -> xr.Dataset:
+        composites["pairs"].append(0)
+        return cube_assembly.assemble_region(job, found, bounds)
 
     def stopped_at_pair_3(group: zarr.Group, pairs: int, windows: list[str]) -> None:
         # A run stopped after pair 3's slices were written, before its date layers were.
@@ -83,18 +102,24 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(sequence_run, "run_job", counted)
+        patch.setattr(sequence_windows, "_assemble", window_composite)
+        patch.setattr(input_cube, "_assemble", pair_composite)
         with pytest.MonkeyPatch.context() as stop:
             stop.setattr(sequence_cube, "update_date_layers", stopped_at_pair_3)
             with pytest.raises(KeyboardInterrupt):
                 run_sequence(_spec(scene, root / "appended", PERIODS - 1), progress=False)
         first = run_sequence(_spec(scene, root / "appended", PERIODS - 1), progress=False)
         first_calls = len(calls)
+        counts = {runs[0]: composites["windows"][:]}
         appended = run_sequence(_spec(scene, root / "appended", PERIODS), progress=False)
         appended_calls = len(calls) - first_calls
+        counts[runs[1]] = composites["windows"][len(counts["first"]) :]
         whole = run_sequence(_spec(scene, root / "whole", PERIODS), progress=False)
+        counts[runs[2]] = composites["windows"][len(counts["first"]) + len(counts["appended"]) :]
+        counts["pairs"] = composites["pairs"]
     # Pair 3 counts as not done after the stop, and is run again (its own job restarts from its outputs).
-    assert first.computed == tuple(range(3, PERIODS - 1))
-    yield Runs(scene, appended, appended_calls, whole, first_calls)
+    assert first.computed == tuple(range(3, PERIODS - 1)) and first.composited == ()
+    yield Runs(scene, appended, appended_calls, whole, first_calls, counts)
 
 
 def _layer(cube: Path, name: str) -> NDArray[Any]:
@@ -113,6 +138,77 @@ def test_appending_a_window_runs_only_the_new_pair_and_equals_the_whole_run(runs
     appended, whole = _files(runs.appended.cube), _files(runs.whole.cube)
     assert appended.keys() == whole.keys()
     assert [name for name in appended if appended[name] != whole[name]] == []
+
+
+def test_each_window_is_composited_once_and_appending_composites_only_the_new_window(runs: Runs) -> None:
+    """N windows, N composites (not 2 (N - 1), one per window of each pair): two calls each, the
+    lazy template and the one 256 px block; no pair composites its inputs again."""
+    assert sorted(runs.composites["first"]) == sorted(2 * list(range(1, PERIODS)))
+    assert runs.composites["appended"] == [PERIODS, PERIODS] and runs.appended.composited == (PERIODS,)
+    assert sorted(runs.composites["whole"]) == sorted(2 * list(range(1, PERIODS + 1)))
+    assert runs.whole.composited == tuple(range(1, PERIODS + 1))
+    assert runs.composites["pairs"] == []
+
+
+def test_a_pair_input_cut_from_the_windows_cube_equals_the_one_prepare_makes(
+    runs: Runs, tmp_path: Path
+) -> None:
+    job = runs.whole.spec.pair_job(2)
+    cut_path = Path(job.output) / "input_cube.zarr"
+    cut = open_cube(cut_path)
+    made = prepare_cube(job.model_copy(update={"output": str(tmp_path)}), discover(job), progress=False)
+    prepared = open_cube(made.path)
+    assert cut.attrs[INPUT_FINGERPRINT] == prepared.attrs[INPUT_FINGERPRINT]
+    assert cut.attrs.keys() == prepared.attrs.keys()
+    for name in ("reflectance", "clear_count"):
+        assert cut[name].dims == prepared[name].dims
+        stored = [
+            dict(zarr.open_array(str(c), path=name, mode="r").attrs) for c in (cut_path, made.path.local_path)
+        ]
+        assert stored[0] == stored[1], name
+        assert np.array_equal(cut[name].values, prepared[name].values, equal_nan=True), name
+    assert cut.rio.crs == prepared.rio.crs and cut.rio.transform() == prepared.rio.transform()
+    assert [str(e) for e in cut["epoch"].values] == ["before", "after"]
+
+
+def test_the_windows_cube_holds_a_composite_per_window_along_time(runs: Runs) -> None:
+    spec = runs.whole.spec
+    windows = xr.open_zarr(Path(spec.output) / WINDOWS_CUBE, decode_coords="all")
+    assert windows["reflectance"].dims == ("time", "band", "y", "x")
+    assert windows["clear_count"].dims == ("time", "y", "x") and windows.sizes["time"] == PERIODS
+    starts = [np.datetime64(w.start.replace(tzinfo=None), "ns") for w in spec.windows]
+    assert list(windows["time"].values) == starts
+    assert list(windows["time_bounds"].values[:, 1]) == [
+        np.datetime64(w.end.replace(tzinfo=None), "ns") for w in spec.windows
+    ]
+    assert windows.attrs["windows"] == spec.window_dates()
+    assert windows.rio.crs == runs.scene.spec.crs
+    assert int(windows["clear_count"].max()) > 0
+
+
+def test_a_window_append_stopped_part_way_is_composited_again(runs: Runs, tmp_path: Path) -> None:
+    spec = SequenceSpec.build(
+        base=runs.whole.spec.base, output=str(tmp_path / "seq"), windows=list(runs.whole.spec.windows[:3])
+    )
+    write = sequence_windows._write_blocks
+
+    def stopped_in_window_3(job: Any, found: Discovery, path: Path, w: int, *args: Any) -> None:
+        if w == 3:
+            raise KeyboardInterrupt("stopped in window 3")
+        write(job, found, path, w, *args)
+
+    with pytest.MonkeyPatch.context() as stop:
+        stop.setattr(sequence_windows, "_write_blocks", stopped_in_window_3)
+        with pytest.raises(KeyboardInterrupt):
+            prepare_windows(spec, progress=False)
+    assert zarr.open_array(str(tmp_path / "seq" / WINDOWS_CUBE), path="reflectance").shape[0] == 3
+    assert prepare_windows(spec, progress=False).computed == (3,)
+    resumed = xr.open_zarr(tmp_path / "seq" / WINDOWS_CUBE)
+    whole = xr.open_zarr(Path(runs.whole.spec.output) / WINDOWS_CUBE).isel(time=slice(0, 3))
+    assert resumed.sizes["time"] == 3
+    assert np.array_equal(resumed["reflectance"].values, whole["reflectance"].values, equal_nan=True)
+    assert np.array_equal(resumed["clear_count"].values, whole["clear_count"].values)
+    assert prepare_windows(spec, progress=False).computed == ()
 
 
 def test_running_again_runs_nothing(runs: Runs) -> None:
