@@ -73,6 +73,12 @@ _INPUT_FIELDS = (
     "zarr_format",
 )
 
+#: Input-cube blocks assembled and written at the same time (unless the scheduler is
+#: ``"synchronous"``). One block's graph kept 1.1 of 2 cores busy (its reads and its median wait on
+#: each other). bench/full_tile.py at 2,048 px (512 px blocks, 3 scenes per window): prepare's peak
+#: 596 MB with one block, 783 MB with two, below inference's 1.5 GB; memory stays flat in the area.
+BLOCKS_AT_ONCE = 2
+
 # Called through this module's global, so that a test can count the regions assembled.
 _assemble = assemble_region
 
@@ -100,6 +106,7 @@ def prepare_cube(
     ----------
     scheduler
         A dask scheduler (``"threads"``, ``"synchronous"`` or a distributed ``Client``). Default: threads.
+        :data:`BLOCKS_AT_ONCE` blocks are written at a time, one with ``"synchronous"``.
     reuse
         Keep an existing cube made from the same job fields and the same items, instead of
         refusing it (``job.overwrite`` rebuilds it whatever it holds). An unfinished cube of the
@@ -157,6 +164,7 @@ def _prepare_locked(
             zarr_format=job.zarr_format,
             blocks=lambda rows, cols: _assemble(job, discovery, region_bounds(job, rows, cols)),
             resume_key=fingerprint,
+            blocks_at_once=1 if scheduler == "synchronous" else BLOCKS_AT_ONCE,
         )
     OutputLayout.of(job.output).provenance.write_text(json.dumps(discovery.provenance(), indent=2))
     return describe_cube(path, discovery)

@@ -11,9 +11,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
+import threading
 import uuid
 import warnings
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,6 +61,7 @@ def write_cube(
     zarr_format: int = 3,
     blocks: BlockSource | None = None,
     resume_key: str | None = None,
+    blocks_at_once: int = 1,
 ) -> Location:
     """Write a lazy cube to Zarr, one spatial block at a time, never replacing a good output by a broken one.
 
@@ -88,6 +91,10 @@ def write_cube(
         (``.NAME.partial-KEY.blocks``), so that a call with the same key after a run was killed or
         failed part-way writes only the blocks that are missing. Without it, a fresh partial cube is
         written and removed on failure. Object stores are written in place from the start.
+    blocks_at_once
+        Blocks computed and written at the same time, each in a thread of its own (each block's
+        graph still runs on the dask scheduler in force). One block's graph keeps only part of the
+        cores busy: its reads, masking and median wait on each other. Memory grows with it.
 
     Returns
     -------
@@ -107,7 +114,7 @@ def write_cube(
             warnings.filterwarnings("ignore", EMPTY_FOLDER_WARNING)
             store = target.path.zarr_store()
             _start_or_resume(ds, store, target, zarr_format, len(regions))
-            _write_blocks(ds, store, regions, target.written, blocks, progress)
+            _write_blocks(ds, store, regions, _Writes(target.written, blocks, blocks_at_once), progress)
             _mark_complete(store)
             fault_point("prepare:written")
     except BaseException:
@@ -175,35 +182,61 @@ def _with_encoding(ds: xr.Dataset) -> xr.Dataset:
     return ds
 
 
+@dataclass(frozen=True)
+class _Writes:
+    """How :func:`_write_blocks` writes: the markers' folder, the block source, blocks at once."""
+
+    written: Path | None
+    blocks: BlockSource | None
+    at_once: int
+
+
 def _write_blocks(
     ds: xr.Dataset,
     store: Any,
     regions: list[tuple[slice, slice]],
-    written: Path | None,
-    blocks: BlockSource | None,
+    writes: _Writes,
     progress: bool,
 ) -> None:
-    """Compute and write each region not yet recorded in ``written``, recording it when written."""
+    """Compute and write each region not yet recorded in ``writes.written``, ``writes.at_once`` at a
+    time, recording each when written.
+
+    The first failure stops the blocks not yet started and is raised once the running ones end.
+    """
     spatial = [name for name, v in ds.data_vars.items() if {"y", "x"} <= set(v.dims)]
+    marking = threading.Lock()
+
+    def write(ys: slice, xs: slice) -> None:
+        marker = None if writes.written is None else writes.written / f"{ys.start}-{xs.start}"
+        if marker is not None and marker.exists():
+            return
+        block = writes.blocks(ys, xs) if writes.blocks else ds.isel(y=ys, x=xs)
+        block = block[spatial].drop_vars(list(block[spatial].coords))
+        try:
+            block.to_zarr(store, region={"y": ys, "x": xs}, mode="r+", consolidated=False)
+        except RuntimeError as exc:
+            unreadable = _unreadable_asset(exc, ys, xs, resumable=writes.written is not None)
+            if unreadable is None:
+                raise
+            raise unreadable from exc
+        # A kill at the n-th block leaves exactly n markers, whichever blocks run beside it.
+        with marking:
+            if marker is not None:
+                marker.touch()
+            fault_point("prepare:block-written")
+
     display = make_progress(enabled=progress)
-    with display:
+    with display, ThreadPoolExecutor(max(1, writes.at_once), thread_name_prefix="cube-block") as pool:
         task = display.add_task("writing cube blocks", total=len(regions))
-        for ys, xs in regions:
-            marker = None if written is None else written / f"{ys.start}-{xs.start}"
-            if marker is None or not marker.exists():
-                block = blocks(ys, xs) if blocks else ds.isel(y=ys, x=xs)
-                block = block[spatial].drop_vars(list(block[spatial].coords))
-                try:
-                    block.to_zarr(store, region={"y": ys, "x": xs}, mode="r+", consolidated=False)
-                except RuntimeError as exc:
-                    unreadable = _unreadable_asset(exc, ys, xs, resumable=written is not None)
-                    if unreadable is None:
-                        raise
-                    raise unreadable from exc
-                if marker is not None:
-                    marker.touch()
-                fault_point("prepare:block-written")
-            display.advance(task)
+        futures = [pool.submit(write, ys, xs) for ys, xs in regions]
+        try:
+            for future in as_completed(futures):
+                future.result()
+                display.advance(task)
+        except BaseException:
+            for pending in futures:
+                pending.cancel()
+            raise
 
 
 def _mark_complete(store: Any) -> None:
