@@ -29,6 +29,7 @@ from pipeline.publish import (
     write_quicklook,
 )
 from pipeline.publish.quicklooks import _rgb
+from pipeline.quicklook import compose_quicklook, render_quicklook
 from pipeline.spec import JobSpec
 from pipeline.storage import Location
 
@@ -199,3 +200,25 @@ def test_the_quicklook_reads_its_bands_in_one_pass_with_the_values_of_band_by_ba
         together = _rgb(Location.parse(cube), epoch, stride, (HEIGHT, WIDTH))
         assert together.shape == one_by_one.shape == (-(-HEIGHT // stride), -(-WIDTH // stride), 3)
         assert np.array_equal(together, one_by_one, equal_nan=True)
+
+
+@pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
+def test_the_quicklook_png_has_the_bytes_of_gdal_png_written_in_place(tmp_path: Path) -> None:
+    """The PNG copied from memory (encoded without the GIL) is the file rasterio's PNG ``"w"`` mode wrote."""
+    rng = np.random.default_rng(5)
+    before = rng.random((60, 80, 3)) * 0.3
+    after = before + rng.normal(0, 0.02, before.shape)
+    codes = np.where(rng.random((60, 80)) < 0.1, 3, -1)
+    labels, colours = {3: "water -> building"}, {3: (230, 25, 75)}
+    render_quicklook(before, after, codes, labels, colours, tmp_path / "quicklook.png")
+    canvas = compose_quicklook(before, after, codes, labels, colours)
+    height, width = canvas.shape[:2]
+    with (
+        rasterio.Env(GDAL_PAM_ENABLED="NO"),
+        rasterio.open(
+            tmp_path / "in_place.png", "w", driver="PNG", width=width, height=height, count=3, dtype="uint8"
+        ) as dst,
+    ):
+        dst.write(np.moveaxis(canvas, -1, 0))
+    assert (tmp_path / "quicklook.png").read_bytes() == (tmp_path / "in_place.png").read_bytes()
+    assert not list(tmp_path.glob("*.aux.xml"))
