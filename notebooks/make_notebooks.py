@@ -720,7 +720,11 @@ NB04: list[Cell] = [
 
         first_date = xr.apply_ufunc(as_dates, first, dask="parallelized", output_dtypes=["datetime64[ns]"])
         first_date.name = "first_change_date"
-        print(first_date.isel(y=slice(0, 3), x=slice(0, 3)).values)
+        seen = int(first_date.notnull().sum())
+        assert seen == int(counts[1 : len(windows) + 1].sum())
+        if seen:
+            print(f"{seen:,} pixels changed, first seen from {first_date.min(skipna=True).values} to {first_date.max(skipna=True).values}")
+        first_date
         """,
     ),
     (

@@ -140,6 +140,7 @@ def test_sequence_notebook_runs(tmp_path: Path) -> None:
     printed = _run_notebook(SEQUENCE_NAME, env, tmp_path)
     assert "4 pairs over 5 windows" in printed, printed[-3000:]
     assert "first changed in window 3 (2024-03-01)" in printed, printed[-3000:]
+    assert "pixels changed, first seen from 2024-02-01" in printed, printed[-3000:]
     assert "first_change.tif equals the cube's first_change" in printed, printed[-3000:]
     assert "sequence.gif" in printed, printed[-3000:]
 
