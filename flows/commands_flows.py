@@ -272,9 +272,17 @@ def monitor(
         bool, typer.Option("--overwrite", help="Recompute regions whose outputs exist.")
     ] = False,
     force: _ForceOption = False,
+    mode: Annotated[
+        str,
+        typer.Option(
+            help="pairs: a two-date job per region and period (<output>/<region>/<period>); sequence: "
+            "append the period to one sequence per region (<output>/<region>/sequence), computing only "
+            "the new pair."
+        ),
+    ] = "pairs",
 ) -> None:
     """Compute, per region, the change of the period just ended against the one before it."""
-    from flows.regions import monitoring_plan
+    from flows.monitoring_plan import monitoring_plan
 
     run: dict[str, Any] = {
         "zones": str(zones) if zones else None,
@@ -284,11 +292,13 @@ def monitor(
         "cadence": cadence,
         "run_date": _parse_date(run_date) if run_date else datetime.now().date(),
         "zones_crs": zones_crs,
+        "mode": mode,
     }
-    _check(lambda: monitoring_plan(**run))
+    replace = overwrite_flag(overwrite, force)
+    _check(lambda: monitoring_plan(**run, force=replace))
     from flows.monitoring import monitoring_flow
 
-    _run(monitoring_flow, scheduler, **run, force=overwrite_flag(overwrite, force))
+    _run(monitoring_flow, scheduler, **run, force=replace)
 
 
 def _parse_datetime(value: str) -> datetime:

@@ -4,10 +4,20 @@ Each run compares the period that just ended with the one before it (a run on 20
 monthly cadence compares June 2024, the *after* window, with May 2024, the *before* window), for
 every region, concurrently. Regions come from a GeoJSON of zones and a base job template (one job
 per zone: the zone is the job's AOI) or from a list of job files (one region per file, named by
-the file's stem). Each region's outputs go to ``<base>/<region>/<period>`` (``<period>`` such as
-``2024-06``), so a run is idempotent: a region whose change cube is complete and whose STAC item is
-published for that period is skipped, with no inference at all. The run's summary (statistics per
-region, links to the outputs and quick-looks) is published as Prefect artifacts.
+the file's stem). The ``mode`` says where each region's change goes (:mod:`flows.monitoring_plan`):
+
+``pairs`` (default)
+    A two-date job per region and period, in ``<base>/<region>/<period>`` (``<period>`` such as
+    ``2024-06``), so a run is idempotent: a region whose change cube is complete and whose outputs
+    are published for that period is skipped, with no inference at all.
+``sequence``
+    The period is appended to the region's one sequence, ``<base>/<region>/sequence``
+    (:mod:`flows.region_sequence`): only the new pair is computed, a rerun computes nothing, missed
+    periods are filled; the sequence cube says when things changed and how often.
+
+The run's summary (statistics per region, links to the outputs and quick-looks, and in
+``sequence`` mode the changed area of every period from the sequence cubes) is published as
+Prefect artifacts.
 """
 
 from __future__ import annotations
@@ -19,20 +29,19 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from flows.monitoring_plan import DEFAULT_MODE, MonitoringMode, MonitoringPlan, monitoring_plan
+from flows.monitoring_sequence import append_periods_task, period_table, published_summary
 from flows.outputs import (
     inference_summary,
     publication_outputs,
     published_outputs,
     statistics_summary,
-    summarise_statistics,
 )
 from flows.regions import (
     Cadence,
-    MonitoringPlan,
     Period,
     Region,
     monitoring_periods,
-    monitoring_plan,
     region_job,
     regions_from_job_files,
     regions_from_zones,
@@ -42,6 +51,7 @@ from flows.tasks import SubmittedJob, submit_job, task_runner
 __all__ = [
     "MONITORING_ARTIFACT_KEY",
     "Cadence",
+    "MonitoringMode",
     "Period",
     "Region",
     "monitoring_flow",
@@ -104,6 +114,9 @@ def _publish_artifacts(before: Period, after: Period, rows: list[dict[str, Any]]
         changed = _ha(summary["changed_area_m2"]) if summary else "-"
         detail = row.get("error", links) or "-"
         lines.append(f"| {row['region']} | {row['status']} | {changed} | {targets or '-'} | {detail} |")
+    periods = period_table(rows)
+    if periods:
+        lines += ["", *periods]
     create_markdown_artifact(
         key=MONITORING_ARTIFACT_KEY,
         markdown="\n".join(lines) + "\n",
@@ -126,6 +139,7 @@ def monitoring_flow(
     run_date: date | None = None,
     zones_crs: str = "EPSG:4326",
     force: bool = False,
+    mode: MonitoringMode = DEFAULT_MODE,
 ) -> dict[str, Any]:
     """Compute the change of the period just ended against the one before, for every region.
 
@@ -137,8 +151,8 @@ def monitoring_flow(
     job_files
         Or: one job file per region (:func:`regions_from_job_files`).
     output
-        Base output folder (default: the job files' ``output``); region ``r`` and period ``p``
-        write to ``<output>/<r>/<p>``.
+        Base output folder (default: the job files' ``output``); region ``r`` writes to
+        ``<output>/<r>/<period>`` (``pairs`` mode) or ``<output>/<r>/sequence`` (``sequence``).
     cadence
         ``monthly`` (default), ``quarterly`` or ``yearly``.
     run_date
@@ -146,37 +160,37 @@ def monitoring_flow(
     zones_crs
         CRS of the zone coordinates.
     force
-        Recompute regions whose outputs exist.
+        Recompute regions whose outputs exist (``sequence`` mode: replace each region's sequence
+        cube and recompute every one of its pairs).
+    mode
+        ``pairs`` (default): a two-date job per region and period; ``sequence``: append the
+        period to one sequence per region (:mod:`flows.monitoring_plan`).
 
     Returns
     -------
     dict
-        ``before``, ``after`` (period labels and windows) and ``regions``: per region its
-        ``region``, ``output``, ``status`` (``computed``, ``skipped`` or ``failed``), ``skipped``,
-        ``inference`` (block counts, None when skipped), ``outputs`` (paths) and ``summary``
-        (:func:`flows.outputs.summarise_statistics`).
+        ``cadence``, ``mode``, ``before``, ``after`` (period labels and windows) and ``regions``:
+        per region its ``region``, ``output``, ``status`` (``computed``, ``skipped`` or
+        ``failed``), ``skipped``, ``inference`` (block counts, None when skipped), ``outputs``
+        (paths) and ``summary`` (:func:`flows.outputs.summarise_statistics`) of the period's
+        pair; in ``sequence`` mode also ``computed_periods``, ``windows``, ``sequence_cube`` and
+        ``periods`` (:func:`flows.monitoring_sequence.append_periods_task`).
 
     Raises
     ------
     JobSpecError
-        Bad regions or job template, before any work starts.
+        Bad regions, job template or sequence, before any work starts.
     RuntimeError
         When a region failed (after the others finished and the artifacts were published).
     """
     plan = monitoring_plan(
-        zones, base_job, job_files, output, cadence, run_date, zones_crs
+        zones, base_job, job_files, output, cadence, run_date, zones_crs, mode, force
     )  # all valid first
     before, after = plan.before, plan.after
-    get_run_logger().info("monitoring %d region(s): %s vs %s", len(plan.regions), after.label, before.label)
-    rows = _skipped_regions(plan) if not force else {}
-    with contextlib.ExitStack() as held:  # each region's output stays locked until it is published
-        submitted = {
-            region.name: held.enter_context(submit_job(plan.jobs[region.name], after.label, force=force))
-            for region in plan.regions
-            if region.name not in rows
-        }
-        rows.update({name: _computed_region(name, run) for name, run in submitted.items()})
-    ordered = [rows[region.name] for region in plan.regions]
+    get_run_logger().info(
+        "monitoring %d region(s) in %s mode: %s vs %s", len(plan.regions), mode, after.label, before.label
+    )
+    ordered = _sequence_regions(plan, force) if plan.mode == "sequence" else _pair_regions(plan, force)
     _publish_artifacts(before, after, ordered)
     failed = [row["region"] for row in ordered if row["status"] == "failed"]
     if failed:
@@ -185,16 +199,75 @@ def monitoring_flow(
         )
     return {
         "cadence": cadence,
+        "mode": plan.mode,
         "before": {"label": before.label, "window": before.window()},
         "after": {"label": after.label, "window": after.window()},
         "regions": ordered,
     }
 
 
+def _pair_regions(plan: MonitoringPlan, force: bool) -> list[dict[str, Any]]:
+    """``pairs`` mode: each region's two-date job of the period, unless it is published already."""
+    rows = _skipped_regions(plan) if not force else {}
+    with contextlib.ExitStack() as held:  # each region's output stays locked until it is published
+        submitted = {
+            region.name: held.enter_context(submit_job(plan.jobs[region.name], plan.after.label, force=force))
+            for region in plan.regions
+            if region.name not in rows
+        }
+        rows.update({name: _computed_region(name, run) for name, run in submitted.items()})
+    return [rows[region.name] for region in plan.regions]
+
+
+def _sequence_regions(plan: MonitoringPlan, force: bool) -> list[dict[str, Any]]:
+    """``sequence`` mode: append the pending periods of each region's sequence, regions concurrently.
+
+    The first pair each region computes is checked before any region works
+    (:func:`pipeline.stages.check_job`), so a bad job fails the run at once, as in ``pairs`` mode.
+    """
+    from pipeline.stages import check_job
+
+    logger = get_run_logger()
+    for name, sequence in plan.sequences.items():
+        pending = [period.label for period in sequence.pending]
+        if not pending:
+            logger.info(
+                "region %s: its sequence holds %s already, nothing to compute", name, plan.after.label
+            )
+            continue
+        if len(pending) > 1:
+            logger.info(
+                "region %s: filling the periods missed since its last run: %s", name, ", ".join(pending)
+            )
+        check_job(sequence.spec.pair_job(sequence.done + 1), force=force)
+    futures = {
+        name: append_periods_task.submit(sequence, plan.after, force=force)
+        for name, sequence in plan.sequences.items()
+    }
+    rows = []
+    for name, future in futures.items():
+        future.wait()
+        if future.state.is_completed():
+            rows.append(future.result())
+            continue
+        rows.append(
+            {
+                "region": name,
+                "output": plan.sequences[name].spec.output,
+                "mode": "sequence",
+                "status": "failed",
+                "skipped": False,
+                "inference": None,
+                "outputs": None,
+                "summary": None,
+                "error": future.state.message,
+            }
+        )
+    return rows
+
+
 def _skipped_regions(plan: MonitoringPlan) -> dict[str, dict[str, Any]]:
     """The rows of the regions whose outputs for the period are published already."""
-    from pipeline.publish.statistics import read_statistics
-
     rows: dict[str, dict[str, Any]] = {}
     for region in plan.regions:
         job = plan.jobs[region.name]
@@ -202,10 +275,8 @@ def _skipped_regions(plan: MonitoringPlan) -> dict[str, dict[str, Any]]:
         if done is None:
             continue
         get_run_logger().info("region %s: outputs for %s exist, skipped", region.name, plan.after.label)
-        summary = None
-        if "statistics_json" in done:
-            summary = summarise_statistics(read_statistics(done["statistics_json"]))
-        else:
+        summary = published_summary(done)
+        if summary is None:
             get_run_logger().info(
                 "region %s: no statistics to summarise, 'statistics' is not published", region.name
             )

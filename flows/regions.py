@@ -1,8 +1,8 @@
-"""The regions and periods of a monitoring run, and each region's validated job.
+"""The regions and periods of a monitoring run, and each region's job fields.
 
-Pure functions, without Prefect: :mod:`flows.monitoring` runs the jobs they build, and the command
-line builds them first, so that a bad region or job template is refused before Prefect and the
-engine are imported.
+Pure functions, without Prefect: :mod:`flows.monitoring_plan` builds a run's plan from them, and
+the command line builds it first, so that a bad region or job template is refused before Prefect
+and the engine are imported.
 """
 
 from __future__ import annotations
@@ -12,29 +12,33 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
 from pipeline.errors import JobSpecError
-from pipeline.spec import JobSpec, load_job
+from pipeline.spec import JobSpec, _resolve_relative, load_job
 from pipeline.storage import Location
 
 __all__ = [
+    "SEQUENCE_DIR",
     "Cadence",
-    "MonitoringPlan",
     "Period",
     "Region",
     "monitoring_periods",
-    "monitoring_plan",
+    "period_of",
+    "periods_from",
+    "region_base",
     "region_job",
     "regions_from_job_files",
     "regions_from_zones",
 ]
 
 Cadence = Literal["monthly", "quarterly", "yearly"]
+#: Folder of a region's sequence in its output folder (``<output>/<region>/sequence``).
+SEQUENCE_DIR = "sequence"
 _MONTHS: dict[str, int] = {"monthly": 1, "quarterly": 3, "yearly": 12}
 
 
@@ -69,6 +73,41 @@ def _period(year: int, month: int, cadence: Cadence) -> Period:
     return Period(label, date(year, month, 1), end)
 
 
+def _check_cadence(cadence: str) -> int:
+    if cadence not in _MONTHS:
+        raise JobSpecError(f"cadence {cadence!r} is unknown; use one of {', '.join(_MONTHS)}")
+    return _MONTHS[cadence]
+
+
+def period_of(day: date, cadence: Cadence = "monthly") -> Period:
+    """Return the period of the cadence that contains ``day``.
+
+    Examples
+    --------
+    >>> period_of(date(2024, 8, 20), "quarterly").label
+    '2024-Q3'
+    """
+    span = _check_cadence(cadence)
+    return _period(day.year, day.month - (day.month - 1) % span, cadence)
+
+
+def periods_from(first: Period, last: Period, cadence: Cadence = "monthly") -> list[Period]:
+    """Return the consecutive periods of the cadence from ``first`` to ``last``, both included.
+
+    Examples
+    --------
+    >>> [p.label for p in periods_from(period_of(date(2024, 11, 5)), period_of(date(2025, 1, 5)))]
+    ['2024-11', '2024-12', '2025-01']
+    """
+    span = _check_cadence(cadence)
+    out: list[Period] = []
+    year, month = first.start.year, first.start.month
+    while date(year, month, 1) <= last.start:
+        out.append(_period(year, month, cadence))
+        year, month = _shift_months(year, month, span)
+    return out
+
+
 def monitoring_periods(run_date: date, cadence: Cadence = "monthly") -> tuple[Period, Period]:
     """Return the (before, after) periods of a run: the period just ended and the one before it.
 
@@ -85,9 +124,7 @@ def monitoring_periods(run_date: date, cadence: Cadence = "monthly") -> tuple[Pe
     >>> before.label, after.label
     ('2024-05', '2024-06')
     """
-    if cadence not in _MONTHS:
-        raise JobSpecError(f"cadence {cadence!r} is unknown; use one of {', '.join(_MONTHS)}")
-    span = _MONTHS[cadence]
+    span = _check_cadence(cadence)
     # First month of the period that contains the run date, then step back one and two periods.
     first = run_date.month - (run_date.month - 1) % span
     after_year, after_month = _shift_months(run_date.year, first, -span)
@@ -106,7 +143,8 @@ class Region:
     job_file
         The job (template) file.
     base_output
-        Folder holding the region's outputs, one subfolder per period.
+        Folder holding the region's outputs: one subfolder per period, or its sequence
+        (:data:`SEQUENCE_DIR`).
     overrides
         Job fields replacing the file's (the AOI, for zones).
     """
@@ -120,20 +158,30 @@ class Region:
         """The output folder of one period: ``<base>/<period>``."""
         return str(Location(self.base_output) / period.label)
 
+    def sequence_output(self) -> str:
+        """The folder of the region's sequence: ``<base>/sequence``."""
+        return str(Location(self.base_output) / SEQUENCE_DIR)
+
 
 def _slug(value: str) -> str:
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", value.strip()).strip("-.")
     return slug or "region"
 
 
-def _file_output(job_file: Path) -> str:
+def _read_job_file(job_file: Path) -> dict[str, Any]:
     try:
         doc = yaml.safe_load(job_file.read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
         raise JobSpecError(
             f"job file {job_file} cannot be read ({exc}); check the path and its YAML"
         ) from None
-    output = doc.get("output") if isinstance(doc, dict) else None
+    if not isinstance(doc, dict):
+        raise JobSpecError(f"job file {job_file} must hold a mapping of fields, not {type(doc).__name__}")
+    return doc
+
+
+def _file_output(job_file: Path) -> str:
+    output = _read_job_file(job_file).get("output")
     if not isinstance(output, str) or not output.strip():
         raise JobSpecError(
             f"job file {job_file} names no 'output' and the flow was given none; pass output=<folder>"
@@ -243,41 +291,19 @@ def region_job(region: Region, before: Period, after: Period) -> JobSpec:
         raise JobSpecError(f"region {region.name!r}: {exc}") from None
 
 
-@dataclass(frozen=True)
-class MonitoringPlan:
-    """What one monitoring run computes: its two periods, its regions and each region's job."""
+def region_base(region: Region) -> dict[str, Any]:
+    """The job fields of a region without its windows and output: the base job of its sequence.
 
-    before: Period
-    after: Period
-    regions: list[Region]
-    jobs: dict[str, JobSpec]
-
-
-def monitoring_plan(
-    zones: str | None = None,
-    base_job: str | None = None,
-    job_files: Sequence[str] | None = None,
-    output: str | None = None,
-    cadence: Cadence = "monthly",
-    run_date: date | None = None,
-    zones_crs: str = "EPSG:4326",
-) -> MonitoringPlan:
-    """Build and validate every region's job of a monitoring run (see :func:`flows.monitoring.monitoring_flow`).
+    The job file's fields, relative paths taken relative to the file as :func:`pipeline.spec.load_job`
+    takes them, with the region's overrides; ``before``, ``after`` and ``output`` are left out (the
+    sequence gives each pair its windows and output).
 
     Raises
     ------
     JobSpecError
-        Bad regions, job files or template, naming the region and the fix.
+        When the job file cannot be read or is not a mapping.
     """
-    day = run_date or datetime.now(UTC).date()
-    before, after = monitoring_periods(day, cadence)
-    if (zones is None) == (not job_files):
-        raise JobSpecError("give either zones and base_job, or job_files (not both, not neither)")
-    if zones is not None:
-        if base_job is None:
-            raise JobSpecError("zones need a base_job template (a job YAML without aoi and windows)")
-        regions = regions_from_zones(zones, base_job, output, zones_crs)
-    else:
-        regions = regions_from_job_files(job_files or [], output)
-    jobs = {region.name: region_job(region, before, after) for region in regions}
-    return MonitoringPlan(before, after, regions, jobs)
+    path = Path(region.job_file)
+    doc = _resolve_relative(_read_job_file(path), path.parent)
+    doc.update({key: value for key, value in region.overrides.items() if value is not None})
+    return {key: value for key, value in doc.items() if key not in ("before", "after", "output")}
