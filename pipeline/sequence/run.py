@@ -13,9 +13,14 @@ Each window's composite is computed once, into the windows cube (:mod:`pipeline.
 before the pairs run; each pair's input cube is cut from it, so a pair's prepare stage finds its
 input done. Appending a window computes its composite and the new pair only.
 
-All pairs compute on one Dask cluster (the given client, else the base job's ``cluster`` started
-once for the whole sequence), so a local cluster's workers build the models once and keep them
-across pairs.
+All pairs compute on one Dask cluster: the given client, else the base job's ``cluster`` started
+once, at the first pair to compute, and closed at the end. Its workers build the models once and
+keep them across pairs (worker processes and launched back-ends are not started again per pair),
+and a process's memory does not grow with the pairs: distributed 2026.8 keeps every in-process
+worker and scheduler that ever served a message alive (``distributed.core._expects_comm`` caches
+their bound handlers for ever), so a cluster per pair leaked one of each per pair. A job that fixes
+``cluster.torch_threads`` is the exception: a pair given a ready client computes with the
+cluster's own count, so there each pair starts its own cluster, as a lone job does.
 """
 
 from __future__ import annotations
@@ -23,11 +28,13 @@ from __future__ import annotations
 import logging
 import shutil
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 from distributed import Client
 
+from pipeline.cluster import connect
 from pipeline.output_lock import hold_output
 from pipeline.run import RunResult, run_job
 from pipeline.sequence.cube import SEQUENCE_CUBE, add_pair, pairs_done
@@ -86,7 +93,8 @@ def run_sequence(
     progress
         Show progress bars.
     client
-        A ready Dask client for every pair (left open); default: the base job's ``cluster``.
+        A ready Dask client for every pair (left open); default: the base job's ``cluster``,
+        started once for every pair.
     on_pair
         Called with each pair (1-based) and whether it is run now (``False``: done before), before
         a pair runs.
@@ -109,7 +117,7 @@ def run_sequence(
     windows = spec.window_dates()
     computed: list[int] = []
     runs: list[RunResult] = []
-    with hold_output(Location(str(root)), job=f"sequence {root}"):
+    with hold_output(Location(str(root)), job=f"sequence {root}"), ExitStack() as cluster:
         if force:
             for made in (cube, root / WINDOWS_CUBE, root / PAIRS_DIR):
                 shutil.rmtree(made, ignore_errors=True)
@@ -122,9 +130,22 @@ def run_sequence(
                 continue
             log.info("sequence %s: pair %d of %d (%s)", root, k, spec.pairs, spec.pair_name(k))
             materialise_pair_input(spec, k, progress=progress)
+            if client is None:
+                client = _start_cluster(spec, cluster)
             result = run_job(spec.pair_job(k), progress=progress, client=client)
             add_pair(cube, k, result.inference.path.local_path, windows, spec.base)
             computed.append(k)
             runs.append(result)
         publish_sequence(spec, cube)
     return SequenceResult(spec, cube, tuple(computed), tuple(runs), composited)
+
+
+def _start_cluster(spec: SequenceSpec, stack: ExitStack) -> Client | None:
+    """Start the base job's cluster for every pair, closed with ``stack``; ``None`` (each pair starts
+    its own) when the job fixes ``cluster.torch_threads``."""
+    job = spec.pair_job(1)
+    if job.cluster.torch_threads is not None:
+        return None
+    session = stack.enter_context(connect(job.cluster, gpu=job.models.device == "cuda"))
+    log.info("sequence %s: one Dask cluster for every pair (%s)", spec.output, session.client)
+    return session.client

@@ -20,11 +20,13 @@ import xarray as xr
 import zarr
 from numpy.typing import NDArray
 
+import pipeline.cluster as cluster
 import pipeline.cube as input_cube
 import pipeline.cube_assembly as cube_assembly
 import pipeline.sequence.cube as sequence_cube
 import pipeline.sequence.run as sequence_run
 import pipeline.sequence.windows as sequence_windows
+from pipeline.cluster import start_local_cluster
 from pipeline.cube import INPUT_FINGERPRINT, open_cube, prepare_cube
 from pipeline.demo import DEMO_PROMPTS, demo_checkpoint, generated_classes
 from pipeline.discover import Discovery, discover
@@ -67,6 +69,7 @@ class Runs:
     whole: SequenceResult
     first_calls: int
     composites: dict[str, list[int]]
+    clusters: int
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +93,12 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
         composites["windows"].append(found.items["before"][0]["properties"]["synthetic:period"])
         return cube_assembly.assemble_region(job, found, bounds)
 
+    started: list[Any] = []
+
+    def counted_cluster(spec: Any) -> Any:
+        started.append(spec)
+        return start_local_cluster(spec)
+
     def pair_composite(job: Any, found: Discovery, bounds: Any) -> xr.Dataset:
         composites["pairs"].append(0)
         return cube_assembly.assemble_region(job, found, bounds)
@@ -104,6 +113,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
         patch.setattr(sequence_run, "run_job", counted)
         patch.setattr(sequence_windows, "_assemble", window_composite)
         patch.setattr(input_cube, "_assemble", pair_composite)
+        patch.setattr(cluster, "start_local_cluster", counted_cluster)
         with pytest.MonkeyPatch.context() as stop:
             stop.setattr(sequence_cube, "update_date_layers", stopped_at_pair_3)
             with pytest.raises(KeyboardInterrupt):
@@ -119,7 +129,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
         counts["pairs"] = composites["pairs"]
     # Pair 3 counts as not done after the stop, and is run again (its own job restarts from its outputs).
     assert first.computed == tuple(range(3, PERIODS - 1)) and first.composited == ()
-    yield Runs(scene, appended, appended_calls, whole, first_calls, counts)
+    yield Runs(scene, appended, appended_calls, whole, first_calls, counts, len(started))
 
 
 def _layer(cube: Path, name: str) -> NDArray[Any]:
@@ -148,6 +158,12 @@ def test_each_window_is_composited_once_and_appending_composites_only_the_new_wi
     assert sorted(runs.composites["whole"]) == sorted(2 * list(range(1, PERIODS + 1)))
     assert runs.whole.composited == tuple(range(1, PERIODS + 1))
     assert runs.composites["pairs"] == []
+
+
+def test_every_pair_of_a_run_computes_on_one_cluster(runs: Runs) -> None:
+    """Four runs that compute pairs (the stopped one, its resumption, the append, the whole): four
+    local clusters for 13 pair jobs, where a cluster per pair leaked a worker and a scheduler each."""
+    assert runs.clusters == 4
 
 
 def test_a_pair_input_cut_from_the_windows_cube_equals_the_one_prepare_makes(
