@@ -292,11 +292,18 @@ def build_period_item(spec: SequenceSpec, k: int, stac_dir: Path) -> dict[str, A
         ),
         "target": _target_dimension(info),
     }
+    variables = {
+        **_pair_variables(""),
+        **{
+            f"class_{date}": _variable(("y", "x"), f"class on the {date} date (channel index), 255 nodata")
+            for date in ("before", "after")
+        },
+    }
     item["stac_extensions"].append(DATACUBE_EXTENSION)
     item["properties"].update(
         {
             "cube:dimensions": {key: dim.to_dict() for key, dim in dimensions.items()},
-            "cube:variables": {key: var.to_dict() for key, var in _pair_variables("").items()},
+            "cube:variables": {key: var.to_dict() for key, var in variables.items()},
             "seg2change:pair": k,
             "seg2change:window": k + 1,
             "seg2change:windows": [dates[k - 1], dates[k]],

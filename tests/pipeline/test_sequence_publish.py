@@ -172,6 +172,11 @@ def test_the_stac_describes_the_cube_as_a_datacube_and_each_pair_as_an_item(publ
         assert {"change_cube", "statistics_json", "statistics_parquet"} <= set(item.assets)
         assert item.properties["seg2change:window"] == k + 1
         assert set(DatacubeExtension.ext(item).dimensions) == {"time", "x", "y", "target"}
+        assert set(DatacubeExtension.ext(item).variables or {}) == set(
+            zarr.open_group(
+                str(OutputLayout.of(spec.pair_output(k)).change_cube.local_path), mode="r"
+            ).array_keys()
+        ) - {"x", "y", "target", "spatial_ref", "block_done"}
         via = [link for link in item.links if link.rel == "via"]
         assert len(via) == 1 and via[0].href.endswith(f"pairs/{spec.pair_name(k)}/stac/item.json")
 
