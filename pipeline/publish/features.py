@@ -8,8 +8,9 @@ pixels covered by data, changed pixels, the sum of the change probability and th
 both dates. Which footprints reach which block is found once, from their bounds, by bucketing them
 on the block grid (a grid index: the blocks are a regular grid, so this is exact and costs a few
 integers per footprint, where an STRtree would hold every polygon as a geometry). Memory is
-therefore one block's arrays, the footprints' WKB, and about sixty bytes of counts per footprint
-(``bench/feature_impact.py``).
+therefore one block's arrays, the footprints' WKB in Arrow arrays, and about sixty bytes of counts
+per footprint (``bench/feature_impact.py``). The table is made from those counts a few thousand rows
+at a time, as the GeoParquet (one row group per step) and the GeoJSON are streamed out.
 
 A footprint without any pixel holding data on both dates (outside the imagery, in its nodata, or
 outside the cube) is ``not covered``, never ``unchanged``; one with data on part of its area is
@@ -25,7 +26,7 @@ as RFC 7946 asks.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ from pyproj import CRS
 
 from pipeline.change_cube import ChangeCubeInfo
 from pipeline.errors import PublishError
+from pipeline.memory_release import release_freed_memory
 from pipeline.publish.cogs import block_windows
 
 # Footprints and read_footprints moved to pipeline.publish.footprints; re-exported for
@@ -55,6 +57,7 @@ __all__ = [
     "PARTLY_COVERED",
     "Footprints",
     "FeatureImpact",
+    "FeatureMeasures",
     "feature_impact",
     "read_footprints",
     "write_feature_impact",
@@ -71,29 +74,110 @@ _EPOCHS = ("before", "after")
 
 
 @dataclass(frozen=True)
-class FeatureImpact:
-    """The per-feature table and its summary.
+class FeatureMeasures:
+    """What was counted per footprint: numpy arrays indexed by footprint.
 
     Attributes
     ----------
-    table
-        One row per footprint: ``id``, ``zone``, ``coverage`` (share of the footprint's area with
-        data on both dates), ``status`` (covered / partly covered / not covered), ``pixels``
-        (with data), ``changed_pixels``, ``changed_fraction``, ``mean_change_probability``,
-        ``class_before`` and ``class_after`` (majority class of each date, empty when not
-        covered), ``affected``.
+    pixels
+        Pixels inside the footprint with data on both dates.
+    changed
+        Of those, the changed ones.
+    probability
+        Sum of their change probability.
+    area
+        The footprint's area in the change cube's CRS (square metres).
+    majority
+        Per epoch (``before``, ``after``), the index in ``names`` of the most frequent class
+        (meaningless where ``pixels`` is 0).
+    names
+        The cube's classes, then ``"no class"``.
+    pixel_area
+        Area of one pixel, in the units of ``area``.
+    """
+
+    pixels: np.ndarray
+    changed: np.ndarray
+    probability: np.ndarray
+    area: np.ndarray
+    majority: dict[str, np.ndarray]
+    names: tuple[str, ...]
+    pixel_area: float
+
+
+@dataclass(frozen=True)
+class FeatureImpact:
+    """The per-feature measures and their summary.
+
+    Attributes
+    ----------
     footprints
         The footprints (WKB in their own CRS).
     threshold
         Changed fraction from which a footprint is affected.
+    measures
+        The counts per footprint the table is made of.
     summary
         Per zone and in all: footprints, covered, partly covered, not covered, affected.
     """
 
-    table: pd.DataFrame
     footprints: Footprints
     threshold: float
+    measures: FeatureMeasures
     summary: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    @property
+    def table(self) -> pd.DataFrame:
+        """One row per footprint (made on each access: :meth:`rows` gives a part).
+
+        Columns: ``id``, ``zone``, ``status`` (covered / partly covered / not covered),
+        ``coverage`` (share of the footprint's area with data on both dates), ``pixels`` (with
+        data), ``changed_pixels``, ``changed_fraction``, ``mean_change_probability``,
+        ``class_before`` and ``class_after`` (majority class of each date, empty when not
+        covered), ``affected``.
+        """
+        return self.rows(0, len(self.footprints))
+
+    def rows(self, start: int, stop: int) -> pd.DataFrame:
+        """Rows ``start`` to ``stop`` (excluded, at most the last row) of :attr:`table`, indexed from 0."""
+        stop = min(stop, len(self.footprints))
+        m, n = self.measures, stop - start
+        part = slice(start, stop)
+        pixels = m.pixels[part]
+        status, fraction, coverage = _status(m, part)
+        names = np.asarray(m.names, dtype=object)
+        zones = self.footprints.zones.slice(start, n)
+        return pd.DataFrame(
+            {
+                "id": self.footprints.ids.slice(start, n).to_numpy(zero_copy_only=False),
+                "zone": np.asarray(zones.dictionary.to_pylist(), dtype=object)[zones.indices.to_numpy()],
+                "status": np.asarray(_STATUSES, dtype=object)[status],
+                "coverage": coverage,
+                "pixels": pixels,
+                "changed_pixels": m.changed[part],
+                "changed_fraction": fraction,
+                "mean_change_probability": np.divide(
+                    m.probability[part], pixels, out=np.full(n, np.nan), where=pixels > 0
+                ),
+                "class_before": _majority(m.majority["before"][part], pixels, names),
+                "class_after": _majority(m.majority["after"][part], pixels, names),
+                "affected": (pixels > 0) & (np.nan_to_num(fraction) >= self.threshold),
+            }
+        )
+
+
+#: Status names by code (see :func:`_status`).
+_STATUSES = (NOT_COVERED, PARTLY_COVERED, COVERED)
+
+
+def _status(m: FeatureMeasures, part: slice) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Status code (index in :data:`_STATUSES`), changed fraction and coverage of some footprints."""
+    pixels, area = m.pixels[part], m.area[part]
+    n = len(pixels)
+    coverage = np.clip(np.divide(pixels * m.pixel_area, area, out=np.zeros(n), where=area > 0), 0.0, 1.0)
+    status = np.where(pixels == 0, 0, np.where(coverage >= COVERED_SHARE, 2, 1))
+    fraction = np.divide(m.changed[part], pixels, out=np.full(n, np.nan), where=pixels > 0)
+    return status, fraction, coverage
 
 
 def feature_impact(
@@ -135,20 +219,36 @@ def feature_impact(
     store = info.path.zarr_store(read_only=True)
     arrays = {name: zarr.open_array(store, path=name, mode="r") for name in _LAYERS}
     windows = list(block_windows(info.height, info.width, info.chunk))
-    candidates = _candidates_by_block(bounds, info)
+    features, starts = _candidates_by_block(bounds, info)
     del bounds
-    for done, ((rows, cols), hits) in enumerate(zip(windows, candidates, strict=True), start=1):
+    release_freed_memory()
+    for done, (rows, cols) in enumerate(windows, start=1):
+        hits = features[starts[done - 1] : starts[done]]
         if hits.size:
             labels = _rasterise(footprints, hits, info, rows, cols)
             counts.add(hits, labels, _reader(arrays, rows, cols))
         if progress is not None:
             progress("features", done, len(windows))
-    table = _table(footprints, counts, area, info, threshold)
-    return FeatureImpact(table, footprints, threshold, _summary(table))
+    measures = FeatureMeasures(
+        pixels=counts.pixels,
+        changed=counts.changed,
+        probability=counts.probability,
+        area=area,
+        majority={epoch: counts.classes[epoch].argmax(axis=1).astype(np.int16) for epoch in _EPOCHS},
+        names=(*info.classes, "no class"),
+        pixel_area=abs(info.transform.a * info.transform.e),
+    )
+    del counts
+    release_freed_memory()
+    return FeatureImpact(footprints, threshold, measures, _summary(footprints, measures, threshold))
 
 
-def _candidates_by_block(bounds: np.ndarray, info: ChangeCubeInfo) -> Iterator[np.ndarray]:
-    """Yield, per block in :func:`block_windows` order, the footprints (ascending) whose bounds reach it.
+def _candidates_by_block(bounds: np.ndarray, info: ChangeCubeInfo) -> tuple[np.ndarray, np.ndarray]:
+    """The footprints (ascending) whose bounds reach each block, in :func:`block_windows` order.
+
+    Returns ``(features, starts)``: block ``b``'s candidates are ``features[starts[b]:starts[b + 1]]``.
+    Computed at once (not as a generator) so that the arrays it needs on the way are freed before
+    the blocks are read.
 
     Each bounding box is put in pixel coordinates, widened by a pixel against rounding, and bucketed
     on the block grid: a needless candidate costs a rasterisation that burns nothing, a missing one
@@ -184,9 +284,7 @@ def _candidates_by_block(bounds: np.ndarray, info: ChangeCubeInfo) -> Iterator[n
     order = np.argsort(block, kind="stable")  # stable: footprints stay ascending within a block
     features = np.repeat(ids, count)[order]
     starts = np.searchsorted(block[order], np.arange(grid[0] * grid[1] + 1))
-    del block, order, offset, width
-    for b in range(grid[0] * grid[1]):
-        yield features[starts[b] : starts[b + 1]]
+    return features, starts
 
 
 def _reader(arrays: Mapping[str, zarr.Array[Any]], rows: slice, cols: slice) -> Callable[[str], np.ndarray]:
@@ -253,57 +351,32 @@ class _Counts:
             self.classes[epoch][hits] += np.bincount(keys, minlength=m * (k + 1)).reshape(m, k + 1)
 
 
-def _table(
-    footprints: Footprints, counts: _Counts, area: np.ndarray, info: ChangeCubeInfo, threshold: float
-) -> pd.DataFrame:
-    n = len(footprints)
-    pixels = counts.pixels
-    pixel_area = abs(info.transform.a * info.transform.e)
-    coverage = np.clip(np.divide(pixels * pixel_area, area, out=np.zeros(n), where=area > 0), 0.0, 1.0)
-    statuses = np.asarray([NOT_COVERED, PARTLY_COVERED, COVERED], dtype=object)
-    status = statuses[np.where(pixels == 0, 0, np.where(coverage >= COVERED_SHARE, 2, 1))]
-    fraction = np.divide(counts.changed, pixels, out=np.full(n, np.nan), where=pixels > 0)
-    mean_probability = np.divide(counts.probability, pixels, out=np.full(n, np.nan), where=pixels > 0)
-    names = np.asarray([*info.classes, "no class"], dtype=object)
-    return pd.DataFrame(
-        {
-            "id": footprints.ids,
-            "zone": footprints.zones,
-            "status": status,
-            "coverage": coverage,
-            "pixels": pixels,
-            "changed_pixels": counts.changed,
-            "changed_fraction": fraction,
-            "mean_change_probability": mean_probability,
-            "class_before": _majority(counts.classes["before"], pixels, names),
-            "class_after": _majority(counts.classes["after"], pixels, names),
-            "affected": (pixels > 0) & (np.nan_to_num(fraction) >= threshold),
-        }
-    )
-
-
-def _majority(classes: np.ndarray, pixels: np.ndarray, names: np.ndarray) -> np.ndarray:
-    """Each footprint's most frequent class (the first in class order on a tie; "" without pixels)."""
+def _majority(majority: np.ndarray, pixels: np.ndarray, names: np.ndarray) -> np.ndarray:
+    """Each footprint's majority class name ("" without pixels)."""
     out = np.full(len(pixels), "", dtype=object)
     counted = pixels > 0
-    out[counted] = names[classes.argmax(axis=1)[counted]]
+    out[counted] = names[majority[counted]]
     return out
 
 
-def _summary(table: pd.DataFrame) -> dict[str, dict[str, int]]:
-    def counts(rows: pd.DataFrame) -> dict[str, int]:
-        return {
-            "footprints": len(rows),
-            "covered": int((rows["status"] == COVERED).sum()),
-            "partly_covered": int((rows["status"] == PARTLY_COVERED).sum()),
-            "not_covered": int((rows["status"] == NOT_COVERED).sum()),
-            "affected": int(rows["affected"].sum()),
-        }
-
-    summary = {"all": counts(table)}
-    for zone, rows in table.groupby("zone", sort=True):
-        if str(zone) != "all":
-            summary[str(zone)] = counts(rows)
+def _summary(footprints: Footprints, m: FeatureMeasures, threshold: float) -> dict[str, dict[str, int]]:
+    """Counts of footprints by status, and affected, in all and per zone (zones in name order)."""
+    status, fraction, _ = _status(m, slice(None))
+    affected = (m.pixels > 0) & (np.nan_to_num(fraction) >= threshold)
+    codes = footprints.zones.indices.to_numpy()
+    names = footprints.zones.dictionary.to_pylist()
+    k = len(names)
+    columns = {
+        "footprints": np.bincount(codes, minlength=k),
+        "covered": np.bincount(codes[status == 2], minlength=k),
+        "partly_covered": np.bincount(codes[status == 1], minlength=k),
+        "not_covered": np.bincount(codes[status == 0], minlength=k),
+        "affected": np.bincount(codes[affected], minlength=k),
+    }
+    summary = {"all": {key: int(counts.sum()) for key, counts in columns.items()}}
+    for zone in sorted(range(k), key=lambda z: str(names[z])):
+        if names[zone] != "all" and columns["footprints"][zone]:
+            summary[str(names[zone])] = {key: int(counts[zone]) for key, counts in columns.items()}
     return summary
 
 
@@ -324,11 +397,7 @@ def write_feature_impact(
             "affected": f"covered or partly covered and changed_fraction >= {impact.threshold:g}",
         },
     }
-    table = pa.Table.from_pandas(impact.table, preserve_index=False)
     footprints = impact.footprints
-    # The C allocator reuses the heap the blocks freed; Arrow's default pool would map new pages.
-    wkb = pa.array(footprints.wkb, type=pa.binary(), memory_pool=pa.system_memory_pool())
-    table = table.append_column("geometry", wkb)
     types: set[int] = set()
     for _, shapes in footprints.chunks():
         types.update(shapely.get_type_id(shapes).tolist())
@@ -343,15 +412,9 @@ def write_feature_impact(
             }
         },
     }
-    table = table.replace_schema_metadata(
-        {
-            **(table.schema.metadata or {}),
-            b"geo": json.dumps(geo).encode(),
-            b"seg2change": json.dumps(meta).encode(),
-        }
-    )
+    metadata = {b"geo": json.dumps(geo).encode(), b"seg2change": json.dumps(meta).encode()}
     with replace_atomically(parquet) as tmp:
-        pq.write_table(table, tmp)
+        _write_geoparquet(impact, tmp, metadata)
     with replace_atomically(geojson) as tmp:
         _write_geojson(impact, tmp)
     with replace_atomically(summary) as tmp:
@@ -359,23 +422,48 @@ def write_feature_impact(
     return parquet, geojson, summary
 
 
+#: Rows per row group of the GeoParquet: the file is streamed, a row group at a time (Arrow's
+#: writer holds about 2 KiB per row of a row group while it encodes it).
+_PARQUET_ROWS = 5_000
+
+
+def _write_geoparquet(impact: FeatureImpact, path: Path, metadata: Mapping[bytes, bytes]) -> None:
+    n = len(impact.footprints)
+    writer: pq.ParquetWriter | None = None
+    try:
+        for start in range(0, n, _PARQUET_ROWS) or range(1):
+            stop = min(start + _PARQUET_ROWS, n)
+            table = pa.Table.from_pandas(impact.rows(start, stop), preserve_index=False)
+            wkb = impact.footprints.wkb.slice(start, stop - start).cast(pa.binary())
+            table = table.append_column("geometry", wkb)
+            table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
+            if writer is None:
+                writer = pq.ParquetWriter(path, table.schema)
+            writer.write_table(table)
+            del table
+            release_freed_memory()
+    finally:
+        if writer is not None:
+            writer.close()
+
+
 #: Rows converted to GeoJSON at a time: the file is streamed, so memory does not grow with the table.
-_GEOJSON_ROWS = 5_000
+_GEOJSON_ROWS = 1_000
 
 
 def _write_geojson(impact: FeatureImpact, path: Path) -> None:
     to_wgs84 = CRS.from_user_input("OGC:CRS84")
-    table = impact.table
+    n = len(impact.footprints)
     with path.open("w") as out:
         out.write('{"type": "FeatureCollection", "features": [')
-        for start in range(0, len(table), _GEOJSON_ROWS):
-            rows = table.iloc[start : start + _GEOJSON_ROWS]
+        for start in range(0, n, _GEOJSON_ROWS):
+            rows = impact.rows(start, min(start + _GEOJSON_ROWS, n))
             shapes = shapely.to_geojson(
                 impact.footprints.geometries(slice(start, start + _GEOJSON_ROWS), to_wgs84)
             )
             records = rows.astype(object).where(rows.notna(), None).to_dict("records")
-            for n, (row, shape) in enumerate(zip(records, shapes, strict=True)):
-                head = "\n" if start + n == 0 else ",\n"
+            for i, (row, shape) in enumerate(zip(records, shapes, strict=True)):
+                head = "\n" if start + i == 0 else ",\n"
                 properties = json.dumps(row, default=_plain)
                 identifier = json.dumps(row["id"], default=_plain)
                 out.write(

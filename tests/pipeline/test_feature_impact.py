@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import platform
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import rasterio
@@ -21,6 +23,9 @@ from scipy import ndimage
 from pipeline.change_cube import ChangeCubeInfo, describe_change_cube
 from pipeline.demo import demo_checkpoint, run_demo
 from pipeline.errors import PublishError
+from pipeline.memory_release import _malloc_trim, release_freed_memory
+from pipeline.publish import features as features_module
+from pipeline.publish import footprints as footprints_module
 from pipeline.publish.features import (
     COVERED,
     NOT_COVERED,
@@ -264,3 +269,62 @@ def test_block_by_block_equals_one_whole_scene_pass(tmp_path: Path) -> None:
     assert table["status"].iloc[-1] == NOT_COVERED and table["status"].iloc[-4:-1].ne(NOT_COVERED).all()
     assert pixels[-2] == 4
     assert (pixels[1:-4] > 0).sum() > 100  # the small footprints are not all hidden by the last big one
+
+
+def test_outputs_streamed_by_row_groups_hold_the_whole_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The GeoParquet written a row group at a time, the GeoJSON a few rows at a time and the
+    footprints read back a batch at a time give the table made at once, row for row."""
+    info, _ = _cube(tmp_path, 150, 200, 64)
+    rng = np.random.default_rng(5)
+    x, y = 400_000.0 + rng.uniform(-20, 400, 300), 6_000_000.0 - rng.uniform(-20, 300, 300)
+    shapes = list(shapely.box(x, y - rng.uniform(1, 30, 300), x + rng.uniform(1, 30, 300), y))
+    zones = [f"z{i % 7}" for i in range(len(shapes))]
+    path = _write_geojson(tmp_path / "fp.geojson", shapes, "EPSG:32633", zones)
+    footprints = read_footprints(path, zone_field="district")
+    impact = feature_impact(info, footprints, threshold=0.3)
+    table = impact.table
+    assert impact.rows(100, 180).equals(table.iloc[100:180].reset_index(drop=True))
+    assert impact.rows(290, 400).equals(table.iloc[290:].reset_index(drop=True))
+    monkeypatch.setattr(features_module, "_PARQUET_ROWS", 64)
+    monkeypatch.setattr(features_module, "_GEOJSON_ROWS", 50)
+    monkeypatch.setattr(footprints_module, "CHUNK", 70)
+    out = write_feature_impact(impact, tmp_path / "f.parquet", tmp_path / "f.geojson", tmp_path / "f.json")
+
+    assert pq.ParquetFile(out[0]).num_row_groups == 5  # 300 rows in row groups of 64
+    written = pq.read_table(out[0])
+    assert written.drop_columns(["geometry"]).to_pandas().equals(table)
+    assert written.column("geometry").to_pylist() == footprints.wkb.tolist()
+    assert b"pandas" in written.schema.metadata and b"geo" in written.schema.metadata
+    features = json.loads(out[1].read_text())["features"]
+    assert [f["properties"]["id"] for f in features] == table["id"].tolist()
+    assert [f["properties"]["pixels"] for f in features] == table["pixels"].tolist()
+    assert [f["properties"]["class_after"] for f in features] == table["class_after"].tolist()
+    again = read_footprints(out[0], zone_field="zone")  # five batches of 70
+    assert again.ids.tolist() == footprints.ids.tolist() and again.zones.tolist() == zones
+    assert again.wkb.tolist() == footprints.wkb.tolist()
+    summary = json.loads(out[2].read_text())["summary"]
+    assert list(summary) == ["all", *sorted(set(zones))]
+    assert summary["z3"]["footprints"] == zones.count("z3")
+    assert summary["all"]["affected"] == int(table["affected"].sum())
+
+
+def test_geoparquet_without_rows_or_wkb_is_refused(tmp_path: Path) -> None:
+    geo = {"version": "1.1.0", "primary_column": "geometry", "columns": {"geometry": {"encoding": "WKB"}}}
+    meta = {b"geo": json.dumps(geo).encode()}
+    empty = tmp_path / "empty.parquet"
+    pq.write_table(pa.table({"geometry": pa.array([], pa.binary())}).replace_schema_metadata(meta), empty)
+    with pytest.raises(PublishError, match="holds no features"):
+        read_footprints(empty)
+    coordinates = tmp_path / "xy.parquet"
+    pq.write_table(pa.table({"geometry": pa.array([1.0, 2.0])}).replace_schema_metadata(meta), coordinates)
+    with pytest.raises(PublishError, match="not WKB"):
+        read_footprints(coordinates)
+
+
+def test_freed_memory_is_handed_back_with_glibc() -> None:
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        pytest.skip("malloc_trim is glibc's")
+    assert _malloc_trim() is not None
+    release_freed_memory()
