@@ -29,11 +29,12 @@ from pathlib import Path
 from pipeline.errors import PublishError
 from pipeline.layout import COGS
 from pipeline.publish.cogs import COG_MEDIA_TYPE
+from pipeline.publish.publishers import PARQUET_MEDIA_TYPE
 from pipeline.sequence.cogs import write_date_layer_cogs
 from pipeline.sequence.cube import SEQUENCE_CUBE, open_sequence_cube, pairs_done
 from pipeline.sequence.quicklook import write_sequence_quicklooks
 from pipeline.sequence.spec import SequenceSpec
-from pipeline.sequence.stac import PARQUET_MEDIA_TYPE, SequenceAsset, SequenceStac, write_sequence_stac
+from pipeline.sequence.stac import SequenceAsset, SequenceStac, write_sequence_stac
 from pipeline.sequence.statistics import SEQUENCE_STATISTICS, write_sequence_statistics
 
 __all__ = ["SequencePublication", "publish_sequence"]

@@ -40,6 +40,7 @@ from pipeline.change_cube import ChangeCubeInfo, describe_change_cube
 from pipeline.cube_read import recorded_provenance
 from pipeline.layout import COGS, STAC, STAC_COLLECTION, OutputLayout
 from pipeline.publish.cogs import COG_MEDIA_TYPE
+from pipeline.publish.publishers import PARQUET_MEDIA_TYPE
 from pipeline.publish.stac import (
     FILE_EXTENSION,
     STAC_VERSION,
@@ -55,7 +56,6 @@ from pipeline.storage import relative_href, replace_atomically
 
 __all__ = [
     "DATACUBE_EXTENSION",
-    "PARQUET_MEDIA_TYPE",
     "SequenceAsset",
     "SequenceStac",
     "build_period_item",
@@ -64,8 +64,8 @@ __all__ = [
     "write_sequence_stac",
 ]
 
+#: The datacube extension schema that pystac writes (v2.2.0).
 DATACUBE_EXTENSION = DatacubeExtension.get_schema_uri()
-PARQUET_MEDIA_TYPE = "application/vnd.apache.parquet"
 
 
 @dataclass(frozen=True)
