@@ -1,9 +1,11 @@
 """Monitoring in ``sequence`` mode: monthly runs append to one sequence per region.
 
-One module-scoped set of runs on a generated 4-period 256 px scene (one acquisition pair in each calendar
-month, January to April 2024; construction happens in March): the run of 2024-03-05 (February
-against January), the run of 2024-04-05 (March appended), and the same run again. The planning
-rules (gap, earlier period, other cadence, changed job) are then checked on the cube they left.
+One module-scoped set of runs on a generated 5-period 256 px scene (one acquisition pair in each
+calendar month, January to May 2024; construction happens in March): the run of 2024-03-05
+(February against January), the run of 2024-04-05 (March appended), the same run again, the run
+of 2024-06-05 after a missed run (April filled, May appended) and the run of 2024-07-05 (June has
+no scene). The planning rules (gap, earlier period, other cadence, changed job) are then checked
+on the cube they left.
 """
 
 from __future__ import annotations
@@ -58,7 +60,12 @@ class Runs:
     sequence: Path
     first: dict[str, Any]
     second: dict[str, Any]
+    second_cube: dict[str, Any]  # the sequence cube's attributes and class windows after it
     rerun: dict[str, Any]
+    gap: dict[str, Any]  # the run after a missed one: April filled, May appended
+    no_scene: str  # the error of the run for June, which has no scene
+    cube_before_no_scene: dict[str, int]
+    cube_after_no_scene: dict[str, int]
     calls: list[list[str]]  # the pair outputs run_job computed, per run
     cube_before_rerun: dict[str, int]
     cube_after_rerun: dict[str, int]
@@ -81,7 +88,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
         pytest.skip("the demo CACH checkpoint is absent (seg2change make-demo-checkpoint writes it)")
     root = tmp_path_factory.mktemp("monitoring-sequence")
     scene = generate_sequence(
-        SceneSpec(size=256, seed=0, cloud_fraction=0.2), root / "scene", periods=4, start=date(2024, 1, 10)
+        SceneSpec(size=256, seed=0, cloud_fraction=0.2), root / "scene", periods=5, start=date(2024, 1, 10)
     )
     spec = scene.spec
     job_file = root / "valley.yaml"
@@ -129,18 +136,31 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
         calls.append([])
         second = monitoring_flow(**params, run_date=SECOND_RUN)
         before_rerun = tree(sequence / SEQUENCE_CUBE)
+        cube = zarr.open_group(str(sequence / SEQUENCE_CUBE), mode="r")
+        second_cube = {**cube.attrs, "class_windows": zarr.open_array(cube.store, path="class").shape[0]}
         calls.append([])
         rerun = monitoring_flow(**params, run_date=SECOND_RUN)
+        after_rerun = tree(sequence / SEQUENCE_CUBE)
+        calls.append([])
+        gap = monitoring_flow(**params, run_date=date(2024, 6, 5))
+        before_no_scene = tree(sequence / SEQUENCE_CUBE)
+        with pytest.raises(RuntimeError) as failed:
+            monitoring_flow(**params, run_date=date(2024, 7, 5))
         markdown = asyncio.run(_markdown())
     yield Runs(
         job_file,
         sequence,
         first,
         second,
+        second_cube,
         rerun,
+        gap,
+        str(failed.value),
+        before_no_scene,
+        tree(sequence / SEQUENCE_CUBE),
         calls,
         before_rerun,
-        tree(sequence / SEQUENCE_CUBE),
+        after_rerun,
         markdown,
     )
 
@@ -164,15 +184,14 @@ def test_the_next_period_computes_only_the_new_pair(runs: Runs) -> None:
     assert runs.calls[1] == ["002_20240201_20240301"]
     row = _only(runs.second)
     assert row["status"] == "computed" and row["computed_periods"] == ["2024-03"]
-    cube = zarr.open_group(str(runs.sequence / SEQUENCE_CUBE), mode="r")
-    assert cube.attrs["windows"] == [
+    assert runs.second_cube["windows"] == [
         "2024-01-01T00:00:00+00:00/2024-01-31T23:59:59.999999+00:00",
         "2024-02-01T00:00:00+00:00/2024-02-29T23:59:59.999999+00:00",
         "2024-03-01T00:00:00+00:00/2024-03-31T23:59:59.999999+00:00",
     ]
-    assert cube.attrs["pairs_done"] == 2
-    assert zarr.open_array(str(runs.sequence / SEQUENCE_CUBE), path="class", mode="r").shape[0] == 3
-    # The table of every period is read from the cube: pair 1 from the first run, pair 2 new.
+    assert runs.second_cube["pairs_done"] == 2 and runs.second_cube["class_windows"] == 3
+    # The table of every period is read from the cube: pair 1 from the first run, pair 2 new (the
+    # pairs' slices are never rewritten by later runs, so the final cube still holds them).
     change = np.asarray(zarr.open_array(str(runs.sequence / SEQUENCE_CUBE), path="change", mode="r")[...])
     periods = row["periods"]
     assert [(p["period"], p["before"], p["computed"]) for p in periods] == [
@@ -194,8 +213,26 @@ def test_a_rerun_of_the_same_period_computes_nothing(runs: Runs) -> None:
     assert [p["computed"] for p in row["periods"]] == [False, False]
 
 
+def test_missed_periods_are_filled(runs: Runs) -> None:
+    assert runs.calls[3] == ["003_20240301_20240401", "004_20240401_20240501"]
+    row = _only(runs.gap)
+    assert row["status"] == "computed" and row["computed_periods"] == ["2024-04", "2024-05"]
+    cube = zarr.open_group(str(runs.sequence / SEQUENCE_CUBE), mode="r")
+    windows = cube.attrs["windows"]
+    assert cube.attrs["pairs_done"] == 4 and isinstance(windows, list)
+    assert [str(w)[:7] for w in windows] == ["2024-01", "2024-02", "2024-03", "2024-04", "2024-05"]
+    assert [p["period"] for p in row["periods"]] == ["2024-02", "2024-03", "2024-04", "2024-05"]
+
+
+def test_a_period_without_scenes_fails_its_region_and_leaves_the_sequence(runs: Runs) -> None:
+    assert runs.no_scene == "monitoring 2024-06: region(s) valley failed; see their task runs"
+    assert runs.cube_after_no_scene == runs.cube_before_no_scene
+    failed = runs.markdown[-1]
+    assert "| valley | failed |" in failed and "NothingFoundError" in failed
+
+
 def test_the_run_summary_has_the_changed_area_of_every_period(runs: Runs) -> None:
-    second, rerun = runs.markdown[-2], runs.markdown[-1]
+    second, rerun = runs.markdown[1], runs.markdown[2]
     periods = _only(runs.second)["periods"]
     ha = [round(p["changed_m2"] / 10_000.0, 4) for p in periods]
     assert "## Changed area per period" in second and "| period | valley |" in second
@@ -215,8 +252,8 @@ def _plan(runs: Runs, day: date, **options: Any) -> Any:
 
 
 def test_missed_periods_are_filled_and_earlier_ones_refused(runs: Runs) -> None:
-    gap = _plan(runs, date(2024, 7, 5))
-    assert gap.done == 2 and [p.label for p in gap.pending] == ["2024-04", "2024-05", "2024-06"]
+    gap = _plan(runs, date(2024, 8, 5))
+    assert gap.done == 4 and [p.label for p in gap.pending] == ["2024-06", "2024-07"]
     assert [p.label for p in gap.periods] == [
         "2024-01",
         "2024-02",
@@ -224,6 +261,7 @@ def test_missed_periods_are_filled_and_earlier_ones_refused(runs: Runs) -> None:
         "2024-04",
         "2024-05",
         "2024-06",
+        "2024-07",
     ]
     assert _plan(runs, FIRST_RUN).pending == ()  # an earlier period the sequence holds: nothing to do
     with pytest.raises(JobSpecError, match="begins with 2024-01, so no pair of it can end in 2024-01"):
@@ -242,7 +280,12 @@ def test_a_changed_job_is_refused_unless_replaced(runs: Runs, tmp_path: Path) ->
         monitoring_plan(job_files=[str(changed)], run_date=SECOND_RUN, mode="sequence")
     replaced = monitoring_plan(job_files=[str(changed)], run_date=SECOND_RUN, mode="sequence", force=True)
     assert replaced.sequences["valley"].done == 0
-    assert [p.label for p in replaced.sequences["valley"].pending] == ["2024-02", "2024-03"]
+    assert [p.label for p in replaced.sequences["valley"].pending] == [
+        "2024-02",
+        "2024-03",
+        "2024-04",
+        "2024-05",
+    ]
 
 
 def test_plan_modes(tmp_path: Path) -> None:
