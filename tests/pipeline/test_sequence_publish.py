@@ -103,7 +103,10 @@ def test_statistics_over_time_hold_every_pair_as_its_own_statistics(published: P
     assert tuple(table.columns) == SEQUENCE_COLUMNS
     assert sorted(table["pair"].unique()) == list(range(1, spec.pairs + 1))
     pixel_area = describe_change_cube(OutputLayout.of(spec.pair_output(1)).change_cube).pixel_area_m2
-    changed = changed_pixels(Path(spec.output) / "sequence.zarr")
+    cube = Path(spec.output) / "sequence.zarr"
+    changed = changed_pixels(cube)
+    change, target_change = _layer(cube, "change"), _layer(cube, "target_change")
+    targets = [str(t) for t in _layer(cube, "target")]
     for k in range(1, spec.pairs + 1):
         rows = table[table["pair"] == k]
         assert set(rows["pair_name"]) == {spec.pair_name(k)} and set(rows["window"]) == {k + 1}
@@ -114,6 +117,10 @@ def test_statistics_over_time_hold_every_pair_as_its_own_statistics(published: P
         total = rows[(rows["kind"] == "changed") & (rows["zone"] == "all")]
         assert total["pixels"].tolist() == [changed[k - 1]]
         assert total["area_ha"].iloc[0] == pytest.approx(changed[k - 1] * pixel_area / 10_000)
+        valid = change[k - 1] != 255
+        for t, target in enumerate(targets):
+            row = rows[(rows["kind"] == "target") & (rows["zone"] == "all") & (rows["target"] == target)]
+            assert row["pixels"].tolist() == [int(np.count_nonzero((target_change[k - 1, t] == 1) & valid))]
     assert (table["kind"] == "transition").any() and (table["kind"] == "target").any()
     # Appending added the new pair's rows and left the earlier ones as they were.
     earlier = table[table["pair"] < spec.pairs].reset_index(drop=True)
