@@ -21,6 +21,11 @@ worker and scheduler that ever served a message alive (``distributed.core._expec
 their bound handlers for ever), so a cluster per pair leaked one of each per pair. A job that fixes
 ``cluster.torch_threads`` is the exception: a pair given a ready client computes with the
 cluster's own count, so there each pair starts its own cluster, as a lone job does.
+
+After each pair, the memory it freed is handed back to the operating system, here and on every
+worker (:func:`pipeline.memory_release.release_freed_memory`): workers that live through all the
+pairs otherwise keep each pair's freed heap pages, and their resident memory grew with the pairs
+(measured: 1.1 to 1.8 GiB over 11 pairs at 512 px, flat after trimming).
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from pathlib import Path
 from distributed import Client
 
 from pipeline.cluster import connect
+from pipeline.memory_release import release_freed_memory
 from pipeline.output_lock import hold_output
 from pipeline.run import RunResult, run_job
 from pipeline.sequence.cube import SEQUENCE_CUBE, add_pair, pairs_done
@@ -134,6 +140,7 @@ def run_sequence(
                 client = _start_cluster(spec, cluster)
             result = run_job(spec.pair_job(k), progress=progress, client=client)
             add_pair(cube, k, result.inference.path.local_path, windows, spec.base)
+            _release_freed_memory(client)
             computed.append(k)
             runs.append(result)
         publish_sequence(spec, cube)
@@ -149,3 +156,10 @@ def _start_cluster(spec: SequenceSpec, stack: ExitStack) -> Client | None:
     session = stack.enter_context(connect(job.cluster, gpu=job.models.device == "cuda"))
     log.info("sequence %s: one Dask cluster for every pair (%s)", spec.output, session.client)
     return session.client
+
+
+def _release_freed_memory(client: Client | None) -> None:
+    """Hand what a pair freed back to the operating system, in this process and on every worker."""
+    release_freed_memory()
+    if client is not None:
+        client.run(release_freed_memory, on_error="ignore")  # a worker lost now fails the next pair
