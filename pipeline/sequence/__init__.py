@@ -1,7 +1,8 @@
 """Change through time: a job over N >= 2 windows, run pair by pair into one sequence cube.
 
 :mod:`~pipeline.sequence.spec` (the validated sequence: base job and windows),
-:mod:`~pipeline.sequence.cube` (the sequence cube: pairs stacked, date layers) and
+:mod:`~pipeline.sequence.windows` (each window's composite, once, along ``time``; the pairs' inputs
+cut from it), :mod:`~pipeline.sequence.cube` (the sequence cube: pairs stacked, date layers) and
 :mod:`~pipeline.sequence.run` (running and appending).
 
 The cube and run names load on first use, so that reading a sequence file (the command line's
