@@ -157,7 +157,9 @@ def respond(
     try:
         from pipeline.own_imagery import own_imagery_options
 
-        options = own_imagery_options(catalog, _json_option(job_options, "--job-options"))
+        options = own_imagery_options(
+            catalog, _json_option(job_options, "--job-options"), tile_size=tile_size
+        )
     except Seg2ChangeError as exc:
         _fail(exc)
     event: dict[str, Any] = {

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import glob
 import json
+import math
 import re
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -30,6 +31,7 @@ from rasterio.enums import ColorInterp
 from rio_stac import create_stac_item
 
 from pipeline.bands import COMMON_NAMES
+from pipeline.engine_spec import TilingSpec
 from pipeline.errors import CatalogError
 from pipeline.storage import replace_atomically
 
@@ -41,6 +43,7 @@ __all__ = [
     "datetime_from_name",
     "find_rasters",
     "job_defaults",
+    "overlap_for_resolution",
     "own_imagery_options",
     "write_item_collection",
 ]
@@ -52,6 +55,10 @@ IMAGE_ASSET = "image"
 #: Item property that marks items made here (their defaults are found by :func:`job_defaults`).
 OWN_IMAGERY_PROPERTY = "seg2change:own_imagery"
 _METRES_PER_DEGREE = 111_320.0
+#: Ground the tiles of a very-high-resolution job overlap by, in metres: a large building with its
+#: yard, so that a building cut by one tile's edge lies whole, with context, inside its neighbour,
+#: whose prediction the blend takes there (:func:`overlap_for_resolution`).
+OVERLAP_GROUND_M = 40.0
 #: File suffixes taken from a folder (a file given by name may have any suffix GDAL reads).
 RASTER_SUFFIXES = (".tif", ".tiff", ".TIF", ".TIFF")
 
@@ -382,24 +389,74 @@ def job_defaults(items: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def own_imagery_options(catalog: str, options: Mapping[str, Any] | None) -> dict[str, Any]:
+def overlap_for_resolution(resolution: float, tile_size: int | None = None) -> int:
+    """Tile overlap in pixels that covers :data:`OVERLAP_GROUND_M` of ground at ``resolution`` metres.
+
+    Never less than the engine's default overlap (64 px, what Sentinel-2 and Landsat jobs use: at
+    10 m it is 640 m of ground), and at most half of ``tile_size`` when it is given (the most the
+    engine allows). CACH's 504 px tile at 0.5 m gets 80 px (8 % more tiles than with 64 px), at
+    0.3 m 134 px (41 % more).
+
+    Parameters
+    ----------
+    resolution
+        Pixel side of the grid in metres (positive).
+    tile_size
+        The model tile side in pixels, when known.
+    """
+    default = int(TilingSpec.model_fields["overlap"].default)
+    pixels = max(default, math.ceil(OVERLAP_GROUND_M / resolution))
+    return min(pixels, tile_size // 2) if tile_size else pixels
+
+
+def own_imagery_options(
+    catalog: str, options: Mapping[str, Any] | None, *, tile_size: int | None = None
+) -> dict[str, Any]:
     """A job's further fields with :func:`job_defaults` of a local catalog of own imagery beneath them.
 
     The given ``options`` win; a ``grid`` mapping is merged key by key. A STAC API URL, or a local
-    catalog of other items, leaves ``options`` as they are.
+    catalog of other items, brings no defaults. Then, when the grid's resolution is known (given, or
+    the own imagery's) and ``tiling.overlap`` is not given, ``tiling.overlap`` becomes
+    :func:`overlap_for_resolution` of that resolution, at most half of the tile when it is known
+    (``tile_size``, else ``tiling.tile_size``): 134 to 67 px on 0.3 to 0.6 m imagery, 64 px at 10 m.
     """
     out = dict(options or {})
-    if catalog.startswith(("http://", "https://")) or not Path(catalog).expanduser().is_file():
-        return out
-    from pipeline.discover import open_catalog_items
+    if not catalog.startswith(("http://", "https://")) and Path(catalog).expanduser().is_file():
+        from pipeline.discover import open_catalog_items
 
-    defaults = job_defaults(open_catalog_items(str(Path(catalog).expanduser())))
-    for key, value in defaults.items():
-        if key == "grid" and isinstance(out.get("grid"), Mapping):
-            out["grid"] = {**value, **out["grid"]}
-        else:
-            out.setdefault(key, value)
-    return out
+        defaults = job_defaults(open_catalog_items(str(Path(catalog).expanduser())))
+        for key, value in defaults.items():
+            if key == "grid" and isinstance(out.get("grid"), Mapping):
+                out["grid"] = {**value, **out["grid"]}
+            else:
+                out.setdefault(key, value)
+    return _with_scaled_overlap(out, tile_size)
+
+
+def _with_scaled_overlap(options: dict[str, Any], tile_size: int | None) -> dict[str, Any]:
+    """``options`` with ``tiling.overlap`` for the grid's resolution, unless given or unknowable.
+
+    A resolution or tile that is not a positive number is left for the job's validation to refuse.
+    """
+    grid, tiling = options.get("grid"), options.get("tiling")
+    resolution = _positive(grid.get("resolution")) if isinstance(grid, Mapping) else None
+    if resolution is None or (tiling is not None and not isinstance(tiling, Mapping)):
+        return options
+    tiling = dict(tiling or {})
+    if "overlap" in tiling:
+        return options
+    tile = _positive(tile_size if tile_size is not None else tiling.get("tile_size"))
+    overlap = overlap_for_resolution(resolution, int(tile) if tile is not None else None)
+    if overlap == TilingSpec.model_fields["overlap"].default:
+        return options  # coarse imagery: the engine's default, left implicit
+    return {**options, "tiling": {**tiling, "overlap": overlap}}
+
+
+def _positive(value: object) -> float | None:
+    """``value`` when it is a positive finite number, else None."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0:
+        return float(value)
+    return None
 
 
 def write_item_collection(items: Iterable[pystac.Item], out: Path, *, overwrite: bool = False) -> Path:

@@ -227,6 +227,8 @@ def test_catalog_then_respond_on_joplin_gives_cube_cogs_and_per_building_table(
     job = json.loads(xr.open_zarr(output / "change_cube.zarr").attrs["job"])
     assert job["quality"]["asset"] is None and job["bands"] == ["red", "green", "blue"]
     assert job["grid"]["resolution"] == 0.6 and job["collections"] == ["joplin"]
+    # Tiles overlap by 40 m of ground at 0.6 m (67 px, under half of the tiny CACH's own 252 px tile).
+    assert job["tiling"]["overlap"] == 67 and job["tiling"]["tile_size"] is None
     with rasterio.open(output / "cogs" / "change_probability.tif") as cog:
         assert cog.crs.to_epsg() == 32615 and cog.res == pytest.approx((0.6, 0.6))
         cube_box = shapely.box(*cog.bounds)

@@ -317,3 +317,70 @@ def test_job_catalog_may_be_a_folder_or_glob_of_images(tmp_path: Path) -> None:
     undated = JobSpec.build(**{**fields, "catalog": str(images)})
     with pytest.raises(CatalogError, match="--name-date"):
         discover(undated)
+
+
+def test_tiles_overlap_by_a_ground_distance_on_very_high_resolution_imagery(tmp_path: Path) -> None:
+    """40 m of ground: 134 px at 0.3 m, 80 px at 0.5 m, never under the engine's 64 px, at most half
+    the tile; a given overlap wins, a given resolution counts, and the event's job takes it."""
+    from flows.events import event_job
+    from pipeline.own_imagery import overlap_for_resolution, own_imagery_options
+
+    assert [overlap_for_resolution(r, 504) for r in (30.0, 10.0, 0.6, 0.5, 0.3, 0.1)] == [
+        64,
+        64,
+        67,
+        80,
+        134,
+        252,
+    ]
+    assert overlap_for_resolution(0.1) == 400 and overlap_for_resolution(0.3, 200) == 100
+    for folder in ("pre", "post"):
+        _write_rgb(tmp_path / folder / "scene.tif", crs="EPSG:32615", origin=UTM_ORIGIN, res=0.3, size=32)
+    items = list(catalog_rasters([tmp_path / "pre"], datetimes=[datetime(2011, 5, 1)], collection="own"))
+    items += list(catalog_rasters([tmp_path / "post"], datetimes=[datetime(2011, 5, 25)], collection="own"))
+    catalog = str(write_item_collection(items, tmp_path / "items.json"))
+
+    options = own_imagery_options(catalog, None)
+    assert options["grid"] == {"resolution": 0.3} and options["tiling"] == {"overlap": 134}
+    assert own_imagery_options(catalog, None, tile_size=252)["tiling"] == {"overlap": 126}
+    small = own_imagery_options(catalog, {"tiling": {"tile_size": 256, "batch_size": 2}})
+    assert small["tiling"] == {"tile_size": 256, "batch_size": 2, "overlap": 128}
+    assert own_imagery_options(catalog, {"tiling": {"overlap": 16}})["tiling"] == {"overlap": 16}
+    assert own_imagery_options(catalog, {"grid": {"resolution": 0.5}})["tiling"] == {"overlap": 80}
+    assert "tiling" not in own_imagery_options(catalog, {"grid": {"resolution": 10}})
+    # A STAC API's job at a given fine resolution gets it too; a bad resolution is left to the job.
+    api = "https://stac.example.org/v1"
+    assert own_imagery_options(api, {"grid": {"resolution": 0.4}}) == {
+        "grid": {"resolution": 0.4},
+        "tiling": {"overlap": 100},
+    }
+    assert own_imagery_options(api, {"grid": {"resolution": -1}}) == {"grid": {"resolution": -1}}
+
+    area = [UTM_ORIGIN[0], UTM_ORIGIN[1] - 9, UTM_ORIGIN[0] + 9, UTM_ORIGIN[1]]
+    job = event_job(
+        area,
+        datetime(2011, 5, 22).date(),
+        "storm",
+        catalog,
+        "own",
+        str(tmp_path / "out"),
+        area_crs="EPSG:32615",
+        tile_size=252,
+        job_options=own_imagery_options(catalog, None, tile_size=252),
+    )
+    assert job.tiling.tile_size == 252 and job.tiling.overlap == 126
+    # Without a tile given, the model's own is known only at inference: 134 px fits CACH's 504 px, and a
+    # model of 252 px tiles is refused there with the fix named.
+    job = event_job(
+        area,
+        datetime(2011, 5, 22).date(),
+        "storm",
+        catalog,
+        "own",
+        str(tmp_path / "out"),
+        area_crs="EPSG:32615",
+        job_options=own_imagery_options(catalog, None),
+    )
+    assert job.tiling.overlap == 134 and job.tiling.resolve_tile_size(504) == 504
+    with pytest.raises(JobSpecError, match="overlap 134 exceeds half the tile .* at most 126"):
+        job.tiling.resolve_tile_size(252)
