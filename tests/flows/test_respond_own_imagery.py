@@ -234,6 +234,7 @@ def test_catalog_then_respond_on_joplin_gives_cube_cogs_and_per_building_table(
         cube_box = shapely.box(*cog.bounds)
     features = answer["features"]
     summary = features["summary"]["all"]
+    print(f"joplin footprints: {summary}")
     assert summary["footprints"] == 2823 and features["threshold"] == 0.3
     table = pq.read_table(features["features_parquet"]).to_pandas()
     assert len(table) == 2823
