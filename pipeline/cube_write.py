@@ -26,6 +26,7 @@ import zarr
 from pipeline.cube_schema import ATTR_COMPLETE
 from pipeline.errors import CubeError, OutputExistsError
 from pipeline.faults import fault_point
+from pipeline.memory_release import release_freed_memory
 from pipeline.progress import make_progress
 from pipeline.storage import EMPTY_FOLDER_WARNING, Location, LocationLike
 from pipeline.zarr_cf import cf_coordinates
@@ -115,6 +116,9 @@ def write_cube(
             store = target.path.zarr_store()
             _start_or_resume(ds, store, target, zarr_format, len(regions))
             _write_blocks(ds, store, regions, _Writes(target.written, blocks, blocks_at_once), progress)
+            # The blocks' buffers were freed in their threads' own malloc heaps, which keep them:
+            # give them back before the next stage allocates elsewhere.
+            release_freed_memory()
             _mark_complete(store)
             fault_point("prepare:written")
     except BaseException:
