@@ -13,19 +13,22 @@ Each window's composite is computed once, into the windows cube (:mod:`pipeline.
 before the pairs run; each pair's input cube is cut from it, so a pair's prepare stage finds its
 input done. Appending a window computes its composite and the new pair only.
 
-All pairs compute on one Dask cluster: the given client, else the base job's ``cluster`` started
-once, at the first pair to compute, and closed at the end. Its workers build the models once and
-keep them across pairs (worker processes and launched back-ends are not started again per pair),
-and a process's memory does not grow with the pairs: distributed 2026.8 keeps every in-process
-worker and scheduler that ever served a message alive (``distributed.core._expects_comm`` caches
-their bound handlers for ever), so a cluster per pair leaked one of each per pair. A job that fixes
-``cluster.torch_threads`` is the exception: a pair given a ready client computes with the
-cluster's own count, so there each pair starts its own cluster, as a lone job does.
+Worker processes and launched back-ends are started once for all the pairs (the given client,
+else the base job's ``cluster``, started at the first pair to compute and closed at the end), so
+each worker builds the models once and keeps them. The default in-process local cluster is started
+per pair instead, as a lone job starts it: its models live in the process's model cache whatever
+the cluster, and an in-process scheduler and worker kept for all the pairs grew with them (their
+logs and computation history, bounded only by distributed's large limits). A job that fixes
+``cluster.torch_threads`` also starts its cluster per pair: a pair given a ready client computes
+with the cluster's own count.
 
 After each pair, the memory it freed is handed back to the operating system, here and on every
-worker (:func:`pipeline.memory_release.release_freed_memory`): workers that live through all the
-pairs otherwise keep each pair's freed heap pages, and their resident memory grew with the pairs
-(measured: 1.1 to 1.8 GiB over 11 pairs at 512 px, flat after trimming).
+worker (:func:`pipeline.memory_release.release_freed_memory`); without it, workers that live
+through the pairs keep each pair's freed heap pages.
+
+Peak memory against the number of periods: ``bench/sequence_memory.py`` (3 vs 12 periods at 512
+px, 2 vCPU: in-process 1.09x, worker processes 1.05x; one in-process cluster for all the pairs
+gave 1.22x with trimming and 1.39x without).
 """
 
 from __future__ import annotations
@@ -99,8 +102,8 @@ def run_sequence(
     progress
         Show progress bars.
     client
-        A ready Dask client for every pair (left open); default: the base job's ``cluster``,
-        started once for every pair.
+        A ready Dask client for every pair (left open); default: the base job's ``cluster``, started
+        once for every pair when its workers are processes or launched, else per pair.
     on_pair
         Called with each pair (1-based) and whether it is run now (``False``: done before), before
         a pair runs.
@@ -149,9 +152,11 @@ def run_sequence(
 
 def _start_cluster(spec: SequenceSpec, stack: ExitStack) -> Client | None:
     """Start the base job's cluster for every pair, closed with ``stack``; ``None`` (each pair starts
-    its own) when the job fixes ``cluster.torch_threads``."""
+    its own) for the in-process local cluster or when the job fixes ``cluster.torch_threads``."""
     job = spec.pair_job(1)
-    if job.cluster.torch_threads is not None:
+    cluster = job.cluster
+    in_process = cluster.address is None and cluster.backend is None and not cluster.processes
+    if in_process or cluster.torch_threads is not None:
         return None
     session = stack.enter_context(connect(job.cluster, gpu=job.models.device == "cuda"))
     log.info("sequence %s: one Dask cluster for every pair (%s)", spec.output, session.client)

@@ -9,6 +9,7 @@ scene).
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import pytest
 import rioxarray  # noqa: F401  (the .rio accessor)
 import xarray as xr
 import zarr
+from distributed import Client
 from numpy.typing import NDArray
 
 import pipeline.cluster as cluster
@@ -160,10 +162,23 @@ def test_each_window_is_composited_once_and_appending_composites_only_the_new_wi
     assert runs.composites["pairs"] == []
 
 
-def test_every_pair_of_a_run_computes_on_one_cluster(runs: Runs) -> None:
-    """Four runs that compute pairs (the stopped one, its resumption, the append, the whole): four
-    local clusters for 13 pair jobs, where a cluster per pair leaked a worker and a scheduler each."""
-    assert runs.clusters == 4
+def test_worker_processes_serve_every_pair_and_the_in_process_cluster_is_started_per_pair(runs: Runs) -> None:
+    """Worker processes keep their models across pairs; the default in-process cluster is started
+    per pair job that computes, as a lone job starts it: 12 of the 13 pair jobs of the four runs
+    (pair 3, run again after the stop, found its change cube complete)."""
+    assert runs.first_calls + runs.appended_calls + len(runs.whole.computed) == 13
+    assert runs.clusters == 12
+    spec = runs.whole.spec
+    with ExitStack() as stack:
+        assert sequence_run._start_cluster(spec, stack) is None
+        processes = {**spec.base, "cluster": {"processes": True, "n_workers": 1}}
+        shared = SequenceSpec.build(base=processes, output=spec.output, windows=list(spec.windows))
+        client = sequence_run._start_cluster(shared, stack)
+        assert isinstance(client, Client) and len(client.scheduler_info()["workers"]) == 1
+        fixed = {**spec.base, "cluster": {"processes": True, "n_workers": 1, "torch_threads": 1}}
+        own = SequenceSpec.build(base=fixed, output=spec.output, windows=list(spec.windows))
+        assert sequence_run._start_cluster(own, stack) is None
+    assert client.status == "closed"
 
 
 def test_a_pair_input_cut_from_the_windows_cube_equals_the_one_prepare_makes(
