@@ -5,6 +5,11 @@ output folder (``pairs/NNN_<start>_<start>/``), so every guarantee of a job hold
 output lock, restart from finished blocks, byte-identical outputs. Its change cube is then stacked
 into the sequence cube (:mod:`pipeline.sequence.cube`).
 
+With a fixed reference window (``reference``), each window at least two away from it is also
+compared with it, as a two-date job of its own under ``references/`` (input cut from the windows
+cube too), after the consecutive pairs; a marker file (:data:`REFERENCE_DONE`) written once its
+job has finished makes a later run (an append) skip it.
+
 Appending: running a sequence whose cube already holds pairs ``1..m`` of the same base job and
 windows (a prefix of the requested windows) runs only the pairs after ``m`` and extends the cube;
 the result equals a run of the whole sequence at once, byte for byte.
@@ -48,11 +53,19 @@ from pipeline.output_lock import hold_output
 from pipeline.run import RunResult, run_job
 from pipeline.sequence.cube import SEQUENCE_CUBE, add_pair, pairs_done
 from pipeline.sequence.publish import publish_sequence
-from pipeline.sequence.spec import PAIRS_DIR, SequenceSpec
-from pipeline.sequence.windows import WINDOWS_CUBE, materialise_pair_input, prepare_windows
+from pipeline.sequence.spec import PAIRS_DIR, REFERENCES_DIR, SequenceSpec
+from pipeline.sequence.windows import (
+    WINDOWS_CUBE,
+    materialise_pair_input,
+    materialise_reference_input,
+    prepare_windows,
+)
 from pipeline.storage import Location
 
-__all__ = ["SequenceResult", "run_sequence"]
+__all__ = ["REFERENCE_DONE", "SequenceResult", "run_sequence"]
+
+#: Marker file in a reference pair's output, written once its job has finished.
+REFERENCE_DONE = "reference.done"
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +84,8 @@ class SequenceResult:
         The pairs (1-based) run now; the others were done before.
     composited
         The windows (1-based) whose composite was computed now.
+    references
+        The windows (1-based) whose reference pair was run now.
     runs
         The result of each pair run now, in pair order.
     """
@@ -80,6 +95,7 @@ class SequenceResult:
     computed: tuple[int, ...]
     runs: tuple[RunResult, ...]
     composited: tuple[int, ...] = ()
+    references: tuple[int, ...] = ()
 
 
 def run_sequence(
@@ -128,10 +144,11 @@ def run_sequence(
     runs: list[RunResult] = []
     with hold_output(Location(str(root)), job=f"sequence {root}"), ExitStack() as cluster:
         if force:
-            for made in (cube, root / WINDOWS_CUBE, root / PAIRS_DIR):
+            for made in (cube, root / WINDOWS_CUBE, root / PAIRS_DIR, root / REFERENCES_DIR):
                 shutil.rmtree(made, ignore_errors=True)
         done = pairs_done(cube, windows, spec.base)
-        composited = prepare_windows(spec, progress=progress).computed if done < spec.pairs else ()
+        todo = [w for w in spec.reference_windows() if not _reference_done(spec, w)]
+        composited = prepare_windows(spec, progress=progress).computed if done < spec.pairs or todo else ()
         for k in range(1, spec.pairs + 1):
             if on_pair is not None:
                 on_pair(k, k > done)
@@ -146,8 +163,16 @@ def run_sequence(
             _release_freed_memory(client)
             computed.append(k)
             runs.append(result)
+        for w in todo:
+            log.info("sequence %s: window %d against the reference window %s", root, w, spec.reference)
+            materialise_reference_input(spec, w, progress=progress)
+            if client is None:
+                client = _start_cluster(spec, cluster)
+            run_job(spec.reference_job(w), progress=progress, client=client)
+            (Path(spec.reference_job(w).output) / REFERENCE_DONE).write_text("")
+            _release_freed_memory(client)
         publish_sequence(spec, cube)
-    return SequenceResult(spec, cube, tuple(computed), tuple(runs), composited)
+    return SequenceResult(spec, cube, tuple(computed), tuple(runs), composited, tuple(todo))
 
 
 def _start_cluster(spec: SequenceSpec, stack: ExitStack) -> Client | None:
@@ -168,3 +193,8 @@ def _release_freed_memory(client: Client | None) -> None:
     release_freed_memory()
     if client is not None:
         client.run(release_freed_memory, on_error="ignore")  # a worker lost now fails the next pair
+
+
+def _reference_done(spec: SequenceSpec, w: int) -> bool:
+    """Whether window ``w``'s reference pair finished in an earlier run."""
+    return (Path(spec.reference_job(w).output) / REFERENCE_DONE).is_file()

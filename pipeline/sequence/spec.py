@@ -30,10 +30,12 @@ from pipeline.area import TimeWindow
 from pipeline.errors import JobSpecError
 from pipeline.spec import JobSpec, _resolve_relative
 
-__all__ = ["PAIRS_DIR", "Period", "SequenceSpec", "parse_period", "period_windows"]
+__all__ = ["PAIRS_DIR", "REFERENCES_DIR", "Period", "SequenceSpec", "parse_period", "period_windows"]
 
 #: Folder of the pair outputs inside a sequence's output.
 PAIRS_DIR = "pairs"
+#: Folder of the reference pairs' outputs (each window against the fixed reference window).
+REFERENCES_DIR = "references"
 
 _DURATION = re.compile(r"^P(?:(\d+)Y)?(?:(\d+)M)?(?:(\d+)W)?(?:(\d+)D)?$")
 _OWN_FIELDS = ("before", "after", "output")
@@ -113,6 +115,10 @@ class SequenceSpec(BaseModel):
     windows
         The windows in time order, none overlapping the next. Given as a list (each a
         ``TimeWindow`` or ``"START/END"``) or as ``{"start", "end", "period"}``.
+    reference
+        Optionally, a fixed reference window (1-based): each window at least two away from it is
+        also compared with it, as a two-date job of its own (:meth:`reference_job`; the windows
+        next to it are consecutive pairs already).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -120,6 +126,7 @@ class SequenceSpec(BaseModel):
     base: dict[str, Any]
     output: str
     windows: tuple[TimeWindow, ...] = Field(min_length=2)
+    reference: int | None = Field(default=None, ge=1)
 
     @field_validator("base")
     @classmethod
@@ -165,6 +172,10 @@ class SequenceSpec(BaseModel):
                     f"windows {k} and {k + 1} overlap or are out of order ({earlier.interval()} then "
                     f"{later.interval()}); list the windows in time order, each ending before the next starts"
                 )
+        if self.reference is not None and self.reference > len(self.windows):
+            raise ValueError(
+                f"reference window {self.reference} does not exist; give one of the windows 1..{len(self.windows)}"
+            )
         return self
 
     @classmethod
@@ -229,10 +240,10 @@ class SequenceSpec(BaseModel):
                 "or start, end and period) and 'output' (the sequence's folder)"
             )
         doc = _resolve_relative(doc, path.parent)
-        windows, out = doc.pop("windows"), doc.pop("output")
+        windows, out, reference = doc.pop("windows"), doc.pop("output"), doc.pop("reference", None)
         if not isinstance(out, str):
             raise JobSpecError(f"sequence file {path}: output must be a folder path, not {out!r}")
-        return cls.build(base=doc, output=out, windows=windows)
+        return cls.build(base=doc, output=out, windows=windows, reference=reference)
 
     @property
     def pairs(self) -> int:
@@ -256,6 +267,32 @@ class SequenceSpec(BaseModel):
             before=self.windows[k - 1],
             after=self.windows[k],
             output=str(self.pair_output(k)),
+        )
+
+    def reference_windows(self) -> tuple[int, ...]:
+        """The windows (1-based) compared with the reference window: those at least two away from it."""
+        if self.reference is None:
+            return ()
+        return tuple(w for w in range(1, len(self.windows) + 1) if abs(w - self.reference) >= 2)
+
+    def reference_pair(self, w: int) -> tuple[int, int]:
+        """The windows (earlier, later) of window ``w``'s reference pair."""
+        if w not in self.reference_windows():
+            raise JobSpecError(
+                f"window {w} has no reference pair; the reference pairs are of windows {list(self.reference_windows())}"
+            )
+        assert self.reference is not None
+        return min(w, self.reference), max(w, self.reference)
+
+    def reference_job(self, w: int) -> JobSpec:
+        """The two-date job comparing window ``w`` with the reference window (the earlier first)."""
+        a, b = self.reference_pair(w)
+        name = f"{w:03d}_{self.windows[a - 1].start:%Y%m%d}_{self.windows[b - 1].start:%Y%m%d}"
+        return JobSpec.build(
+            **self.base,
+            before=self.windows[a - 1],
+            after=self.windows[b - 1],
+            output=str(Path(self.output) / REFERENCES_DIR / name),
         )
 
     def window_dates(self) -> list[str]:

@@ -64,7 +64,14 @@ from pipeline.spec import JobSpec, TimeWindow
 from pipeline.storage import EMPTY_FOLDER_WARNING, Location
 from pipeline.zarr_cf import cf_coordinates, string_labels
 
-__all__ = ["WINDOWS_CUBE", "WindowsCube", "materialise_pair_input", "prepare_windows", "windows_cube_path"]
+__all__ = [
+    "WINDOWS_CUBE",
+    "WindowsCube",
+    "materialise_pair_input",
+    "materialise_reference_input",
+    "prepare_windows",
+    "windows_cube_path",
+]
 
 log = logging.getLogger(__name__)
 
@@ -154,15 +161,28 @@ def materialise_pair_input(spec: SequenceSpec, k: int, *, progress: bool = True)
     the same job fields and scenes and refuses it otherwise. Returns where it was written, or
     ``None`` when it was left alone.
     """
-    job = spec.pair_job(k)
+    return _materialise(spec, spec.pair_job(k), (k, k + 1), progress=progress)
+
+
+def materialise_reference_input(spec: SequenceSpec, w: int, *, progress: bool = True) -> Location | None:
+    """Write the input cube of window ``w``'s reference pair (:meth:`SequenceSpec.reference_job`),
+    as :func:`materialise_pair_input` does for a consecutive pair."""
+    return _materialise(spec, spec.reference_job(w), spec.reference_pair(w), progress=progress)
+
+
+def _materialise(
+    spec: SequenceSpec, job: JobSpec, windows: tuple[int, int], *, progress: bool
+) -> Location | None:
+    """Cut ``job``'s input cube from the windows (1-based, earlier first) of the windows cube."""
     target = cube_path(job)
     if target.exists():
         return None
+    a, b = windows
     stored = xr.open_zarr(str(windows_cube_path(spec)), consolidated=True, decode_coords="all")
-    records = [json.loads(str(r)) for r in stored.attrs["window_items"][k - 1 : k + 1]]
+    records = [json.loads(str(stored.attrs["window_items"][w - 1])) for w in (a, b)]
     discovery = _recorded_discovery(records)
     fingerprint = input_fingerprint(job, discovery)
-    pair = stored[[REFLECTANCE, CLEAR_COUNT]].isel(time=[k - 1, k])
+    pair = stored[[REFLECTANCE, CLEAR_COUNT]].isel(time=[a - 1, b - 1])
     pair = pair.rename({"time": "epoch"}).drop_vars(["epoch"])
     pair = pair.assign_coords(epoch=string_labels(list(EPOCHS), job.zarr_format))
     pair.attrs = {
@@ -179,7 +199,7 @@ def materialise_pair_input(spec: SequenceSpec, k: int, *, progress: bool = True)
         variable.encoding = {
             k: v for k, v in variable.encoding.items() if k in ("_FillValue", "grid_mapping")
         }
-    log.info("pair %d: input cube cut from the windows cube %s", k, windows_cube_path(spec))
+    log.info("input cube of %s cut from windows %d and %d of %s", job.output, a, b, windows_cube_path(spec))
     return write_cube(pair, target, progress=progress, zarr_format=job.zarr_format, resume_key=fingerprint)
 
 

@@ -288,3 +288,29 @@ def test_a_sequence_whose_windows_do_not_extend_the_cube_is_refused(runs: Runs, 
         run_sequence(shifted, progress=False)
     assert _files(runs.whole.cube) == before
     assert (Path(spec.output) / SEQUENCE_CUBE).is_dir()
+
+
+def test_a_reference_window_compares_each_window_with_it_and_appends(runs: Runs, tmp_path: Path) -> None:
+    """Windows 1..4 against window 1 (3 and 4: 2 is pair 1 already), then window 5 appended: its
+    composite, pair 4 and its reference pair only. The reference pair of window 4 finds what
+    changed between periods 1 and 4 (construction in 3, burn in 4)."""
+    base = runs.whole.spec.base
+    windows = list(runs.whole.spec.windows[:5])
+    four = SequenceSpec.build(base=base, output=str(tmp_path / "seq"), windows=windows[:4], reference=1)
+    first = run_sequence(four, progress=False)
+    assert first.references == (3, 4) and first.composited == (1, 2, 3, 4) and first.computed == (1, 2, 3)
+    five = SequenceSpec.build(base=base, output=str(tmp_path / "seq"), windows=windows, reference=1)
+    appended = run_sequence(five, progress=False)
+    assert (appended.references, appended.composited, appended.computed) == ((5,), (5,), (4,))
+    assert run_sequence(five, progress=False).references == ()
+    job = five.reference_job(4)
+    cut = open_cube(Path(job.output) / "input_cube.zarr")
+    stored = xr.open_zarr(tmp_path / "seq" / WINDOWS_CUBE).isel(time=[0, 3])
+    assert np.array_equal(cut["reflectance"].values, stored["reflectance"].values, equal_nan=True)
+    change = np.asarray(
+        zarr.open_array(str(Path(job.output) / "change_cube.zarr"), path="change", mode="r")[...]
+    )
+    truth = runs.scene.truth.first_change
+    changed = (truth >= 2) & (truth <= 4)
+    assert float(np.mean(change[changed] == 1)) >= 0.8
+    assert float(np.mean(change[truth == 0] == 1)) <= 0.05

@@ -182,3 +182,35 @@ def test_sequence_truth_puts_each_event_in_its_period() -> None:
     short = sequence_truth(spec, 5)
     assert not np.isin(short.kind, [ChangeType.CLEARING, ChangeType.DRAIN]).any()
     assert short.first_change.max() == 5
+
+
+def test_a_reference_window_adds_a_pair_per_window_at_least_two_away(tmp_path: Path) -> None:
+    months = {"start": "2024-01-01", "end": "2024-06-01", "period": "P1M"}
+    first = SequenceSpec.build(
+        base=_base(tmp_path), output=str(tmp_path / "seq"), windows=months, reference=1
+    )
+    assert first.reference_windows() == (3, 4, 5)
+    job = first.reference_job(4)
+    assert (job.before, job.after) == (first.windows[0], first.windows[3])
+    assert job.output == str(tmp_path / "seq" / "references" / "004_20240101_20240401")
+    middle = first.model_copy(update={"reference": 3})
+    assert middle.reference_windows() == (1, 5) and middle.reference_pair(1) == (1, 3)
+    with pytest.raises(JobSpecError, match="the reference pairs are of windows \\[1, 5\\]"):
+        middle.reference_job(2)
+    assert SequenceSpec.build(base=_base(tmp_path), output="out", windows=months).reference_windows() == ()
+    with pytest.raises(JobSpecError, match="reference window 6 does not exist; give one of the windows 1..5"):
+        SequenceSpec.build(base=_base(tmp_path), output="out", windows=months, reference=6)
+    with pytest.raises(JobSpecError, match="reference"):
+        SequenceSpec.build(base=_base(tmp_path), output="out", windows=months, reference=0)
+
+
+def test_a_sequence_file_names_its_reference_window(tmp_path: Path) -> None:
+    doc = tmp_path / "sequence.yaml"
+    base = _base(tmp_path)
+    doc.write_text(
+        f"aoi: {{bbox: {base['aoi']['bbox']}, crs: 'EPSG:32633'}}\ncatalog: {base['catalog']}\n"
+        "collections: [synthetic-s2]\nprompts: {classes: [water]}\noutput: seq\nreference: 2\n"
+        "windows: [2024-01-01/2024-01-20, 2024-03-01/2024-03-20, 2024-05-01/2024-05-20, 2024-07-01/2024-07-20]\n"
+    )
+    spec = SequenceSpec.from_yaml(doc)
+    assert spec.reference == 2 and spec.reference_windows() == (4,) and "reference" not in spec.base
