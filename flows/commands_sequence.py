@@ -56,3 +56,12 @@ def sequence(
     out_console.print(f"pairs run now: {len(result.computed)} of {spec.pairs}")
     for k, count in enumerate(counts, start=1):
         out_console.print(f"  pair {k} {spec.pair_name(k)}: {count} changed pixels")
+    if result.publication is not None:
+        published = result.publication
+        out_console.print(f"statistics over time: {published.statistics}")
+        for layer, cog in published.cogs.items():
+            out_console.print(f"  COG {layer}: {cog}")
+        out_console.print(
+            f"quick-looks: {published.quicklooks['strip']}, {published.quicklooks['animation']}"
+        )
+        out_console.print(f"STAC collection: {published.stac.collection}")

@@ -25,7 +25,7 @@ from flows.outputs import (
 )
 from flows.region_sequence import RegionSequence
 from flows.regions import Period
-from flows.tasks import BACKOFF_FACTOR, NETWORK_RETRIES, _dask_client_of_runner, retry_on_network_error
+from flows.tasks import BACKOFF_FACTOR, NETWORK_RETRIES, dask_client_of_runner, retry_on_network_error
 
 if TYPE_CHECKING:
     from pipeline.run import RunResult
@@ -83,7 +83,7 @@ def append_periods_task(sequence: RegionSequence, after: Period, force: bool = F
     """
     from pipeline.sequence.run import run_sequence
 
-    with _dask_client_of_runner() as client:
+    with dask_client_of_runner() as client:
         result = run_sequence(sequence.spec, force=force, progress=False, client=client)
     return _row(sequence, after, result)
 

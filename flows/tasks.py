@@ -65,6 +65,7 @@ __all__ = [
     "DASK_ADDRESS_ENV",
     "NETWORK_RETRIES",
     "SubmittedJob",
+    "dask_client_of_runner",
     "discover_task",
     "infer_task",
     "is_network_error",
@@ -183,7 +184,7 @@ def task_runner(scheduler: str | None = None) -> Any:
 
 
 @contextlib.contextmanager
-def _dask_client_of_runner() -> Iterator[Any]:
+def dask_client_of_runner() -> Iterator[Any]:
     """Yield a client of the Dask cluster running this task, or None outside a Dask worker."""
     try:
         from distributed import get_worker
@@ -320,7 +321,7 @@ def infer_task(
     """
     from pipeline import stages
 
-    with _under(job, lock), _dask_client_of_runner() as client:
+    with _under(job, lock), dask_client_of_runner() as client:
         return stages.infer_stage(job, cube, force=force, client=client, progress=False)
 
 

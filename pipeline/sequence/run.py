@@ -48,11 +48,12 @@ from pathlib import Path
 from distributed import Client
 
 from pipeline.cluster import connect
+from pipeline.layout import COGS, STAC
 from pipeline.memory_release import release_freed_memory
 from pipeline.output_lock import hold_output
 from pipeline.run import RunResult, run_job
 from pipeline.sequence.cube import SEQUENCE_CUBE, add_pair, pairs_done
-from pipeline.sequence.publish import publish_sequence
+from pipeline.sequence.publish import SequencePublication, publish_sequence
 from pipeline.sequence.spec import PAIRS_DIR, REFERENCES_DIR, SequenceSpec
 from pipeline.sequence.windows import (
     WINDOWS_CUBE,
@@ -88,6 +89,8 @@ class SequenceResult:
         The windows (1-based) whose reference pair was run now.
     runs
         The result of each pair run now, in pair order.
+    publication
+        What the sequence's publishing wrote (statistics over time, COGs, quick-looks, STAC).
     """
 
     spec: SequenceSpec
@@ -96,6 +99,7 @@ class SequenceResult:
     runs: tuple[RunResult, ...]
     composited: tuple[int, ...] = ()
     references: tuple[int, ...] = ()
+    publication: SequencePublication | None = None
 
 
 def run_sequence(
@@ -144,7 +148,15 @@ def run_sequence(
     runs: list[RunResult] = []
     with hold_output(Location(str(root)), job=f"sequence {root}"), ExitStack() as cluster:
         if force:
-            for made in (cube, root / WINDOWS_CUBE, root / PAIRS_DIR, root / REFERENCES_DIR):
+            # STAC and COGs too: an Item or COG of a pair or target the new run lacks would stay.
+            for made in (
+                cube,
+                root / WINDOWS_CUBE,
+                root / PAIRS_DIR,
+                root / REFERENCES_DIR,
+                root / STAC,
+                root / COGS,
+            ):
                 shutil.rmtree(made, ignore_errors=True)
         done = pairs_done(cube, windows, spec.base)
         todo = [w for w in spec.reference_windows() if not _reference_done(spec, w)]
@@ -171,8 +183,8 @@ def run_sequence(
             run_job(spec.reference_job(w), progress=progress, client=client)
             (Path(spec.reference_job(w).output) / REFERENCE_DONE).write_text("")
             _release_freed_memory(client)
-        publish_sequence(spec, cube)
-    return SequenceResult(spec, cube, tuple(computed), tuple(runs), composited, tuple(todo))
+        publication = publish_sequence(spec, cube)
+    return SequenceResult(spec, cube, tuple(computed), tuple(runs), composited, tuple(todo), publication)
 
 
 def _start_cluster(spec: SequenceSpec, stack: ExitStack) -> Client | None:

@@ -54,6 +54,9 @@ def test_sequence_command_runs_then_appends_only_the_new_pair(tmp_path: Path) ->
     assert first.exit_code == 0, first.output
     cube = tmp_path / "seq" / SEQUENCE_CUBE
     assert f"sequence cube: {cube}" in first.stdout
+    collection = tmp_path / "seq" / "stac" / "collection.json"
+    assert f"STAC collection: {collection}" in first.stdout and collection.is_file()
+    assert "COG first_change: " in first.stdout
     assert "pair 1/1 001_" in first.stderr and "running" in first.stderr
 
     _write(path, fields, [*windows, scene.window_interval(3)])
