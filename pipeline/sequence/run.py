@@ -175,16 +175,23 @@ def run_sequence(
             _release_freed_memory(client)
             computed.append(k)
             runs.append(result)
-        for w in todo:
-            log.info("sequence %s: window %d against the reference window %s", root, w, spec.reference)
-            materialise_reference_input(spec, w, progress=progress)
-            if client is None:
-                client = _start_cluster(spec, cluster)
-            run_job(spec.reference_job(w), progress=progress, client=client)
-            (Path(spec.reference_job(w).output) / REFERENCE_DONE).write_text("")
-            _release_freed_memory(client)
+        _run_references(spec, todo, progress=progress, client=client, cluster=cluster)
         publication = publish_sequence(spec, cube)
     return SequenceResult(spec, cube, tuple(computed), tuple(runs), composited, tuple(todo), publication)
+
+
+def _run_references(
+    spec: SequenceSpec, windows: list[int], *, progress: bool, client: Client | None, cluster: ExitStack
+) -> None:
+    """Run each of ``windows`` against the sequence's reference window, marking each one done."""
+    for w in windows:
+        log.info("sequence %s: window %d against the reference window %s", spec.output, w, spec.reference)
+        materialise_reference_input(spec, w, progress=progress)
+        if client is None:
+            client = _start_cluster(spec, cluster)
+        run_job(spec.reference_job(w), progress=progress, client=client)
+        (Path(spec.reference_job(w).output) / REFERENCE_DONE).write_text("")
+        _release_freed_memory(client)
 
 
 def _start_cluster(spec: SequenceSpec, stack: ExitStack) -> Client | None:
