@@ -124,7 +124,7 @@ _COLORS: dict[LandCover, tuple[int, int, int]] = {
     LandCover.BARE_SOIL: (165, 120, 80),
     LandCover.ROAD: (90, 90, 90),
     LandCover.BUILDING: (220, 40, 40),
-    LandCover.BURNED: (40, 20, 20),
+    LandCover.BURNED: (150, 70, 160),  # apart from black, the nodata colour of every class map
 }
 
 

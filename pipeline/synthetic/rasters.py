@@ -154,7 +154,7 @@ _CHANGE_COLORS: dict[int, tuple[int, int, int]] = {
     ChangeType.CLEARING: (165, 120, 80),
     ChangeType.FLOOD: (31, 120, 180),
     ChangeType.DRAIN: (250, 200, 120),
-    ChangeType.BURN: (40, 20, 20),
+    ChangeType.BURN: LandCover.BURNED.color,
 }
 
 
