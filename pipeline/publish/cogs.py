@@ -68,6 +68,7 @@ __all__ = [
     "describe_change_cube",
     "layer_legend",
     "sidecar_path",
+    "translate_to_cog",
     "write_cog",
     "write_cogs",
 ]
@@ -268,34 +269,73 @@ def _translate(
 ) -> tuple[int, ...]:
     """Convert the staging GeoTIFF into the COG at ``path``, check it, and return its overviews."""
     spec = COG_LAYERS[layer]
-    cog_profile = dict(cog_profiles.get("deflate"))
-    cog_profile.update(
-        blockxsize=TILE_SIZE, blockysize=TILE_SIZE, predictor=spec.predictor, BIGTIFF="IF_SAFER"
-    )
     with replace_atomically(path) as tmp:
-        cog_translate(
-            str(staging),
-            str(tmp),
-            cog_profile,
+        translate_to_cog(
+            staging,
+            tmp,
+            layer,
+            predictor=spec.predictor,
+            overview_resampling=spec.resampling,
             overview_level=overview_level,
-            overview_resampling=spec.resampling,  # type: ignore[arg-type]
-            allow_intermediate_compression=True,
-            forward_band_tags=True,
-            # Staged on disk whatever the size (rio-cogeo's default holds layers under 120 Mpx in
-            # memory): the same bytes, and publishing's memory stays one window per layer.
-            in_memory=False,
-            quiet=True,
         )
-        valid, errors, _ = cog_validate(str(tmp), quiet=True)
-        if not valid:
-            raise PublishError(
-                f"the COG written for {layer} is not valid ({'; '.join(errors)}); this is a bug, "
-                "please report it with the GDAL and rio-cogeo versions"
-            )
         with rasterio.open(tmp) as written:
             overviews = tuple(written.overviews(1))
             _spot_check(written, source, info, layer)
     return overviews
+
+
+def translate_to_cog(
+    staging: Path,
+    target: Path,
+    name: str,
+    *,
+    predictor: int,
+    overview_resampling: str,
+    overview_level: int | None = None,
+) -> None:
+    """Convert a staging GeoTIFF into a COG (DEFLATE, :data:`TILE_SIZE` px tiles) and validate it.
+
+    Parameters
+    ----------
+    staging
+        The staging GeoTIFF.
+    target
+        Where the COG goes (a temporary path that the caller moves into place once it is checked).
+    name
+        The layer's name, for messages.
+    predictor
+        The TIFF predictor (2 for integers, 3 for floats).
+    overview_resampling
+        How overviews are made (``nearest`` for classes).
+    overview_level
+        Number of overview levels; default rio-cogeo's choice from the size.
+
+    Raises
+    ------
+    PublishError
+        When the written file is not a valid COG.
+    """
+    cog_profile = dict(cog_profiles.get("deflate"))
+    cog_profile.update(blockxsize=TILE_SIZE, blockysize=TILE_SIZE, predictor=predictor, BIGTIFF="IF_SAFER")
+    cog_translate(
+        str(staging),
+        str(target),
+        cog_profile,
+        overview_level=overview_level,
+        overview_resampling=overview_resampling,  # type: ignore[arg-type]
+        allow_intermediate_compression=True,
+        forward_band_tags=True,
+        # Staged on disk whatever the size (rio-cogeo's default holds layers under 120 Mpx in
+        # memory): the same bytes, and publishing's memory stays one window per layer.
+        in_memory=False,
+        quiet=True,
+    )
+    valid, errors, _ = cog_validate(str(target), quiet=True)
+    if not valid:
+        raise PublishError(
+            f"the COG written for {name} is not valid ({'; '.join(errors)}); this is a bug, "
+            "please report it with the GDAL and rio-cogeo versions"
+        )
 
 
 def write_cog(

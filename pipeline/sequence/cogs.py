@@ -37,11 +37,15 @@ import zarr
 from affine import Affine
 from pyproj import CRS
 from rasterio.windows import Window
-from rio_cogeo.cogeo import cog_translate, cog_validate
-from rio_cogeo.profiles import cog_profiles
 
 from pipeline.errors import OutputExistsError, PublishError
-from pipeline.publish.cogs import GDAL_CACHE_BYTES, STAGING_COMPRESSION, TILE_SIZE, block_windows
+from pipeline.publish.cogs import (
+    GDAL_CACHE_BYTES,
+    STAGING_COMPRESSION,
+    TILE_SIZE,
+    block_windows,
+    translate_to_cog,
+)
 from pipeline.publish.legend import RGB, RGBA, UNCHANGED_COLOUR
 from pipeline.sequence.cube import DATE_LAYERS, DATE_NODATA, open_sequence_cube
 from pipeline.storage import replace_atomically
@@ -244,25 +248,8 @@ def _write_staging(
 
 def _translate(staging: Path, path: Path, name: str, expected: np.ndarray[Any, Any]) -> None:
     """Convert the staging file into a validated COG at ``path`` (replaced only once it is valid)."""
-    profile = dict(cog_profiles.get("deflate"))
-    profile.update(blockxsize=TILE_SIZE, blockysize=TILE_SIZE, predictor=2, BIGTIFF="IF_SAFER")
     with replace_atomically(path) as tmp:
-        cog_translate(
-            str(staging),
-            str(tmp),
-            profile,
-            overview_resampling="nearest",
-            allow_intermediate_compression=True,
-            forward_band_tags=True,
-            in_memory=False,
-            quiet=True,
-        )
-        valid, errors, _ = cog_validate(str(tmp), quiet=True)
-        if not valid:
-            raise PublishError(
-                f"the COG written for {name} is not valid ({'; '.join(errors)}); this is a bug, please "
-                "report it with the GDAL and rio-cogeo versions"
-            )
+        translate_to_cog(staging, tmp, name, predictor=2, overview_resampling="nearest")
         with rasterio.open(tmp) as written:
             rows, cols = expected.shape
             if not np.array_equal(written.read(1, window=Window(0, 0, cols, rows)), expected):
