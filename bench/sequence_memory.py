@@ -111,29 +111,16 @@ def run_child(size: int, periods: int, scene_periods: int, cache: Path, processe
     warnings.filterwarnings("ignore")
     for name in ("distributed", "pipeline", "rasterio"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    from pipeline.demo import DEMO_PROMPTS, demo_checkpoint
+    from pipeline.demo import demo_checkpoint, demo_sequence_fields
     from pipeline.sequence import SequenceSpec, run_sequence
 
     scene = _scene(size, scene_periods, cache)
     out = cache / f"run-{size}-{periods}"
     shutil.rmtree(out, ignore_errors=True)
     checkpoint = demo_checkpoint()
-    base: dict[str, Any] = {
-        "aoi": {"bbox": list(scene.bbox_utm), "crs": scene.spec.crs},
-        "catalog": str(scene.items_path),
-        "collections": [scene.spec.collection_id],
-        "bands": ["blue", "green", "red", "nir", "swir16", "swir22"],
-        "quality": "synthetic",
-        "grid": {"crs": scene.spec.crs, "resolution": scene.spec.resolution},
-        "cloud_limit": 90,
-        "block_size": 256,
-        "prompts": DEMO_PROMPTS,
-        "models": {"checkpoint": str(checkpoint), "segmenter": "spectral"}
-        if checkpoint
-        else {"change_model": "cva", "segmenter": "spectral"},
-        "asset_roots": [str(scene.root)],
-        "cluster": {"processes": processes},
-    }
+    base: dict[str, Any] = {**demo_sequence_fields(scene), "cluster": {"processes": processes}}
+    if checkpoint is None:
+        base["models"] = {"change_model": "cva", "segmenter": "spectral"}
     windows = [scene.window_interval(p) for p in range(1, periods + 1)]
     spec = SequenceSpec.build(base=base, output=str(out), windows=windows)
     at_pair: list[int] = []

@@ -37,6 +37,7 @@ from pipeline.storage import Location
 
 __all__ = [
     "CUBE_NAME",
+    "INPUT_FIELDS",
     "INPUT_FINGERPRINT",
     "InputCube",
     "PreparedCube",
@@ -59,7 +60,7 @@ log = logging.getLogger(__name__)
 CUBE_NAME = INPUT_CUBE
 
 #: Job fields that decide the input cube's pixels; the rest (models, tiling...) do not.
-_INPUT_FIELDS = (
+INPUT_FIELDS = (
     "aoi",
     "before",
     "after",
@@ -91,7 +92,7 @@ def cube_path(job: JobSpec) -> Location:
 def input_fingerprint(job: JobSpec, discovery: Discovery) -> str:
     """Hash of what determines an input cube: the data-plane fields of the job and the items used."""
     doc = {
-        "job": job.model_dump(mode="json", include=set(_INPUT_FIELDS)),
+        "job": job.model_dump(mode="json", include=set(INPUT_FIELDS)),
         "items": {epoch: sorted(item["id"] for item in items) for epoch, items in discovery.items.items()},
     }
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()

@@ -44,6 +44,7 @@ from pipeline.synthetic import (
     generate_scene,
     scene_is_current,
 )
+from pipeline.synthetic.sequence import GeneratedSequence
 from seg2change_core.metrics import BinaryConfusion, BinaryScores, binary_scores
 
 __all__ = [
@@ -55,6 +56,7 @@ __all__ = [
     "change_kind_recall",
     "demo_checkpoint",
     "demo_job_fields",
+    "demo_sequence_fields",
     "generated_classes",
     "run_demo",
     "score_targets",
@@ -91,19 +93,46 @@ def demo_checkpoint() -> Path | None:
 
 def demo_job_fields(scene: GeneratedScene, catalog: str, output: Path) -> dict[str, Any]:
     """Return the job fields that analyse a generated scene from a given catalog."""
-    checkpoint = demo_checkpoint()
     return {
-        "aoi": {"bbox": list(scene.bbox_utm), "crs": f"EPSG:{scene.spec.epsg}"},
+        **_generated_scene_fields(scene, catalog),
         "before": f"{scene.before_window[0].isoformat()}/{scene.before_window[1].isoformat()}",
         "after": f"{scene.after_window[0].isoformat()}/{scene.after_window[1].isoformat()}",
+        "output": str(output),
+        "block_size": 512,
+    }
+
+
+def demo_sequence_fields(scene: GeneratedSequence, catalog: str | None = None) -> dict[str, Any]:
+    """Return the base job fields of a sequence over a generated sequence's windows.
+
+    Parameters
+    ----------
+    scene
+        The generated sequence.
+    catalog
+        The catalog to search; default the sequence's own items file.
+
+    Returns
+    -------
+    dict
+        Every field but ``windows`` and ``output`` (demo models, 256 px blocks).
+    """
+    return {**_generated_scene_fields(scene, catalog or str(scene.items_path)), "block_size": 256}
+
+
+def _generated_scene_fields(scene: GeneratedScene | GeneratedSequence, catalog: str) -> dict[str, Any]:
+    """The fields that read a generated scene's bands from ``catalog`` and analyse them with the demo
+    models: all but the windows, the output and the block size."""
+    checkpoint = demo_checkpoint()
+    crs = f"EPSG:{scene.spec.epsg}"
+    return {
+        "aoi": {"bbox": list(scene.bbox_utm), "crs": crs},
         "catalog": catalog,
         "collections": [scene.spec.collection_id],
         "bands": ["blue", "green", "red", "nir", "swir16", "swir22"],
         "quality": "synthetic",
-        "grid": {"crs": f"EPSG:{scene.spec.epsg}", "resolution": scene.spec.resolution},
+        "grid": {"crs": crs, "resolution": scene.spec.resolution},
         "cloud_limit": 90,
-        "output": str(output),
-        "block_size": 512,
         "prompts": DEMO_PROMPTS,
         "models": {"checkpoint": str(checkpoint) if checkpoint else None, "segmenter": "spectral"},
         # The scene's COGs lie beside its items; served by a STAC API they are read only from there.

@@ -52,7 +52,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from pipeline.cube import INPUT_FINGERPRINT, cube_path, input_fingerprint, write_cube
+from pipeline.cube import INPUT_FIELDS, INPUT_FINGERPRINT, cube_path, input_fingerprint, write_cube
 from pipeline.cube_assembly import assemble_region, region_bounds
 from pipeline.cube_schema import ATTR_JOB, ATTR_PROVENANCE, ATTR_SOFTWARE, CLEAR_COUNT, EPOCHS, REFLECTANCE
 from pipeline.discover import Discovery, discover_window
@@ -78,18 +78,8 @@ log = logging.getLogger(__name__)
 #: Name of the windows cube inside a sequence's output folder.
 WINDOWS_CUBE = "windows.zarr"
 
-#: Job fields that decide a window's composite: :mod:`pipeline.cube`'s input fields less the two windows.
-_WINDOW_FIELDS = (
-    "aoi",
-    "collections",
-    "bands",
-    "band_map",
-    "quality",
-    "grid",
-    "cloud_limit",
-    "block_size",
-    "zarr_format",
-)
+#: Job fields that decide a window's composite: the input cube's less the two windows.
+_WINDOW_FIELDS = tuple(field for field in INPUT_FIELDS if field not in ("before", "after"))
 _TIME_ENCODING = {
     "units": "microseconds since 1970-01-01",
     "calendar": "proleptic_gregorian",

@@ -15,7 +15,7 @@ import zarr
 from typer.testing import CliRunner
 
 from flows.cli import app
-from pipeline.demo import DEMO_PROMPTS, demo_checkpoint
+from pipeline.demo import demo_checkpoint, demo_sequence_fields
 from pipeline.sequence import SEQUENCE_CUBE
 from pipeline.synthetic import SceneSpec
 from pipeline.synthetic.sequence import generate_sequence
@@ -29,19 +29,8 @@ def test_sequence_command_runs_then_appends_only_the_new_pair(tmp_path: Path) ->
     if demo_checkpoint() is None:
         pytest.skip("the demo CACH checkpoint is absent (seg2change make-demo-checkpoint writes it)")
     scene = generate_sequence(SceneSpec(size=256, seed=0, cloud_fraction=0.2), tmp_path / "scene", periods=3)
-    spec = scene.spec
     fields: dict[str, object] = {
-        "aoi": {"bbox": list(scene.bbox_utm), "crs": spec.crs},
-        "catalog": str(scene.items_path.relative_to(tmp_path)),
-        "collections": [spec.collection_id],
-        "bands": ["blue", "green", "red", "nir", "swir16", "swir22"],
-        "quality": "synthetic",
-        "grid": {"crs": spec.crs, "resolution": spec.resolution},
-        "cloud_limit": 90,
-        "block_size": 256,
-        "prompts": DEMO_PROMPTS,
-        "models": {"checkpoint": str(demo_checkpoint()), "segmenter": "spectral"},
-        "asset_roots": [str(scene.root)],
+        **demo_sequence_fields(scene, catalog=str(scene.items_path.relative_to(tmp_path))),
         "publishers": ["statistics"],
         "output": "seq",
     }

@@ -38,7 +38,7 @@ from flows.monitoring import MONITORING_ARTIFACT_KEY, monitoring_flow
 from flows.monitoring_plan import monitoring_plan
 from flows.region_sequence import region_sequence
 from flows.regions import Region, monitoring_periods
-from pipeline.demo import DEMO_PROMPTS, demo_checkpoint
+from pipeline.demo import demo_checkpoint, demo_sequence_fields
 from pipeline.errors import JobSpecError, OutputExistsError
 from pipeline.run import RunResult, run_job
 from pipeline.sequence import SEQUENCE_CUBE
@@ -90,22 +90,11 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
     scene = generate_sequence(
         SceneSpec(size=256, seed=0, cloud_fraction=0.2), root / "scene", periods=5, start=date(2024, 1, 10)
     )
-    spec = scene.spec
     job_file = root / "valley.yaml"
     job_file.write_text(
         yaml.safe_dump(
             {
-                "aoi": {"bbox": list(scene.bbox_utm), "crs": spec.crs},
-                "catalog": str(scene.items_path),
-                "collections": [spec.collection_id],
-                "bands": ["blue", "green", "red", "nir", "swir16", "swir22"],
-                "quality": "synthetic",
-                "grid": {"crs": spec.crs, "resolution": spec.resolution},
-                "cloud_limit": 90,
-                "block_size": 256,
-                "prompts": DEMO_PROMPTS,
-                "models": {"checkpoint": str(demo_checkpoint()), "segmenter": "spectral"},
-                "asset_roots": [str(scene.root)],
+                **demo_sequence_fields(scene),
                 "publishers": ["statistics", "stac"],
                 "cluster": {"n_workers": 1, "processes": False},
                 "output": "monitoring",

@@ -30,7 +30,7 @@ import pipeline.sequence.run as sequence_run
 import pipeline.sequence.windows as sequence_windows
 from pipeline.cluster import start_local_cluster
 from pipeline.cube import INPUT_FINGERPRINT, open_cube, prepare_cube
-from pipeline.demo import DEMO_PROMPTS, demo_checkpoint, generated_classes
+from pipeline.demo import demo_checkpoint, demo_sequence_fields, generated_classes
 from pipeline.discover import Discovery, discover
 from pipeline.errors import OutputExistsError
 from pipeline.run import RunResult, run_job
@@ -44,21 +44,7 @@ PERIODS = 7
 
 
 def _spec(scene: GeneratedSequence, output: Path, periods: int) -> SequenceSpec:
-    spec = scene.spec
-    base: dict[str, Any] = {
-        "aoi": {"bbox": list(scene.bbox_utm), "crs": spec.crs},
-        "catalog": str(scene.items_path),
-        "collections": [spec.collection_id],
-        "bands": ["blue", "green", "red", "nir", "swir16", "swir22"],
-        "quality": "synthetic",
-        "grid": {"crs": spec.crs, "resolution": spec.resolution},
-        "cloud_limit": 90,
-        "block_size": 256,
-        "prompts": DEMO_PROMPTS,
-        "models": {"checkpoint": str(demo_checkpoint()), "segmenter": "spectral"},
-        "asset_roots": [str(scene.root)],
-        "publishers": ["statistics"],
-    }
+    base: dict[str, Any] = {**demo_sequence_fields(scene), "publishers": ["statistics"]}
     windows = [scene.window_interval(p) for p in range(1, periods + 1)]
     return SequenceSpec.build(base=base, output=str(output), windows=windows)
 
