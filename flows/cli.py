@@ -385,6 +385,7 @@ def _print_cube(cube: PreparedCube) -> None:
 
 def _register_commands() -> None:
     """Add the commands defined beside this module (models, flows) to the app."""
+    from flows.commands_data import synthesise_buildings
     from flows.commands_flows import catalog, monitor, respond
     from flows.commands_model import evaluate, make_demo_checkpoint
     from flows.commands_sequence import sequence
@@ -397,6 +398,7 @@ def _register_commands() -> None:
     app.command()(monitor)
     app.command()(catalog)
     app.command()(sequence)
+    app.command(name="synthesise-buildings")(synthesise_buildings)
 
 
 _register_commands()

@@ -222,6 +222,13 @@ HoldoutFraction = Annotated[
 SplitFile = Annotated[
     Path | None, typer.Option(help="Split file (JSON): trains on 'train', validates on 'val'.")
 ]
+ExtraTrain = Annotated[
+    list[Path] | None,
+    typer.Option(
+        help="Dataset folder whose pairs all go to training, outside the split (e.g. synthetic pairs "
+        "of 'seg2change synthesise-buildings'); repeat for several."
+    ),
+]
 ValCrop = Annotated[
     int | None,
     typer.Option(help="Validate on the top-left crop of this side (cheaper); default whole images."),
@@ -261,6 +268,8 @@ class TrainOptions:
         not given).
     threads, val_fraction, holdout_fraction, split, ignore_value, label_values, bands
         How the data is read and split, and torch's threads.
+    extra_train
+        Folders whose pairs all go to training, outside the split.
     resume, max_minutes, log, progress
         How the run starts, stops and reports.
     """
@@ -276,6 +285,7 @@ class TrainOptions:
     ignore_value: int | None = None
     label_values: str | None = None
     bands: str | None = None
+    extra_train: tuple[Path, ...] = ()
     resume: Path | None = None
     max_minutes: float | None = None
     log: Path | None = None
@@ -309,6 +319,7 @@ def train(
     val_fraction: ValFraction = 0.15,
     holdout_fraction: HoldoutFraction = 0.0,
     split: SplitFile = None,
+    extra_train: ExtraTrain = None,
     val_crop: ValCrop = None,
     ignore_value: IgnoreValue = None,
     label_values: LabelValues = None,
@@ -349,7 +360,7 @@ def train(
         tuple(data_dirs), out, recipe, changes,
         threads=threads, val_fraction=val_fraction, holdout_fraction=holdout_fraction, split=split,
         ignore_value=ignore_value, label_values=label_values, bands=bands,
-        resume=resume, max_minutes=max_minutes, log=log, progress=progress,
+        extra_train=tuple(extra_train or ()), resume=resume, max_minutes=max_minutes, log=log, progress=progress,
     )  # fmt: skip
     run_train(options)
 
@@ -402,6 +413,7 @@ def _prepare(options: TrainOptions) -> tuple[TrainingRun, int]:
         bands=_bands(options.bands),
         label_encoding=_label_encoding(options.label_values),
         ignore_value=options.ignore_value,
+        extra_train=options.extra_train,
         log=lambda text: console.print(text, markup=False, soft_wrap=True),
     )
     return run, used_threads

@@ -259,6 +259,7 @@ def prepare_training(
     bands: Sequence[str] | None = None,
     label_encoding: LabelEncoding | None = None,
     ignore_value: int | None = None,
+    extra_train: Sequence[str | Path] = (),
     log: Callable[[str], None] | None = None,
 ) -> TrainingRun:
     """Read the data, split it, fit the normalisation and the epochs: everything before step one.
@@ -281,6 +282,10 @@ def prepare_training(
         Bands to train on, by name and in order (default: the recipe's, else all).
     label_encoding, ignore_value
         How labels encode change (default: detected per dataset folder).
+    extra_train
+        Dataset folders whose pairs all go to training, outside the split (synthetic pairs such
+        as :func:`~seg2change_core.datasets.synthesise_building_change` writes); their
+        labels' encoding is detected.
     log
         Receives one line on how the epochs were fitted.
 
@@ -295,7 +300,7 @@ def prepare_training(
         data_dirs, bands=bands or recipe.bands, label_encoding=label_encoding, ignore_value=ignore_value
     )
     chosen = _split(pairs, out, split, val_fraction, holdout_fraction, seed)
-    train_pairs = chosen.select(pairs, "train")
+    train_pairs = chosen.select(pairs, "train") + _extra_pairs(extra_train, pairs, bands or recipe.bands)
     val_pairs = chosen.select(pairs, "val")
     if not train_pairs:
         raise DatasetError("the split leaves no training pairs; lower --val-fraction/--holdout-fraction")
@@ -305,6 +310,7 @@ def prepare_training(
     summary: dict[str, Any] = {
         "recipe": recipe.name,
         "data": [str(d) for d in data_dirs],
+        "extra_train": [str(d) for d in extra_train],
         "datasets": sorted({dataset_of(p) for p in train_pairs}),
         "train_pairs": len(train_pairs),
         "val_pairs": len(val_pairs),
@@ -327,6 +333,22 @@ def prepare_training(
         plan=plan,
         summary=summary,
     )
+
+
+def _extra_pairs(
+    roots: Sequence[str | Path], split_pairs: Sequence[PairSource], bands: Sequence[str] | None
+) -> list[PairSource]:
+    """The pairs of the training-only folders, refused where a dataset name is also split."""
+    if not roots:
+        return []
+    extra = scan_datasets(roots, bands=bands)
+    clash = {dataset_of(p) for p in extra} & {dataset_of(p) for p in split_pairs}
+    if clash:
+        raise DatasetError(
+            f"dataset {sorted(clash)[0]!r} is given both as data and as --extra-train; rename the "
+            "training-only folder"
+        )
+    return extra
 
 
 def _split(
