@@ -33,6 +33,12 @@ def synthesise_buildings(
     share: Annotated[
         float, typer.Option(help="Chance that a building is removed from the earlier date.")
     ] = 0.5,
+    relocated: Annotated[
+        float,
+        typer.Option(
+            help="Share of pairs whose date A is another place with all buildings removed (a whole area built up)."
+        ),
+    ] = 0.0,
     seed: Annotated[int, typer.Option(help="Seed: the same inputs and seed give the same files.")] = 0,
 ) -> None:
     """Make building-change training pairs from imagery and footprints: buildings removed from date A.
@@ -48,7 +54,7 @@ def synthesise_buildings(
             out,
             tile=tile,
             variants=variants,
-            removal=BuildingRemoval(share=share),
+            removal=BuildingRemoval(share=share, relocated=relocated),
             seed=seed,
         )
     except Seg2ChangeError as exc:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,10 @@ class BuildingRemoval:
         Width in pixels of the blended edge of a fill.
     min_pixels
         Footprints smaller than this (slivers cut by the image edge) are never removed.
+    relocated
+        Share of pairs whose earlier date is another place of the image with every building
+        removed: a whole area built up, where roads, yards and trees change as well and only the
+        buildings of either date are labelled (as building-change sets label it).
     """
 
     share: float = 0.5
@@ -64,10 +68,13 @@ class BuildingRemoval:
     tries: int = 40
     feather: float = 1.5
     min_pixels: int = 30
+    relocated: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0.0 < self.share <= 1.0:
             raise DatasetError(f"share must lie in (0, 1], got {self.share}")
+        if not 0.0 <= self.relocated <= 1.0:
+            raise DatasetError(f"relocated must lie in [0, 1], got {self.relocated}")
         if self.ring < 0 or self.max_shift < 1 or self.tries < 1 or self.feather < 0:
             raise DatasetError("ring and feather must be >= 0, max_shift and tries >= 1")
 
@@ -300,9 +307,11 @@ def synthesise_building_change(
     rng = np.random.default_rng(seed)
     written = 0
     for scene in scenes:
+        cleared = _cleared(scene, removal, rng) if removal.relocated > 0 else None
         for variant in range(variants):
             earlier, label = remove_buildings(scene, removal, rng)
-            written += _write_tiles(scene, variant, earlier, label, tile, out)
+            variant_pairs = _Variant(scene, f"{scene.name}-v{variant}", earlier, label, cleared)
+            written += _write_tiles(variant_pairs, tile, removal.relocated, rng, out)
     manifest = {
         "made_by": "seg2change_core.datasets.synthetic_buildings.synthesise_building_change",
         "images": [str(Path(i)) for i in images],
@@ -318,25 +327,59 @@ def synthesise_building_change(
     return written
 
 
-def _write_tiles(
-    scene: FootprintImage,
-    variant: int,
-    earlier: NDArray[np.uint8],
-    label: NDArray[np.uint8],
-    tile: int,
-    out: Path,
-) -> int:
-    """Cut one variant into tiles and write those with change; the number written."""
-    height, width = label.shape
+@dataclass(frozen=True)
+class _Variant:
+    """One draw of removed buildings of a scene, and the scene with all of them removed."""
+
+    scene: FootprintImage
+    name: str
+    earlier: NDArray[np.uint8]
+    label: NDArray[np.uint8]
+    cleared: tuple[NDArray[np.uint8], NDArray[np.bool_]] | None
+
+
+def _cleared(
+    scene: FootprintImage, removal: BuildingRemoval, rng: np.random.Generator
+) -> tuple[NDArray[np.uint8], NDArray[np.bool_]]:
+    """The scene with every building it can remove removed, and where buildings still stand."""
+    pixels, removed = remove_buildings(scene, replace(removal, share=1.0), rng)
+    return pixels, (scene.buildings > 0) & (removed == 0)
+
+
+def _other_window(
+    height: int, width: int, tile: int, top: int, left: int, rng: np.random.Generator
+) -> tuple[int, int]:
+    """A tile's corner at least half a tile away from ``(top, left)`` along one axis, where there is room."""
+    for _ in range(100):
+        other = int(rng.integers(0, height - tile + 1)), int(rng.integers(0, width - tile + 1))
+        if abs(other[0] - top) >= tile // 2 or abs(other[1] - left) >= tile // 2:
+            return other
+    return other
+
+
+def _write_tiles(variant: _Variant, tile: int, relocated: float, rng: np.random.Generator, out: Path) -> int:
+    """Cut one variant into tiles and write those with change; the number written.
+
+    With chance ``relocated`` a tile's earlier date is another window of the cleared scene, and
+    its label every building standing in either date.
+    """
+    scene = variant.scene
+    height, width = variant.label.shape[0], variant.label.shape[1]
     written = 0
     for top in range(0, max(height - tile, 0) + 1, tile):
         for left in range(0, max(width - tile, 0) + 1, tile):
             window = (slice(top, top + tile), slice(left, left + tile))
-            if not label[window].any():
+            earlier, label = variant.earlier[window], variant.label[window]
+            if variant.cleared is not None and rng.random() < relocated:
+                row, col = _other_window(height, width, tile, top, left, rng)
+                elsewhere = (slice(row, row + tile), slice(col, col + tile))
+                earlier = variant.cleared[0][elsewhere]
+                label = ((scene.buildings[window] > 0) | variant.cleared[1][elsewhere]).astype(np.uint8)
+            if not label.any():
                 continue
-            name = f"{scene.name}-v{variant}_{top:04d}_{left:04d}.png"
-            _write_png(earlier[window], out / "A" / name)
+            name = f"{variant.name}_{top:04d}_{left:04d}.png"
+            _write_png(earlier, out / "A" / name)
             _write_png(scene.pixels[window], out / "B" / name)
-            _write_png(label[window] * np.uint8(255), out / "label" / name)
+            _write_png(label * np.uint8(255), out / "label" / name)
             written += 1
     return written

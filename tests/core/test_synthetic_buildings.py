@@ -100,6 +100,21 @@ def test_removed_buildings_become_ground_and_are_the_label_the_rest_is_untouched
     assert manifest["pairs"] == written and manifest["removal"]["share"] == 0.6
 
 
+def test_relocated_pairs_label_every_building_of_either_date(tmp_path: Path) -> None:
+    image, footprints = _scene(tmp_path)
+    out = tmp_path / "relocated"
+    removal = BuildingRemoval(max_shift=40, relocated=1.0)
+    written = synthesise_building_change([image], footprints, out, tile=96, variants=2, removal=removal)
+    scene = read_footprint_image(image, footprints)
+    assert written == 2  # one whole 96 px tile fits the 160 px scene, once per variant
+    for path in sorted((out / "label").iterdir()):
+        top, left = (int(v) for v in path.stem.rsplit("_", 2)[1:])
+        window = (slice(top, top + 96), slice(left, left + 96))
+        before, label = _read(out / "A" / path.name), _read(path) > 0
+        assert (label >= (scene.buildings[window] > 0)).all()  # all of B's buildings
+        assert (before != scene.pixels[window]).any(axis=-1).mean() > 0.5  # another place
+
+
 def test_the_same_seed_gives_the_same_files_and_a_used_folder_is_refused_untouched(tmp_path: Path) -> None:
     image, footprints = _scene(tmp_path)
     first, second = tmp_path / "one", tmp_path / "two"
