@@ -323,7 +323,12 @@ def translate_to_cog(
         cog_profile,
         overview_level=overview_level,
         overview_resampling=overview_resampling,  # type: ignore[arg-type]
-        allow_intermediate_compression=True,
+        # rio-cogeo's intermediate file (full resolution and overviews, beside the target) is left
+        # uncompressed: the COG is compressed from the same pixels, so its bytes are the same, and
+        # the five layers took a third less CPU (2,048 px: 1.1 s instead of 1.6 s), the DEFLATE
+        # encode and decode of every pixel saved once. The cost is disk, for the time of one
+        # translate per thread: the layer uncompressed plus a third (10,980 px probability: 640 MB).
+        allow_intermediate_compression=False,
         forward_band_tags=True,
         # Staged on disk whatever the size (rio-cogeo's default holds layers under 120 Mpx in
         # memory): the same bytes, and publishing's memory stays one window per layer.

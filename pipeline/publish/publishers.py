@@ -42,8 +42,14 @@ PARQUET_MEDIA_TYPE = "application/vnd.apache.parquet"
 
 
 def _cog_threads() -> int:
-    """Threads for the COG layers: the cores this process may use, less the one counting statistics."""
-    return max(1, len(os.sched_getaffinity(0)) - 1)
+    """Threads for the COG layers: one per core this process may use.
+
+    The statistics and the quick-look run in threads beside them; they are short next to the COGs
+    on a large grid (the quick-look's panels are capped at :data:`~pipeline.publish.quicklooks.MAX_SIDE`),
+    and leaving them a core of their own left it idle once they were done while the layers went
+    one after the other on the other.
+    """
+    return max(1, len(os.sched_getaffinity(0)))
 
 
 @register_publisher("cog")

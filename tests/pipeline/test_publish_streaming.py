@@ -130,6 +130,29 @@ def test_the_staging_compression_leaves_the_cog_bytes_as_they_were(
     assert files(tmp_path / "zstd") == files(tmp_path / "deflate")
 
 
+def test_rio_cogeos_uncompressed_intermediate_file_leaves_the_cog_bytes_as_they_were(
+    info: ChangeCubeInfo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """rio-cogeo's intermediate file is left uncompressed (less CPU); DEFLATE there (before) gave the same COGs."""
+    seen: list[bool] = []
+    translate = cogs_module.cog_translate
+
+    def intermediate(compressed: bool) -> Any:
+        def spy(*args: Any, **kwargs: Any) -> Any:
+            seen.append(kwargs["allow_intermediate_compression"])
+            return translate(*args, **{**kwargs, "allow_intermediate_compression": compressed})
+
+        return spy
+
+    monkeypatch.setattr(cogs_module, "cog_translate", intermediate(False))
+    write_cogs(info, tmp_path / "raw")
+    monkeypatch.setattr(cogs_module, "cog_translate", intermediate(True))
+    write_cogs(info, tmp_path / "deflate")
+    assert seen == [False] * 10
+    assert len(files(tmp_path / "raw")) == 9
+    assert files(tmp_path / "raw") == files(tmp_path / "deflate")
+
+
 def test_overlapped_publish_writes_the_bytes_of_the_steps_run_one_after_the_other(
     job: JobSpec, run: tuple[Path, Path], info: ChangeCubeInfo, tmp_path: Path
 ) -> None:
