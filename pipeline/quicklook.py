@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -196,7 +197,7 @@ def stretch_rgb(rgb: ArrayLike, percentiles: tuple[float, float] = (2.0, 98.0)) 
     QuicklookError
         If the array is not ``(H, W, 3)`` or the percentiles are not ``0 <= low < high <= 100``.
     """
-    image = np.asarray(rgb, dtype=np.float64)
+    image = np.asarray(rgb)
     if image.ndim != 3 or image.shape[2] != 3:
         raise QuicklookError(
             f"an RGB image must be (H, W, 3), got shape {image.shape}; "
@@ -207,15 +208,31 @@ def stretch_rgb(rgb: ArrayLike, percentiles: tuple[float, float] = (2.0, 98.0)) 
         raise QuicklookError(f"percentiles {percentiles} must satisfy 0 <= low < high <= 100")
     out = np.zeros(image.shape, dtype=np.uint8)
     for band in range(3):
-        values = image[..., band]
-        finite = np.isfinite(values)
-        if not finite.any():
-            continue
-        lo, hi = np.percentile(values[finite], [low, high])
-        span = hi - lo if hi > lo else 1.0
-        scaled = np.clip((np.nan_to_num(values, nan=lo) - lo) / span, 0.0, 1.0)
-        out[..., band] = np.where(finite, np.rint(scaled * 255), 0).astype(np.uint8)
+        out[..., band] = _stretch_band(image[..., band], low, high)
     return out
+
+
+def _stretch_band(band: NDArray[Any], low: float, high: float) -> U8:
+    """One band of :func:`stretch_rgb`, worked on in place in one float64 copy of the band.
+
+    The same float64 operations, in the same order, as ``np.where(finite, np.rint(np.clip((
+    np.nan_to_num(v, nan=lo) - lo) / span, 0, 1) * 255), 0)``, so the same bytes, with a third of
+    the memory traffic and one band's temporaries instead of the whole image's.
+    """
+    values = np.array(band, dtype=np.float64)
+    finite = np.isfinite(values)
+    if not finite.any():
+        return np.zeros(values.shape, dtype=np.uint8)
+    lo, hi = np.percentile(values[finite], [low, high])
+    span = hi - lo if hi > lo else 1.0
+    np.nan_to_num(values, copy=False, nan=lo)
+    np.subtract(values, lo, out=values)
+    np.divide(values, span, out=values)
+    np.clip(values, 0.0, 1.0, out=values)
+    np.multiply(values, 255, out=values)
+    np.rint(values, out=values)
+    values[~finite] = 0
+    return values.astype(np.uint8)
 
 
 def _upscale(image: U8, scale: int) -> U8:
@@ -308,7 +325,12 @@ def compose_quicklook(
             f"codes must be a 2-D integer array (transition codes, negative = unchanged), got "
             f"{code_map.dtype} of shape {code_map.shape}"
         )
-    before, after = stretch_rgb(before_rgb, percentiles), stretch_rgb(after_rgb, percentiles)
+    # The two dates are stretched at the same time: numpy releases the GIL in the percentiles
+    # and the arithmetic, and the quick-look is the longest step of publishing a small grid.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="stretch") as pool:
+        stretched_before = pool.submit(stretch_rgb, before_rgb, percentiles)
+        after = stretch_rgb(after_rgb, percentiles)
+        before = stretched_before.result()
     present = _check(code_map, before, after, labels, colours, titles, scale, font_scale)
     change = _change_panel(after, code_map, present, colours)
 

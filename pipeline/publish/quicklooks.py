@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -159,8 +160,11 @@ def write_quicklook(
     geometry = quicklook_geometry(info.height, info.width, max_side)
     s = geometry.stride
     cube = Location.parse(input_cube)
-    before = _rgb(cube, 0, s, (info.height, info.width))
-    after = _rgb(cube, 1, s, (info.height, info.width))
+    # The two dates are read at the same time (zarr decodes their chunks without the GIL).
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="quicklook-read") as pool:
+        read_before = pool.submit(_rgb, cube, 0, s, (info.height, info.width))
+        after = _rgb(cube, 1, s, (info.height, info.width))
+        before = read_before.result()
     transition = np.asarray(
         zarr.open_array(info.path.zarr_store(read_only=True), path="transition", mode="r")[::s, ::s]
     )

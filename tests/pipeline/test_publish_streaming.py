@@ -29,7 +29,7 @@ from pipeline.publish import (
     write_quicklook,
 )
 from pipeline.publish.quicklooks import _rgb
-from pipeline.quicklook import compose_quicklook, render_quicklook
+from pipeline.quicklook import compose_quicklook, render_quicklook, stretch_rgb
 from pipeline.spec import JobSpec
 from pipeline.storage import Location
 
@@ -151,6 +151,40 @@ def test_rio_cogeos_uncompressed_intermediate_file_leaves_the_cog_bytes_as_they_
     assert seen == [False] * 10
     assert len(files(tmp_path / "raw")) == 9
     assert files(tmp_path / "raw") == files(tmp_path / "deflate")
+
+
+def _stretch_in_one_expression(rgb: np.ndarray, low: float, high: float) -> np.ndarray:
+    """The stretch as first written (whole image in float64, one temporary per operation)."""
+    image = np.asarray(rgb, dtype=np.float64)
+    out = np.zeros(image.shape, dtype=np.uint8)
+    for band in range(3):
+        values = image[..., band]
+        finite = np.isfinite(values)
+        if not finite.any():
+            continue
+        lo, hi = np.percentile(values[finite], [low, high])
+        span = hi - lo if hi > lo else 1.0
+        scaled = np.clip((np.nan_to_num(values, nan=lo) - lo) / span, 0.0, 1.0)
+        out[..., band] = np.where(finite, np.rint(scaled * 255), 0).astype(np.uint8)
+    return out
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+@pytest.mark.parametrize("percentiles", [(2.0, 98.0), (0.0, 100.0), (10.0, 60.0)])
+def test_the_in_place_stretch_gives_the_bytes_of_the_one_expression_stretch(
+    percentiles: tuple[float, float],
+) -> None:
+    rng = np.random.default_rng(3)
+    reflectance = (rng.random((90, 70, 3)) * 0.3).astype(np.float32)
+    reflectance[5:20, 5:50] = np.nan  # a cloud
+    reflectance[0, 0, 1], reflectance[1, 1, 2] = np.inf, -np.inf
+    counts = rng.integers(0, 10_000, (40, 30, 3)).astype(np.uint16)
+    flat = np.ones((12, 10, 3))
+    flat[..., 2] = np.nan  # one band without data, one constant
+    for image in (reflectance, counts, flat, rng.normal(size=(33, 65, 3))):
+        expected = _stretch_in_one_expression(image, *percentiles)
+        assert np.array_equal(stretch_rgb(image, percentiles), expected)
+    assert stretch_rgb(reflectance, percentiles)[10, 10].tolist() == [0, 0, 0]
 
 
 def test_overlapped_publish_writes_the_bytes_of_the_steps_run_one_after_the_other(
