@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import rasterio
 import zarr
+from affine import Affine
 from engine_inputs import ORIGIN, run_small_engine, write_patch_cube
 
 import pipeline.publish.cogs as cogs_module
@@ -151,6 +152,29 @@ def test_rio_cogeos_uncompressed_intermediate_file_leaves_the_cog_bytes_as_they_
     assert seen == [False] * 10
     assert len(files(tmp_path / "raw")) == 9
     assert files(tmp_path / "raw") == files(tmp_path / "deflate")
+
+
+def test_compressing_a_cogs_tiles_in_threads_leaves_its_bytes_as_they_were(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nine full-resolution tiles and two overview levels, compressed by four threads or by one."""
+    rng = np.random.default_rng(11)
+    pixels = np.cumsum(rng.random((1100, 1300), dtype=np.float32), axis=1) / 1300
+    staging = tmp_path / "staging.tif"
+    with rasterio.open(
+        staging, "w", driver="GTiff", width=1300, height=1100, count=1, dtype="float32",
+        tiled=True, blockxsize=512, blockysize=512, crs="EPSG:32633", transform=Affine(10, 0, 5e5, 0, -10, 5e6),
+    ) as dst:  # fmt: skip
+        dst.write(pixels, 1)
+    written = {}
+    for threads in (4, 1):
+        monkeypatch.setattr(cogs_module, "compression_threads", lambda n=threads: n)
+        target = tmp_path / f"threads-{threads}.tif"
+        cogs_module.translate_to_cog(staging, target, "test", predictor=3, overview_resampling="average")
+        written[threads] = target.read_bytes()
+        with rasterio.open(target) as cog:
+            assert cog.overviews(1) == [2, 4] and np.array_equal(cog.read(1), pixels)
+    assert written[4] == written[1]
 
 
 def _stretch_in_one_expression(rgb: np.ndarray, low: float, high: float) -> np.ndarray:
