@@ -223,7 +223,8 @@ def _stretch_band(band: NDArray[Any], low: float, high: float) -> U8:
     finite = np.isfinite(values)
     if not finite.any():
         return np.zeros(values.shape, dtype=np.uint8)
-    lo, hi = np.percentile(values[finite], [low, high])
+    # overwrite_input: the percentiles partition the finite values' copy itself, not a copy of it.
+    lo, hi = np.percentile(values[finite], [low, high], overwrite_input=True)
     span = hi - lo if hi > lo else 1.0
     np.nan_to_num(values, copy=False, nan=lo)
     np.subtract(values, lo, out=values)
