@@ -24,7 +24,7 @@ from typing import Any
 import dask
 
 from pipeline.containment import check_asset_hrefs
-from pipeline.cube_assembly import assemble_cube, assemble_region, region_bounds
+from pipeline.cube_assembly import assemble_cube, assemble_region, region_bounds, whole_grid_stacks
 from pipeline.cube_read import InputCube, PreparedCube, describe_cube, describe_input, open_cube
 from pipeline.cube_schema import INPUT_FINGERPRINT
 from pipeline.cube_write import cube_is_complete, remove_partial_cubes, root_attrs, write_cube
@@ -154,6 +154,16 @@ def _prepare_locked(
             raise OutputExistsError(
                 f"{path} {reason}; pass --overwrite to replace it, or choose another output"
             )
+    with whole_grid_stacks():
+        _write_locked(job, discovery, path, fingerprint, progress=progress, scheduler=scheduler)
+    OutputLayout.of(job.output).provenance.write_text(json.dumps(discovery.provenance(), indent=2))
+    return describe_cube(path, discovery)
+
+
+def _write_locked(
+    job: JobSpec, discovery: Discovery, path: Location, fingerprint: str, *, progress: bool, scheduler: Any
+) -> None:
+    """Write the input cube block by block, each block sliced from each window's stack over the whole grid."""
     ds = _assemble(job, discovery, job.target_bounds())
     ds.attrs[INPUT_FINGERPRINT] = fingerprint
     with dask.config.set(scheduler=scheduler or "threads"):
@@ -167,5 +177,3 @@ def _prepare_locked(
             resume_key=fingerprint,
             blocks_at_once=1 if scheduler == "synchronous" else BLOCKS_AT_ONCE,
         )
-    OutputLayout.of(job.output).provenance.write_text(json.dumps(discovery.provenance(), indent=2))
-    return describe_cube(path, discovery)

@@ -9,7 +9,9 @@ The two composites form the lazy input cube that :mod:`pipeline.cube` writes.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import dask.array as da
@@ -28,7 +30,7 @@ from pipeline.nan_median import nan_median_over
 from pipeline.spec import JobSpec
 from pipeline.zarr_cf import gdal_crs_attribute, string_labels
 
-__all__ = ["assemble_cube", "assemble_region", "region_bounds"]
+__all__ = ["assemble_cube", "assemble_region", "region_bounds", "whole_grid_stacks"]
 
 _QUALITY = "_quality"
 
@@ -88,10 +90,10 @@ def _empty_composite(job: JobSpec, stack: xr.DataArray) -> tuple[xr.DataArray, x
     return composite, count
 
 
-def _composite(
-    items: Sequence[dict[str, Any]], job: JobSpec, bounds: tuple[float, float, float, float]
-) -> tuple[xr.DataArray, xr.DataArray]:
-    """One window's median composite and clear-observation count over ``bounds``."""
+def _stackstac(
+    normalised: Sequence[dict[str, Any]], job: JobSpec, bounds: tuple[float, float, float, float]
+) -> xr.DataArray:
+    """stackstac's lazy ``(time, band, y, x)`` stack of a window's items (assets re-keyed) over ``bounds``."""
     crs = job.target_crs()
     epsg = crs.to_epsg()
     if epsg is None:
@@ -99,9 +101,8 @@ def _composite(
             f"grid CRS {crs.name} has no EPSG code; stackstac needs one, give grid.crs as 'EPSG:n'"
         )
     assets = list(job.bands) + ([_QUALITY] if job.quality.asset else [])
-    normalised = [_normalise_assets(item, job) for item in items]
     try:
-        stack = stackstac.stack(
+        stack: xr.DataArray = stackstac.stack(
             normalised,
             assets=assets,
             epsg=epsg,
@@ -120,6 +121,90 @@ def _composite(
         raise CubeError(
             f"stackstac could not stack the items ({exc}); check their proj:* and assets"
         ) from None
+    return stack
+
+
+class _WholeGridStacks:
+    """Each window's stack over the job's whole grid, made once and sliced for every block.
+
+    A stack made over one block's bounds opened every asset again for each block, under the GIL,
+    and read it through a warped VRT (the block's grid is not the file's); sliced from the whole
+    grid's stack, a block reads each file's window directly, through readers opened once per
+    thread. Same pixels: the grid is the same, and an item that misses the block reads as NaN,
+    which the median skips and the clear count does not count.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._users = 0
+        self._stacks: dict[tuple[Any, ...], xr.DataArray] = {}
+
+    @contextmanager
+    def kept(self) -> Iterator[None]:
+        with self._lock:
+            self._users += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._users -= 1
+                if self._users == 0:
+                    self._stacks.clear()
+
+    def stack(
+        self, normalised: Sequence[dict[str, Any]], job: JobSpec, bounds: tuple[float, float, float, float]
+    ) -> xr.DataArray:
+        """The stack over ``bounds``: a slice of the whole grid's while kept and ``bounds`` is a region of it."""
+        region = _region_of(job, bounds)
+        if region is None or not self._users:
+            return _stackstac(normalised, job, bounds)
+        key = (
+            tuple(
+                (item["id"], tuple((k, a.get("href")) for k, a in item["assets"].items()))
+                for item in normalised
+            ),
+            job.model_dump_json(),
+        )
+        with self._lock:
+            whole = self._stacks.get(key)
+        if whole is None:
+            whole = _stackstac(normalised, job, job.target_bounds())
+            with self._lock:
+                whole = self._stacks.setdefault(key, whole)
+        rows, cols = region
+        if rows.stop > whole.sizes["y"] or cols.stop > whole.sizes["x"]:
+            return _stackstac(normalised, job, bounds)
+        return whole.isel(y=rows, x=cols)
+
+
+_whole_grid = _WholeGridStacks()
+
+
+@contextmanager
+def whole_grid_stacks() -> Iterator[None]:
+    """While open, :func:`assemble_region` stacks each window's items once over the job's whole grid
+    and gives each region of the grid (:func:`region_bounds`) the slice of that stack (see
+    :class:`_WholeGridStacks`); the stacks are dropped when the last such context closes."""
+    with _whole_grid.kept():
+        yield
+
+
+def _region_of(job: JobSpec, bounds: tuple[float, float, float, float]) -> tuple[slice, slice] | None:
+    """The ``(rows, cols)`` whose :func:`region_bounds` are exactly ``bounds``, or None."""
+    xmin, _, _, ymax = job.target_bounds()
+    res = job.grid.resolution
+    rows = slice(round((ymax - bounds[3]) / res), round((ymax - bounds[1]) / res))
+    cols = slice(round((bounds[0] - xmin) / res), round((bounds[2] - xmin) / res))
+    inside = 0 <= rows.start < rows.stop and 0 <= cols.start < cols.stop
+    return (rows, cols) if inside and region_bounds(job, rows, cols) == tuple(bounds) else None
+
+
+def _composite(
+    items: Sequence[dict[str, Any]], job: JobSpec, bounds: tuple[float, float, float, float]
+) -> tuple[xr.DataArray, xr.DataArray]:
+    """One window's median composite and clear-observation count over ``bounds``."""
+    normalised = [_normalise_assets(item, job) for item in items]
+    stack = _whole_grid.stack(normalised, job, bounds)
     if stack.sizes["time"] == 0:
         return _empty_composite(job, stack)
     # Scale and offset are applied here, per item and band, rather than by stackstac: its safe-cast
