@@ -18,7 +18,8 @@ Per stage it prints
 * peak RSS of the client (``VmHWM``, reset at each stage start via ``/proc/self/clear_refs``) and
   of each worker process (sampled with psutil every 0.2 s; with the default in-process worker the
   workers are threads of the client and share its figure);
-* the load average at the stage's end.
+* the load average at the stage's end;
+* the client's RSS (``VmRSS``) at the stage's start and end: what a stage leaves for the next one.
 
 Then the whole run's efficiency (model seconds / (whole wall x cores)), km^2/min, and the job's
 memory estimate (:func:`pipeline.cost.estimate_job`: client + workers, model activations and
@@ -63,6 +64,14 @@ def _vm_hwm() -> int:
     """This process's peak RSS (bytes) since the last reset."""
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def _vm_rss() -> int:
+    """This process's resident memory (bytes) now."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     return 0
 
@@ -135,6 +144,8 @@ class Stage:
     client_peak: int = 0
     worker_peaks: list[int] = field(default_factory=list)
     load1: float = 0.0
+    client_start: int = 0
+    client_end: int = 0
 
 
 class Recorder:
@@ -149,7 +160,7 @@ class Recorder:
     def stage(self, name: str) -> Iterator[Stage]:
         _, io_before, cpu_before = self.sampler.snapshot()
         _reset_hwm()
-        record = Stage(name)
+        record = Stage(name, client_start=_vm_rss())
         start = time.perf_counter()
         yield record
         record.wall = time.perf_counter() - start
@@ -157,6 +168,7 @@ class Recorder:
         record.cpu_seconds = sum(t - cpu_before.get(pid, 0.0) for pid, t in cpu_after.items())
         me = os.getpid()
         record.client_peak = max(_vm_hwm(), peaks.get(me, 0))
+        record.client_end = _vm_rss()
         record.worker_peaks = sorted((v for pid, v in peaks.items() if pid != me), reverse=True)
         for pid, (r, w) in io_after.items():
             r0, w0 = io_before.get(pid, (0, 0))
@@ -288,7 +300,7 @@ def report(results: list[dict[str, Any]]) -> None:
         print(f"\n## {size} x {size} px ({res['area_km2']:.1f} km^2, {mpx:.1f} Mpx), {res['cores']} cores")
         print(
             f"{'stage':>10} {'wall s':>8} {'s/Mpx':>7} {'model s':>8} {'cpu s':>7} {'busy':>5} {'read MB':>9} {'written MB':>10} "
-            f"{'client MB':>10} {'workers MB':>12} {'load1':>6}"
+            f"{'client MB':>10} {'workers MB':>12} {'load1':>6} {'start MB':>9} {'end MB':>7}"
         )
         for s in res["stages"]:
             workers = ",".join(_mb(w) for w in s["worker_peaks"][:4]) or "in-proc"
@@ -296,7 +308,8 @@ def report(results: list[dict[str, Any]]) -> None:
             print(
                 f"{s['name']:>10} {s['wall']:>8.1f} {s['wall'] / mpx:>7.3f} {model:>8} {s['cpu_seconds']:>7.1f} "
                 f"{s['cpu_seconds'] / max(s['wall'] * res['cores'], 1e-9):>5.2f} {_mb(s['read_bytes']):>9} "
-                f"{_mb(s['written_bytes']):>10} {_mb(s['client_peak']):>10} {workers:>12} {s['load1']:>6.2f}"
+                f"{_mb(s['written_bytes']):>10} {_mb(s['client_peak']):>10} {workers:>12} {s['load1']:>6.2f} "
+                f"{_mb(s.get('client_start', 0)):>9} {_mb(s.get('client_end', 0)):>7}"
             )
         if "model_seconds" not in res:
             continue
