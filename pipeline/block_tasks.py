@@ -20,6 +20,7 @@ from numpy.typing import NDArray
 
 from pipeline.change_cube import BlockGrid, write_block
 from pipeline.input_reader import read_window
+from pipeline.memory_release import release_freed_memory
 from pipeline.models import ModelRuntime, get_models, start_building
 from pipeline.tile_kernel import F32, derive_layers, run_tiles, valid_pixels
 from pipeline.tiling import BlendAccumulator, Blender, TileGrid, Window, covering
@@ -136,6 +137,7 @@ def compute_tile_group(
     is released as soon as its block is written.
     """
     start = time.perf_counter()
+    release_freed_memory()  # see process_block
     grid_tiles = [context.grid.tile(row, col) for row, col in tiles]
     halo = covering(grid_tiles)
     start_building(context.runtime)  # a worker's first read overlaps the model build
@@ -209,6 +211,10 @@ def process_block(
     layers = derive_layers(blended, valid_block, context.prompts)
     del blended, by_index
     write_block(context.out_path, window, (row, col), layers)
+    del layers, accumulator, valid_block
+    # The worker's threads free tile outputs and blocks in their own malloc heaps, which keep the
+    # freed pages: without handing them back, the worker's memory grew with the blocks it ran.
+    release_freed_memory()
     own = groups[:reported]
     return BlockReport(
         (row, col),

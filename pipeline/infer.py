@@ -62,6 +62,7 @@ from pipeline.cube_read import InputCube, describe_input
 from pipeline.engine_spec import ClusterSpec, ModelSpec, PromptSpec, TilingSpec
 from pipeline.errors import ClusterError, JobSpecError
 from pipeline.inference_identity import fingerprint, inference_document
+from pipeline.memory_release import release_freed_memory
 from pipeline.models import ModelIdentity, ModelRuntime, change_model_info, model_identities
 from pipeline.output_lock import hold_output
 from pipeline.spec import JobSpec
@@ -200,6 +201,7 @@ def run_inference(
         else:
             log.info("every block of %s is done; only marking it complete", out)
         finalise_change_cube(out)
+    release_freed_memory()  # what the blocks freed in this process (a cluster of threads) goes back
     return _report(run, reports, skipped, time.perf_counter() - started)
 
 
