@@ -219,7 +219,7 @@ class TilingSpec(_Spec):
         spatial chunk size. Larger blocks mean fewer tasks and more memory per worker.
     strip_size
         Width in pixels of the strips of block columns processed one after the other (rounded down
-        to whole blocks, at least one); default 8192. Tile outputs are shared by the blocks of a
+        to whole blocks, at least one); default 4096. Tile outputs are shared by the blocks of a
         strip and computed again at strip seams: wider strips compute fewer tiles twice and hold
         more tile outputs in worker memory (see :mod:`pipeline.tile_plan`). It does not change the
         result.
@@ -264,7 +264,7 @@ class TilingSpec(_Spec):
     @classmethod
     def _strip(cls, value: int | None) -> int | None:
         if value is not None and value < 64:
-            raise ValueError(f"strip_size must be at least 64 pixels, got {value}; 8192 is a good default")
+            raise ValueError(f"strip_size must be at least 64 pixels, got {value}; 4096 is a good default")
         return value
 
     @model_validator(mode="after")

@@ -34,8 +34,12 @@ if TYPE_CHECKING:  # a type only: planning stays free of the Zarr/xarray imports
 
 __all__ = ["GroupKey", "PlannedBlock", "TilePlan", "strip_blocks"]
 
-#: Width of a strip (pixels) when the job does not set one: about 16 tiles of 512 px across.
-DEFAULT_STRIP_PIXELS = 8192
+#: Width of a strip (pixels) when the job does not set one: about 8 tiles of 512 px across. The
+#: tile outputs held for the next block row grow with it (the demo's in-process worker held 94 MB
+#: of them at 2,048 px and 276 MB at 4,096 px), so a full Sentinel-2 tile (10,980 px) in strips of
+#: 8,192 px would peak about 1.3x a 2,048 px scene; 4,096 px computes 675 tiles there instead of 650 (two
+#: seams instead of one, of 625 tiles).
+DEFAULT_STRIP_PIXELS = 4096
 
 
 @dataclass(frozen=True, order=True)

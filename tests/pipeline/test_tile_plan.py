@@ -83,7 +83,7 @@ def test_a_resumed_run_plans_the_same_groups_for_the_pending_blocks() -> None:
 
 
 def test_strip_width_is_whole_blocks_and_at_least_one() -> None:
-    assert strip_blocks(1024) == 8
+    assert strip_blocks(1024) == 4
     assert strip_blocks(1024, 3000) == 2
     assert strip_blocks(4096, 1024) == 1
     with pytest.raises(ValueError, match="strip_blocks must be at least 1"):
