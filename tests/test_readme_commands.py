@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import warnings
 from dataclasses import dataclass
@@ -102,6 +103,9 @@ COVERAGE: dict[str, Coverage] = {
     ),
     r"\.venv/bin/seg2change train \$D/levir_cd --recipe dinov2 .*": by(
         f"{THIS}::test_the_dinov2_recipe_command"
+    ),
+    r"\.venv/bin/seg2change synthesise-buildings \$J/pre/\*\.tif .*|\.venv/bin/seg2change train .* --extra-train .*": by(
+        f"{THIS}::test_the_synthetic_building_commands"
     ),
     r"seg2change evaluate data/\S+ .*--report r\.json": by(f"{THIS}::test_the_scoring_commands"),
     r"seg2change evaluate data/oscd_s2 --model cva-std --bands red,green,blue,nir": by(
@@ -376,6 +380,35 @@ def test_the_dinov2_recipe_command(tmp_path: Path) -> None:
     train = _command(r"\.venv/bin/seg2change train \$D/levir_cd --recipe dinov2 .*")
     out = _run(train, cwd, "--epochs", "1", "--threads", "1", "--batch-size", "2", "--crop-size", "28")
     assert "epoch 1: loss" in out and (cwd / "models" / "dinov2-levir.safetensors").is_file()
+
+
+JOPLIN = REPO.parent / "shared" / "data" / "geo" / "xview2_joplin"
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(400)
+def test_the_synthetic_building_commands(tmp_path: Path) -> None:
+    """The synthesiser on the shared Joplin tiles as written; the training command on tiny pairs.
+
+    The training command's ``synthetic/joplin`` is then three tiny pairs: the real folder's 512 px
+    pairs would give a thousand 28 px crops each.
+    """
+    if not (JOPLIN / "pre").is_dir():
+        pytest.skip(f"{JOPLIN} is absent: the shared data folder (../shared/data) holds the Joplin tiles")
+    cwd = _workdir(tmp_path)
+    images = " ".join(sorted(str(p) for p in (JOPLIN / "pre").glob("*.tif")))
+    command = _command(r"\.venv/bin/seg2change synthesise-buildings .*")
+    made = _run(command.replace("$J/pre/*.tif", images).replace("$J/", f"{JOPLIN}/"), cwd)
+    assert "16 pairs in synthetic/joplin" in made
+    assert len(list((cwd / "synthetic" / "joplin" / "label").glob("*.png"))) == 16
+    shutil.rmtree(cwd / "synthetic" / "joplin")
+    rng = np.random.default_rng(3)
+    for name in ("p_1", "p_2", "p_3"):
+        _rgb_pair(cwd / "synthetic" / "joplin", name, rng)
+    _data_of_split(REPO / "bench/splits/shared_rgb_val_every_set.json", cwd / "D")
+    trained = _run(_command(r"\.venv/bin/seg2change train .* --extra-train .*"), cwd, *SMALL)
+    assert "104 training pairs, 26 validation" in trained and "epoch 1: loss" in trained
+    assert (cwd / "models" / "rgb-joplin.safetensors").is_file()
 
 
 @pytest.mark.timeout(300)
