@@ -334,10 +334,10 @@ def report(results: list[dict[str, Any]]) -> None:
             predicted = est["in_process_bytes"]
             print(
                 f"estimate (in-process worker, {est['threads']} threads): client "
-                f"{_mb(est['client_bytes'] - est['publish_bytes'])} MB + the larger of publishing's fixed "
-                f"{_mb(est['publish_bytes'] - est['publish_area_bytes'])} MB and the worker "
-                f"{_mb(est['worker_bytes'])} MB (activations {_mb(est['activation_bytes'])} MB) + "
-                f"publishing's area part {_mb(est['publish_area_bytes'])} MB = {_mb(predicted)} MB vs measured client peak "
+                f"{_mb(est['client_bytes'] - est['publish_bytes'])} MB + the larger of publishing "
+                f"{_mb(est['publish_bytes'])} MB (area part {_mb(est['publish_area_bytes'])} MB) and the worker "
+                f"{_mb(est['worker_bytes'])} MB (activations {_mb(est['activation_bytes'])} MB) "
+                f"= {_mb(predicted)} MB vs measured client peak "
                 f"{_mb(client_peak)} MB ({client_peak / predicted:.2f}x)"
             )
         print(f"job: {est['describe']}")

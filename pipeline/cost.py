@@ -14,8 +14,10 @@ estimate says so; the refusal keeps such a job from starting at all.
 
 The worker's share includes the models' activations: per thread, one change-model call on one tile
 pair and the segmenter over a batch of tiles (:data:`MODEL_CALL_BYTES_PER_PIXEL`,
-:data:`BATCH_BYTES_PER_TILE_PIXEL`). The client's share includes publishing
-(:data:`PUBLISH_BYTES`), which runs on the client after inference.
+:data:`BATCH_BYTES_PER_TILE_PIXEL`), and the tile outputs a strip holds for the next block row
+(:data:`HELD_TILE_ROWS`): beyond a strip's width, it depends on the block, tile and strip sizes
+only. The client's share includes publishing (:data:`PUBLISH_BYTES`), which runs on the client
+after inference and stops growing at :data:`PUBLISH_AREA_MAX_PIXELS`.
 """
 
 from __future__ import annotations
@@ -35,8 +37,10 @@ __all__ = [
     "BATCH_BYTES_PER_TILE_PIXEL",
     "CLIENT_BASE_BYTES",
     "CLIENT_BYTES_PER_BLOCK",
+    "HELD_TILE_ROWS",
     "MODEL_CALL_BYTES_PER_PIXEL",
     "PUBLISH_BYTES",
+    "PUBLISH_AREA_MAX_PIXELS",
     "PUBLISH_BYTES_PER_PIXEL",
     "JobEstimate",
     "check_job_size",
@@ -64,8 +68,16 @@ BATCH_BYTES_PER_TILE_PIXEL = 350
 #: blocks) peaked 660 MB over the client's base at 2,048 px and 841 MB at 4,096 px: this constant
 #: and :data:`PUBLISH_BYTES_PER_PIXEL` are that line.
 PUBLISH_BYTES = 600 * 10**6
-#: Publishing's memory per pixel of the grid (it is not flat yet: see above).
+#: Publishing's memory per pixel of the grid, up to :data:`PUBLISH_AREA_MAX_PIXELS`.
 PUBLISH_BYTES_PER_PIXEL = 14
+#: The grid pixels beyond which publishing's memory stops growing: alone, it peaked 1,238 MB at
+#: 10,980 px (``--publish-only``, 1,102 MB at its start), in a whole run 1,211 MB at 2,048 px and
+#: 1,380 MB at 4,096 px, the models loaded.
+PUBLISH_AREA_MAX_PIXELS = 4096 * 4096
+#: Block rows of tile outputs a strip holds at a worker's peak, relative to one tile row across the
+#: strip: the groups reaching into the next block row and those of the row in progress (the demo's
+#: in-process worker held 94 MB at 2,048 px and 276 MB at 4,096 px, where one row is 70 and 140 MB).
+HELD_TILE_ROWS = 2
 
 _EPOCHS = 2
 _FLOAT = 4
@@ -99,7 +111,7 @@ class JobEstimate:
         (``publish_bytes``).
     publish_bytes
         The part of ``client_bytes`` that publishing takes; ``publish_area_bytes`` of it grows
-        with the grid's pixels.
+        with the grid's pixels up to :data:`PUBLISH_AREA_MAX_PIXELS`.
     max_pixels
         The job's limit.
     """
@@ -128,13 +140,12 @@ class JobEstimate:
     def in_process_bytes(self, workers: int) -> int:
         """Peak of one process holding the client and ``workers`` workers (a cluster of threads).
 
-        Publishing starts after inference: its fixed part fits in the memory the workers' blocks
-        freed, its part that grows with the area comes on top (the demo at 2,048 and 4,096 px:
-        measured peaks 1.06x and 1.35x of a plain maximum of the two, 1.02x and 1.17x of this).
+        Publishing starts after inference, which hands the memory its blocks freed back to the
+        operating system (:func:`pipeline.memory_release.release_freed_memory`): the process holds
+        the larger of the two on top of the client's planning.
         """
         planning = self.client_bytes - self.publish_bytes
-        fixed = self.publish_bytes - self.publish_area_bytes
-        return planning + max(fixed, workers * self.worker_bytes) + self.publish_area_bytes
+        return planning + max(self.publish_bytes, workers * self.worker_bytes)
 
     def describe(self) -> str:
         """One line for people: the grid, blocks, tiles, bytes and memory."""
@@ -193,10 +204,10 @@ def estimate_job(job: JobSpec, *, tile_size: int | None = None, threads: int | N
     batch = min(job.tiling.batch_size, tiles_across)
     activations = tile * tile * (MODEL_CALL_BYTES_PER_PIXEL + batch * BATCH_BYTES_PER_TILE_PIXEL)
     strip_px = min(width, max(block, ((job.tiling.strip_size or DEFAULT_STRIP_PIXELS) // block) * block))
-    held = strip_px * tile * out_channels * _FLOAT
+    held = HELD_TILE_ROWS * strip_px * tile * out_channels * _FLOAT
     if threads is None:
         threads = job.cluster.threads_per_worker or job.cluster.local_layout(os.cpu_count() or 1)[1]
-    publish_area = width * height * PUBLISH_BYTES_PER_PIXEL
+    publish_area = min(width * height, PUBLISH_AREA_MAX_PIXELS) * PUBLISH_BYTES_PER_PIXEL
     publish = PUBLISH_BYTES + publish_area
     worker = DEFAULT_CACHE_BYTES + threads * (group_input + group_output + block_output + activations) + held
     return JobEstimate(

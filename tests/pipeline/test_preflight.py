@@ -15,6 +15,8 @@ from typer.testing import CliRunner
 import pipeline.stages
 from pipeline.cost import (
     BATCH_BYTES_PER_TILE_PIXEL,
+    HELD_TILE_ROWS,
+    PUBLISH_AREA_MAX_PIXELS,
     PUBLISH_BYTES,
     PUBLISH_BYTES_PER_PIXEL,
     check_job_size,
@@ -98,12 +100,36 @@ def test_estimate_counts_model_activations_per_thread_tile_area_and_batch(tmp_pa
 
 
 def test_one_process_holds_the_larger_of_publishing_and_its_workers(tmp_path: Path) -> None:
+    """Inference hands its freed memory back before publishing, which so does not sit on top of it."""
     estimate = estimate_job(_square_job(tmp_path, 256, 8), threads=2)
     planning = estimate.client_bytes - estimate.publish_bytes
-    area = estimate.publish_area_bytes
-    assert estimate.in_process_bytes(1) == planning + max(PUBLISH_BYTES, estimate.worker_bytes) + area
-    assert estimate.in_process_bytes(2) == planning + 2 * estimate.worker_bytes + area
+    assert estimate.in_process_bytes(1) == planning + max(estimate.publish_bytes, estimate.worker_bytes)
+    assert estimate.in_process_bytes(2) == planning + 2 * estimate.worker_bytes
     assert estimate.in_process_bytes(0) == estimate.client_bytes
+
+
+def _wide_job(tmp_path: Path, side_m: int, strip: int | None = None) -> JobSpec:
+    aoi = {"bbox": [500000, 5800000, 500000 + side_m, 5800000 + side_m], "crs": "EPSG:32633"}
+    tiling = {"tile_size": 504, "overlap": 64, "strip_size": strip}
+    return JobSpec.build(
+        **fields(tmp_path, aoi=aoi, block_size=512, tiling=tiling, limits={"allow_large": True})
+    )
+
+
+def test_worker_and_publishing_memory_stop_growing_with_the_area(tmp_path: Path) -> None:
+    """Beyond a strip's width a worker holds the same; publishing stops at its measured plateau."""
+    small, strip, tile = (estimate_job(_wide_job(tmp_path, m), threads=2) for m in (20480, 40960, 109800))
+    assert small.worker_bytes < strip.worker_bytes == tile.worker_bytes
+    assert (
+        strip.publish_bytes
+        == tile.publish_bytes
+        == PUBLISH_BYTES + PUBLISH_AREA_MAX_PIXELS * PUBLISH_BYTES_PER_PIXEL
+    )
+    assert small.publish_area_bytes == small.pixels * PUBLISH_BYTES_PER_PIXEL
+    # The tile outputs held grow with the strip's width: two rows of tiles across it.
+    wider = estimate_job(_wide_job(tmp_path, 109800, strip=8192), threads=2)
+    out_channels = 1 + 2 * 2  # change, and both dates' probabilities of the two classes
+    assert wider.worker_bytes - tile.worker_bytes == HELD_TILE_ROWS * 4096 * 504 * out_channels * 4
 
 
 def test_continent_is_refused_with_the_estimate(tmp_path: Path, no_discovery: None) -> None:
