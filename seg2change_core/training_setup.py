@@ -307,16 +307,11 @@ def prepare_training(
     normalisation = _fitted_normalisation(recipe, train_pairs, seed)
     train_data, val_data = _datasets(recipe, train_pairs, val_pairs, seed)
     config, plan = _fitted_config(recipe, train_data, val_data, normalisation, log)
-    summary: dict[str, Any] = {
+    summary = {
         "recipe": recipe.name,
         "data": [str(d) for d in data_dirs],
         "extra_train": [str(d) for d in extra_train],
-        "datasets": sorted({dataset_of(p) for p in train_pairs}),
-        "train_pairs": len(train_pairs),
-        "val_pairs": len(val_pairs),
-        "split_seed": chosen.seed,
-        "crop_size": recipe.crop_size,
-        "augmentation": None if recipe.augmentation is None else asdict(recipe.augmentation),
+        **_data_summary(recipe, train_pairs, len(val_pairs), chosen.seed),
         "label_values": None if label_encoding is None else label_encoding.describe(),
         "epoch_plan": None if plan is None else asdict(plan),
     }
@@ -333,6 +328,20 @@ def prepare_training(
         plan=plan,
         summary=summary,
     )
+
+
+def _data_summary(
+    recipe: Recipe, train_pairs: Sequence[PairSource], val_pairs: int, seed: int
+) -> dict[str, Any]:
+    """What the run trains on, for the checkpoint's metadata."""
+    return {
+        "datasets": sorted({dataset_of(p) for p in train_pairs}),
+        "train_pairs": len(train_pairs),
+        "val_pairs": val_pairs,
+        "split_seed": seed,
+        "crop_size": recipe.crop_size,
+        "augmentation": None if recipe.augmentation is None else asdict(recipe.augmentation),
+    }
 
 
 def _extra_pairs(
