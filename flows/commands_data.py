@@ -11,13 +11,10 @@ from typing import Annotated
 
 import typer
 
-from flows.console import error_text, make_console
+from flows.commands_model import _fail, out_console
 from seg2change_core.errors import Seg2ChangeError
 
 __all__ = ["synthesise_buildings"]
-
-console = make_console(stderr=True)
-out_console = make_console()
 
 
 def synthesise_buildings(
@@ -58,7 +55,7 @@ def synthesise_buildings(
             seed=seed,
         )
     except Seg2ChangeError as exc:
-        console.print(error_text(exc))
-        raise typer.Exit(code=2) from None
+        _fail(exc)
+        return
     out_console.print(f"{written} pairs in {out} (A/, B/, label/; how they were made: {out}/SYNTHETIC.json)")
     out_console.print(f"train with them: seg2change train DATA... --extra-train {out}", markup=False)

@@ -16,6 +16,7 @@ multi-band imagery by example without OpenCV, which the project does not depend 
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -137,19 +138,25 @@ def read_footprint_image(image: str | Path, footprints: str | Path) -> Footprint
     DatasetError
         For an image without a CRS or not 8-bit, unreadable footprints, or none on the image.
     """
+    return _burn_footprints(Path(image), _read_footprints(Path(footprints)))
+
+
+def _burn_footprints(image: Path, polygons: Sequence[dict[str, Any]]) -> FootprintImage:
+    """:func:`read_footprint_image` with the footprints already read."""
     import rasterio
     from rasterio.errors import RasterioError
     from rasterio.features import rasterize
     from rasterio.warp import transform_geom
 
-    image = Path(image)
-    polygons = _read_footprints(Path(footprints))
     try:
         with rasterio.open(image) as src:
             if src.crs is None:
                 raise DatasetError(f"{image} has no CRS; footprints need a georeferenced image")
-            if any(dtype != "uint8" for dtype in src.dtypes):
-                raise DatasetError(f"{image} is {src.dtypes[0]}, not 8-bit; convert it to 8-bit first")
+            other = sorted({dtype for dtype in src.dtypes if dtype != "uint8"})
+            if other:
+                raise DatasetError(
+                    f"{image} has {', '.join(other)} bands, not 8-bit; convert it to 8-bit first"
+                )
             pixels = np.moveaxis(src.read(), 0, -1)
             crs, transform, shape = src.crs, src.transform, (src.height, src.width)
     except RasterioError as exc:
@@ -157,7 +164,7 @@ def read_footprint_image(image: str | Path, footprints: str | Path) -> Footprint
     shapes = [(transform_geom("OGC:CRS84", crs, g), n) for n, g in enumerate(polygons, start=1)]
     buildings = rasterize(shapes, out_shape=shape, transform=transform, fill=0, dtype="int32")
     if not buildings.any():
-        raise DatasetError(f"no footprint of {footprints} falls on {image}; check that they cover it")
+        raise DatasetError(f"no footprint falls on {image}; check that they cover it")
     return FootprintImage(image.stem, np.ascontiguousarray(pixels), buildings)
 
 
@@ -303,15 +310,18 @@ def synthesise_building_change(
     if tile < 32 or variants < 1:
         raise DatasetError(f"tile must be >= 32 px and variants >= 1, got {tile} and {variants}")
     removal = removal or BuildingRemoval()
-    scenes = [read_footprint_image(image, footprints) for image in images]
+    polygons = _read_footprints(Path(footprints))
     rng = np.random.default_rng(seed)
     written = 0
-    for scene in scenes:
-        cleared = _cleared(scene, removal, rng) if removal.relocated > 0 else None
-        for variant in range(variants):
-            earlier, label = remove_buildings(scene, removal, rng)
-            variant_pairs = _Variant(scene, f"{scene.name}-v{variant}", earlier, label, cleared)
-            written += _write_tiles(variant_pairs, tile, removal.relocated, rng, out)
+    try:
+        for image in images:  # one image in memory at a time
+            written += _write_image(
+                _burn_footprints(Path(image), polygons), variants, tile, removal, rng, out
+            )
+    except BaseException:
+        for part in _PARTS:  # what this call wrote into the folder, new or empty before it
+            shutil.rmtree(out / part, ignore_errors=True)
+        raise
     manifest = {
         "made_by": "seg2change_core.datasets.synthetic_buildings.synthesise_building_change",
         "images": [str(Path(i)) for i in images],
@@ -324,6 +334,32 @@ def synthesise_building_change(
         "label": "0 = no change, 255 = building built between A and B (removed from A)",
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    return written
+
+
+_PARTS = ("A", "B", "label")
+
+
+def _write_image(
+    scene: FootprintImage,
+    variants: int,
+    tile: int,
+    removal: BuildingRemoval,
+    rng: np.random.Generator,
+    out: Path,
+) -> int:
+    """Write the pairs of one image's variants; the number written."""
+    cleared = _cleared(scene, removal, rng) if removal.relocated > 0 else None
+    written = 0
+    for variant in range(variants):
+        earlier, label = remove_buildings(scene, removal, rng)
+        written += _write_tiles(
+            _Variant(scene, f"{scene.name}-v{variant}", earlier, label, cleared),
+            tile,
+            removal.relocated,
+            rng,
+            out,
+        )
     return written
 
 
@@ -350,8 +386,9 @@ def _other_window(
     height: int, width: int, tile: int, top: int, left: int, rng: np.random.Generator
 ) -> tuple[int, int]:
     """A tile's corner at least half a tile away from ``(top, left)`` along one axis, where there is room."""
+    rows, cols = max(height - tile, 0) + 1, max(width - tile, 0) + 1
     for _ in range(100):
-        other = int(rng.integers(0, height - tile + 1)), int(rng.integers(0, width - tile + 1))
+        other = int(rng.integers(0, rows)), int(rng.integers(0, cols))
         if abs(other[0] - top) >= tile // 2 or abs(other[1] - left) >= tile // 2:
             return other
     return other

@@ -153,6 +153,24 @@ def test_bad_inputs_are_refused_with_what_to_do(tmp_path: Path) -> None:
         BuildingRemoval(share=0.0)
 
 
+@pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
+def test_an_image_refused_midway_leaves_no_pairs_behind(tmp_path: Path) -> None:
+    image, footprints = _scene(tmp_path)
+    plain = tmp_path / "plain.tif"
+    profile = {"driver": "GTiff", "height": 8, "width": 8, "count": 3, "dtype": "uint8"}
+    with rasterio.open(plain, "w", **profile) as dst:
+        dst.write(np.zeros((3, 8, 8), np.uint8))
+    out = tmp_path / "partial"
+    with pytest.raises(DatasetError, match="no CRS"):
+        synthesise_building_change([image, plain], footprints, out, tile=80)
+    assert not any(p.is_file() for p in out.rglob("*"))
+    # a tile larger than the image, relocated: one pair of the image's size
+    written = synthesise_building_change(
+        [image], footprints, out, tile=256, removal=BuildingRemoval(relocated=1.0)
+    )
+    assert written == 2 and _read(next((out / "A").iterdir())).shape == (SIZE, SIZE, 3)
+
+
 def _rgb_folder(root: Path, names: list[str]) -> None:
     rng = np.random.default_rng(1)
     for name in names:
