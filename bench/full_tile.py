@@ -293,6 +293,10 @@ def _header() -> str:
     )
 
 
+def _stage_cpu(res: dict[str, Any], name: str) -> float:
+    return float(sum(s["cpu_seconds"] for s in res["stages"] if s["name"] == name))
+
+
 def report(results: list[dict[str, Any]]) -> None:
     """Print the per-stage tables, the whole-run figures and the size comparison."""
     for res in results:
@@ -319,6 +323,12 @@ def report(results: list[dict[str, Any]]) -> None:
         print(
             f"whole run {whole:.1f} s; model {res['model_seconds']:.1f} s; efficiency model/(wall x {cores} cores) "
             f"{eff:.3f}; {res['area_km2'] / whole * 60:,.1f} km^2/min; {whole / mpx:.3f} s/Mpx"
+        )
+        cpu = sum(s["cpu_seconds"] for s in res["stages"])
+        print(
+            f"ceiling: model s / all CPU s of the run = {res['model_seconds'] / cpu:.3f} (the efficiency if every "
+            f"stage overlapped the others with no idle core and no contention; non-model CPU "
+            f"{cpu - res['model_seconds']:.1f} s, prepare {_stage_cpu(res, 'prepare'):.1f} s)"
         )
         est = res["estimate"]
         client_peak = max(s["client_peak"] for s in res["stages"])
