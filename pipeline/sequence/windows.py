@@ -53,7 +53,7 @@ import xarray as xr
 import zarr
 
 from pipeline.cube import INPUT_FIELDS, INPUT_FINGERPRINT, cube_path, input_fingerprint, write_cube
-from pipeline.cube_assembly import assemble_region, region_bounds
+from pipeline.cube_assembly import assemble_region, region_bounds, whole_grid_stacks
 from pipeline.cube_schema import ATTR_JOB, ATTR_PROVENANCE, ATTR_SOFTWARE, CLEAR_COUNT, EPOCHS, REFLECTANCE
 from pipeline.discover import Discovery, discover_window
 from pipeline.errors import NothingFoundError, OutputExistsError
@@ -334,7 +334,8 @@ def _write_blocks(
     display = make_progress(enabled=progress)
     y0s = np.cumsum((0, *template.chunks["y"]))
     x0s = np.cumsum((0, *template.chunks["x"]))
-    with display:
+    # Each block sliced from one stack per window over the whole grid (as the pair cube is written).
+    with display, whole_grid_stacks():
         task = display.add_task(f"composite of window {w}", total=(len(y0s) - 1) * (len(x0s) - 1))
         for ys in (slice(int(a), int(b)) for a, b in zip(y0s[:-1], y0s[1:], strict=True)):
             for xs in (slice(int(a), int(b)) for a, b in zip(x0s[:-1], x0s[1:], strict=True)):
