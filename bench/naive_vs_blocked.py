@@ -10,11 +10,13 @@ resident memory (``VmHWM`` of ``/proc/self/status``, read by the child at its en
   every tile of the scene in one process accumulating ``w * p`` and ``w``, divide, fuse the whole
   scene, save the layers (``.npy``);
 * **ours** -- :func:`pipeline.infer.run_inference` (blocks with halo, written to the change cube
-  Zarr) on an in-process cluster of one worker thread (``processes=False``), so the scheduler,
-  the worker and the models all count in the one child's peak.
+  Zarr) on the job's default cluster: one in-process worker (``processes=False``) with one thread
+  per core, each thread's torch on one core, so the scheduler, the worker and the models all
+  count in the one child's peak. ``--ours-threads 1`` gives ours one worker thread whose torch
+  takes every core, as the naive loop's does.
 
-Torch gets every core on both sides. Printed: time, peak RSS, ratios naive / ours, and the max
-absolute difference of the change probability (where both are finite).
+The naive loop's torch gets every core. Printed: time, model seconds, peak RSS, ratios naive /
+ours, and the max absolute difference of the change probability (where both are finite).
 
 Usage::
 
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -123,7 +126,7 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
     inputs = prepare_inputs(args.size, args.workdir)
     out = args.workdir / "ours" / "change_cube.zarr"
     tiling = TilingSpec(tile_size=args.tile_size, batch_size=args.batch_size, block_size=args.block_size)
-    cluster = ClusterSpec(n_workers=1, threads_per_worker=1, processes=False)
+    cluster = ClusterSpec(n_workers=1, threads_per_worker=args.ours_threads, processes=False)
     result = run_inference(
         inputs.job(out.parent), inputs.cube, out, tiling=tiling, cluster=cluster, force=True, progress=False
     )
@@ -147,6 +150,7 @@ def child(side: str, args: argparse.Namespace) -> dict[str, Any]:
         str(args.workdir),
     ]
     command += ["--block-size", str(args.block_size), "--batch-size", str(args.batch_size)]
+    command += ["--ours-threads", str(args.ours_threads)]
     if args.tile_size:
         command += ["--tile-size", str(args.tile_size)]
     done = subprocess.run(command, capture_output=True, text=True)
@@ -166,6 +170,12 @@ def main() -> None:
     parser.add_argument("--block-size", type=int, default=1024, help="our block size")
     parser.add_argument("--tile-size", type=int, default=None, help="default: the model's (512)")
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument(
+        "--ours-threads",
+        type=int,
+        default=len(os.sched_getaffinity(0)),
+        help="worker threads of ours (default: one per core, the job's default; torch then takes one core each)",
+    )
     parser.add_argument("--side", choices=["naive", "ours"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     quiet()
@@ -178,7 +188,8 @@ def main() -> None:
     prepare_inputs(args.size, args.workdir)  # prepared (or reused) before either side runs
     print(
         f"scene {args.size} x {args.size} px, tile {args.tile_size or 'model default'}, batch "
-        f"{args.batch_size}, our block {args.block_size} px; each side in its own child process\n",
+        f"{args.batch_size}, our block {args.block_size} px, our worker threads {args.ours_threads}; "
+        "each side in its own child process\n",
         flush=True,
     )
     naive = child("naive", args)
