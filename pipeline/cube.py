@@ -164,11 +164,11 @@ def _write_locked(
     job: JobSpec, discovery: Discovery, path: Location, fingerprint: str, *, progress: bool, scheduler: Any
 ) -> None:
     """Write the input cube block by block, each block sliced from each window's stack over the whole grid."""
-    ds = _assemble(job, discovery, job.target_bounds())
-    ds.attrs[INPUT_FINGERPRINT] = fingerprint
     with dask.config.set(scheduler=scheduler or "threads"):
         write_cube(
-            ds,
+            # No name here holds the whole cube's lazy graph: write_cube drops it once the metadata is
+            # written, and each block builds its own.
+            _assemble(job, discovery, job.target_bounds()).assign_attrs({INPUT_FINGERPRINT: fingerprint}),
             path,
             overwrite=job.overwrite,
             progress=progress,

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import dask.array as da
 import xarray as xr
 import zarr
 
@@ -106,6 +107,9 @@ def write_cube(
     target = _choose_target(location, overwrite=overwrite, resume_key=resume_key)
     ds = _with_encoding(ds)
     regions = list(_block_regions(ds))
+    template = _metadata_template(ds)
+    if blocks is not None:
+        ds = template  # each block builds its own graph: the whole cube's graph need not stay alive
     try:
         with warnings.catch_warnings():
             # Consolidated metadata is a zarr-python extension for v3; it is what makes opening fast.
@@ -114,7 +118,7 @@ def write_cube(
             warnings.filterwarnings("ignore", "All-NaN slice encountered", RuntimeWarning)
             warnings.filterwarnings("ignore", EMPTY_FOLDER_WARNING)
             store = target.path.zarr_store()
-            _start_or_resume(ds, store, target, zarr_format, len(regions))
+            _start_or_resume(template, store, target, zarr_format, len(regions))
             _write_blocks(ds, store, regions, _Writes(target.written, blocks, blocks_at_once), progress)
             # The blocks' buffers were freed in their threads' own malloc heaps, which keep them:
             # give them back before the next stage allocates elsewhere.
@@ -184,6 +188,22 @@ def _with_encoding(ds: xr.Dataset) -> xr.Dataset:
         if cf_coordinates(variable):
             ds[name].encoding["coordinates"] = cf_coordinates(variable)
     return ds
+
+
+def _metadata_template(ds: xr.Dataset) -> xr.Dataset:
+    """``ds`` with each dask variable's data replaced by zeros of the same shape, dtype and chunks.
+
+    Its metadata, coordinates, attributes and encoding are ``ds``'s. Writing the metadata with
+    ``to_zarr(compute=False)`` builds the store graph of every dask variable: over the cube's own
+    graph that took 4.8 s and left the process 150 MB larger at 10,980 px (it grows with the
+    area), over zeros 0.1 s.
+    """
+    template = ds.copy(deep=False)
+    for name, variable in ds.data_vars.items():
+        if variable.chunks:
+            zeros = da.zeros(variable.shape, dtype=variable.dtype, chunks=variable.data.chunks)
+            template[name] = variable.copy(deep=False, data=zeros)
+    return template
 
 
 @dataclass(frozen=True)
