@@ -27,7 +27,7 @@ import zarr
 from pipeline.cube_schema import ATTR_COMPLETE
 from pipeline.errors import CubeError, OutputExistsError
 from pipeline.faults import fault_point
-from pipeline.memory_release import release_freed_memory
+from pipeline.memory_release import map_large_allocations, release_freed_memory
 from pipeline.progress import make_progress
 from pipeline.storage import EMPTY_FOLDER_WARNING, Location, LocationLike
 from pipeline.zarr_cf import cf_coordinates
@@ -105,6 +105,7 @@ def write_cube(
     """
     location = Location.parse(path)
     target = _choose_target(location, overwrite=overwrite, resume_key=resume_key)
+    map_large_allocations()  # the blocks' buffers are freed in threads whose heaps would keep them
     ds = _with_encoding(ds)
     regions = list(_block_regions(ds))
     template = _metadata_template(ds)

@@ -35,6 +35,7 @@ import torch
 
 from pipeline.engine_spec import ModelSpec
 from pipeline.errors import InferenceError
+from pipeline.memory_release import map_large_allocations
 from seg2change_core.baselines import CVAFit
 from seg2change_core.change_kinds import ChangeModelInfo, get_change_model_kind, needs_job_fit
 from seg2change_core.change_model import ChangeModel
@@ -290,6 +291,7 @@ _LOCK = threading.Lock()
 
 
 def _build_into_cache(runtime: ModelRuntime, key: str, pending: Future[LoadedModels]) -> None:
+    map_large_allocations()  # tile buffers and activations then leave no high-water mark in malloc's heaps
     if runtime.torch_threads is not None:
         torch.set_num_threads(runtime.torch_threads)
     try:

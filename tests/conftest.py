@@ -56,6 +56,7 @@ MODULE_LAYERS: dict[str, str] = {
     "pipeline/test_feature_impact.py": "e2e",
     "pipeline/test_infer.py": "integration",
     "pipeline/test_kill_points.py": "integration",
+    "pipeline/test_memory_release.py": "integration",
     "pipeline/test_object_store.py": "integration",
     "pipeline/test_output_lock.py": "integration",
     "pipeline/test_outputs_open.py": "integration",
