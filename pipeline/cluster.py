@@ -77,6 +77,10 @@ _HTTP_ROUTES_AT_IMPORT: dict[str, Any] = {key: dask.config.get(key) for key in _
 _CONFIG_LOCK = threading.Lock()
 
 
+#: Dask's switch for the workers' statistical profiler (``distributed.worker.profile``).
+_WORKER_PROFILING = "distributed.worker.profile.enabled"
+
+
 def closed_cluster_options(*, processes: bool, dashboard: str | None = None) -> dict[str, Any]:
     """``LocalCluster`` keyword arguments that keep every listener on 127.0.0.1.
 
@@ -171,14 +175,17 @@ def start_local_cluster(spec: ClusterSpec) -> LocalCluster:
     """Start the local cluster a spec describes (CPU, or GPU workers with ``spec.gpu``).
 
     Every listener is on 127.0.0.1 and no HTTP page is served unless ``spec.dashboard`` asks
-    (see :func:`closed_cluster_options`).
+    (see :func:`closed_cluster_options`). The workers sample their threads' stacks for the
+    dashboard's profile page only then: otherwise a worker spends a thread on it every 10 ms and
+    keeps the samples of the last hour (about 80 MB after a full Sentinel-2 tile's inference).
 
     Raises
     ------
     ClusterError
         When GPU workers are wanted but no CUDA device is visible.
     """
-    with http_routes(served=spec.dashboard is not None):
+    served = spec.dashboard is not None
+    with http_routes(served=served), dask.config.set({_WORKER_PROFILING: served}):
         cluster = _local_cluster(spec)
     if spec.dashboard:
         report_dashboard(cluster, spec.dashboard)

@@ -8,6 +8,7 @@ import urllib.error
 import urllib.request
 import warnings
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -69,6 +70,20 @@ def test_dashboard_when_asked_serves_the_info_pages_on_loopback(caplog: pytest.L
         port = client.scheduler_info()["services"]["dashboard"]
         assert _http_status(port, "/info/main/workers.html") == 200
         assert f"http://{LOOPBACK}:{port}/" in caplog.text
+
+
+def _profiling(dask_worker: Any) -> bool:
+    return "profile" in dask_worker.periodic_callbacks
+
+
+@pytest.mark.parametrize("processes", [False, True], ids=["threads", "processes"])
+def test_workers_profile_their_threads_only_for_a_dashboard(processes: bool) -> None:
+    quiet = ClusterSpec(n_workers=1, threads_per_worker=1, processes=processes)
+    with start_local_cluster(quiet) as cluster, Client(cluster) as client:
+        assert set(client.run(_profiling).values()) == {False}
+    shown = quiet.model_copy(update={"dashboard": f"{LOOPBACK}:0"})
+    with start_local_cluster(shown) as cluster, Client(cluster) as client:
+        assert set(client.run(_profiling).values()) == {True}
 
 
 def test_a_taken_dashboard_port_is_reported_without_dask_warning(caplog: pytest.LogCaptureFixture) -> None:
