@@ -176,8 +176,8 @@ def start_local_cluster(spec: ClusterSpec) -> LocalCluster:
 
     Every listener is on 127.0.0.1 and no HTTP page is served unless ``spec.dashboard`` asks
     (see :func:`closed_cluster_options`). The workers sample their threads' stacks for the
-    dashboard's profile page only then: otherwise a worker spends a thread on it every 10 ms and
-    keeps the samples of the last hour (about 80 MB after a full Sentinel-2 tile's inference).
+    dashboard's profile page only then: otherwise each worker's event loop walks them every 10 ms
+    and keeps the samples of the last hour (about 80 MB after a full Sentinel-2 tile's inference).
 
     Raises
     ------
