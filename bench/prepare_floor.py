@@ -38,8 +38,9 @@ sys.path.insert(0, str(REPO))
 from full_tile import DEFAULT_CACHE, _scene_and_job  # noqa: E402
 
 from pipeline.bands import band_asset  # noqa: E402
-from pipeline.discover import discover  # noqa: E402
+from pipeline.discover import Discovery, discover  # noqa: E402
 from pipeline.nan_median import nan_median  # noqa: E402
+from pipeline.spec import JobSpec  # noqa: E402
 
 
 def _read(href: str) -> np.ndarray:
@@ -57,10 +58,8 @@ def _href(assets: dict[str, Any], band: str, mapped: str | None) -> str:
     return str(asset["href"])
 
 
-def floor_seconds(size: int, cache: Path) -> dict[str, float]:
-    """Decode, mask and median CPU seconds of one scene (one thread, whole files)."""
-    _, job, _ = _scene_and_job(size, cache, None)
-    found = discover(job)
+def floor_seconds(job: JobSpec, found: Discovery) -> dict[str, float]:
+    """Decode, mask and median CPU seconds of the scene ``found`` for ``job`` (one thread, whole files)."""
     decode = mask = median = 0.0
     for items in found.items.values():
         observations = []
@@ -95,7 +94,9 @@ def main() -> None:
     parser.add_argument("--infer-cpu-s", type=float, help="infer's CPU seconds in that run")
     parser.add_argument("--publish-cpu-s", type=float, help="publish's CPU seconds in that run")
     args = parser.parse_args()
-    runs = [floor_seconds(args.size, args.cache) for _ in range(args.repeats)]
+    _, job, _ = _scene_and_job(args.size, args.cache, None)
+    found = discover(job)
+    runs = [floor_seconds(job, found) for _ in range(args.repeats)]
     best = min(runs, key=lambda r: sum(r.values()))
     total = sum(best.values())
     mpx = args.size * args.size / 1e6
